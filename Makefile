@@ -1,0 +1,22 @@
+# The README's two commands. Each creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	cd examples && ../$(PY) analysis.py
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py

@@ -1,0 +1,1 @@
+"""forecasting_demo: the paper's ensemble forecasts, bootstrap bands and forecast evaluation."""

@@ -1,0 +1,62 @@
+"""Which Ray cluster apply() runs on: the one given, or an embedded local one started once.
+
+The embedded cluster is quiet (no dashboard, no usage stats, no worker logs on the driver) and
+closed to strangers: Ray's servers listen on every interface even when told to use loopback, so
+Ray's token authentication, on by default for local clusters, is what keeps other processes and
+hosts out. It is never switched off here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+
+def connect(address: str | None = None, **local_options: Any) -> None:
+    """Attach this process to Ray: ``address``, else RAY_ADDRESS, else an embedded cluster.
+
+    Inside a Ray task (a nested apply) the worker is already attached, and that is the cluster.
+    ``local_options`` go to ``ray.init`` when the embedded cluster is started (tests pass
+    ``_temp_dir``, ``num_cpus``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        from gpar.errors import GparError
+
+        raise GparError(
+            f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} would start the embedded Ray cluster "
+            "without authentication, open to anyone who can reach this machine; unset it."
+        )
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        **quiet,
+        **local_options,
+    )
+
+
+def cpu_slots() -> int:
+    """CPUs of the cluster now: the default cap on tasks in flight."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def shutdown() -> None:
+    """Stop the embedded cluster, or detach from the one given; the next apply() reconnects."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,246 @@
+"""The calling environment: fn, its arguments and the caller's globals in ONE cloudpickle stream.
+
+Why one stream: cloudpickle gives every by-value function of a module one shared globals dict
+when they are pickled by one ``dumps`` call. A tiny *anchor* function built on the caller's
+globals travels in the same stream, so on the worker ``anchor.__globals__`` is the very dict that
+fn reads its globals from. Filling it with the captured namespace (env="full") makes names that
+fn reaches only through ``globals()[name]`` or ``eval`` resolve; cloudpickle's own closure
+analysis (env="referenced") ships only the names fn's code mentions.
+
+Large buffers (numpy arrays, pandas columns) leave the stream out of band (pickle protocol 5):
+they are stored once in Ray's object store and every task on a node maps them in place,
+read-only (joblib memory-maps large arrays read-only by default for the same reason).
+Everything else is unpickled afresh by each batch, so what fn mutates stays in that batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import pickle
+import re
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from gpar.errors import EnvironmentCaptureError
+
+#: Notebook and REPL internals: never shipped.
+NOTEBOOK_NAMES = frozenset(
+    {"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "get_ipython",
+     "exit", "quit"}
+)
+_NOTEBOOK_HISTORY = re.compile(r"_i?\d+")
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a worker needs to run fn on elements, restored from the stream."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retry_on: tuple[type[BaseException], ...]
+    namespace: dict[str, Any] = field(default_factory=dict)
+    anchor: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class CapturedEnvironment:
+    """The pickled call: one stream plus its out-of-band buffers."""
+
+    stream: bytes
+    buffers: list[pickle.PickleBuffer]
+    skipped: dict[str, str]  # unpicklable globals fn does not reach: name -> type
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.stream) + sum(buffer.raw().nbytes for buffer in self.buffers)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        sha = hashlib.sha256(self.stream)
+        for buffer in self.buffers:
+            sha.update(buffer.raw())
+        return sha.hexdigest()
+
+
+def capture(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    caller_globals: dict[str, Any],
+    *,
+    mode: str,
+    retry_on: tuple[type[BaseException], ...],
+) -> CapturedEnvironment:
+    """Pickle fn with its arguments and (mode="full") the caller's globals.
+
+    Raises EnvironmentCaptureError, before anything runs, if fn reaches a value that cannot be
+    pickled; unpicklable globals fn does not reach are left out and listed in ``skipped``.
+    """
+    namespace = shippable_globals(caller_globals) if mode == "full" else {}
+    anchor = _anchor(caller_globals) if namespace else None
+    try:
+        return _dump(Call(fn, args, kwargs, retry_on, namespace, anchor), skipped={})
+    except Exception:  # any pickling error: find the culprit below
+        pass
+    scope = getattr(_unwrap(fn), "__globals__", caller_globals)
+    reached = reached_globals(fn, scope)
+    candidates = {**namespace, **{name: scope[name] for name in reached}}
+    broken = {name: error for name, error in _probe(candidates) if error is not None}
+    for name in sorted(reached & broken.keys()):
+        value = candidates[name]
+        raise EnvironmentCaptureError(
+            f"fn uses the global {name!r} ({_type_name(value)}), which cannot be pickled: "
+            f"{broken[name]}. Create it inside fn (open files, connections and locks there), "
+            "or pass the data it holds instead."
+        )
+    _check_call_parts(fn, args, kwargs)
+    kept = {name: value for name, value in namespace.items() if name not in broken}
+    skipped = {name: _type_name(namespace[name]) for name in broken if name in namespace}
+    return _dump(Call(fn, args, kwargs, retry_on, kept, anchor), skipped=skipped)
+
+
+def restore(stream: bytes, buffers: list[Any]) -> Call:
+    """Unpickle a call on the worker and give fn the captured globals."""
+    call = pickle.loads(stream, buffers=buffers)
+    if call.anchor is not None:
+        call.anchor.__globals__.update(call.namespace)
+    return call
+
+
+def shippable_globals(caller_globals: dict[str, Any]) -> dict[str, Any]:
+    """The caller's globals minus dunders, notebook internals and the __main__ module itself.
+
+    Only a caller whose module is pickled by value (``__main__``, a notebook, a module that is
+    not importable) needs its namespace shipped; an importable module is imported on the worker.
+    """
+    module_name = caller_globals.get("__name__")
+    if module_name != "__main__" and module_name in sys.modules:
+        return {}
+    return {
+        name: value
+        for name, value in caller_globals.items()
+        if not (name.startswith("__") and name.endswith("__"))
+        and name not in NOTEBOOK_NAMES
+        and not _NOTEBOOK_HISTORY.fullmatch(name)
+        and not (isinstance(value, types.ModuleType) and value.__name__ == "__main__")
+    }
+
+
+def reached_globals(fn: Any, scope: dict[str, Any]) -> set[str]:
+    """Names of ``scope`` that fn's code can reach, following functions and classes it names.
+
+    An over-approximation (attribute names count too): it decides which unpicklable globals are
+    fatal, and a false alarm there is better than a NameError on a worker.
+    """
+    reached: set[str] = set()
+    seen: set[int] = set()
+    stack = [fn]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for code in _code_objects(obj, scope):
+            for name in code.co_names:
+                if name in scope and name not in reached:
+                    reached.add(name)
+                    stack.append(scope[name])
+        stack.extend(_closure_values(obj))
+    return reached
+
+
+def _dump(call: Call, skipped: dict[str, str]) -> CapturedEnvironment:
+    buffers: list[pickle.PickleBuffer] = []
+    stream = cloudpickle.dumps(call, protocol=5, buffer_callback=buffers.append)
+    return CapturedEnvironment(stream, buffers, skipped)
+
+
+def _anchor(caller_globals: dict[str, Any]) -> Callable[[], None]:
+    """A function whose globals are the caller's: its restored globals are fn's on the worker."""
+    return types.FunctionType((lambda: None).__code__, caller_globals, "_gpar_anchor")
+
+
+def _probe(values: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    for name, value in values.items():
+        try:
+            cloudpickle.dumps(value)
+        except Exception as error:  # pickling raises anything
+            yield name, f"{type(error).__name__}: {error}"
+        else:
+            yield name, None
+
+
+def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Name the argument or closure variable that stops fn from being pickled."""
+    free_names = getattr(getattr(_unwrap(fn), "__code__", None), "co_freevars", ())
+    cells = getattr(_unwrap(fn), "__closure__", None) or ()
+    parts = {
+        **{f"argument {i} of apply's *args": arg for i, arg in enumerate(args)},
+        **{f"keyword argument {key!r}": value for key, value in kwargs.items()},
+        **{f"variable {name!r} captured by fn's closure": cell.cell_contents
+           for name, cell in zip(free_names, cells, strict=True) if _cell_is_set(cell)},
+        "fn": fn,
+    }
+    for label, error in _probe(parts):
+        if error is not None:
+            raise EnvironmentCaptureError(
+                f"{label} ({_type_name(parts[label])}) cannot be pickled: {error}. "
+                "Pass picklable data and create resources such as files inside fn."
+            )
+
+
+def _code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
+    obj = _unwrap(obj)
+    if isinstance(obj, types.FunctionType):
+        yield from _nested_code(obj.__code__)
+    elif isinstance(obj, type) and obj.__module__ == scope.get("__name__"):
+        for member in vars(obj).values():
+            yield from _code_objects(member, scope)
+    elif isinstance(obj, staticmethod | classmethod):
+        yield from _code_objects(obj.__func__, scope)
+    elif callable(obj) and type(obj).__module__ == scope.get("__name__"):
+        yield from _code_objects(type(obj), scope)
+
+
+def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _nested_code(const)
+
+
+def _closure_values(obj: Any) -> list[Any]:
+    cells = getattr(_unwrap(obj), "__closure__", None) or ()
+    return [cell.cell_contents for cell in cells if _cell_is_set(cell)]
+
+
+def _cell_is_set(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - probing an empty cell raises ValueError
+    except ValueError:
+        return False
+    return True
+
+
+def _unwrap(obj: Any) -> Any:
+    while True:
+        if isinstance(obj, functools.partial):
+            obj = obj.func
+        elif isinstance(obj, types.MethodType):
+            obj = obj.__func__
+        else:
+            return obj
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"

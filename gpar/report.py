@@ -1,0 +1,69 @@
+"""The job report: one row per attempt of an element, kept as compact columns while running."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt of element ``task``; times are wall-clock seconds since the epoch."""
+
+    task: int
+    attempt: int
+    node: str
+    pid: int
+    submitted: float
+    started: float
+    finished: float
+    outcome: str  # "ok", "error", "result", "environment", "system"
+
+
+@dataclass
+class AttemptBlock:
+    """Consecutive elements of one batch reported in one message: stored as columns."""
+
+    first_task: int
+    attempt: int
+    node: str
+    pid: int
+    submitted: float
+    first_started: float  # each later element started when the one before it finished
+    finished: Sequence[float]
+    outcomes: dict[int, str]  # offset -> outcome, for the elements that did not end "ok"
+
+    def records(self) -> list[AttemptRecord]:
+        started = [self.first_started, *self.finished[:-1]]
+        return [
+            AttemptRecord(self.first_task + offset, self.attempt, self.node, self.pid,
+                          self.submitted, started[offset], finished,
+                          self.outcomes.get(offset, "ok"))
+            for offset, finished in enumerate(self.finished)
+        ]
+
+
+@dataclass
+class JobReport:
+    """What happened in one apply() call: attempts, what was shipped, what was left out."""
+
+    elements: int
+    environment_bytes: int = 0
+    skipped_globals: dict[str, str] = field(default_factory=dict)
+    batches: int = 0
+    _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
+
+    def add_block(self, block: AttemptBlock) -> None:
+        self._blocks.append(block)
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        rows = [record for block in self._blocks for record in block.records()]
+        rows.sort(key=lambda record: (record.task, record.attempt))
+        return rows
+
+    def to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.attempts, columns=list(AttemptRecord.__dataclass_fields__))

@@ -1,0 +1,37 @@
+"""What apply() returns: results in input order, failed slots holding a TaskFailure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpar.report import JobReport
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Stands in the results for an element of xs that has no value.
+
+    ``reason`` is "error" (fn raised), "system" (the worker died, the result could not be pickled,
+    the environment could not be restored) or "cancelled" (the job stopped before it ran).
+    """
+
+    index: int
+    exc_type: str
+    message: str
+    traceback: str
+    attempts: int
+    reason: str
+
+
+class Results(list):
+    """``[fn(x) for x in xs]`` in input order; ``.report`` is the job's JobReport."""
+
+    def __init__(self, values: list[Any], report: JobReport):
+        super().__init__(values)
+        self.report = report
+
+    @property
+    def failures(self) -> list[TaskFailure]:
+        return [value for value in self if isinstance(value, TaskFailure)]

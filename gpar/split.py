@@ -1,0 +1,51 @@
+"""How many elements the next batch gets: joblib's auto-batching, fed by per-element timings.
+
+joblib starts at one element per batch and grows the batch toward a target duration. Here the
+workers time every element, so one finished element is enough to size the rest: tiny functions
+run in large batches (a Ray task costs ~1 ms, so a batch must last far longer than that), slow
+ones one element per task. While much work remains, a batch is also capped to leave several
+batches per slot, so skewed elements cannot leave a core idle at the end.
+"""
+
+from __future__ import annotations
+
+#: A batch should last about this long: long against the ~1 ms a Ray task costs, short enough
+#: to rebalance. joblib's MIN_IDEAL_BATCH_DURATION is the same 0.2 s.
+TARGET_BATCH_S = 0.2
+
+#: A batch never lasts less than this unless the work runs out: below it, per-task overhead
+#: shows in the trivial-items benchmark (bench/bench_apply.py).
+MIN_BATCH_S = 0.02
+
+#: Keep at least this many batches per slot in the remaining work, for load balance.
+BATCHES_PER_SLOT = 4
+
+
+class BatchSizer:
+    """Chooses batch sizes from the measured mean time per element."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, slots)
+        self._elements = 0
+        self._seconds = 0.0
+
+    def observe(self, elements: int, seconds: float) -> None:
+        """Record that ``elements`` elements took ``seconds`` of fn time on a worker."""
+        self._elements += elements
+        self._seconds += max(seconds, 0.0)
+
+    @property
+    def seconds_per_element(self) -> float | None:
+        if not self._elements:
+            return None
+        return max(self._seconds / self._elements, 1e-9)
+
+    def next_size(self, remaining: int) -> int:
+        """Elements for the next batch, when ``remaining`` elements are still to dispatch."""
+        per_element = self.seconds_per_element
+        if remaining <= self.slots or per_element is None:
+            return 1
+        balanced = remaining / (self.slots * BATCHES_PER_SLOT)
+        floor = MIN_BATCH_S / per_element
+        ceiling = TARGET_BATCH_S / per_element
+        return max(1, min(remaining, int(min(max(balanced, floor), ceiling))))

@@ -1,0 +1,191 @@
+"""Run one batch of elements on a worker and stream each element's outcome to the driver.
+
+    driver ──(environment, first index, items)──▶ run_batch: a Ray streaming generator
+                                                    │ starts
+                                                    ▼
+                                      element thread: fn(item) for each item, in order
+    driver ◀── Progress, every FLUSH_S and at the end ── run_batch snapshots what it finished
+
+fn runs in its own thread so the batch reports on a clock rather than on fn's schedule: while an
+element hangs, the driver still learns which element is running and since when, and a batch of
+tiny elements sends ~1/FLUSH_S messages a second instead of one per element (a streamed yield
+costs ~0.2 ms here, a thousand times a trivial fn call).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import traceback
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from gpar import environment
+
+#: Seconds between progress messages of a running batch: the delay with which the driver learns
+#: of a finished element, and the grain of per-element timing in a batch of tiny elements.
+FLUSH_S = 0.1
+
+
+@dataclass(frozen=True)
+class ElementError:
+    """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
+    be pickled), "environment" (the call could not be restored on this worker)."""
+
+    exc_type: str
+    message: str
+    traceback: str
+    kind: str
+    retryable: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Elements ``done_from .. done_from + len(finished)`` of a batch finished since last time."""
+
+    done_from: int
+    values: bytes  # the pickled list of values, None where ``errors`` holds the position
+    errors: dict[int, ElementError]
+    finished: array  # of doubles: wall-clock time each element finished
+    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now
+    batch_started: float
+    node_id: str
+    pid: int
+
+
+def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Iterator[Progress]:
+    """Yield Progress messages while fn runs over ``items``; see the module docstring.
+
+    ``environment`` is the captured call: its stream and out-of-band buffers.
+    """
+    node_id = _node_id()
+    run = _BatchRun(*environment, items)
+    run.thread.start()
+    reported = 0
+    while True:
+        finished = run.finished_event.wait(FLUSH_S)
+        message, reported = run.snapshot(reported, node_id)
+        if message.finished or message.running is None:
+            yield message
+        if finished:
+            return
+
+
+class _BatchRun:
+    """The element thread's state: appended to by it, read by run_batch's snapshots."""
+
+    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any]):
+        self.stream, self.buffers, self.items = stream, buffers, items
+        self.values: list[Any] = []
+        self.errors: dict[int, ElementError] = {}
+        self.finished = array("d")
+        self.batch_started = time.time()
+        self.finished_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            call = environment.restore(self.stream, self.buffers)
+        except BaseException as exc:
+            self._fail_all(exc)
+            return
+        fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
+        values, finished, clock = self.values, self.finished, time.time
+        for position, item in enumerate(self.items):
+            try:
+                values.append(fn(item, *args, **kwargs))
+            except BaseException as exc:  # SystemExit too: it would end this thread silently
+                self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
+                values.append(None)
+            finished.append(clock())
+        self.finished_event.set()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = _element_error(exc, "environment", retryable=False)
+        message = (
+            f"the calling environment could not be restored on this worker: {error.message}. "
+            "Is every module fn uses importable there?"
+        )
+        error = ElementError(error.exc_type, message, error.traceback, error.kind, False)
+        now = time.time()
+        for position in range(len(self.items)):
+            self.errors[position] = error
+            self.values.append(None)
+            self.finished.append(now)
+        self.finished_event.set()
+
+    def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
+        done = len(self.finished)  # values and errors are written before finished grows
+        running = None
+        if done < len(self.items):
+            started = self.finished[done - 1] if done else self.batch_started
+            running = (done, started)
+        errors = {p: e for p, e in self.errors.items() if reported <= p < done}
+        values, errors = _pickle_values(self.values[reported:done], errors, reported)
+        message = Progress(
+            done_from=reported,
+            values=values,
+            errors=errors,
+            finished=self.finished[reported:done],
+            running=running,
+            batch_started=self.batch_started,
+            node_id=node_id,
+            pid=os.getpid(),
+        )
+        return message, done
+
+
+def _pickle_values(
+    values: list[Any], errors: dict[int, ElementError], done_from: int
+) -> tuple[bytes, dict[int, ElementError]]:
+    """Pickle values apart from the message; one that cannot be pickled becomes its error.
+
+    Plain pickle first: it runs at C speed, while cloudpickle calls back into Python for every
+    object (~10 ms for 20,000 ints here); cloudpickle only for what pickle refuses (__main__
+    classes, lambdas).
+    """
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        try:
+            return dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
+        except Exception:  # find which values fail, below
+            pass
+    values, errors = list(values), dict(errors)
+    for offset, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            error = _element_error(exc, "result", retryable=True)
+            message = f"fn returned a {type(value).__qualname__} that cannot be pickled: " + (
+                error.message
+            )
+            errors[done_from + offset] = ElementError(
+                error.exc_type, message, error.traceback, "result", True
+            )
+            values[offset] = None
+    return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
+
+
+def _element_error(exc: BaseException, kind: str, retryable: bool) -> ElementError:
+    """An exception as text: its class may not exist, or unpickle, on the driver."""
+    kind_of = type(exc)
+    exc_type = kind_of.__qualname__
+    if kind_of.__module__ not in ("builtins", "__main__"):
+        exc_type = f"{kind_of.__module__}.{exc_type}"
+    try:
+        message = str(exc)
+    except Exception as str_error:
+        message = f"<str() of the exception failed: {str_error!r}>"
+    tb = "".join(traceback.format_exception(exc))
+    return ElementError(exc_type, message, tb, kind, retryable)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

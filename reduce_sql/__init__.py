@@ -1,0 +1,1 @@
+"""reduce_sql: mapper outputs as Parquet with an exactly-once commit, queried in place by DuckDB."""
