@@ -51,7 +51,7 @@ def apply(
     retry_on = _exception_types(retry_on)
     _check_options(max_workers, task_retries, env, packages, errors)
     _refuse_unbuilt(max_failures, deadline, task_timeout, quorum, output)
-    if not items:
+    if len(items) == 0:
         return Results([], JobReport(elements=0))
     captured = environment.capture(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on

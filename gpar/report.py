@@ -52,6 +52,7 @@ class JobReport:
     environment_bytes: int = 0
     skipped_globals: dict[str, str] = field(default_factory=dict)
     batches: int = 0
+    batches_lost: int = 0  # batches whose worker died with several elements unreported
     _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
 
     def add_block(self, block: AttemptBlock) -> None:

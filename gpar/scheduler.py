@@ -173,6 +173,7 @@ class _Job:
         del self.in_flight[stream]
         unreported = batch.indices[batch.reported:]
         if len(unreported) > 1:  # the culprit is unknown: halve and re-run, charging no one
+            self.report.batches_lost += 1
             half = len(unreported) // 2
             self.pending.appendleft(_Work(unreported[half:], batch.attempt, whole=True))
             self.pending.appendleft(_Work(unreported[:half], batch.attempt, whole=True))

@@ -1,0 +1,65 @@
+"""One embedded Ray cluster for the whole session, started the way gpar starts it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import gpar
+from gpar import cluster as gpar_cluster
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The embedded cluster (2 CPUs, private temp dir); yields its address for subprocesses.
+
+    Test modules are plain files, not installed: workers find them through PYTHONPATH, as a
+    user's workers would find an installed package.
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="gpar-ray-", dir="/tmp")
+    tests_dir = str(Path(__file__).parent)
+    gpar_cluster.connect(num_cpus=2, _temp_dir=temp_dir,
+                         runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        gpar.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def run_script(cluster, tmp_path):
+    """Run a script as __main__ in a fresh interpreter attached to the session's cluster."""
+
+    def run(source: str, files: dict[str, str] | None = None, timeout_s: float = 120):
+        for name, text in (files or {}).items():
+            (tmp_path / name).write_text(textwrap.dedent(text))
+        script = tmp_path / "script.py"
+        script.write_text(textwrap.dedent(source))
+        env = {**os.environ, "RAY_ADDRESS": cluster}
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=timeout_s,
+        )
+
+    return run
+
+
+def assert_ok(completed: subprocess.CompletedProcess) -> str:
+    assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+    return completed.stdout
+
+
+@pytest.fixture
+def once_dir(tmp_path) -> Path:
+    """A directory fns use to act differently on their first attempt (a marker file per task)."""
+    return tmp_path

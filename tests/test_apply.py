@@ -1,0 +1,228 @@
+"""apply() semantics on the session's embedded cluster: inputs, order, failures, retries."""
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gpar
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y, scale=1):
+    return (x + y) * scale
+
+
+def test_results_are_in_input_order_and_equal_the_serial_loop():
+    xs = list(range(5000))
+    results = gpar.apply(xs, square, progress=False)
+    assert isinstance(results, gpar.Results)
+    assert results == [square(x) for x in xs]
+    assert results.failures == []
+
+
+def test_args_and_kwargs_pass_through_like_lapply():
+    assert gpar.apply([1, 2, 3], add, 10, scale=2, progress=False) == [22, 24, 26]
+
+
+@pytest.mark.parametrize(
+    "xs",
+    [
+        (x for x in range(7)),
+        np.arange(7),
+        pd.Series(range(7), index=list("abcdefg")),
+        range(7),
+        tuple(range(7)),
+    ],
+    ids=["generator", "numpy", "pandas-series", "range", "tuple"],
+)
+def test_any_iterable_is_iterated_like_a_for_loop(xs):
+    expected = [square(x) for x in list(xs)] if not hasattr(xs, "__next__") else None
+    results = gpar.apply(xs, square, progress=False)
+    assert results == (expected or [x * x for x in range(7)])
+
+
+def test_empty_input_returns_an_empty_result_without_running():
+    results = gpar.apply([], square)
+    assert results == [] and results.report.elements == 0
+
+
+def test_not_callable_fn_is_a_type_error_before_launch():
+    with pytest.raises(TypeError, match="fn must be callable"):
+        gpar.apply([1, 2], [1, 2])
+
+
+def test_not_iterable_xs_is_a_type_error():
+    with pytest.raises(TypeError, match="xs must be iterable"):
+        gpar.apply(5, square)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_workers": 0}, {"task_retries": -1}, {"env": "all"}, {"errors": "ignore"},
+     {"packages": "everything"}, {"retry_on": "ValueError"}],
+)
+def test_bad_options_say_what_is_accepted(options):
+    with pytest.raises((ValueError, TypeError)):
+        gpar.apply([1], square, **options)
+
+
+@pytest.mark.parametrize("knob", [{"deadline": 5}, {"quorum": 0.9}, {"output": "/tmp/x"},
+                                  {"task_timeout": 1}, {"max_failures": 3}])
+def test_knobs_not_built_yet_are_refused_not_ignored(knob):
+    with pytest.raises(NotImplementedError):
+        gpar.apply([1], square, **knob)
+
+
+def fails_on_odd(x):
+    if x % 2:
+        raise ValueError(f"odd input {x}")
+    return x
+
+
+def test_failures_fill_their_slot_and_warn_once_each_with_index_and_message():
+    with pytest.warns(gpar.TaskFailedWarning) as caught:
+        results = gpar.apply(range(6), fails_on_odd, progress=False)
+    assert results[0::2] == [0, 2, 4]
+    failures = results.failures
+    assert [f.index for f in failures] == [1, 3, 5]
+    first = failures[0]
+    assert (first.exc_type, first.message, first.attempts, first.reason) == (
+        "ValueError", "odd input 1", 1, "error")
+    assert "fails_on_odd" in first.traceback and "raise ValueError" in first.traceback
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 3
+    assert "task 1 failed" in messages[0] and "ValueError: odd input 1" in messages[0]
+
+
+def always_fails(x):
+    raise KeyError(x)
+
+
+def test_all_failed_raises_an_exception_group_of_task_errors():
+    with pytest.raises(gpar.AllTasksFailed) as caught:
+        gpar.apply(range(3), always_fails, progress=False)
+    group = caught.value
+    assert isinstance(group, ExceptionGroup) and isinstance(group, gpar.GparError)
+    assert [e.failure.index for e in group.exceptions] == [0, 1, 2]
+    assert all(isinstance(e, gpar.TaskError) for e in group.exceptions)
+    assert len(group.results.failures) == 3
+    matched, rest = group.split(gpar.TaskError)
+    assert len(matched.exceptions) == 3 and rest is None
+
+
+def test_errors_raise_raises_the_first_final_failure_with_remote_traceback():
+    with pytest.raises(gpar.TaskError, match="odd input 1") as caught:
+        gpar.apply(range(2), fails_on_odd, errors="raise", progress=False)
+    assert "raise ValueError" in str(caught.value.__cause__)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+def returns_unpicklable(x):
+    return Unpicklable() if x == 1 else x
+
+
+def test_unpicklable_result_is_a_failure_of_that_element_only():
+    with pytest.warns(gpar.TaskFailedWarning, match="cannot be pickled"):
+        results = gpar.apply(range(3), returns_unpicklable, task_retries=1, progress=False)
+    assert results[0] == 0 and results[2] == 2
+    failure = results[1]
+    assert failure.reason == "system" and failure.attempts == 2
+    assert "refuses to be pickled" in failure.message
+
+
+class LoadedError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()
+
+
+def raises_with_unpicklable_attribute(x):
+    raise LoadedError(f"carries a lock {x}")
+
+
+def test_exception_with_unpicklable_attribute_still_reports_message_and_traceback():
+    with pytest.raises(gpar.AllTasksFailed) as caught:
+        gpar.apply([7], raises_with_unpicklable_attribute, progress=False)
+    failure = caught.value.exceptions[0].failure
+    assert failure.exc_type.endswith("LoadedError")
+    assert failure.message == "carries a lock 7"
+    assert "raises_with_unpicklable_attribute" in failure.traceback
+
+
+def flaky(x, marker_dir):
+    marker = os.path.join(marker_dir, str(x))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ConnectionError(f"transient {x}")
+    return x
+
+
+def test_exceptions_in_retry_on_are_retried_others_are_final(once_dir):
+    results = gpar.apply(range(4), flaky, str(once_dir), retry_on=ConnectionError,
+                         progress=False)
+    assert results == [0, 1, 2, 3]
+    attempts = results.report.attempts
+    assert sorted((a.task, a.attempt, a.outcome) for a in attempts) == sorted(
+        [(t, 0, "error") for t in range(4)] + [(t, 1, "ok") for t in range(4)])
+
+
+def test_exceptions_not_in_retry_on_fail_at_once(once_dir):
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with pytest.raises(gpar.AllTasksFailed):
+            gpar.apply(range(2), flaky, str(once_dir), progress=False)
+
+
+def exits_on_first_attempt(x, marker_dir):
+    marker = os.path.join(marker_dir, f"exit-{x}")
+    if x == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return x
+
+
+def test_a_worker_that_dies_is_retried_and_both_attempts_are_reported(once_dir):
+    results = gpar.apply(range(4), exits_on_first_attempt, str(once_dir), max_workers=4,
+                         progress=False)  # one element per task: the crash is charged to 3
+    assert results == list(range(4))
+    rows = [(a.attempt, a.outcome) for a in results.report.attempts if a.task == 3]
+    assert rows == [(0, "system"), (1, "ok")]
+
+
+def test_a_crash_inside_a_large_batch_loses_and_repeats_nothing(once_dir):
+    xs = range(3000)  # batched: the crash kills a batch holding many elements
+    results = gpar.apply(xs, exits_on_first_attempt, str(once_dir), progress=False)
+    assert results == list(xs)
+    ok = [a.task for a in results.report.attempts if a.outcome == "ok"]
+    assert sorted(ok) == list(xs)
+    assert results.report.batches_lost == 1
+
+
+def test_report_has_one_attempt_row_per_element_with_times():
+    results = gpar.apply(range(10), square, progress=False)
+    frame = results.report.to_pandas()
+    assert list(frame.task) == list(range(10))
+    assert (frame.submitted <= frame.started).all() and (frame.started <= frame.finished).all()
+    assert set(frame.outcome) == {"ok"} and frame.node.str.len().min() > 0
+
+
+def test_progress_bar_draws_when_asked(capsys):
+    gpar.apply(range(20), square, progress=True)
+    assert "20/20" in capsys.readouterr().err
+
+
+def test_progress_false_is_silent(capsys):
+    gpar.apply(range(20), square, progress=False)
+    assert capsys.readouterr().err == ""

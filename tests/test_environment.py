@@ -1,0 +1,122 @@
+"""Capturing the calling environment, without Ray: a namespace that pickles by value."""
+
+import pickle
+import textwrap
+import threading
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from gpar.environment import capture, restore
+from gpar.errors import EnvironmentCaptureError
+
+
+def main_namespace(source: str) -> dict:
+    """Globals of code run as a script: its functions pickle by value, like __main__'s."""
+    namespace = {"__name__": "__main__"}
+    exec(textwrap.dedent(source), namespace)
+    return namespace
+
+
+def ship(namespace: dict, fn_name: str, mode: str = "full", args=(), kwargs=None):
+    captured = capture(namespace[fn_name], args, kwargs or {}, namespace, mode=mode, retry_on=())
+    buffers = [bytes(b.raw()) for b in captured.buffers]
+    return restore(captured.stream, buffers), captured
+
+
+SCRIPT = """
+import numpy as np
+SCALE = 3
+table = np.arange(1_000_000, dtype=np.float64)
+def helper(x):
+    return x * SCALE
+def by_lookup(x):
+    return globals()["HIDDEN"] + eval("HIDDEN2") + helper(x)
+HIDDEN = 100
+HIDDEN2 = 1000
+"""
+
+
+def test_full_environment_resolves_names_reached_only_through_globals():
+    call, _ = ship(main_namespace(SCRIPT), "by_lookup")
+    assert call.fn(1) == 100 + 1000 + 3
+
+
+def test_referenced_environment_ships_only_what_fn_names():
+    call, _ = ship(main_namespace(SCRIPT), "by_lookup", mode="referenced")
+    with pytest.raises(KeyError, match="HIDDEN"):
+        call.fn(1)
+
+
+def test_restored_globals_are_a_copy_not_the_callers():
+    namespace = main_namespace(SCRIPT + "\nseen = []\ndef remember(x):\n    seen.append(x)\n")
+    call, _ = ship(namespace, "remember")
+    call.fn(1)
+    assert namespace["seen"] == []
+
+
+def test_large_arrays_travel_out_of_band():
+    _, captured = ship(main_namespace(SCRIPT), "helper")
+    assert len(captured.stream) < 100_000
+    assert sum(b.raw().nbytes for b in captured.buffers) >= 8_000_000
+
+
+def test_unpicklable_global_that_fn_does_not_reach_is_skipped_and_listed():
+    namespace = main_namespace(SCRIPT)
+    namespace["lock"] = threading.Lock()
+    call, captured = ship(namespace, "helper")
+    assert captured.skipped == {"lock": "_thread.lock"}
+    assert call.fn(2) == 6
+
+
+def test_unpicklable_global_that_fn_reaches_is_named_before_anything_runs():
+    namespace = main_namespace("def uses_lock(x):\n    with lock:\n        return x\n")
+    namespace["lock"] = threading.Lock()
+    with pytest.raises(EnvironmentCaptureError, match=r"global 'lock' \(_thread.lock\)"):
+        ship(namespace, "uses_lock")
+
+
+def test_unpicklable_global_reached_through_a_helper_is_named(tmp_path):
+    namespace = main_namespace(
+        "def inner(x):\n    handle.write(str(x))\ndef outer(x):\n    return inner(x)\n"
+    )
+    namespace["handle"] = open(tmp_path / "log.txt", "w")  # a log file opened by the script
+    try:
+        with pytest.raises(EnvironmentCaptureError, match="'handle'"):
+            ship(namespace, "outer", mode="referenced")
+    finally:
+        namespace["handle"].close()
+
+
+def test_unpicklable_argument_is_named():
+    namespace = main_namespace("def f(x, lock):\n    return x\n")
+    with pytest.raises(EnvironmentCaptureError, match="keyword argument 'lock'"):
+        ship(namespace, "f", kwargs={"lock": threading.Lock()})
+
+
+def test_notebook_internals_are_never_shipped():
+    namespace = main_namespace("def f(x):\n    return x\n")
+    namespace.update({"In": ["x"], "Out": {1: 2}, "_": 3, "_i7": "code", "_7": 4, "keep": 5})
+    call, _ = ship(namespace, "f")
+    assert set(call.namespace) == {"f", "keep"}
+
+
+def test_restore_of_read_only_buffers_gives_read_only_arrays():
+    namespace = main_namespace("import numpy as np\nbig = np.ones(100_000)\ndef f(x):\n"
+                               "    return big[x]\n")
+    captured = capture(namespace["f"], (), {}, namespace, mode="full", retry_on=())
+    frozen = [np.frombuffer(b.raw(), dtype=np.uint8).copy() for b in captured.buffers]
+    for array in frozen:
+        array.flags.writeable = False
+    call = restore(captured.stream, frozen)
+    assert not call.namespace["big"].flags.writeable
+
+
+def test_an_importable_callers_namespace_is_not_shipped():
+    import json
+
+    captured = capture(json.dumps, (), {}, vars(json), mode="full", retry_on=())
+    call = pickle.loads(captured.stream)
+    assert call.namespace == {}
+    assert cloudpickle.loads(cloudpickle.dumps(call.fn)) is json.dumps
