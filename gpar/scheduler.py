@@ -29,7 +29,7 @@ from gpar.errors import TaskError
 from gpar.report import AttemptBlock, JobReport
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
-from gpar.worker import ElementError, Progress, run_batch
+from gpar.worker import ElementError, Progress, blocking_call, run_batch
 
 #: Seconds ray.wait blocks before the loop looks around (Ctrl-C is handled between waits).
 WAIT_S = 1.0
@@ -100,7 +100,8 @@ class _Job:
             try:
                 while self.pending or self.in_flight:
                     self._submit_while_free()
-                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=WAIT_S)
+                    ready, _ = blocking_call(self.ray.wait, list(self.in_flight),
+                                             num_returns=1, timeout=WAIT_S)
                     for stream in ready:
                         self._read(stream)
             finally:

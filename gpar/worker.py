@@ -10,17 +10,23 @@ fn runs in its own thread so the batch reports on a clock rather than on fn's sc
 element hangs, the driver still learns which element is running and since when, and a batch of
 tiny elements sends ~1/FLUSH_S messages a second instead of one per element (a streamed yield
 costs ~0.2 ms here, a thousand times a trivial fn call).
+
+Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
+with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
+nested apply in fn hands its waits to run_batch's thread through ``blocking_call``.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import queue
 import threading
 import time
 import traceback
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,22 +65,59 @@ class Progress:
     pid: int
 
 
+#: Calls the element thread of the running batch wants made on the task's main thread.
+_main_thread_calls: queue.SimpleQueue | None = None
+
+
+def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``func`` (a blocking Ray call) on the task's main thread when fn runs in a batch."""
+    calls = _main_thread_calls
+    if calls is None or threading.current_thread() is threading.main_thread():
+        return func(*args, **kwargs)
+    future: Future = Future()
+    calls.put((future, func, args, kwargs))
+    return future.result()
+
+
 def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
     ``environment`` is the captured call: its stream and out-of-band buffers.
     """
+    global _main_thread_calls
     node_id = _node_id()
     run = _BatchRun(*environment, items)
-    run.thread.start()
-    reported = 0
-    while True:
-        finished = run.finished_event.wait(FLUSH_S)
-        message, reported = run.snapshot(reported, node_id)
-        if message.finished or message.running is None:
-            yield message
-        if finished:
-            return
+    _main_thread_calls = run.calls
+    try:
+        run.thread.start()
+        reported = 0
+        next_flush = time.monotonic() + FLUSH_S
+        finished = False
+        while not finished:
+            try:
+                request = run.calls.get(timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                request = None
+            finished = request is _FINISHED
+            if request is not None and not finished:
+                _call(*request)
+            if finished or time.monotonic() >= next_flush:
+                message, reported = run.snapshot(reported, node_id)
+                if message.finished or finished:
+                    yield message
+                next_flush = time.monotonic() + FLUSH_S
+    finally:
+        _main_thread_calls = None
+
+
+_FINISHED = object()
+
+
+def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    try:
+        future.set_result(func(*args, **kwargs))
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 class _BatchRun:
@@ -86,7 +129,7 @@ class _BatchRun:
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
         self.batch_started = time.time()
-        self.finished_event = threading.Event()
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
         self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
 
     def _run(self) -> None:
@@ -104,7 +147,7 @@ class _BatchRun:
                 self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
                 values.append(None)
             finished.append(clock())
-        self.finished_event.set()
+        self.calls.put(_FINISHED)
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)
@@ -118,7 +161,7 @@ class _BatchRun:
             self.errors[position] = error
             self.values.append(None)
             self.finished.append(now)
-        self.finished_event.set()
+        self.calls.put(_FINISHED)
 
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
         done = len(self.finished)  # values and errors are written before finished grows

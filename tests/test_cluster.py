@@ -1,0 +1,62 @@
+"""The embedded cluster: reused by later calls, closed to processes without its token."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import gpar
+
+CONNECT_AND_RUN = textwrap.dedent("""
+    import sys, ray
+    try:
+        ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+        print("ran", ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60))
+    except Exception as error:
+        print("refused", type(error).__name__, str(error)[:300])
+""")
+
+
+def connect_from_another_process(address: str, **env_overrides: str) -> str:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_overrides}
+    completed = subprocess.run([sys.executable, "-c", CONNECT_AND_RUN, address], env=env,
+                               capture_output=True, text=True, timeout=120)
+    return completed.stdout.strip()
+
+
+def test_a_process_with_the_token_can_run_a_task(cluster):
+    assert connect_from_another_process(cluster).startswith("ran 42")
+
+
+def test_a_process_with_a_wrong_token_is_refused(cluster):
+    # The same call as the test above, differing only in the token; Ray reports it as a
+    # failure to connect.
+    out = connect_from_another_process(cluster, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
+    assert out.startswith("refused"), out
+
+
+def test_a_process_without_authentication_is_refused(cluster):
+    out = connect_from_another_process(cluster, RAY_AUTH_MODE="disabled")
+    assert out.startswith("refused"), out
+
+
+def test_later_calls_reuse_the_running_cluster(cluster):
+    import ray
+
+    node_before = ray.get_runtime_context().get_node_id()
+    gpar.apply([1, 2], abs, progress=False)
+    assert ray.get_runtime_context().get_node_id() == node_before
+
+
+def test_embedded_start_refuses_to_switch_authentication_off(monkeypatch):
+    import ray
+
+    from gpar import cluster as gpar_cluster
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(gpar.GparError, match="without authentication"):
+        gpar_cluster.connect()

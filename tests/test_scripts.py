@@ -1,0 +1,147 @@
+"""Scripts run as __main__ in a fresh interpreter: what users write, on the session's cluster."""
+
+from conftest import assert_ok
+
+HELPER = """
+def score(values, n):
+    return sum(sorted(values)[-n:])
+"""
+
+
+def test_the_issue_example_with_a_local_module_a_big_global_and_kwargs(run_script):
+    out = assert_ok(run_script("""
+        import numpy as np, gpar
+        from helpers import score
+        SCALE = 3.0
+        table = np.random.default_rng(0).normal(size=(2000, 2000))
+        def simulate(i, n=10):
+            return score(list(table[i % 2000] * SCALE), n)
+        results = gpar.apply(range(3000), simulate, n=20, progress=False)
+        assert results == [simulate(i, n=20) for i in range(3000)]
+        print("ok", len(results), results.report.environment_bytes > 32_000_000)
+    """, files={"helpers.py": HELPER}))
+    assert out.split() == ["ok", "3000", "True"]
+
+
+def test_closures_lambdas_classes_dataclasses_and_recursion_defined_in_main(run_script):
+    out = assert_ok(run_script("""
+        import dataclasses, gpar
+
+        @dataclasses.dataclass(frozen=True)
+        class Point:
+            x: int
+            y: int
+
+        class Scaler:
+            def __init__(self, k):
+                self.k = k
+            def __call__(self, p):
+                return Point(p.x * self.k, p.y * self.k)
+
+        def make_adder(k):
+            def add(x):
+                return x + k
+            return add
+
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        points = [Point(i, -i) for i in range(4)]
+        assert gpar.apply(points, Scaler(3), progress=False) == [Point(3 * i, -3 * i) for i in range(4)]
+        assert gpar.apply(range(5), make_adder(10), progress=False) == [10, 11, 12, 13, 14]
+        assert gpar.apply(range(5), lambda x: x ** 2, progress=False) == [0, 1, 4, 9, 16]
+        assert gpar.apply(range(10), fib, progress=False) == [fib(i) for i in range(10)]
+        print("ok")
+    """))
+    assert out.strip() == "ok"
+
+
+def test_a_helper_reached_only_through_globals_resolves(run_script):
+    out = assert_ok(run_script("""
+        import gpar
+        def double(x):
+            return 2 * x
+        def dispatch(x):
+            return globals()["dou" + "ble"](x) + eval("OFFSET")
+        OFFSET = 100
+        print(gpar.apply(range(3), dispatch, progress=False))
+        try:
+            gpar.apply(range(3), dispatch, env="referenced", progress=False)
+        except gpar.AllTasksFailed as group:
+            print(group.exceptions[0].failure.exc_type)
+    """))
+    assert out.splitlines() == ["[100, 102, 104]", "KeyError"]
+
+
+def test_a_global_mutated_by_a_task_is_seen_neither_by_the_caller_nor_a_later_call(run_script):
+    out = assert_ok(run_script("""
+        import gpar
+        seen = []
+        counter = {"calls": 0}
+        def remember(x):
+            seen.append(x)
+            counter["calls"] += 1
+            return len(seen)
+        first = gpar.apply(range(4), remember, max_workers=4, progress=False)
+        second = gpar.apply(range(4), remember, max_workers=4, progress=False)
+        print(first, second, seen, counter)
+    """))
+    assert out.strip() == "[1, 1, 1, 1] [1, 1, 1, 1] [] {'calls': 0}"
+
+
+def test_globals_are_captured_at_call_time(run_script):
+    out = assert_ok(run_script("""
+        import gpar
+        RATE = 1
+        def at_rate(x):
+            return x * RATE
+        before = gpar.apply(range(3), at_rate, progress=False)
+        RATE = 10
+        after = gpar.apply(range(3), at_rate, progress=False)
+        print(before, after)
+    """))
+    assert out.strip() == "[0, 1, 2] [0, 10, 20]"
+
+
+def test_unpicklable_global_fn_reaches_is_named_before_any_task(run_script):
+    completed = run_script("""
+        import threading, gpar
+        lock = threading.Lock()
+        def guarded(x):
+            with lock:
+                return x
+        try:
+            gpar.apply(range(3), guarded, progress=False)
+        except gpar.EnvironmentCaptureError as error:
+            print("refused:", error)
+    """)
+    out = assert_ok(completed)
+    assert out.startswith("refused: fn uses the global 'lock' (_thread.lock)")
+
+
+def test_unpicklable_global_fn_does_not_reach_is_skipped_and_reported(run_script):
+    out = assert_ok(run_script("""
+        import threading, gpar
+        lock = threading.Lock()
+        print(gpar.apply(range(3), lambda x: x + 1, progress=False).report.skipped_globals)
+    """))
+    assert out.strip() == "{'lock': '_thread.lock'}"
+
+
+def test_an_exception_class_defined_in_main_still_reports_type_and_message(run_script):
+    out = assert_ok(run_script("""
+        import warnings, gpar
+        class ModelDiverged(RuntimeError):
+            pass
+        def fit(x):
+            if x == 1:
+                raise ModelDiverged(f"no convergence for series {x}")
+            return x
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = gpar.apply(range(3), fit, progress=False)
+        failure = results[1]
+        print(failure.exc_type, "|", failure.message, "|", len(caught))
+        print("in fit" in failure.traceback)
+    """))
+    assert out.splitlines() == ["ModelDiverged | no convergence for series 1 | 1", "True"]
