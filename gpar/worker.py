@@ -18,6 +18,7 @@ nested apply in fn hands its waits to run_batch's thread through ``blocking_call
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import queue
@@ -138,6 +139,16 @@ class _BatchRun:
         except BaseException as exc:
             self._fail_all(exc)
             return
+        self._run_elements(call)
+        del call
+        if self.buffers:
+            # Restored globals are a reference cycle (fn -> globals -> fn) that pins the
+            # environment's buffers in the object store until the next collection, which in an
+            # idle worker may never come: without this, each call leaks its large globals.
+            gc.collect()
+        self.calls.put(_FINISHED)
+
+    def _run_elements(self, call: environment.Call) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock = self.values, self.finished, time.time
         for position, item in enumerate(self.items):
@@ -147,7 +158,6 @@ class _BatchRun:
                 self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
                 values.append(None)
             finished.append(clock())
-        self.calls.put(_FINISHED)
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)

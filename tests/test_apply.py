@@ -226,3 +226,4 @@ def test_progress_bar_draws_when_asked(capsys):
 def test_progress_false_is_silent(capsys):
     gpar.apply(range(20), square, progress=False)
     assert capsys.readouterr().err == ""
+

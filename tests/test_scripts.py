@@ -145,3 +145,24 @@ def test_an_exception_class_defined_in_main_still_reports_type_and_message(run_s
         print("in fit" in failure.traceback)
     """))
     assert out.splitlines() == ["ModelDiverged | no convergence for series 1 | 1", "True"]
+
+
+def test_a_calls_large_globals_leave_the_object_store_when_the_call_ends(run_script):
+    out = assert_ok(run_script("""
+        import time, numpy as np, gpar
+        from ray._private.internal_api import memory_summary  # no public call without dashboard
+
+        def objects_in_store():
+            line = memory_summary(stats_only=True).split("Plasma memory usage")[1]
+            return int(line.split(",")[1].split()[0])
+
+        big = np.ones((4000, 1000))  # 32 MB, shipped out of band
+        def row_sum(i):
+            return float(big[i].sum())
+        assert gpar.apply(range(50), row_sum, progress=False) == [1000.0] * 50
+        deadline = time.monotonic() + 20
+        while objects_in_store() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(objects_in_store())
+    """))
+    assert out.strip() == "0"
