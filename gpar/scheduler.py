@@ -143,7 +143,7 @@ class _Job:
         if not count:
             return
         first = batch.indices[message.done_from]
-        previous = batch.last_finished or message.batch_started
+        previous = batch.last_finished or message.elements_started
         self.sizer.observe(count, message.finished[-1] - previous)
         values, errors = _unpickle_values(message, count)
         self.values[first:first + count] = values

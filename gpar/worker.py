@@ -61,7 +61,7 @@ class Progress:
     errors: dict[int, ElementError]
     finished: array  # of doubles: wall-clock time each element finished
     running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now
-    batch_started: float
+    elements_started: float  # when the first element started, the environment restored
     node_id: str
     pid: int
 
@@ -129,7 +129,7 @@ class _BatchRun:
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
-        self.batch_started = time.time()
+        self.elements_started = time.time()  # set again once the environment is restored
         self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
         self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
 
@@ -139,6 +139,7 @@ class _BatchRun:
         except BaseException as exc:
             self._fail_all(exc)
             return
+        self.elements_started = time.time()
         self._run_elements(call)
         del call
         if self.buffers:
@@ -177,7 +178,7 @@ class _BatchRun:
         done = len(self.finished)  # values and errors are written before finished grows
         running = None
         if done < len(self.items):
-            started = self.finished[done - 1] if done else self.batch_started
+            started = self.finished[done - 1] if done else self.elements_started
             running = (done, started)
         errors = {p: e for p, e in self.errors.items() if reported <= p < done}
         values, errors = _pickle_values(self.values[reported:done], errors, reported)
@@ -187,7 +188,7 @@ class _BatchRun:
             errors=errors,
             finished=self.finished[reported:done],
             running=running,
-            batch_started=self.batch_started,
+            elements_started=self.elements_started,
             node_id=node_id,
             pid=os.getpid(),
         )

@@ -47,7 +47,8 @@ def test_closures_lambdas_classes_dataclasses_and_recursion_defined_in_main(run_
             return n if n < 2 else fib(n - 1) + fib(n - 2)
 
         points = [Point(i, -i) for i in range(4)]
-        assert gpar.apply(points, Scaler(3), progress=False) == [Point(3 * i, -3 * i) for i in range(4)]
+        scaled = gpar.apply(points, Scaler(3), progress=False)
+        assert scaled == [Point(3 * i, -3 * i) for i in range(4)]
         assert gpar.apply(range(5), make_adder(10), progress=False) == [10, 11, 12, 13, 14]
         assert gpar.apply(range(5), lambda x: x ** 2, progress=False) == [0, 1, 4, 9, 16]
         assert gpar.apply(range(10), fib, progress=False) == [fib(i) for i in range(10)]
