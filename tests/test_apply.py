@@ -142,6 +142,33 @@ def test_unpicklable_result_is_a_failure_of_that_element_only():
     assert "refuses to be pickled" in failure.message
 
 
+DRIVER_PID = os.getpid()
+
+
+def refuse_on_the_driver(value):
+    if os.getpid() == DRIVER_PID:
+        raise ImportError("this class exists only on the workers")
+    return value
+
+
+class WorkerOnly:
+    """Unpickles on a worker, fails to unpickle on the driver (a class the driver lacks)."""
+
+    def __reduce__(self):
+        return refuse_on_the_driver, (1,)
+
+
+def returns_worker_only(x):
+    return WorkerOnly() if x == 0 else x
+
+
+def test_result_the_driver_cannot_unpickle_is_a_failure_saying_so():
+    with pytest.warns(gpar.TaskFailedWarning, match="could not be unpickled on the driver"):
+        results = gpar.apply([0, 5], returns_worker_only, max_workers=2, progress=False)
+    assert results[1] == 5
+    assert results[0].exc_type == "ImportError" and results[0].reason == "system"
+
+
 class LoadedError(Exception):
     def __init__(self, message):
         super().__init__(message)

@@ -50,6 +50,17 @@ def test_later_calls_reuse_the_running_cluster(cluster):
     assert ray.get_runtime_context().get_node_id() == node_before
 
 
+def test_shutdown_detaches_and_the_next_call_reconnects(run_script):
+    completed = run_script("""
+        import ray, gpar
+        first = gpar.apply([1, 2], abs, progress=False)
+        gpar.shutdown()
+        print(ray.is_initialized(), first, gpar.apply([-3], abs, progress=False))
+    """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "False [1, 2] [3]"
+
+
 def test_embedded_start_refuses_to_switch_authentication_off(monkeypatch):
     import ray
 
