@@ -1,0 +1,204 @@
+"""The scheduling policy alone: events and a fake clock in, decisions out. No Ray."""
+
+import pytest
+
+from gpar.policy import (
+    BACKUP_MIN_S,
+    Policy,
+    Rules,
+    default_max_failures,
+)
+from gpar.split import BatchSizer
+from gpar.worker import ElementError
+
+CRASH = ElementError("WorkerCrashedError", "worker died", "", "system", retryable=True)
+FN_ERROR = ElementError("ValueError", "bad", "tb", "error", retryable=False)
+TRANSIENT = ElementError("ConnectionError", "flaky", "tb", "error", retryable=True)
+
+
+def policy(elements, **rules):
+    rules.setdefault("max_workers", 2)
+    rules.setdefault("max_failures", default_max_failures(elements))
+    return Policy(elements, Rules(**rules), BatchSizer(rules["max_workers"]))
+
+
+def launch_all(p, now=0.0, limit=100):
+    return p.launches(limit, now)
+
+
+def finish(p, launch, now=1.0, errors=None, seconds=0.01):
+    return p.on_reported(launch.batch, 0, len(launch.indices), errors or {}, seconds, now)
+
+
+def test_one_element_per_batch_while_elements_fit_the_workers():
+    p = policy(2)
+    launches = launch_all(p)
+    assert [list(launch.indices) for launch in launches] == [[0], [1]]
+
+
+def test_success_accepts_the_elements_and_finishes_the_job():
+    p = policy(2)
+    for launch in launch_all(p):
+        assert finish(p, launch) == [launch.indices]
+    assert p.finished and p.stop is None and p.failures == {}
+
+
+def test_fn_exception_not_in_retry_on_is_final_at_once():
+    p = policy(2)
+    first, second = launch_all(p)
+    finish(p, first, errors={0: FN_ERROR})
+    failure = p.failures[0]
+    assert (failure.attempts, failure.reason, failure.message) == (1, "error", "bad")
+    assert launch_all(p) == []
+
+
+def test_retryable_failure_is_retried_alone_until_the_element_budget_is_spent():
+    p = policy(1, task_retries=2)
+    launch = launch_all(p)[0]
+    for attempt in range(3):
+        assert launch.attempt == attempt
+        finish(p, launch, errors={0: TRANSIENT})
+        launches = launch_all(p)
+        if attempt < 2:
+            launch = launches[0]
+    assert launches == [] and p.failures[0].attempts == 3 and p.retries == 2
+
+
+def test_total_budget_stops_the_job_when_crossed():
+    p = policy(20, max_workers=20, max_failures=2)
+    launches = launch_all(p)
+    for launch in launches[:3]:
+        finish(p, launch, errors={0: TRANSIENT})
+    assert p.stop == "budget"
+    kills, _ = p.tick(2.0)
+    assert sorted(kills) == sorted(launch.batch for launch in launches[3:])
+
+
+def test_default_total_budget_grows_with_the_job():
+    assert default_max_failures(10) == 10 and default_max_failures(1000) == 50
+
+
+def test_deadline_stops_and_marks_the_unfinished():
+    p = policy(3, max_workers=3, deadline_at=10.0)
+    a, b, c = launch_all(p)
+    finish(p, a, now=5.0)
+    assert p.tick(9.9) == ([], [])
+    kills, _ = p.tick(10.0)
+    assert sorted(kills) == [b.batch, c.batch] and p.stop == "deadline"
+    assert {i: f.reason for i, f in p.failures.items()} == {1: "deadline", 2: "deadline"}
+
+
+def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest():
+    p = policy(100, max_workers=1, task_timeout_s=5.0)
+    p.sizer.observe(10, 0.01)  # make batches larger than one element
+    launch = launch_all(p, limit=1)[0]
+    assert len(launch.indices) > 3
+    p.on_reported(launch.batch, 0, 2, {}, 0.002, now=1.0)
+    p.on_running(launch.batch, 2, started_at=1.0)
+    assert p.tick(5.9) == ([], [])
+    kills, charges = p.tick(6.1)
+    assert kills == [launch.batch]
+    assert [(c.index, c.outcome) for c in charges] == [(2, "timeout")]
+    retry = launch_all(p, limit=1)[0]
+    assert list(retry.indices) == [2] and retry.attempt == 1 and p.timeouts == 1
+    finish(p, retry)
+    rest = []
+    while not p.finished:
+        for launch in launch_all(p, limit=1):
+            rest.extend(launch.indices)
+            finish(p, launch)
+    assert sorted(rest) == list(range(3, 100))  # elements 0 and 1 reported before the kill
+
+
+def test_quorum_stops_once_enough_elements_are_final():
+    p = policy(10, max_workers=10, quorum=0.8)
+    launches = launch_all(p)
+    for launch in launches[:7]:
+        finish(p, launch)
+    assert p.stop is None
+    finish(p, launches[7])
+    assert p.stop == "quorum"
+    assert sorted(p.failures) == [8, 9] and p.failures[8].reason == "quorum"
+
+
+def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
+    p = policy(10, max_workers=10)
+    launches = launch_all(p)
+    for launch in launches[:9]:
+        finish(p, launch, now=1.0, seconds=0.2)
+    slow = launches[9]
+    p.on_running(slow.batch, 0, started_at=0.0)
+    p.tick(BACKUP_MIN_S - 0.1)
+    assert launch_all(p) == []  # not slow enough yet
+    p.tick(BACKUP_MIN_S + 0.1)
+    (backup,) = launch_all(p)
+    assert backup.backup and list(backup.indices) == [9] and backup.attempt == 1
+    assert finish(p, backup, now=2.0) == [range(9, 10)]
+    kills, _ = p.tick(2.1)
+    assert kills == [slow.batch]  # the loser is cancelled
+    assert finish(p, slow, now=3.0) == []  # and its late result is never accepted twice
+    assert p.finished and p.backups_launched == 1
+
+
+def test_no_backups_when_turned_off():
+    p = policy(10, max_workers=10, backups=False)
+    launches = launch_all(p)
+    for launch in launches[:9]:
+        finish(p, launch, seconds=0.1)
+    p.on_running(launches[9].batch, 0, started_at=0.0)
+    p.tick(100.0)
+    assert launch_all(p) == []
+
+
+def test_a_straggler_inside_a_batch_hands_its_queue_to_new_batches():
+    p = policy(100, max_workers=1)
+    p.sizer.observe(1, 1e-6)  # tiny elements: all 100 go in one batch
+    (only,) = launch_all(p, limit=1)
+    assert only.indices == range(100)
+    p.on_reported(only.batch, 0, 60, {}, 0.06, now=1.0)  # 60 % final: backups may start
+    p.on_running(only.batch, 60, started_at=1.0)
+    p.tick(1.0 + BACKUP_MIN_S + 1)
+    launches = launch_all(p, limit=10)
+    assert launches[0].backup and list(launches[0].indices) == [60]
+    handed_off = [i for launch in launches[1:] for i in launch.indices]
+    assert handed_off == list(range(61, 100))
+
+
+def test_a_lost_batch_with_one_unreported_element_charges_it():
+    p = policy(1)
+    launch = launch_all(p)[0]
+    charge = p.on_lost(launch.batch, CRASH)
+    assert (charge.index, charge.outcome) == (0, "system")
+    assert launch_all(p)[0].attempt == 1
+
+
+def test_a_lost_batch_with_several_unreported_is_split_uncharged():
+    p = policy(100, max_workers=1)
+    p.sizer.observe(10, 0.01)
+    launch = launch_all(p, limit=1)[0]
+    p.on_reported(launch.batch, 0, 4, {}, 0.004, now=1.0)
+    assert p.on_lost(launch.batch, CRASH) is None
+    halves = launch_all(p, limit=2)
+    unreported = list(launch.indices[4:])
+    assert [i for h in halves for i in h.indices] == unreported
+    assert p._failed_count == {} and p.failed_attempts == 1
+
+
+def test_errors_raise_stops_at_the_first_final_failure():
+    p = policy(3, max_workers=3, errors="raise")
+    a, b, c = launch_all(p)
+    finish(p, a, errors={0: FN_ERROR})
+    assert p.stop == "raise" and p.failures[0].reason == "error"
+    assert p.failures[1].reason == "cancelled"
+
+
+@pytest.mark.parametrize("elements", [1, 7, 1000])
+def test_every_element_is_launched_exactly_once_without_faults(elements):
+    p = policy(elements)
+    p.sizer.observe(1, 1e-4)
+    seen = []
+    while not p.finished:
+        for launch in launch_all(p, limit=2):
+            seen.extend(launch.indices)
+            finish(p, launch)
+    assert sorted(seen) == list(range(elements))
