@@ -4,8 +4,11 @@ from gpar.api import apply
 from gpar.cluster import shutdown
 from gpar.errors import (
     AllTasksFailed,
+    DeadlineExceeded,
     EnvironmentCaptureError,
+    FailureBudgetExceeded,
     GparError,
+    IncompleteResultsWarning,
     TaskError,
     TaskFailedWarning,
 )
@@ -15,8 +18,11 @@ from gpar.results import Results, TaskFailure
 __all__ = [
     "AllTasksFailed",
     "AttemptRecord",
+    "DeadlineExceeded",
     "EnvironmentCaptureError",
+    "FailureBudgetExceeded",
     "GparError",
+    "IncompleteResultsWarning",
     "JobReport",
     "Results",
     "TaskError",

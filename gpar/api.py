@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import datetime
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from gpar import cluster, environment, scheduler
-from gpar.errors import AllTasksFailed, TaskError, TaskFailedWarning, describe_failure
+from gpar.errors import (
+    AllTasksFailed,
+    DeadlineExceeded,
+    FailureBudgetExceeded,
+    IncompleteResultsWarning,
+    TaskError,
+    TaskFailedWarning,
+    describe_failure,
+)
+from gpar.policy import Policy, Rules, default_max_failures
 from gpar.report import JobReport
 from gpar.results import Results
+from gpar.split import BatchSizer
 
 
 def apply(
@@ -47,35 +58,85 @@ def apply(
         raise TypeError(
             f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
         )
+    started = time.time()
     items = _materialize(xs)
     retry_on = _exception_types(retry_on)
-    _check_options(max_workers, task_retries, env, packages, errors)
-    _refuse_unbuilt(max_failures, deadline, task_timeout, quorum, output)
+    _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env, packages,
+                   errors)
+    deadline_at = _deadline_at(deadline, started)
+    if output is not None:
+        raise NotImplementedError("gpar.apply(output=...) is not supported yet")
     if len(items) == 0:
         return Results([], JobReport(elements=0))
     captured = environment.capture(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
     cluster.connect(address)
-    options = scheduler.Options(
-        max_workers=max_workers or cluster.cpu_slots(),
+    max_workers = max_workers or cluster.cpu_slots()
+    rules = Rules(
+        max_workers=max_workers,
         task_retries=task_retries,
+        max_failures=default_max_failures(len(items)) if max_failures is None else max_failures,
+        deadline_at=deadline_at,
+        task_timeout_s=task_timeout,
+        quorum=quorum,
+        backups=backups,
         errors=errors,
-        progress=sys.stderr.isatty() if progress is None else progress,
     )
+    policy = Policy(len(items), rules, BatchSizer(max_workers))
     report = JobReport(len(items), environment_bytes=captured.nbytes,
                        skipped_globals=captured.skipped)
-    results = Results(scheduler.run_job(items, captured, options, report), report)
-    failures = results.failures
-    if len(failures) == len(results):
+    values = scheduler.run_job(
+        items, captured, policy, in_flight=max_workers,
+        progress=sys.stderr.isatty() if progress is None else progress, report=report,
+    )
+    report.record_policy(policy)
+    results = Results(values, report)
+    _raise_or_warn(results, policy)
+    return results
+
+
+def _raise_or_warn(results: Results, policy: Policy) -> None:
+    """Turn how the job ended into the exception or warnings DESIGN §3 promises."""
+    failures = [f for f in results.failures if f.reason in ("error", "system")]
+    unfinished = len(results.failures) - len(failures)
+    if policy.stop == "raise":
+        raise TaskError(policy.first_failure)
+    if policy.stop == "budget":
+        raise FailureBudgetExceeded(
+            f"{policy.failed_attempts} attempts failed, more than max_failures="
+            f"{policy.rules.max_failures}; the job was cancelled. The first failure: "
+            f"{describe_failure(policy.first_failure) if policy.first_failure else 'none final'}."
+            " Finished results are in .partial.", results)
+    if policy.stop == "deadline" and unfinished == len(results):
+        raise DeadlineExceeded(
+            f"the deadline passed before any of the {len(results)} tasks finished", results)
+    if failures and len(failures) == len(results):
         raise AllTasksFailed(
             f"all {len(results)} tasks failed; the first: {describe_failure(failures[0])}",
             [TaskError(failure) for failure in failures],
             results,
         )
     for failure in failures:
-        warnings.warn(describe_failure(failure), TaskFailedWarning, stacklevel=2)
-    return results
+        warnings.warn(describe_failure(failure), TaskFailedWarning, stacklevel=3)
+    if unfinished:
+        warnings.warn(
+            f"the job's {policy.stop} ended it with {unfinished} of {len(results)} tasks "
+            f"unfinished; their slots hold TaskFailure(reason={policy.stop!r})",
+            IncompleteResultsWarning, stacklevel=3)
+
+
+def _deadline_at(deadline: float | datetime.datetime | None, now: float) -> float | None:
+    if deadline is None:
+        return None
+    if isinstance(deadline, datetime.datetime):
+        if deadline.tzinfo is None:
+            deadline = deadline.astimezone()  # a naive datetime is local time
+        return deadline.timestamp()
+    if isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0:
+        return now + float(deadline)
+    raise ValueError(
+        f"deadline must be seconds from now (> 0) or a datetime, got {deadline!r}")
 
 
 def _materialize(xs: Iterable[Any]) -> Sequence[Any]:
@@ -103,11 +164,20 @@ def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
     return kinds
 
 
-def _check_options(max_workers, task_retries, env, packages, errors) -> None:
+def _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env,
+                   packages, errors) -> None:
     if max_workers is not None and not (isinstance(max_workers, int) and max_workers >= 1):
         raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
     if not (isinstance(task_retries, int) and task_retries >= 0):
         raise ValueError(f"task_retries must be an int >= 0, got {task_retries!r}")
+    if max_failures is not None and not (isinstance(max_failures, int) and max_failures >= 0):
+        raise ValueError(f"max_failures must be an int >= 0 or None, got {max_failures!r}")
+    if task_timeout is not None and not (
+        isinstance(task_timeout, int | float) and task_timeout > 0
+    ):
+        raise ValueError(f"task_timeout must be seconds (> 0) or None, got {task_timeout!r}")
+    if not (isinstance(quorum, int | float) and 0 < quorum <= 1):
+        raise ValueError(f"quorum must be a fraction in (0, 1], got {quorum!r}")
     if env not in ("full", "referenced"):
         raise ValueError(f'env must be "full" or "referenced", got {env!r}')
     if errors not in ("warn", "raise"):
@@ -116,17 +186,3 @@ def _check_options(max_workers, task_retries, env, packages, errors) -> None:
         raise ValueError(
             f'packages must be "auto", "none" or a list of distribution names, got {packages!r}'
         )
-
-
-def _refuse_unbuilt(max_failures, deadline, task_timeout, quorum, output) -> None:
-    """Knobs of the public signature whose behaviour is not there yet: say so, never ignore."""
-    asked = {
-        "max_failures": max_failures is not None,
-        "deadline": deadline is not None,
-        "task_timeout": task_timeout is not None,
-        "quorum": quorum != 1.0,
-        "output": output is not None,
-    }
-    for name, given in asked.items():
-        if given:
-            raise NotImplementedError(f"gpar.apply({name}=...) is not supported yet")

@@ -3,9 +3,12 @@
     GparError
     ├── EnvironmentCaptureError   fn reaches what cannot be shipped; raised before any task
     ├── TaskError                 one element failed for good (errors="raise", AllTasksFailed)
-    └── AllTasksFailed            every element failed; also an ExceptionGroup of TaskError
+    ├── AllTasksFailed            every element failed; also an ExceptionGroup of TaskError
+    ├── FailureBudgetExceeded     more attempts failed than max_failures; ``.partial`` results
+    └── DeadlineExceeded          the deadline passed before any element finished
 
     TaskFailedWarning (UserWarning)   one per failed element when errors="warn"
+    IncompleteResultsWarning          a deadline or quorum stopped the job with elements unrun
 
 A remote failure keeps its traceback as text: TaskError's ``__cause__`` is a RemoteTraceback whose
 message is the worker's traceback, as concurrent.futures does, so it prints under the local one.
@@ -61,8 +64,29 @@ class AllTasksFailed(ExceptionGroup, GparError):
         return ExceptionGroup(self.message, excs)
 
 
+class FailureBudgetExceeded(GparError):
+    """More attempts failed than ``max_failures``; the job was cancelled. ``partial`` holds
+    what had finished, a TaskFailure in every other slot."""
+
+    def __init__(self, message: str, partial: Results):
+        super().__init__(message)
+        self.partial = partial
+
+
+class DeadlineExceeded(GparError):
+    """The deadline passed before any element finished; ``partial`` holds the TaskFailures."""
+
+    def __init__(self, message: str, partial: Results):
+        super().__init__(message)
+        self.partial = partial
+
+
 class TaskFailedWarning(UserWarning):
     """One element of xs failed; its slot in the results holds a TaskFailure."""
+
+
+class IncompleteResultsWarning(UserWarning):
+    """A deadline or quorum ended the job early; unfinished slots hold TaskFailures."""
 
 
 def describe_failure(failure: TaskFailure) -> str:

@@ -82,10 +82,12 @@ class Launch:
 class Charge:
     """A failed attempt the policy charged without a report from the worker (timeout, loss)."""
 
+    batch: int
     index: int
     attempt: int
     started_at: float | None
     outcome: str  # "timeout" or "system"
+    message: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Policy:
     failures: dict[int, TaskFailure] = field(default_factory=dict)
     failed_attempts: int = 0
     stop: str | None = None  # "quorum", "deadline", "budget", "raise", or None while running
+    first_failure: TaskFailure | None = None  # the first element that failed for good
     final: int = 0
     backups_launched: int = 0
     retries: int = 0
@@ -263,7 +266,7 @@ class Policy:
         index = unreported[0]
         started = live.running[1] if live.running else None
         self._attempt_failed(index, live.attempt, error)
-        return Charge(index, live.attempt, started, "system")
+        return Charge(batch, index, live.attempt, started, "system", error.message)
 
     # ------------------------------------------------------------------- helpers
 
@@ -314,8 +317,10 @@ class Policy:
             self._requeue(range(index, index + 1), attempt + 1, whole=True)
         else:
             reason = "error" if error.kind == "error" else "system"
-            self._finalize(index, _FAILED, TaskFailure(
-                index, error.exc_type, error.message, error.traceback, failed, reason))
+            failure = TaskFailure(index, error.exc_type, error.message, error.traceback, failed,
+                                  reason)
+            self._finalize(index, _FAILED, failure)
+            self.first_failure = self.first_failure or failure
             if self.rules.errors == "raise":
                 self._stop("raise")
         self._check_budget()
@@ -335,17 +340,19 @@ class Policy:
                 continue
             position, started = live.running
             index = live.indices[position]
-            del self._batches[batch]
             kills.append(batch)
+            del self._batches[batch]
             rest = self._trim_final(live.indices[position + 1:live.end])
             if rest:
                 self._requeue(rest, live.attempt + 1, whole=False)
             if self.state[index] == _OPEN:
                 self.timeouts += 1
-                charges.append(Charge(index, live.attempt, started, "timeout"))
-                self._attempt_failed(index, live.attempt, ElementError(
+                error = ElementError(
                     "TimeoutError", f"the attempt ran longer than task_timeout={limit} s",
-                    "", "timeout", retryable=True))
+                    "", "timeout", retryable=True)
+                charges.append(Charge(batch, index, live.attempt, started, "timeout",
+                                      error.message))
+                self._attempt_failed(index, live.attempt, error)
         return kills, charges
 
     def _launch_backups(self, now: float) -> None:

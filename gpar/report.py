@@ -13,12 +13,14 @@ class AttemptRecord:
 
     task: int
     attempt: int
+    backup: bool
     node: str
     pid: int
     submitted: float
     started: float
     finished: float
-    outcome: str  # "ok", "error", "result", "environment", "system"
+    outcome: str  # "ok", "error", "result", "environment", "system", "timeout"
+    error: str  # the failure's message, "" when ok
 
 
 @dataclass
@@ -27,19 +29,20 @@ class AttemptBlock:
 
     first_task: int
     attempt: int
+    backup: bool
     node: str
     pid: int
     submitted: float
     first_started: float  # each later element started when the one before it finished
     finished: Sequence[float]
-    outcomes: dict[int, str]  # offset -> outcome, for the elements that did not end "ok"
+    failed: dict[int, tuple[str, str]]  # offset -> (outcome, message) of elements not "ok"
 
     def records(self) -> list[AttemptRecord]:
         started = [self.first_started, *self.finished[:-1]]
         return [
-            AttemptRecord(self.first_task + offset, self.attempt, self.node, self.pid,
-                          self.submitted, started[offset], finished,
-                          self.outcomes.get(offset, "ok"))
+            AttemptRecord(self.first_task + offset, self.attempt, self.backup, self.node,
+                          self.pid, self.submitted, started[offset], finished,
+                          *self.failed.get(offset, ("ok", "")))
             for offset, finished in enumerate(self.finished)
         ]
 
@@ -53,7 +56,16 @@ class JobReport:
     skipped_globals: dict[str, str] = field(default_factory=dict)
     batches: int = 0
     batches_lost: int = 0  # batches whose worker died with several elements unreported
+    retries: int = 0
+    backups: int = 0
+    timeouts: int = 0
+    failed_attempts: int = 0
     _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
+
+    def record_policy(self, policy: Any) -> None:
+        """Copy the job's totals from its scheduling policy."""
+        self.retries, self.backups = policy.retries, policy.backups_launched
+        self.timeouts, self.failed_attempts = policy.timeouts, policy.failed_attempts
 
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)

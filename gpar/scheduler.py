@@ -1,15 +1,15 @@
-"""The driver loop: submits batches, turns their progress into results, owns every retry.
+"""The Ray loop: turns the policy's decisions into Ray calls and Ray outcomes into its events.
 
     run_job ─▶ ray.put(environment) once
-            ─▶ loop: submit batches while fewer than max_workers are in flight (BatchSizer
-               picks their sizes) ─▶ ray.wait on their streams ─▶ Progress messages
-               ─▶ values placed in input order │ failures retried or recorded │ JobReport rows
-            ◀─ values, with a TaskFailure in each failed slot
+            ─▶ loop: policy.launches ─▶ run_batch streams (Ray streaming tasks)
+                     ray.wait on the streams ─▶ Progress ─▶ policy.on_reported / on_running
+                     a stream that breaks ─▶ policy.on_lost
+                     policy.tick ─▶ ray.cancel(force=True) of the batches it kills
+            ◀─ values in input order, a TaskFailure in each slot without one
 
-Ray's own retries are off (max_retries=0): every failure reaches this loop and is counted here.
-A batch is a contiguous range of xs. A retried element runs alone; a batch that dies with several
-elements unreported is split in two and re-run uncharged, so a crash is charged only to the one
-element that caused it.
+Every decision (retries, budgets, deadline, quorum, backups, timeouts) is the policy's; Ray's own
+retries are off (max_retries=0) so that every failure reaches it. Times are wall-clock seconds,
+the clock the workers stamp their progress with.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,43 +24,22 @@ from typing import Any
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
-from gpar.errors import TaskError
+from gpar.policy import Charge, Launch, Policy
 from gpar.report import AttemptBlock, JobReport
-from gpar.results import TaskFailure
-from gpar.split import BatchSizer
 from gpar.worker import ElementError, Progress, blocking_call, run_batch
 
-#: Seconds ray.wait blocks before the loop looks around (Ctrl-C is handled between waits).
+#: Longest wait for progress before the loop looks at the clock again (Ctrl-C is handled
+#: between waits).
 WAIT_S = 1.0
 
 
-@dataclass(frozen=True)
-class Options:
-    """The scheduling knobs apply() validated."""
-
-    max_workers: int
-    task_retries: int
-    errors: str
-    progress: bool
-
-
-@dataclass(frozen=True)
-class _Work:
-    """Elements waiting for dispatch. ``whole``: dispatch as one batch, never re-cut."""
-
-    indices: range
-    attempt: int
-    whole: bool
-
-
 @dataclass
-class _Batch:
-    """A batch in flight and what its stream has told so far."""
+class _Stream:
+    """A launched batch's stream and what it has told so far."""
 
-    indices: range
-    attempt: int
+    launch: Launch
+    ref: Any
     submitted: float
-    reported: int = 0
     last_finished: float | None = None
     node: str = ""
     pid: int = 0
@@ -69,25 +47,29 @@ class _Batch:
 
 
 def run_job(
-    items: Sequence[Any], environment: CapturedEnvironment, options: Options, report: JobReport
+    items: Sequence[Any],
+    environment: CapturedEnvironment,
+    policy: Policy,
+    in_flight: int,
+    progress: bool,
+    report: JobReport,
 ) -> list[Any]:
-    """Run fn over every element of ``items``; see the module docstring."""
-    return _Job(items, environment, options, report).run()
+    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures."""
+    return _Job(items, environment, policy, in_flight, progress, report).run()
 
 
 class _Job:
-    def __init__(self, items, environment, options, report):
+    def __init__(self, items, environment, policy, in_flight, progress, report):
         import ray
 
         self.ray = ray
         self.items = items
-        self.options = options
+        self.policy = policy
+        self.in_flight = in_flight
+        self.progress = progress
         self.report = report
         self.values: list[Any] = [None] * len(items)
-        self.pending: deque[_Work] = deque([_Work(range(len(items)), 0, whole=False)])
-        self.undispatched = len(items)
-        self.in_flight: dict[Any, _Batch] = {}
-        self.sizer = BatchSizer(options.max_workers)
+        self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
@@ -95,107 +77,111 @@ class _Job:
     def run(self) -> list[Any]:
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(self.items), disable=not self.options.progress, unit="task",
+        with tqdm(total=len(self.items), disable=not self.progress, unit="task",
                   file=sys.stderr, dynamic_ncols=True) as self.bar:
             try:
-                while self.pending or self.in_flight:
-                    self._submit_while_free()
-                    ready, _ = blocking_call(self.ray.wait, list(self.in_flight),
-                                             num_returns=1, timeout=WAIT_S)
-                    for stream in ready:
-                        self._read(stream)
+                self._loop()
             finally:
-                self._cancel_in_flight()
+                self._cancel(list(self.streams))
+        for index, failure in self.policy.failures.items():
+            self.values[index] = failure
         return self.values
 
-    def _submit_while_free(self) -> None:
-        while self.pending and len(self.in_flight) < self.options.max_workers:
-            work = self.pending.popleft()
-            indices = work.indices
-            if not work.whole:
-                size = self.sizer.next_size(self.undispatched)
-                if size < len(indices):
-                    self.pending.appendleft(_Work(indices[size:], work.attempt, whole=False))
-                    indices = indices[:size]
-                self.undispatched -= len(indices)
-            chunk = self.items[indices.start:indices.stop]
-            stream = self.remote.remote(self.environment_ref, chunk)
-            self.in_flight[stream] = _Batch(indices, work.attempt, submitted=time.time())
-            self.report.batches += 1
+    def _loop(self) -> None:
+        policy = self.policy
+        while True:
+            now = time.time()
+            kills, charges = policy.tick(now)
+            for charge in charges:
+                self._record_charge(charge, self.streams[charge.batch])
+            self._cancel(kills)
+            if policy.finished:
+                return
+            for launch in policy.launches(self.in_flight, now):
+                self._submit(launch, now)
+            timeout = min(WAIT_S, policy.next_check(now))
+            refs = {stream.ref: batch for batch, stream in self.streams.items()}
+            ready, _ = blocking_call(self.ray.wait, list(refs), num_returns=1, timeout=timeout)
+            for ref in ready:
+                self._read(refs[ref])
 
-    def _read(self, stream: Any) -> None:
-        batch = self.in_flight[stream]
+    def _submit(self, launch: Launch, now: float) -> None:
+        chunk = self.items[launch.indices.start:launch.indices.stop]
+        ref = self.remote.remote(self.environment_ref, chunk)
+        self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
+        self.report.batches += 1
+
+    def _read(self, batch: int) -> None:
+        stream = self.streams[batch]
         try:
-            message = self.ray.get(next(stream))
+            message = self.ray.get(next(stream.ref))
         except StopIteration:
-            self._batch_lost(stream, batch, "the batch ended without reporting every element")
+            self._lost(batch, "the batch ended without reporting every element")
         except self.ray.exceptions.RayError as exc:
-            self._batch_lost(stream, batch, exc)
+            self._lost(batch, exc)
         else:
-            self._take(batch, message)
-            if batch.reported == len(batch.indices):
-                del self.in_flight[stream]
+            self._take(batch, stream, message)
 
-    def _take(self, batch: _Batch, message: Progress) -> None:
-        batch.node, batch.pid = message.node_id, message.pid
-        batch.running_since = message.running[1] if message.running else None
+    def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
+        stream.node, stream.pid = message.node_id, message.pid
+        if message.running is not None:
+            stream.running_since = message.running[1]
+            self.policy.on_running(batch, *message.running)
         count = len(message.finished)
-        if not count:
-            return
-        first = batch.indices[message.done_from]
-        previous = batch.last_finished or message.elements_started
-        self.sizer.observe(count, message.finished[-1] - previous)
+        if count:
+            self._take_finished(batch, stream, message, count)
+        if message.running is None:  # the batch is done
+            self.streams.pop(batch, None)
+
+    def _take_finished(self, batch: int, stream: _Stream, message: Progress, count: int) -> None:
+        launch = stream.launch
+        previous = stream.last_finished or message.elements_started
+        stream.last_finished = message.finished[-1]
         values, errors = _unpickle_values(message, count)
-        self.values[first:first + count] = values
-        outcomes = {position - message.done_from: error.kind for position, error in errors.items()}
-        self.report.add_block(AttemptBlock(first, batch.attempt, batch.node, batch.pid,
-                                           batch.submitted, previous, message.finished, outcomes))
-        batch.reported += count
-        batch.last_finished = message.finished[-1]
-        self.bar.update(count - len(errors))
-        for position, error in errors.items():
-            self._element_failed(batch.indices[position], batch.attempt, error)
+        first = launch.indices[message.done_from]
+        failed = {position - message.done_from: (error.kind, error.message)
+                  for position, error in errors.items()}
+        self.report.add_block(AttemptBlock(first, launch.attempt, launch.backup, stream.node,
+                                           stream.pid, stream.submitted, previous,
+                                           message.finished, failed))
+        final_before = self.policy.final
+        accepted = self.policy.on_reported(batch, message.done_from, count, errors,
+                                           message.finished[-1] - previous, time.time())
+        for indices in accepted:
+            offset = indices.start - first
+            self.values[indices.start:indices.stop] = values[offset:offset + len(indices)]
+        self.bar.update(self.policy.final - final_before)
 
-    def _element_failed(self, index: int, attempt: int, error: ElementError) -> None:
-        failed_attempts = attempt + 1
-        if error.retryable and failed_attempts <= self.options.task_retries:
-            self.pending.appendleft(_Work(range(index, index + 1), failed_attempts, whole=True))
-            return
-        reason = "error" if error.kind == "error" else "system"
-        failure = TaskFailure(index, error.exc_type, error.message, error.traceback,
-                              failed_attempts, reason)
-        self.values[index] = failure
-        self.bar.update(1)
-        if self.options.errors == "raise":
-            raise TaskError(failure)
-
-    def _batch_lost(self, stream: Any, batch: _Batch, cause: BaseException | str) -> None:
-        """The batch's worker died (or its stream broke) before it reported every element."""
-        del self.in_flight[stream]
-        unreported = batch.indices[batch.reported:]
-        if len(unreported) > 1:  # the culprit is unknown: halve and re-run, charging no one
-            self.report.batches_lost += 1
-            half = len(unreported) // 2
-            self.pending.appendleft(_Work(unreported[half:], batch.attempt, whole=True))
-            self.pending.appendleft(_Work(unreported[:half], batch.attempt, whole=True))
-            return
-        index = unreported[0]
+    def _lost(self, batch: int, cause: BaseException | str) -> None:
+        """The batch's stream broke: its worker died, or Ray lost its node."""
+        stream = self.streams.pop(batch)
         exc_type = type(cause).__qualname__ if isinstance(cause, BaseException) else "BatchLost"
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else exc_type
-        now = time.time()
-        started = batch.running_since or batch.last_finished or batch.submitted
-        self.report.add_block(AttemptBlock(index, batch.attempt, batch.node, batch.pid,
-                                           batch.submitted, started, [now], {0: "system"}))
-        self._element_failed(index, batch.attempt,
-                             ElementError(exc_type, message, "", "system", retryable=True))
+        text = str(cause).strip()
+        error = ElementError(exc_type, text.splitlines()[0] if text else exc_type, text, "system",
+                             retryable=True)
+        final_before = self.policy.final
+        charge = self.policy.on_lost(batch, error)
+        if charge is None:
+            self.report.batches_lost += 1
+        else:
+            self._record_charge(charge, stream)
+        self.bar.update(self.policy.final - final_before)
 
-    def _cancel_in_flight(self) -> None:
-        for stream in self.in_flight:
+    def _record_charge(self, charge: Charge, stream: _Stream) -> None:
+        self.report.add_block(AttemptBlock(
+            charge.index, charge.attempt, stream.launch.backup, stream.node, stream.pid,
+            stream.submitted, charge.started_at or stream.submitted, [time.time()],
+            {0: (charge.outcome, charge.message)}))
+
+    def _cancel(self, batches: list[int]) -> None:
+        for batch in batches:
+            stream = self.streams.pop(batch, None)
+            if stream is None:
+                continue
             try:
-                self.ray.cancel(stream, force=True)
-            except Exception:  # already finished or its worker already gone: nothing to stop
+                self.ray.cancel(stream.ref, force=True)
+            except Exception:  # already finished, or its worker already gone
                 pass
-        self.in_flight.clear()
 
 
 def _unpickle_values(message: Progress, count: int) -> tuple[list[Any], dict[int, ElementError]]:
@@ -215,7 +201,7 @@ def _unpickle_values(message: Progress, count: int) -> tuple[list[Any], dict[int
 
 @functools.cache
 def _remote_run_batch() -> Any:
-    """run_batch as a Ray streaming task, with Ray's retries off (this loop owns retries)."""
+    """run_batch as a Ray streaming task, with Ray's retries off (the policy owns retries)."""
     import ray
 
     return ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(run_batch)

@@ -93,7 +93,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Ite
         run.thread.start()
         reported = 0
         next_flush = time.monotonic() + FLUSH_S
-        finished = False
+        finished = announced = False
         while not finished:
             try:
                 request = run.calls.get(timeout=max(0.0, next_flush - time.monotonic()))
@@ -104,8 +104,9 @@ def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Ite
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
                 message, reported = run.snapshot(reported, node_id)
-                if message.finished or finished:
+                if message.finished or finished or not announced:  # the first says "started"
                     yield message
+                    announced = True
                 next_flush = time.monotonic() + FLUSH_S
     finally:
         _main_thread_calls = None
