@@ -16,11 +16,12 @@ Rules (DESIGN §3):
   retryable failure; the batch's other unreported elements are re-dispatched uncharged.
 * **Quorum**: once ``ceil(quorum * elements)`` elements are final the job stops; the rest are
   marked "quorum".
+* **Stragglers**: an attempt running more than BACKUP_SLOWDOWN times the median element time
+  (and at least BACKUP_MIN_S) hands the elements queued behind it in its batch to new batches,
+  so it holds back only itself.
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
-  are final, an element whose only attempt has run more than BACKUP_SLOWDOWN times the median
-  element time (and at least BACKUP_MIN_S) gets a second attempt; the first to finish wins. At
-  most BACKUP_SHARE of the elements get one. Elements queued behind it in its batch are handed to
-  new batches, so a straggler holds back only itself.
+  are final, such a straggler also gets a second attempt; the first to finish wins and the other
+  is cancelled. At most BACKUP_SHARE of the elements get one.
 * **Lost batch** (worker died): reported elements are kept. A lone unreported element is charged
   a retryable failure; several are split in two and re-run uncharged, so a crash is charged only
   to the element that caused it.
@@ -183,8 +184,7 @@ class Policy:
             self._batches.clear()
             return kills, []
         kills, charges = self._timeouts(now)
-        if self.rules.backups:
-            self._launch_backups(now)
+        self._handle_stragglers(now)
         for batch, live in list(self._batches.items()):
             if self._redundant(live):
                 del self._batches[batch]
@@ -355,29 +355,30 @@ class Policy:
                 self._attempt_failed(index, live.attempt, error)
         return kills, charges
 
-    def _launch_backups(self, now: float) -> None:
+    def _handle_stragglers(self, now: float) -> None:
+        """A straggler hands the elements queued behind it to new batches; it may get a backup."""
         median = self._median_duration()
-        if median is None or self.final < BACKUP_AFTER_DONE * self.elements:
+        if median is None:
             return
-        budget = max(1, int(BACKUP_SHARE * self.elements))
         threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * median)
+        backups_allowed = (self.rules.backups
+                           and self.final >= BACKUP_AFTER_DONE * self.elements)
+        budget = max(1, int(BACKUP_SHARE * self.elements))
         for live in list(self._batches.values()):
-            if self.backups_launched >= budget:
-                return
-            if live.backup or not live.running or now - live.running[1] <= threshold:
+            if not live.running or now - live.running[1] <= threshold:
                 continue
             position, _ = live.running
-            index = live.indices[position]
-            if index in self._backed_up or self.state[index] != _OPEN:
-                continue
-            self._backed_up.add(index)
-            self.backups_launched += 1
             rest = self._trim_final(live.indices[position + 1:live.end])
             live.owned = position + 1
             if rest:
                 self._requeue(rest, live.attempt + 1, whole=False)
-            self._pending.appendleft(_Work(range(index, index + 1), live.attempt + 1,
-                                           whole=True, backup=True))
+            index = live.indices[position]
+            if (backups_allowed and not live.backup and self.backups_launched < budget
+                    and index not in self._backed_up and self.state[index] == _OPEN):
+                self._backed_up.add(index)
+                self.backups_launched += 1
+                self._pending.appendleft(_Work(range(index, index + 1), live.attempt + 1,
+                                               whole=True, backup=True))
 
     def _requeue(self, indices: range, attempt: int, whole: bool) -> None:
         """Queue elements again: whole pieces (retries, halves) first, re-cuttable ones last."""

@@ -140,6 +140,18 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
     assert p.finished and p.backups_launched == 1
 
 
+def test_a_straggler_hands_off_its_queue_even_without_backups():
+    p = policy(100, max_workers=1, backups=False)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p.on_reported(only.batch, 0, 10, {}, 0.01, now=1.0)
+    p.on_running(only.batch, 10, started_at=1.0)
+    p.tick(1.0 + BACKUP_MIN_S + 1)
+    launches = launch_all(p, limit=10)
+    assert [i for launch in launches for i in launch.indices] == list(range(11, 100))
+    assert not any(launch.backup for launch in launches)
+
+
 def test_no_backups_when_turned_off():
     p = policy(10, max_workers=10, backups=False)
     launches = launch_all(p)

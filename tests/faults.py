@@ -1,0 +1,73 @@
+"""Deterministic faults: a table says what each task does on each of its attempts.
+
+    FAULTS = {(task, attempt): action}   action: "exit" | "raise" | "hang" | ("sleep", s)
+
+A task learns its attempt number by claiming the next marker file in a shared directory
+(O_EXCL, so concurrent attempts of one task, e.g. a backup, get different numbers). It writes
+its pid beside the marker, so a test can kill it or check that it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def claim_attempt(marker_dir: str, task: int) -> int:
+    attempt = 0
+    while True:
+        try:
+            descriptor = os.open(Path(marker_dir) / f"{task}.{attempt}", os.O_CREAT | os.O_EXCL
+                                 | os.O_WRONLY)
+        except FileExistsError:
+            attempt += 1
+            continue
+        os.write(descriptor, str(os.getpid()).encode())
+        os.close(descriptor)
+        return attempt
+
+
+def pids(marker_dir: str) -> list[int]:
+    return [int(p.read_text()) for p in Path(marker_dir).glob("*.*") if p.read_text()]
+
+
+def attempts_of(marker_dir: str, task: int) -> int:
+    return len(list(Path(marker_dir).glob(f"{task}.*")))
+
+
+def faulty(task: int, table: dict, marker_dir: str, work_s: float = 0.0) -> int:
+    """Run task ``task`` as ``table`` says for this attempt; return the task number."""
+    attempt = claim_attempt(marker_dir, task)
+    action = table.get((task, attempt))
+    if action == "exit":
+        os._exit(1)
+    if action == "raise":
+        raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
+    if action == "hang":
+        time.sleep(3600)
+    if isinstance(action, tuple) and action[0] == "sleep":
+        time.sleep(action[1])
+    time.sleep(work_s)
+    return task
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(condition, timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; return whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll_s)
+    return condition()

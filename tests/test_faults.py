@@ -1,0 +1,123 @@
+"""Scheduling under faults on the session's cluster: every fault comes from a table."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from faults import alive, attempts_of, faulty, pids, wait_until
+
+import gpar
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def run(xs, table, marker_dir, **options):
+    options.setdefault("progress", False)
+    return gpar.apply(xs, faulty, table, str(marker_dir), **options)
+
+
+def test_a_worker_killed_by_sigkill_mid_job_loses_no_result(tmp_path):
+    table = {(0, 0): ("sleep", 30)}  # task 0 waits to be killed
+    # backups off: a backup of the sleeping task could finish before the kill
+    killer = threading.Thread(target=lambda: (
+        wait_until(lambda: attempts_of(tmp_path, 0) == 1, 60),
+        os.kill(pids(tmp_path)[0], signal.SIGKILL)))
+    killer.start()
+    results = run(range(2), table, tmp_path, max_workers=2, backups=False)
+    killer.join()
+    assert results == [0, 1]
+    rows = [(a.attempt, a.outcome) for a in results.report.attempts if a.task == 0]
+    assert rows == [(0, "system"), (1, "ok")]
+
+
+def test_a_hung_attempt_is_killed_at_task_timeout_and_retried(tmp_path):
+    started = time.monotonic()
+    results = run(range(2), {(1, 0): "hang"}, tmp_path, max_workers=2, task_timeout=2,
+                  backups=False)  # a backup would rescue the hung task first
+    assert results == [0, 1] and time.monotonic() - started < 30
+    rows = [(a.attempt, a.outcome) for a in results.report.attempts if a.task == 1]
+    assert rows == [(0, "timeout"), (1, "ok")]
+    assert results.report.timeouts == 1
+    hung_pid = int((tmp_path / "1.0").read_text())
+    assert wait_until(lambda: not alive(hung_pid), 5)
+
+
+def test_task_timeout_bounds_one_element_not_its_batch(tmp_path):
+    # 60 elements of 50 ms in batches: a batch lasts far longer than task_timeout
+    results = run(range(60), {}, tmp_path, max_workers=2, task_timeout=1.0, work_s=0.05)
+    assert results == list(range(60)) and results.report.timeouts == 0
+    assert results.report.batches < 60
+
+
+def test_a_hung_element_holds_back_only_itself(tmp_path):
+    table = {(5, 0): "hang"}
+    results = run(range(200), table, tmp_path, max_workers=2, task_timeout=3, work_s=0.01,
+                  backups=False)
+    assert results == list(range(200))
+    hung = [a for a in results.report.attempts if a.task == 5]
+    assert [(a.attempt, a.outcome) for a in hung] == [(0, "timeout"), (1, "ok")]
+
+
+def test_total_failure_budget_stops_the_job_quickly_with_partial_results(tmp_path):
+    table = {(task, 0): "raise" for task in range(3)}
+    table.update({(task, 0): ("sleep", 60) for task in range(3, 6)})
+    started = time.monotonic()
+    with pytest.raises(gpar.FailureBudgetExceeded) as caught:
+        run(range(6), table, tmp_path, max_workers=6, max_failures=2,
+            retry_on=RuntimeError)
+    assert time.monotonic() - started < 20
+    partial = caught.value.partial
+    assert len(partial) == 6 and all(isinstance(v, gpar.TaskFailure) for v in partial)
+    sleepers = [int(p.read_text()) for p in tmp_path.glob("[345].0")]
+    assert wait_until(lambda: not any(alive(pid) for pid in sleepers), 5)
+
+
+def test_deadline_returns_what_finished_and_marks_the_rest(tmp_path):
+    table = {(task, 0): "hang" for task in (2, 3)}
+    started = time.monotonic()
+    with pytest.warns(gpar.IncompleteResultsWarning, match="deadline"):
+        results = run(range(4), table, tmp_path, max_workers=4, deadline=3, backups=False)
+    assert time.monotonic() - started < 3 + 1 + 1  # Ray start-up of tasks is not free
+    assert results[:2] == [0, 1]
+    assert [results[i].reason for i in (2, 3)] == ["deadline", "deadline"]
+
+
+def test_deadline_with_nothing_finished_raises(tmp_path):
+    with pytest.raises(gpar.DeadlineExceeded) as caught:
+        run(range(2), {(0, 0): "hang", (1, 0): "hang"}, tmp_path, max_workers=2, deadline=1.5)
+    assert [f.reason for f in caught.value.partial] == ["deadline", "deadline"]
+
+
+def test_quorum_returns_once_enough_tasks_finished(tmp_path):
+    # Two hung tasks hold both CPUs of the session cluster: they must be the last to start.
+    table = {(task, 0): "hang" for task in (18, 19)}
+    with pytest.warns(gpar.IncompleteResultsWarning, match="quorum"):
+        results = run(range(20), table, tmp_path, max_workers=2, quorum=0.9, backups=False)
+    assert results[:18] == list(range(18))
+    assert [results[i].reason for i in (18, 19)] == ["quorum", "quorum"]
+
+
+def test_raise_mode_cancels_the_rest(tmp_path):
+    table = {(0, 0): "raise", (1, 0): ("sleep", 60)}
+    with pytest.raises(gpar.TaskError, match="as the table says"):
+        run(range(2), table, tmp_path, max_workers=2, errors="raise")
+    sleeper = int((tmp_path / "1.0").read_text())
+    assert wait_until(lambda: not alive(sleeper), 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backups", [True, False])
+def test_backups_rescue_a_straggler(tmp_path, backups):
+    table = {(17, 0): ("sleep", 30)}
+    started = time.monotonic()
+    results = run(range(40), table, tmp_path, max_workers=2, backups=backups, work_s=0.2)
+    elapsed = time.monotonic() - started
+    assert results == list(range(40))
+    if backups:
+        assert elapsed < 20 and results.report.backups == 1
+        straggler = [(a.attempt, a.backup) for a in results.report.attempts if a.task == 17]
+        assert (1, True) in straggler
+    else:
+        assert elapsed >= 30 and results.report.backups == 0
