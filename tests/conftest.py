@@ -51,6 +51,7 @@ def run_script(cluster, tmp_path):
             text=True, timeout=timeout_s,
         )
 
+    run.address = cluster
     return run
 
 

@@ -121,3 +121,42 @@ def test_backups_rescue_a_straggler(tmp_path, backups):
         assert (1, True) in straggler
     else:
         assert elapsed >= 30 and results.report.backups == 0
+
+
+def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, tmp_path):
+    """SIGINT to a driver that survives it, as a notebook kernel does: its workers must die."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = f"""
+        import sys, time, gpar
+        from faults import faulty
+        try:
+            gpar.apply(range(2), faulty, {{(0, 0): ("sleep", 120), (1, 0): ("sleep", 120)}},
+                       {str(markers)!r}, max_workers=2, progress=False)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            time.sleep(120)  # stay alive: the workers must be gone while the driver lives
+    """
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    import faults
+
+    (tmp_path / "driver.py").write_text(textwrap.dedent(script))
+    shutil.copy(faults.__file__, tmp_path)  # beside the script, as a user's helper module is
+    env = {**os.environ, "RAY_ADDRESS": run_script.address}
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: len(pids(markers)) == 2, 60)  # both CPUs busy
+        workers = pids(markers)
+        driver.send_signal(signal.SIGINT)
+        assert driver.stdout.readline().strip() == "interrupted"
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), 10)
+        assert driver.poll() is None  # the driver is still alive
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()
