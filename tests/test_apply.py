@@ -254,3 +254,16 @@ def test_progress_false_is_silent(capsys):
     gpar.apply(range(20), square, progress=False)
     assert capsys.readouterr().err == ""
 
+
+
+def test_report_table1_and_cdf_plot(tmp_path):
+    results = gpar.apply(range(30), square, max_workers=2, progress=False)
+    table = results.report.table1()
+    assert list(table.index) == ["startup", "run"]
+    assert table.loc["run", "n"] == 30 and table.loc["startup", "n"] == results.report.batches
+    frame = results.report.to_pandas()
+    assert table.loc["run", "mean_s"] == pytest.approx((frame.finished - frame.started).mean())
+    assert table.loc["startup", "mean_s"] >= 0
+    path = tmp_path / "cdf.png"
+    results.report.plot_cdf(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,9 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import faults
+import pytest
 
 SCRIPT = """
     import sys, threading, time
