@@ -1,6 +1,7 @@
 """Deterministic faults: a table says what each task does on each of its attempts.
 
-    FAULTS = {(task, attempt): action}   action: "exit" | "raise" | "hang" | ("sleep", s)
+    FAULTS = {(task, attempt): action}
+    action: "exit" | "raise" | "hang" | ("sleep", s) | ("raise_after", s)
 
 A task learns its attempt number by claiming the next marker file in a shared directory
 (O_EXCL, so concurrent attempts of one task, e.g. a backup, get different numbers). It writes
@@ -46,8 +47,10 @@ def faulty(task: int, table: dict, marker_dir: str, work_s: float = 0.0) -> int:
         raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
     if action == "hang":
         time.sleep(3600)
-    if isinstance(action, tuple) and action[0] == "sleep":
+    if isinstance(action, tuple):
         time.sleep(action[1])
+        if action[0] == "raise_after":
+            raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
     time.sleep(work_s)
     return task
 

@@ -100,10 +100,10 @@ def test_quorum_returns_once_enough_tasks_finished(tmp_path):
 
 
 def test_raise_mode_cancels_the_rest(tmp_path):
-    table = {(0, 0): "raise", (1, 0): ("sleep", 60)}
+    table = {(0, 0): ("sleep", 60), (1, 0): ("raise_after", 1.0)}  # 0 runs when 1 raises
     with pytest.raises(gpar.TaskError, match="as the table says"):
         run(range(2), table, tmp_path, max_workers=2, errors="raise")
-    sleeper = int((tmp_path / "1.0").read_text())
+    sleeper = int((tmp_path / "0.0").read_text())
     assert wait_until(lambda: not alive(sleeper), 5)
 
 
