@@ -43,7 +43,7 @@ BACKUP_AFTER_DONE = 0.5
 #: ...for an attempt running this many times longer than the median element...
 BACKUP_SLOWDOWN = 3.0
 #: ...and at least this long (a 1 ms median must not make a 4 ms element a straggler)...
-BACKUP_MIN_S = 1.0
+BACKUP_MIN_S = 0.5
 #: ...for at most this share of the elements.
 BACKUP_SHARE = 0.1
 
