@@ -19,9 +19,7 @@ PACKAGES = ["ray", "cloudpickle", "numpy", "joblib"]
 
 
 def main() -> None:
-    only = sys.argv[1:]
-    scripts = sorted(p for p in (ROOT / "bench").glob("bench_*.py")
-                     if not only or p.stem in only)
+    scripts = sorted((ROOT / "bench").glob("bench_*.py"))
     sections = []
     for script in scripts:
         print(f"running {script.name} ...", file=sys.stderr, flush=True)
