@@ -4,6 +4,7 @@ import pytest
 
 from gpar.policy import (
     BACKUP_MIN_S,
+    BACKUP_SLOWDOWN,
     Policy,
     Rules,
     default_max_failures,
@@ -127,10 +128,11 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
     for launch in launches[:9]:
         finish(p, launch, now=1.0, seconds=0.2)
     slow = launches[9]
+    threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * 0.2)  # the median element took 0.2 s
     p.on_running(slow.batch, 0, started_at=0.0)
-    p.tick(BACKUP_MIN_S - 0.1)
+    p.tick(threshold - 0.05)
     assert launch_all(p) == []  # not slow enough yet
-    p.tick(BACKUP_MIN_S + 0.1)
+    p.tick(threshold + 0.05)
     (backup,) = launch_all(p)
     assert backup.backup and list(backup.indices) == [9] and backup.attempt == 1
     assert finish(p, backup, now=2.0) == [range(9, 10)]
