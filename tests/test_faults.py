@@ -63,11 +63,13 @@ def test_a_hung_element_holds_back_only_itself(tmp_path):
 def test_total_failure_budget_stops_the_job_quickly_with_partial_results(tmp_path):
     table = {(task, 0): "raise" for task in range(3)}
     table.update({(task, 0): ("sleep", 60) for task in range(3, 6)})
-    started = time.monotonic()
     with pytest.raises(gpar.FailureBudgetExceeded) as caught:
         run(range(6), table, tmp_path, max_workers=6, max_failures=2,
             retry_on=RuntimeError)
-    assert time.monotonic() - started < 20
+    raised_at = time.time()
+    # a failing attempt claims its marker just before it raises: the last of three crossed it
+    crossing = max((tmp_path / f"{task}.0").stat().st_mtime for task in range(3))
+    assert raised_at - crossing < 2.0
     partial = caught.value.partial
     assert len(partial) == 6 and all(isinstance(v, gpar.TaskFailure) for v in partial)
     sleepers = [int(p.read_text()) for p in tmp_path.glob("[345].0")]
