@@ -1,0 +1,27 @@
+"""The public surface: what `import gpar` exports, and that importing it is cheap."""
+
+import subprocess
+import sys
+
+import gpar
+
+
+def test_public_names_are_pinned():
+    assert sorted(gpar.__all__) == [
+        "AllTasksFailed", "AttemptRecord", "DeadlineExceeded", "EnvironmentCaptureError",
+        "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport", "Results",
+        "TaskError", "TaskFailedWarning", "TaskFailure", "apply", "shutdown",
+    ]
+
+
+def test_every_error_is_a_gpar_error():
+    for name in ("AllTasksFailed", "DeadlineExceeded", "EnvironmentCaptureError",
+                 "FailureBudgetExceeded", "TaskError"):
+        assert issubclass(getattr(gpar, name), gpar.GparError)
+
+
+def test_import_gpar_neither_imports_nor_starts_ray():
+    code = "import sys, gpar; print('ray' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["False", "False"]
