@@ -53,6 +53,12 @@ def apply(
     raises TaskError (errors="raise"); if every element fails, AllTasksFailed is raised.
     An exception from fn is final unless its type is in ``retry_on``; a worker that dies is
     retried; each element may fail ``task_retries`` times before it counts as failed.
+
+    The job stops early, cancelling what runs, when more than ``max_failures`` attempts failed
+    (FailureBudgetExceeded), at ``deadline`` or once a ``quorum`` share of elements finished
+    (unfinished slots hold TaskFailure(reason="deadline"/"quorum"), with a warning).
+    ``task_timeout`` bounds one attempt of one element; ``backups`` re-run stragglers.
+    See README.md for each rule.
     """
     if not callable(fn):
         raise TypeError(
@@ -87,7 +93,7 @@ def apply(
     report = JobReport(len(items), environment_bytes=captured.nbytes,
                        skipped_globals=captured.skipped)
     values = scheduler.run_job(
-        items, captured, policy, in_flight=max_workers,
+        items, captured, policy,
         progress=sys.stderr.isatty() if progress is None else progress, report=report,
     )
     report.record_policy(policy)

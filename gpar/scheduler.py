@@ -50,22 +50,20 @@ def run_job(
     items: Sequence[Any],
     environment: CapturedEnvironment,
     policy: Policy,
-    in_flight: int,
     progress: bool,
     report: JobReport,
 ) -> list[Any]:
     """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures."""
-    return _Job(items, environment, policy, in_flight, progress, report).run()
+    return _Job(items, environment, policy, progress, report).run()
 
 
 class _Job:
-    def __init__(self, items, environment, policy, in_flight, progress, report):
+    def __init__(self, items, environment, policy, progress, report):
         import ray
 
         self.ray = ray
         self.items = items
         self.policy = policy
-        self.in_flight = in_flight
         self.progress = progress
         self.report = report
         self.values: list[Any] = [None] * len(items)
@@ -97,7 +95,7 @@ class _Job:
             self._cancel(kills)
             if policy.finished:
                 return
-            for launch in policy.launches(self.in_flight, now):
+            for launch in policy.launches(policy.rules.max_workers, now):
                 self._submit(launch, now)
             timeout = min(WAIT_S, policy.next_check(now))
             refs = {stream.ref: batch for batch, stream in self.streams.items()}

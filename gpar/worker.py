@@ -104,7 +104,8 @@ def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Ite
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
                 message, reported = run.snapshot(reported, node_id)
-                if message.finished or finished or not announced:  # the first says "started"
+                first_news = not announced and run.restored  # "element 0 is in fn now"
+                if message.finished or finished or first_news:
                     yield message
                     announced = True
                 next_flush = time.monotonic() + FLUSH_S
@@ -131,6 +132,7 @@ class _BatchRun:
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
         self.elements_started = time.time()  # set again once the environment is restored
+        self.restored = False  # until then no element is in fn: say nothing about one
         self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
         self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
 
@@ -141,6 +143,7 @@ class _BatchRun:
             self._fail_all(exc)
             return
         self.elements_started = time.time()
+        self.restored = True
         self._run_elements(call)
         del call
         if self.buffers:
