@@ -104,7 +104,6 @@ class _Batch:
     indices: range
     attempt: int
     backup: bool
-    launched_at: float
     reported: int = 0  # positions [0, reported) have reported
     owned: int = -1  # positions [owned, len) were handed to other batches; -1: none
     running: tuple[int, float] | None = None  # (position, started_at) of the element in fn
@@ -148,7 +147,7 @@ class Policy:
     def finished(self) -> bool:
         return self.stop is not None or self.final == self.elements
 
-    def launches(self, in_flight_limit: int, now: float) -> list[Launch]:
+    def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         decided = []
         while self._pending and len(self._batches) < in_flight_limit and not self.finished:
@@ -165,7 +164,7 @@ class Policy:
                 continue
             batch = self._next_batch
             self._next_batch += 1
-            self._batches[batch] = _Batch(indices, work.attempt, work.backup, launched_at=now)
+            self._batches[batch] = _Batch(indices, work.attempt, work.backup)
             decided.append(Launch(batch, indices, work.attempt, work.backup))
         return decided
 
@@ -201,10 +200,6 @@ class Policy:
                 if batch.running:
                     times.append(batch.running[1] + self.rules.task_timeout_s - now)
         return max(0.0, min(times))
-
-    @property
-    def in_flight(self) -> list[int]:
-        return list(self._batches)
 
     # -------------------------------------------------------------------- events
 

@@ -95,7 +95,7 @@ class _Job:
             self._cancel(kills)
             if policy.finished:
                 return
-            for launch in policy.launches(policy.rules.max_workers, now):
+            for launch in policy.launches(policy.rules.max_workers):
                 self._submit(launch, now)
             timeout = min(WAIT_S, policy.next_check(now))
             refs = {stream.ref: batch for batch, stream in self.streams.items()}

@@ -23,8 +23,8 @@ def policy(elements, **rules):
     return Policy(elements, Rules(**rules), BatchSizer(rules["max_workers"]))
 
 
-def launch_all(p, now=0.0, limit=100):
-    return p.launches(limit, now)
+def launch_all(p, limit=100):
+    return p.launches(limit)
 
 
 def finish(p, launch, now=1.0, errors=None, seconds=0.01):
