@@ -111,9 +111,10 @@ def _raise_or_warn(results: Results, policy: Policy) -> None:
     if policy.stop == "budget":
         raise FailureBudgetExceeded(
             f"{policy.failed_attempts} attempts failed, more than max_failures="
-            f"{policy.rules.max_failures}; the job was cancelled. The first failure: "
-            f"{describe_failure(policy.first_failure) if policy.first_failure else 'none final'}."
-            " Finished results are in .partial.", results)
+            f"{policy.rules.max_failures}; the job was cancelled, finished results are in "
+            ".partial. The first failure: "
+            f"{describe_failure(policy.first_failure) if policy.first_failure else 'none final'}",
+            results)
     if policy.stop == "deadline" and unfinished == len(results):
         raise DeadlineExceeded(
             f"the deadline passed before any of the {len(results)} tasks finished", results)
