@@ -162,3 +162,13 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, 
         driver.kill()
         driver.wait()
         driver.stdout.close()
+
+
+def test_deadline_may_be_a_datetime(tmp_path):
+    import datetime
+
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=1.5)  # naive: local time
+    started = time.monotonic()
+    with pytest.raises(gpar.DeadlineExceeded):
+        run(range(1), {(0, 0): "hang"}, tmp_path, deadline=deadline)
+    assert time.monotonic() - started < 1.5 + 1
