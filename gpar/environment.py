@@ -16,7 +16,6 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 from __future__ import annotations
 
 import functools
-import hashlib
 import pickle
 import re
 import sys
@@ -60,13 +59,6 @@ class CapturedEnvironment:
     @property
     def nbytes(self) -> int:
         return len(self.stream) + sum(buffer.raw().nbytes for buffer in self.buffers)
-
-    @functools.cached_property
-    def digest(self) -> str:
-        sha = hashlib.sha256(self.stream)
-        for buffer in self.buffers:
-            sha.update(buffer.raw())
-        return sha.hexdigest()
 
 
 def capture(
