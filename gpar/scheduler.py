@@ -43,7 +43,6 @@ class _Stream:
     last_finished: float | None = None
     node: str = ""
     pid: int = 0
-    running_since: float | None = None
 
 
 def run_job(
@@ -123,7 +122,6 @@ class _Job:
     def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
         stream.node, stream.pid = message.node_id, message.pid
         if message.running is not None:
-            stream.running_since = message.running[1]
             self.policy.on_running(batch, *message.running)
         count = len(message.finished)
         if count:
