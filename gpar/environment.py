@@ -82,7 +82,8 @@ def capture(
     except Exception:  # any pickling error: find the culprit below
         pass
     scope = getattr(_unwrap(fn), "__globals__", caller_globals)
-    reached = reached_globals(fn, scope)
+    # fn of an importable module goes by reference: none of its module's globals are shipped
+    reached = reached_globals(fn, scope) if _pickled_by_value(scope) else set()
     candidates = {**namespace, **{name: scope[name] for name in reached}}
     broken = {name: error for name, error in _probe(candidates) if error is not None}
     for name in sorted(reached & broken.keys()):
@@ -112,8 +113,7 @@ def shippable_globals(caller_globals: dict[str, Any]) -> dict[str, Any]:
     Only a caller whose module is pickled by value (``__main__``, a notebook, a module that is
     not importable) needs its namespace shipped; an importable module is imported on the worker.
     """
-    module_name = caller_globals.get("__name__")
-    if module_name != "__main__" and module_name in sys.modules:
+    if not _pickled_by_value(caller_globals):
         return {}
     return {
         name: value
@@ -123,6 +123,12 @@ def shippable_globals(caller_globals: dict[str, Any]) -> dict[str, Any]:
         and not _NOTEBOOK_HISTORY.fullmatch(name)
         and not (isinstance(value, types.ModuleType) and value.__name__ == "__main__")
     }
+
+
+def _pickled_by_value(module_globals: dict[str, Any]) -> bool:
+    """Whether functions of this module travel by value (``__main__``, not importable)."""
+    name = module_globals.get("__name__")
+    return name == "__main__" or name not in sys.modules
 
 
 def reached_globals(fn: Any, scope: dict[str, Any]) -> set[str]:

@@ -23,8 +23,9 @@ Rules (DESIGN §3):
   are final, such a straggler also gets a second attempt; the first to finish wins and the other
   is cancelled. At most BACKUP_SHARE of the elements get one.
 * **Lost batch** (worker died): reported elements are kept. A lone unreported element is charged
-  a retryable failure; several are split in two and re-run uncharged, so a crash is charged only
-  to the element that caused it.
+  a retryable failure. Several are re-run uncharged: the one last seen in fn alone, the rest
+  as usual (or, with nothing seen, two halves), so a crash is charged only to the element that
+  caused it.
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ class Policy:
             kills = list(self._batches)
             self._batches.clear()
             return kills, []
+        self._check_quorum()  # elements also become final through losses and timeouts
+        if self.stop is not None:
+            return self.tick(now)
         kills, charges = self._timeouts(now)
         self._handle_stragglers(now)
         for batch, live in list(self._batches.items()):
@@ -251,12 +255,15 @@ class Policy:
         unreported = self._trim_final(unreported)
         if not unreported:
             return None
-        if len(unreported) > 1:
-            self.failed_attempts += 1
-            self._check_budget()
-            half = len(unreported) // 2
-            self._requeue(unreported[half:], live.attempt + 1, whole=True)
-            self._requeue(unreported[:half], live.attempt + 1, whole=True)
+        if len(unreported) > 1:  # not charged: which element crashed is not known yet
+            if live.running and live.indices[live.running[0]] == unreported[0]:
+                # the element last seen in fn is the likely culprit: run it alone first
+                self._requeue(unreported[1:], live.attempt + 1, whole=False)
+                self._requeue(unreported[:1], live.attempt + 1, whole=True)
+            else:
+                half = len(unreported) // 2
+                self._requeue(unreported[half:], live.attempt + 1, whole=True)
+                self._requeue(unreported[:half], live.attempt + 1, whole=True)
             return None
         index = unreported[0]
         started = live.running[1] if live.running else None

@@ -103,8 +103,9 @@ def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Ite
             if request is not None and not finished:
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
+                restored = run.restored  # read first: elements_started is final once it is set
                 message, reported = run.snapshot(reported, node_id)
-                first_news = not announced and run.restored  # "element 0 is in fn now"
+                first_news = not announced and restored  # "element 0 is in fn now"
                 if message.finished or finished or first_news:
                     yield message
                     announced = True
@@ -138,20 +139,22 @@ class _BatchRun:
 
     def _run(self) -> None:
         try:
-            call = environment.restore(self.stream, self.buffers)
-        except BaseException as exc:
-            self._fail_all(exc)
-            return
-        self.elements_started = time.time()
-        self.restored = True
-        self._run_elements(call)
-        del call
-        if self.buffers:
-            # Restored globals are a reference cycle (fn -> globals -> fn) that pins the
-            # environment's buffers in the object store until the next collection, which in an
-            # idle worker may never come: without this, each call leaks its large globals.
-            gc.collect()
-        self.calls.put(_FINISHED)
+            try:
+                call = environment.restore(self.stream, self.buffers)
+            except BaseException as exc:
+                self._fail_all(exc)
+                return
+            self.elements_started = time.time()
+            self.restored = True
+            self._run_elements(call)
+            del call
+            if self.buffers:
+                # Restored globals are a reference cycle (fn -> globals -> fn) that pins the
+                # environment's buffers in the object store until the next collection, which in
+                # an idle worker may never come: without this, each call leaks its large globals.
+                gc.collect()
+        finally:  # whatever escapes, the batch ends: unreported elements count as lost
+            self.calls.put(_FINISHED)
 
     def _run_elements(self, call: environment.Call) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
@@ -176,7 +179,6 @@ class _BatchRun:
             self.errors[position] = error
             self.values.append(None)
             self.finished.append(now)
-        self.calls.put(_FINISHED)
 
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
         done = len(self.finished)  # values and errors are written before finished grows
@@ -184,7 +186,8 @@ class _BatchRun:
         if done < len(self.items):
             started = self.finished[done - 1] if done else self.elements_started
             running = (done, started)
-        errors = {p: e for p, e in self.errors.items() if reported <= p < done}
+        # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration
+        errors = {p: e for p, e in self.errors.copy().items() if reported <= p < done}
         values, errors = _pickle_values(self.values[reported:done], errors, reported)
         message = Progress(
             done_from=reported,

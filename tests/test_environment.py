@@ -120,3 +120,17 @@ def test_an_importable_callers_namespace_is_not_shipped():
     call = pickle.loads(captured.stream)
     assert call.namespace == {}
     assert cloudpickle.loads(cloudpickle.dumps(call.fn)) is json.dumps
+
+
+def test_an_importable_fn_is_not_blamed_for_its_own_modules_globals(monkeypatch):
+    import sys
+    import types
+
+    library = types.ModuleType("gpar_test_library")  # importable: fn travels by reference
+    exec("import threading\n_lock = threading.Lock()\ndef work(x):\n    with _lock:\n"
+         "        return x\n", vars(library))
+    monkeypatch.setitem(sys.modules, "gpar_test_library", library)
+    caller = main_namespace("x = 1")
+    caller["log"] = threading.Lock()  # the caller's unpicklable global: skipped, not fatal
+    captured = capture(library.work, (), {}, caller, mode="full", retry_on=())
+    assert captured.skipped == {"log": "_thread.lock"}

@@ -195,7 +195,21 @@ def test_a_lost_batch_with_several_unreported_is_split_uncharged():
     halves = launch_all(p, limit=2)
     unreported = list(launch.indices[4:])
     assert [i for h in halves for i in h.indices] == unreported
-    assert p._failed_count == {} and p.failed_attempts == 1
+    assert p._failed_count == {} and p.failed_attempts == 0
+
+
+def test_a_lost_batch_reruns_the_element_last_seen_in_fn_alone():
+    p = policy(200, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p.on_reported(only.batch, 0, 50, {}, 0.01, now=1.0)
+    p.on_running(only.batch, 50, started_at=1.0)
+    assert p.on_lost(only.batch, CRASH) is None
+    suspect = launch_all(p, limit=1)[0]
+    assert list(suspect.indices) == [50]
+    charge = p.on_lost(suspect.batch, CRASH)  # it crashes again, alone: now it is charged
+    assert charge.index == 50 and p.failed_attempts == 1
+    assert p.stop is None  # finding the culprit cost the budget one failure, not log2(n)
 
 
 def test_errors_raise_stops_at_the_first_final_failure():
