@@ -130,6 +130,7 @@ class Policy:
     backups_launched: int = 0
     retries: int = 0
     timeouts: int = 0
+    batches_split: int = 0  # lost batches re-run uncharged because the culprit was unknown
 
     def __post_init__(self):
         self.state = bytearray(self.elements)
@@ -256,6 +257,7 @@ class Policy:
         if not unreported:
             return None
         if len(unreported) > 1:  # not charged: which element crashed is not known yet
+            self.batches_split += 1
             if live.running and live.indices[live.running[0]] == unreported[0]:
                 # the element last seen in fn is the likely culprit: run it alone first
                 self._requeue(unreported[1:], live.attempt + 1, whole=False)

@@ -72,6 +72,7 @@ class JobReport:
         """Copy the job's totals from its scheduling policy."""
         self.retries, self.backups = policy.retries, policy.backups_launched
         self.timeouts, self.failed_attempts = policy.timeouts, policy.failed_attempts
+        self.batches_lost = policy.batches_split
 
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)

@@ -157,9 +157,7 @@ class _Job:
                              retryable=True)
         final_before = self.policy.final
         charge = self.policy.on_lost(batch, error)
-        if charge is None:
-            self.report.batches_lost += 1
-        else:
+        if charge is not None:
             self._record_charge(charge, stream)
         self.bar.update(self.policy.final - final_before)
 

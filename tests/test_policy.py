@@ -195,7 +195,7 @@ def test_a_lost_batch_with_several_unreported_is_split_uncharged():
     halves = launch_all(p, limit=2)
     unreported = list(launch.indices[4:])
     assert [i for h in halves for i in h.indices] == unreported
-    assert p._failed_count == {} and p.failed_attempts == 0
+    assert p._failed_count == {} and p.failed_attempts == 0 and p.batches_split == 1
 
 
 def test_a_lost_batch_reruns_the_element_last_seen_in_fn_alone():
