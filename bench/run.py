@@ -1,7 +1,9 @@
-"""Run every bench/bench_*.py as a script and rewrite BENCHMARKS.md from what they print.
+"""Run bench/bench_*.py scripts and rewrite BENCHMARKS.md from what they print.
 
 Each benchmark runs in its own interpreter (its own embedded Ray), measures gpar and its peers
-side by side in that one run, and prints a Markdown section.
+side by side in that one run, and prints a Markdown section that names its script.
+``python bench/run.py apply demo`` re-runs bench_apply.py and bench_demo.py only and keeps the
+other sections as they were; with no names, every benchmark runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -18,24 +21,39 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["ray", "cloudpickle", "numpy", "joblib"]
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     scripts = sorted((ROOT / "bench").glob("bench_*.py"))
-    sections = []
-    for script in scripts:
+    chosen = [s for s in scripts if not names or s.stem.removeprefix("bench_") in names]
+    sections = _sections_on_file()
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+    stamp = (f"_{datetime.date.today().isoformat()}; {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, {versions}._")
+    for script in chosen:
         print(f"running {script.name} ...", file=sys.stderr, flush=True)
         completed = subprocess.run([sys.executable, str(script)], cwd=ROOT, text=True,
                                    stdout=subprocess.PIPE, check=True)
-        sections.append(completed.stdout.strip())
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+        sections[script.name] = completed.stdout.strip() + "\n\n" + stamp
     header = (
         "# Benchmarks\n\n"
-        "Written by `make bench` (`python bench/run.py`); every number below comes from that one "
-        "run, gpar and its peers measured side by side on the same machine.\n\n"
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {versions}; "
-        f"{datetime.date.today().isoformat()}.\n"
+        "Written by `make bench` (`python bench/run.py [name ...]`). Each section comes from one "
+        "run of its script, gpar and its peers measured side by side on the same machine in that "
+        "run; the line under it says when and with what.\n"
     )
-    (ROOT / "BENCHMARKS.md").write_text(header + "\n" + "\n\n".join(sections) + "\n")
+    body = [sections[s.name] for s in scripts if s.name in sections]
+    (ROOT / "BENCHMARKS.md").write_text(header + "\n" + "\n\n".join(body) + "\n")
+
+
+def _sections_on_file() -> dict[str, str]:
+    """The sections BENCHMARKS.md holds now, by the script each names in its heading."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else ""
+    found = {}
+    for section in re.split(r"\n(?=## )", text)[1:]:
+        script = re.search(r"`bench/(bench_\w+\.py)`", section.splitlines()[0])
+        if script:
+            found[script.group(1)] = section.strip()
+    return found
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
