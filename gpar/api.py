@@ -78,6 +78,7 @@ def apply(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
     cluster.connect(address)
+    image = _stage_image(packages)
     max_workers = max_workers or cluster.cpu_slots()
     rules = Rules(
         max_workers=max_workers,
@@ -91,15 +92,41 @@ def apply(
     )
     policy = Policy(len(items), rules, BatchSizer(max_workers))
     report = JobReport(len(items), environment_bytes=captured.nbytes,
-                       skipped_globals=captured.skipped)
+                       skipped_globals=captured.skipped, image=image.report)
     values = scheduler.run_job(
         items, captured, policy,
         progress=sys.stderr.isatty() if progress is None else progress, report=report,
+        image=image,
     )
     report.record_policy(policy)
     results = Results(values, report)
+    _raise_if_mismatched(results)
     _raise_or_warn(results, policy)
     return results
+
+
+#: Import names a worker needs before it can verify anything: shipped when the workers lack
+#: them, whatever ``packages`` says.
+RUNTIME_MODULES = ("gpar", "envpack", "cloudpickle")
+
+
+def _stage_image(packages: str | Sequence[str]) -> Any:
+    """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
+    from envpack import stage
+
+    return stage.prepare(packages, always=RUNTIME_MODULES)
+
+
+def _raise_if_mismatched(results: Results) -> None:
+    """No element ran because the workers' environment differs: raise envpack's
+    EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
+    from envpack import EnvironmentMismatch
+
+    mismatch = f"{EnvironmentMismatch.__module__}.{EnvironmentMismatch.__qualname__}"
+    final = [failure for failure in results.failures if failure.reason in ("error", "system")]
+    if (len(results.failures) == len(results) and final
+            and all(failure.exc_type == mismatch for failure in final)):
+        raise EnvironmentMismatch(final[0].message)
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:

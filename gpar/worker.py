@@ -29,11 +29,14 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from gpar import environment
+
+if TYPE_CHECKING:
+    from envpack import ImageCheck
 
 #: Seconds between progress messages of a running batch: the delay with which the driver learns
 #: of a finished element, and the grain of per-element timing in a batch of tiny elements.
@@ -80,14 +83,17 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return future.result()
 
 
-def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Iterator[Progress]:
+def run_batch(
+    environment: tuple[bytes, list[Any]], items: Sequence[Any], image: ImageCheck | None = None
+) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
-    ``environment`` is the captured call: its stream and out-of-band buffers.
+    ``environment`` is the captured call: its stream and out-of-band buffers; ``image`` what
+    this worker must have before fn runs.
     """
     global _main_thread_calls
     node_id = _node_id()
-    run = _BatchRun(*environment, items)
+    run = _BatchRun(*environment, items, image)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -127,8 +133,10 @@ def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -
 class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
-    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any]):
+    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any],
+                 image: ImageCheck | None = None):
         self.stream, self.buffers, self.items = stream, buffers, items
+        self.image = image
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
@@ -139,6 +147,8 @@ class _BatchRun:
 
     def _run(self) -> None:
         try:
+            if not self._image_verified():
+                return
             try:
                 call = environment.restore(self.stream, self.buffers)
             except BaseException as exc:
@@ -167,13 +177,30 @@ class _BatchRun:
                 values.append(None)
             finished.append(clock())
 
+    def _image_verified(self) -> bool:
+        """Check the worker has the caller's distributions; if not, fail every element with
+        the EnvironmentMismatch text (retrying on the same cluster cannot help)."""
+        if self.image is None:
+            return True
+        from envpack import EnvironmentMismatch, verify
+
+        try:
+            verify(self.image)
+        except EnvironmentMismatch as exc:
+            self._fail_every_element(_element_error(exc, "environment", retryable=False))
+            return False
+        return True
+
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)
         message = (
             f"the calling environment could not be restored on this worker: {error.message}. "
             "Is every module fn uses importable there?"
         )
-        error = ElementError(error.exc_type, message, error.traceback, error.kind, False)
+        self._fail_every_element(
+            ElementError(error.exc_type, message, error.traceback, error.kind, False))
+
+    def _fail_every_element(self, error: ElementError) -> None:
         now = time.time()
         for position in range(len(self.items)):
             self.errors[position] = error

@@ -1,0 +1,104 @@
+"""What runs on a worker before anything of the caller's is importable: the standard library
+and Ray only.
+
+stage.py registers this module with Ray's cloudpickle to be pickled by value, so a worker that
+has never seen envpack (nor gpar) can run these functions: ``probe`` reports what the worker has,
+``run_staged`` unpacks the image's layers and only then imports and calls the real task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import pickle
+import platform
+import re
+import shutil
+import socket
+import sys
+import sysconfig
+import tempfile
+import zipfile
+
+
+def probe() -> dict:
+    """What this worker's interpreter has: Python, platform, host, distributions and versions."""
+    import ray
+
+    distributions = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            distributions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return {
+        "ray_version": ray.__version__,
+        "python_version": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": sysconfig.get_platform(),
+        "host": socket.gethostname(),
+        "executable": sys.executable,
+        "distributions": tuple(sorted(distributions.items())),
+    }
+
+
+def run_staged(layers, target, refs, payload):
+    """Stage ``layers`` ((digest, ObjectRef) pairs), then yield from ``target(*ray.get(refs),
+    *pickle.loads(payload))``, ``target`` being "module:function".
+
+    The caller's arguments travel as opaque bytes and references: Ray would otherwise unpickle
+    them before this function starts, when the packages their classes need are not there yet.
+    """
+    import ray
+
+    stage(layers, ray.get)
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name)
+    yield from function(*ray.get(list(refs)), *pickle.loads(payload))
+
+
+def stage(layers, fetch) -> None:
+    """Unpack each layer once per node and put the layers first on sys.path, in order.
+
+    Each layer is unpacked into a directory named by its digest, renamed into place when
+    complete: another worker of the node either finds it whole or unpacks its own copy and
+    discards it. Layers go before site-packages, so a shipped version wins over an older one
+    the worker has; Ray starts processes dedicated to the image (the task's runtime_env names
+    it), so no process that imported the older version runs this task.
+    """
+    root = os.path.join(cache_root(), "unpacked")
+    paths = []
+    for digest, ref in layers:
+        path = os.path.join(root, digest)
+        if not os.path.isdir(path):
+            _unpack(fetch(ref), root, path)
+        paths.append(path)
+    missing = [path for path in paths if path not in sys.path]
+    if missing:
+        sys.path[:0] = missing
+        importlib.invalidate_caches()
+
+
+def _unpack(archive: bytes, root: str, path: str) -> None:
+    import io
+
+    os.makedirs(root, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=root, prefix=".unpacking-")
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as members:
+            members.extractall(temporary)
+        os.rename(temporary, path)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def cache_root() -> str:
+    """ENVPACK_CACHE_DIR, else the user's cache directory (XDG on Linux)."""
+    configured = os.environ.get("ENVPACK_CACHE_DIR")
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "envpack")

@@ -1,0 +1,162 @@
+"""Getting the image onto a Ray cluster: the only module of envpack that uses Ray.
+
+Why this mechanism. Ray's own package shipping (``py_modules``/``working_dir`` with local
+paths) is accepted only when the driver connects (``ray.init``), not per task, and gpar builds
+the image per call on a cluster that is already connected; per task Ray takes only URIs of
+packages already uploaded, which needs Ray's private upload functions. ``pip``/``uv`` runtime
+envs need a package registry reachable from every node and ~10 s per environment. So:
+
+* each layer's archive is put in the object store once per connection (``ray.put``; the
+  reference is kept here by digest, so a second job ships nothing);
+* tasks run ``_boot.run_staged``, pickled by value, which fetches each layer only on nodes that
+  have not unpacked it yet, unpacks it into a node-local directory named by its digest and puts
+  the layers first on sys.path before importing the real task;
+* a task-level ``runtime_env`` sets ENVPACK_IMAGE to the layers' digest: the one per-task
+  runtime_env field Ray accepts that needs no upload, and it makes Ray run the task only in
+  worker processes started for that image, never in one that already imported an older version.
+
+When the workers run the caller's interpreter on the caller's host (the embedded cluster), the
+delta is empty: no layer, no runtime_env, and tasks run in Ray's ordinary worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from envpack import _boot, discover
+from envpack.delta import WorkerFacts, select
+from envpack.layers import Layer, build, layer_of
+from envpack.verify import ImageCheck, check_of
+
+
+@dataclass(frozen=True)
+class ShippedLayer:
+    """One layer of a job's image, as the job report shows it."""
+
+    name: str
+    version: str
+    archive_bytes: int
+    built: bool  # False: the archive was in the disk cache
+    sent: bool  # False: the cluster already held it from an earlier job
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """What the image step did for one job."""
+
+    digest: str
+    layers: tuple[ShippedLayer, ...]
+    seconds: float
+
+    @property
+    def cache_hit(self) -> bool:
+        """Nothing was built or sent for this job."""
+        return not any(layer.built or layer.sent for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """A job's image, ready to be used in task submissions."""
+
+    layers: tuple[tuple[str, Any], ...]  # (layer digest, ObjectRef of its archive)
+    check: ImageCheck
+    runtime_env: dict[str, Any] | None
+    report: ImageReport
+
+    def submit(self, remote: Any, target: str, refs: Sequence[Any], args: tuple) -> Any:
+        """Call ``target`` ("module:function") on a worker through ``remote`` (from
+        ``bootstrap``) with the values of ``refs`` and then ``args``."""
+        if self.runtime_env is not None:
+            remote = remote.options(runtime_env=self.runtime_env)
+        return remote.remote(self.layers, target, list(refs), cloudpickle.dumps(args))
+
+
+def bootstrap(**ray_options: Any) -> Any:
+    """The Ray remote function every staged task runs (``_boot.run_staged``)."""
+    return _remote(tuple(sorted(ray_options.items())))
+
+
+def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()) -> StagedImage:
+    """Build what the connected cluster lacks, put it in its object store, and describe it."""
+    started = time.perf_counter()
+    named = () if isinstance(packages, str) else packages
+    manifest = discover.manifest(requested=named)
+    items = select(manifest, probe(), packages, always)
+    layers = [layer_of(item) for item in items]
+    shipped, refs = [], []
+    for layer in layers:
+        path, built = build(layer, layers_dir())
+        ref, sent = _put(layer, path)
+        refs.append((layer.digest, ref))
+        shipped.append(ShippedLayer(layer.name, layer.version, path.stat().st_size, built, sent))
+    image = hashlib.sha256(" ".join(layer.digest for layer in layers).encode()).hexdigest()[:16]
+    runtime_env = {"env_vars": {"ENVPACK_IMAGE": image}} if layers else None
+    report = ImageReport(manifest.digest, tuple(shipped), time.perf_counter() - started)
+    return StagedImage(tuple(refs), check_of(manifest), runtime_env, report)
+
+
+def layers_dir() -> Path:
+    """Where built archives are kept: ENVPACK_CACHE_DIR, else the user's cache directory."""
+    import os
+
+    import platformdirs
+
+    root = os.environ.get("ENVPACK_CACHE_DIR") or platformdirs.user_cache_dir("envpack")
+    return Path(root) / "layers"
+
+
+_facts: dict[str, WorkerFacts] = {}
+_refs: dict[tuple[str, str], Any] = {}
+
+
+def probe() -> WorkerFacts:
+    """What the connected cluster's workers have; asked once per connection."""
+    import ray
+
+    key = _connection()
+    if key not in _facts:
+        _ship_boot_by_value()
+        remote = ray.remote(num_cpus=0, max_retries=1)(_boot.probe)
+        _facts[key] = WorkerFacts(**ray.get(remote.remote()))
+    return _facts[key]
+
+
+def _put(layer: Layer, path: Path) -> tuple[Any, bool]:
+    import ray
+
+    key = (_connection(), layer.digest)
+    if key in _refs:
+        return _refs[key], False
+    _refs[key] = ray.put(path.read_bytes())
+    return _refs[key], True
+
+
+def _connection() -> str:
+    """This driver's connection: object references and probe answers live as long as it."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return f"{context.gcs_address}/{context.get_job_id()}"
+
+
+@functools.cache
+def _remote(options: tuple[tuple[str, Any], ...]) -> Any:
+    import ray
+
+    _ship_boot_by_value()
+    return ray.remote(**dict(options))(_boot.run_staged)
+
+
+def _ship_boot_by_value() -> None:
+    """A worker may have neither envpack nor gpar: _boot travels as code, not as a name."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(_boot)
