@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import platformdirs  # here, not where used: a module first loaded by a job changes the next image
 
 from envpack import _boot, discover
 from envpack.delta import WorkerFacts, select
@@ -105,10 +107,6 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
 
 def layers_dir() -> Path:
     """Where built archives are kept: ENVPACK_CACHE_DIR, else the user's cache directory."""
-    import os
-
-    import platformdirs
-
     root = os.environ.get("ENVPACK_CACHE_DIR") or platformdirs.user_cache_dir("envpack")
     return Path(root) / "layers"
 
