@@ -24,8 +24,8 @@ class WorkerFacts:
     distributions: tuple[tuple[str, str], ...]  # (canonical name, version)
 
     def runs_callers_interpreter(self) -> bool:
-        """Same host and same interpreter: the worker imports exactly what the caller imports
-        (the embedded local cluster, or a cluster started from the caller's environment)."""
+        """Same host and same interpreter: the worker imports the caller's local modules from
+        the same files (the embedded local cluster, or one started from the caller's venv)."""
         return self.host == socket.gethostname() and self.executable == sys.executable
 
 
@@ -36,12 +36,12 @@ def select(
     always: Collection[str] = (),
 ) -> tuple[Distribution | LocalModule, ...]:
     """What to ship: distributions missing on the workers or at another version, and local
-    modules; ``packages`` is "auto" (all of it), "none" (nothing) or the distributions to
-    consider. Whatever provides a top-level module named in ``always`` ships in every mode
-    when the workers lack it (the runtime that verifies the image on the worker)."""
-    if facts.runs_callers_interpreter():
-        return ()
+    modules unless the workers read the caller's own files; ``packages`` is "auto" (all of
+    it), "none" (nothing) or the distributions to consider. Whatever provides a top-level
+    module named in ``always`` ships in every mode when the workers lack it (the runtime that
+    verifies the image on the worker)."""
     have = dict(facts.distributions)
+    local = () if facts.runs_callers_interpreter() else manifest.local_modules
     named = {canonical(name) for name in packages} if not isinstance(packages, str) else set()
 
     def wanted(item: Distribution | LocalModule) -> bool:
@@ -53,4 +53,4 @@ def select(
         return packages == "auto" or isinstance(item, LocalModule) or item.name in named
 
     lacking = [d for d in manifest.distributions if have.get(d.name) != d.version]
-    return tuple(item for item in (*lacking, *manifest.local_modules) if wanted(item))
+    return tuple(item for item in (*lacking, *local) if wanted(item))

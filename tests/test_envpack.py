@@ -1,0 +1,283 @@
+"""envpack without Ray: discovery, the manifest, layers, the delta, verification, staging, CLI."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from fake_dists import install
+
+import envpack
+from envpack import _boot, layers
+from envpack.delta import WorkerFacts, select
+from envpack.verify import ImageCheck
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """An extra site-packages directory on sys.path."""
+    directory = tmp_path / "site-packages"
+    directory.mkdir()
+    monkeypatch.syspath_prepend(str(directory))
+    return directory
+
+
+@pytest.fixture
+def load(monkeypatch):
+    """import a module for one test: it leaves sys.modules afterwards."""
+
+    def load(name: str):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
+        module = importlib.import_module(name)
+        monkeypatch.setitem(sys.modules, name, module)
+        return module
+
+    return load
+
+
+@pytest.fixture
+def local_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "project"
+    directory.mkdir()
+    monkeypatch.syspath_prepend(str(directory))
+    return directory
+
+
+def names(manifest):
+    return {d.name: d for d in manifest.distributions}
+
+
+def test_loaded_distribution_is_closed_over_its_requirements(site, load):
+    install(site, "ep-alpha", "1.0", requires=("ep-beta>=2", "ep-gamma; extra == 'x'",
+                                              "ep-delta; python_version < '3'"))
+    for name in ("ep-beta", "ep-gamma", "ep-delta"):
+        install(site, name, "2.0")
+    load("ep_alpha")
+
+    found = names(envpack.manifest())
+
+    assert found["ep-alpha"].version == "1.0"
+    assert found["ep-alpha"].why == "loaded: import ep_alpha"
+    assert found["ep-beta"].why == "required by ep-alpha"
+    assert "ep-gamma" not in found and "ep-delta" not in found  # extra, false marker
+
+
+def test_extras_of_a_requirement_are_followed(site, load):
+    install(site, "ep-alpha", "1.0", requires=("ep-beta[fast]",))
+    install(site, "ep-beta", "1.0", requires=("ep-gamma; extra == 'fast'",))
+    install(site, "ep-gamma", "1.0")
+    load("ep_alpha")
+
+    assert "ep-gamma" in names(envpack.manifest())
+
+
+def test_stdlib_ray_and_what_ray_requires_are_never_in_the_manifest():
+    import json  # noqa: F401 - loaded on purpose
+
+    import packaging  # noqa: F401 - Ray requires it
+    import ray  # noqa: F401
+
+    manifest = envpack.manifest()
+    found = names(manifest)
+    assert "ray" not in found and "packaging" not in found and "msgpack" not in found
+    assert not {"json", "os", "ray"} & {m.name for m in manifest.local_modules}
+    assert manifest.ray_version == importlib.metadata.version("ray")
+
+
+def test_local_modules_are_hashed_by_content(local_dir):
+    (local_dir / "ep_helper.py").write_text("X = 1\n")
+    importlib.invalidate_caches()
+    import ep_helper  # noqa: F401
+
+    try:
+        first = envpack.manifest()
+        helper = next(m for m in first.local_modules if m.name == "ep_helper")
+        assert helper.files[0][0] == "ep_helper.py"
+        assert envpack.manifest().digest == first.digest
+
+        (local_dir / "ep_helper.py").write_text("X = 22\n")
+        changed = envpack.manifest()
+        assert changed.digest != first.digest
+    finally:
+        del sys.modules["ep_helper"]
+
+
+def test_a_warm_manifest_reads_no_file(site, monkeypatch, load):
+    install(site, "ep-alpha", "1.0")
+    load("ep_alpha")
+    first = envpack.manifest()
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a warm manifest read a file")
+
+    monkeypatch.setattr(Path, "read_bytes", no_reads)
+    monkeypatch.setattr(Path, "read_text", no_reads)
+    assert envpack.manifest().digest == first.digest
+
+
+def test_reinstalling_a_distribution_changes_the_digest(site, load):
+    install(site, "ep-alpha", "1.0")
+    load("ep_alpha")
+    before = envpack.manifest().digest
+    record = next(site.glob("ep_alpha-1.0.dist-info")) / "RECORD"
+    record.write_text(record.read_text() + "ep_alpha_extra.py,,\n")
+    os.utime(record, ns=(1, 1))
+
+    assert envpack.manifest().digest != before
+
+
+def test_packages_naming_an_uninstalled_distribution_is_an_error():
+    with pytest.raises(ValueError, match="not-installed-anywhere"):
+        envpack.manifest(requested=["not-installed-anywhere"])
+
+
+def test_a_layer_holds_the_distribution_and_is_built_once(site, tmp_path, load):
+    install(site, "ep-alpha", "1.0")
+    load("ep_alpha")
+    (site / "__pycache__").mkdir()
+    item = names(envpack.manifest())["ep-alpha"]
+    layer = envpack.layer_of(item)
+
+    path, built = envpack.build(layer, tmp_path / "cache")
+    again, built_again = envpack.build(layer, tmp_path / "cache")
+
+    assert built and not built_again and again == path
+    with zipfile.ZipFile(path) as archive:
+        assert set(archive.namelist()) == {
+            "ep_alpha.py", "ep_alpha-1.0.dist-info/METADATA", "ep_alpha-1.0.dist-info/WHEEL",
+            "ep_alpha-1.0.dist-info/RECORD"}
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary left behind
+
+
+def test_a_layer_too_large_for_ray_names_the_package(site, monkeypatch, load):
+    install(site, "ep-alpha", "1.0")
+    load("ep_alpha")
+    monkeypatch.setattr(layers, "MAX_LAYER_BYTES", 10)
+
+    with pytest.raises(envpack.LayerTooLarge, match=r"ep-alpha \(1.0\) is .* install it on"):
+        envpack.layer_of(names(envpack.manifest())["ep-alpha"])
+
+
+def _facts(distributions=(), host="elsewhere"):
+    return WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", host, "/bare/python",
+                       tuple(distributions))
+
+
+def test_the_delta_is_what_workers_lack_or_have_at_another_version(site, local_dir, load):
+    for name, version in (("ep-alpha", "1.0"), ("ep-beta", "2.0"), ("ep-gamma", "3.0")):
+        install(site, name, version)
+        load(name.replace("-", "_"))
+    (local_dir / "ep_local.py").write_text("")
+    load("ep_local")
+    manifest = envpack.manifest()
+    facts = _facts([("ep-alpha", "1.0"), ("ep-beta", "1.9")])
+
+    shipped = {item.name for item in select(manifest, facts, "auto")}
+    assert {"ep-beta", "ep-gamma", "ep_local"} <= shipped and "ep-alpha" not in shipped
+
+    limited = {item.name for item in select(manifest, facts, ["ep-gamma"])}
+    assert "ep-gamma" in limited and "ep-beta" not in limited and "ep_local" in limited
+
+    nothing = {item.name for item in select(manifest, facts, "none", always={"ep_beta"})}
+    assert nothing == {"ep-beta"}
+
+
+def test_workers_of_the_callers_interpreter_get_no_local_module(local_dir, site, load):
+    import socket
+
+    (local_dir / "ep_local.py").write_text("")
+    load("ep_local")
+    facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", socket.gethostname(),
+                        sys.executable, ())
+    shipped = {item.name for item in select(envpack.manifest(), facts, "auto")}
+    assert "ep_local" not in shipped
+
+
+def _check(distributions, python_minor=None):
+    return ImageCheck(digest=str(distributions), python_minor=python_minor or
+                      ".".join(map(str, sys.version_info[:2])), implementation="cpython",
+                      platform=envpack.manifest().platform, ray_version="",
+                      distributions=tuple(distributions))
+
+
+def test_verify_lists_each_distribution_callers_version_against_workers(site):
+    install(site, "ep-alpha", "1.0")
+    importlib.invalidate_caches()
+
+    with pytest.raises(envpack.EnvironmentMismatch) as raised:
+        envpack.verify(_check([("ep-alpha", "1.1", True), ("ep-missing", "2.0", True)]))
+
+    message = str(raised.value)
+    assert "ep-alpha: caller 1.1, worker 1.0" in message
+    assert "ep-missing: caller 2.0, worker not installed" in message
+    assert "pip install 'ep-alpha==1.1' 'ep-missing==2.0'" in message
+
+
+def test_verify_passes_a_matching_worker_and_checks_python_only_for_compiled_code(site):
+    install(site, "ep-alpha", "1.0")
+    importlib.invalidate_caches()
+    envpack.verify(_check([("ep-alpha", "1.0", True)], python_minor="3.99"))
+
+    with pytest.raises(envpack.EnvironmentMismatch, match=r"python \(compiled: ep-alpha\): "
+                       r"caller 3.98"):
+        envpack.verify(_check([("ep-alpha", "1.0", False)], python_minor="3.98"))
+
+
+def test_staging_unpacks_each_layer_once_and_puts_it_first_on_sys_path(tmp_path, monkeypatch):
+    archive = tmp_path / "layer.zip"
+    with zipfile.ZipFile(archive, "w") as members:
+        members.writestr("ep_staged.py", "WHERE = 'staged'\n")
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    fetched = []
+
+    def fetch(ref):
+        fetched.append(ref)
+        return archive.read_bytes()
+
+    _boot.stage([("d1", "ref-1")], fetch)
+    _boot.stage([("d1", "ref-1")], fetch)
+
+    assert fetched == ["ref-1"]
+    assert sys.path[0] == str(tmp_path / "cache" / "unpacked" / "d1")
+    assert (tmp_path / "cache" / "unpacked" / "d1" / "ep_staged.py").exists()
+
+
+def _envpack(*args, cwd):
+    envpack_script = Path(sys.executable).with_name("envpack")
+    return subprocess.run([str(envpack_script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_show_lists_what_ships_with_versions_sizes_and_why(tmp_path):
+    (tmp_path / "ep_cli_helper.py").write_text("import tqdm\n")
+    out = _envpack("show", "ep_cli_helper", cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    tqdm_version = importlib.metadata.version("tqdm")
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("image ") and f"Python {sys.version.split()[0]}" in lines[0]
+    assert any(line.split()[:2] == ["tqdm", tqdm_version] and "loaded: import tqdm" in line
+               for line in lines)
+    assert any(line.split()[:2] == ["ep_cli_helper", "local"] and
+               str(tmp_path / "ep_cli_helper.py") in line for line in lines)
+    assert not any(line.split()[:1] == ["ray"] for line in lines)
+
+
+def test_cli_build_writes_layers_and_the_manifest(tmp_path):
+    (tmp_path / "ep_cli_helper.py").write_text("X = 1\n")
+    out = _envpack("build", "-o", "image", "ep_cli_helper", cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    manifest = (tmp_path / "image" / "manifest.json").read_text()
+    assert '"ep_cli_helper"' in manifest
+    archives = list((tmp_path / "image").glob("*.zip"))
+    assert any("ep_cli_helper.py" in zipfile.ZipFile(path).namelist() for path in archives)
+    assert textwrap.dedent(out.stdout).count("built ") == len(archives)
