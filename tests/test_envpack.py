@@ -20,29 +20,6 @@ from envpack.verify import ImageCheck
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
-    """An extra site-packages directory on sys.path."""
-    directory = tmp_path / "site-packages"
-    directory.mkdir()
-    monkeypatch.syspath_prepend(str(directory))
-    return directory
-
-
-@pytest.fixture
-def load(monkeypatch):
-    """import a module for one test: it leaves sys.modules afterwards."""
-
-    def load(name: str):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        importlib.invalidate_caches()
-        module = importlib.import_module(name)
-        monkeypatch.setitem(sys.modules, name, module)
-        return module
-
-    return load
-
-
-@pytest.fixture
 def local_dir(tmp_path, monkeypatch):
     directory = tmp_path / "project"
     directory.mkdir()
