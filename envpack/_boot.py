@@ -28,9 +28,13 @@ def probe() -> dict:
 
     distributions = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            distributions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+        # the headers only: parsing all of METADATA (its long description) is most of the cost
+        text = (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").split("\n\n")[0]
+        name = re.search(r"^Name:\s*(\S+)", text, re.MULTILINE)
+        version = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
+        if name and version:
+            canonical = re.sub(r"[-_.]+", "-", name.group(1)).lower()
+            distributions.setdefault(canonical, version.group(1))
     return {
         "ray_version": ray.__version__,
         "python_version": platform.python_version(),

@@ -15,9 +15,10 @@ which changes whenever a distribution is installed or removed.
 from __future__ import annotations
 
 import csv
+import email.message
+import email.parser
+import functools
 import hashlib
-import importlib.metadata
-import io
 import os
 import platform
 import re
@@ -110,7 +111,7 @@ class _Installed:
     size_bytes: int
     pure: bool
     top_levels: tuple[str, ...]
-    requires: tuple[Requirement, ...]
+    requires: tuple[str, ...]  # Requires-Dist lines, parsed only when the closure reaches it
 
 
 @dataclass(frozen=True)
@@ -173,37 +174,39 @@ def _read_dist_info(location: str) -> _Installed | None:
         return cached[1]
     record = Path(location, "RECORD").read_bytes()
     files = record_files(record)
-    meta = importlib.metadata.PathDistribution(Path(location))
-    requires = []
-    for text in meta.requires or ():
-        try:
-            requires.append(Requirement(text))
-        except InvalidRequirement:
-            continue
-    wheel = meta.read_text("WHEEL") or ""
+    headers = _metadata_headers(Path(location, "METADATA"))
+    wheel = Path(location, "WHEEL")
     dist = _Installed(
-        name=canonical(meta.metadata["Name"]),
-        version=meta.version,
+        name=canonical(headers["Name"]),
+        version=headers["Version"],
         location=location,
         record_sha256=hashlib.sha256(record).hexdigest(),
         size_bytes=sum(size for _, size in files),
-        pure="Root-Is-Purelib: true" in wheel,
+        pure=wheel.exists() and "Root-Is-Purelib: true" in wheel.read_text(),
         top_levels=tuple(sorted(_top_levels(path for path, _ in files))),
-        requires=tuple(requires),
+        requires=tuple(headers.get_all("Requires-Dist") or ()),
     )
     _dist_infos[location] = (key, dist)
     return dist
+
+
+def _metadata_headers(path: Path) -> email.message.Message:
+    """METADATA's headers only: its body (the long description) is all a parser would read."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return email.parser.HeaderParser().parsestr(text.split("\n\n", 1)[0])
 
 
 def record_files(record: bytes) -> list[tuple[str, int]]:
     """(path relative to the site directory, bytes) of the files a RECORD lists that live in
     the site directory; scripts installed elsewhere (``../../bin``) and bytecode are left out."""
     files = []
-    for row in csv.reader(io.StringIO(record.decode())):
-        if not row or row[0].startswith(("..", "/")) or "__pycache__" in row[0]:
+    for line in record.decode().splitlines():
+        if '"' in line:  # a quoted path (one with a comma): let csv read it
+            line = ",".join(next(csv.reader([line])))
+        path, _, size = line.rsplit(",", 2) if line.count(",") >= 2 else (line, "", "")
+        if not path or path.startswith(("..", "/")) or "__pycache__" in path:
             continue
-        size = int(row[2]) if len(row) > 2 and row[2].isdigit() else 0
-        files.append((row[0], size))
+        files.append((path, int(size) if size.isdigit() else 0))
     return files
 
 
@@ -238,7 +241,7 @@ def _reach(index: dict[str, _Installed], roots: dict[str, str]) -> dict[str, str
         if (name, extras) in seen_extras:
             continue
         seen_extras.add((name, extras))
-        for requirement in index[name].requires:
+        for requirement in _parsed(index[name].requires):
             if requirement.marker is not None and not any(
                 requirement.marker.evaluate({"extra": extra}) for extra in (extras or {""})
             ):
@@ -249,6 +252,17 @@ def _reach(index: dict[str, _Installed], roots: dict[str, str]) -> dict[str, str
             reached.setdefault(required, f"required by {name}")
             stack.append((required, frozenset(requirement.extras)))
     return reached
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(requires: tuple[str, ...]) -> tuple[Requirement, ...]:
+    parsed = []
+    for text in requires:
+        try:
+            parsed.append(Requirement(text))
+        except InvalidRequirement:  # a broken line in someone's METADATA: not ours to refuse
+            continue
+    return tuple(parsed)
 
 
 def _distribution(dist: _Installed, why: str) -> Distribution:
