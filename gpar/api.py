@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpar import cluster, environment, scheduler
 from gpar.errors import (
@@ -23,6 +23,9 @@ from gpar.policy import Policy, Rules, default_max_failures
 from gpar.report import JobReport
 from gpar.results import Results
 from gpar.split import BatchSizer
+
+if TYPE_CHECKING:
+    from envpack.stage import StagedImage
 
 
 def apply(
@@ -110,7 +113,7 @@ def apply(
 RUNTIME_MODULES = ("gpar", "envpack", "cloudpickle")
 
 
-def _stage_image(packages: str | Sequence[str]) -> Any:
+def _stage_image(packages: str | Sequence[str]) -> StagedImage:
     """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
     from envpack import stage
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
-
-if TYPE_CHECKING:
-    from envpack.stage import StagedImage
 from gpar.policy import Charge, Launch, Policy
 from gpar.report import AttemptBlock, JobReport
 from gpar.worker import ElementError, Progress, blocking_call
+
+if TYPE_CHECKING:
+    from envpack.stage import StagedImage
 
 #: Longest wait for progress before the loop looks at the clock again (Ctrl-C is handled
 #: between waits).
