@@ -83,14 +83,25 @@ def stage(layers, fetch) -> None:
         importlib.invalidate_caches()
 
 
+#: In a layer: {source file: modification time (ns)} on the caller, restored on unpacking so
+#: the bytecode shipped beside the sources is valid here (it records its source's mtime).
+MTIMES = ".envpack-mtimes.json"
+
+
 def _unpack(archive: bytes, root: str, path: str) -> None:
     import io
+    import json
 
     os.makedirs(root, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=root, prefix=".unpacking-")
     try:
         with zipfile.ZipFile(io.BytesIO(archive)) as members:
             members.extractall(temporary)
+        mtimes = os.path.join(temporary, MTIMES)
+        if os.path.exists(mtimes):
+            with open(mtimes) as stream:
+                for name, mtime_ns in json.load(stream).items():
+                    os.utime(os.path.join(temporary, name), ns=(mtime_ns, mtime_ns))
         os.rename(temporary, path)
     except OSError:
         if not os.path.isdir(path):

@@ -190,21 +190,27 @@ def _read_dist_info(location: str) -> _Installed | None:
     return dist
 
 
+_BYTECODE_SUFFIX = f".{sys.implementation.cache_tag}.pyc"
+
+
 def _metadata_headers(path: Path) -> email.message.Message:
     """METADATA's headers only: its body (the long description) is all a parser would read."""
     text = path.read_text(encoding="utf-8", errors="replace")
     return email.parser.HeaderParser().parsestr(text.split("\n\n", 1)[0])
 
 
-def record_files(record: bytes) -> list[tuple[str, int]]:
+def record_files(record: bytes, bytecode: bool = False) -> list[tuple[str, int]]:
     """(path relative to the site directory, bytes) of the files a RECORD lists that live in
-    the site directory; scripts installed elsewhere (``../../bin``) and bytecode are left out."""
+    the site directory; scripts installed elsewhere (``../../bin``) are left out, and bytecode
+    unless ``bytecode`` (then only this interpreter's: ``*.cpython-311.pyc``)."""
     files = []
     for line in record.decode().splitlines():
         if '"' in line:  # a quoted path (one with a comma): let csv read it
             line = ",".join(next(csv.reader([line])))
         path, _, size = line.rsplit(",", 2) if line.count(",") >= 2 else (line, "", "")
-        if not path or path.startswith(("..", "/")) or "__pycache__" in path:
+        if not path or path.startswith(("..", "/")):
+            continue
+        if "__pycache__" in path and not (bytecode and path.endswith(_BYTECODE_SUFFIX)):
             continue
         files.append((path, int(size) if size.isdigit() else 0))
     return files

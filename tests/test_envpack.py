@@ -129,8 +129,24 @@ def test_a_layer_holds_the_distribution_and_is_built_once(site, tmp_path, load):
     with zipfile.ZipFile(path) as archive:
         assert set(archive.namelist()) == {
             "ep_alpha.py", "ep_alpha-1.0.dist-info/METADATA", "ep_alpha-1.0.dist-info/WHEEL",
-            "ep_alpha-1.0.dist-info/RECORD"}
+            "ep_alpha-1.0.dist-info/RECORD", _boot.MTIMES}
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary left behind
+
+
+def test_unpacked_sources_keep_the_callers_mtimes_so_shipped_bytecode_stays_valid(
+        site, load, tmp_path, monkeypatch):
+    install(site, "ep-alpha", "1.0")
+    source = site / "ep_alpha.py"
+    os.utime(source, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    load("ep_alpha")
+    path, _ = envpack.build(envpack.layer_of(names(envpack.manifest())["ep-alpha"]), tmp_path)
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "worker"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    _boot.stage([("d", "ref")], lambda ref: path.read_bytes())
+
+    unpacked = tmp_path / "worker" / "unpacked" / "d" / "ep_alpha.py"
+    assert unpacked.stat().st_mtime_ns == 1_600_000_000_123_456_789
 
 
 def test_a_layer_too_large_for_ray_names_the_package(site, monkeypatch, load):
