@@ -8,6 +8,7 @@ has never seen envpack (nor gpar) can run these functions: ``probe`` reports wha
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -65,22 +66,42 @@ def stage(layers, fetch) -> None:
     """Unpack each layer once per node and put the layers first on sys.path, in order.
 
     Each layer is unpacked into a directory named by its digest, renamed into place when
-    complete: another worker of the node either finds it whole or unpacks its own copy and
-    discards it. Layers go before site-packages, so a shipped version wins over an older one
-    the worker has; Ray starts processes dedicated to the image (the task's runtime_env names
-    it), so no process that imported the older version runs this task.
+    complete, under a lock file: another worker of the node waits for it rather than fetching
+    and unpacking the same layer at the same time, and finds it whole. Layers go before
+    site-packages, so a shipped version wins over an older one the worker has; Ray starts
+    processes dedicated to the image (the task's runtime_env names it), so no process that
+    imported the older version runs this task.
     """
     root = os.path.join(cache_root(), "unpacked")
     paths = []
     for digest, ref in layers:
         path = os.path.join(root, digest)
         if not os.path.isdir(path):
-            _unpack(fetch(ref), root, path)
+            with _node_lock(root, digest):
+                if not os.path.isdir(path):
+                    _unpack(fetch(ref), root, path)
         paths.append(path)
     missing = [path for path in paths if path not in sys.path]
     if missing:
         sys.path[:0] = missing
         importlib.invalidate_caches()
+
+
+@contextlib.contextmanager
+def _node_lock(root: str, digest: str):
+    """An exclusive lock on this layer among the node's processes (none where fcntl is not)."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{digest}.lock"), "w") as handle:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: In a layer: {source file: modification time (ns)} on the caller, restored on unpacking so
