@@ -6,11 +6,13 @@ beside it; the cluster is ``ray start --head`` from a second virtualenv (tests/b
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from bare_cluster import OLDER_DATEUTIL, bare_venv, running_cluster
@@ -25,6 +27,7 @@ def scale(value):
 #: Uses numpy, pandas (compiled, absent on the workers), tqdm (pure Python, absent),
 #: python-dateutil (the workers have an older one) and the local helpers module.
 FN = """
+import importlib.metadata
 import json
 import os
 import sys
@@ -139,3 +142,23 @@ def test_packages_none_names_what_the_workers_lack_before_fn_runs(run_driver):
     assert "pandas: caller" in message and "tqdm: caller" in message
     assert "python-dateutil: caller 4" in message and f"worker {OLDER_DATEUTIL}" in message
     assert out["fn_ran"] is False
+
+
+def test_envpack_show_with_an_address_lists_only_what_those_workers_lack(bare_address,
+                                                                          tmp_path):
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("envpack")), "show", "--address", bare_address,
+         "dateutil", "tqdm", "helpers"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert completed.returncode == 0, completed.stderr
+    rows = {line.split()[0]: line.split()[1] for line in completed.stdout.splitlines()[3:]
+            if line.startswith("  ")}
+    assert rows["python-dateutil"] == importlib.metadata.version("python-dateutil")
+    assert rows["tqdm"] == importlib.metadata.version("tqdm")
+    assert rows["helpers"] == "local"
+    assert rows["tzdata"] == importlib.metadata.version("tzdata")  # python-dateutil needs it
+    assert "ray" not in rows and "packaging" not in rows  # Ray and what it requires
+    assert f"ships to the workers of {bare_address}" in completed.stdout
