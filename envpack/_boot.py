@@ -57,9 +57,23 @@ def run_staged(layers, target, refs, payload):
     import ray
 
     stage(layers, ray.get)
+    try:  # the importable envpack, now staged if it was not installed: for nested calls
+        importlib.import_module("envpack._boot").STAGED.update(layers)
+    except ImportError:
+        pass
     module, _, name = target.partition(":")
     function = getattr(importlib.import_module(module), name)
     yield from function(*ray.get(list(refs)), *pickle.loads(payload))
+
+
+#: Layers staged into this worker process, digest -> ObjectRef: a nested call reuses them.
+STAGED: dict = {}
+
+
+def staged_paths() -> list[str]:
+    """The entries of sys.path that are staged layers."""
+    root = os.path.join(cache_root(), "unpacked") + os.sep
+    return [entry for entry in sys.path if entry.startswith(root)]
 
 
 def stage(layers, fetch) -> None:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from envpack import _boot
 from envpack.discover import canonical
 from envpack.manifest import Distribution, LocalModule, Manifest
 
@@ -25,8 +26,10 @@ class WorkerFacts:
 
     def runs_callers_interpreter(self) -> bool:
         """Same host and same interpreter: the worker imports the caller's local modules from
-        the same files (the embedded local cluster, or one started from the caller's venv)."""
-        return self.host == socket.gethostname() and self.executable == sys.executable
+        the same files (the embedded local cluster, or one started from the caller's venv).
+        Not so for a caller that is itself a worker running staged layers."""
+        return (self.host == socket.gethostname() and self.executable == sys.executable
+                and not _boot.staged_paths())
 
 
 def select(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from envpack import _boot
 from envpack.manifest import Distribution, LocalModule, Manifest
 
 #: Installed with the interpreter and loaded by .pth hooks, not by the caller's code.
@@ -48,14 +49,15 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
     unknown = sorted(name for name in roots if name not in index)
     if unknown:
         raise ValueError(f"packages= names distributions not installed here: {unknown}")
+    staged = set(_boot.staged_paths())
     for name, path in loaded_top_levels():
         site = _site_of(path, sites)
-        if site is not None:
-            for dist in indexes[site].owners.get(name, ()):
-                if dist not in excluded:
-                    roots.setdefault(dist, f"loaded: import {name}")
-        elif not _in_stdlib(path):
-            local.append(_local_module(name, path))
+        owners = indexes[site].owners.get(name, ()) if site is not None else ()
+        for dist in owners:
+            if dist not in excluded:
+                roots.setdefault(dist, f"loaded: import {name}")
+        if not owners and (site is None or site in staged) and not _in_stdlib(path):
+            local.append(_local_module(name, path))  # a staged local layer stays local
     distributions = tuple(
         _distribution(index[name], why) for name, why in sorted(_closure(index, roots).items())
         if name not in excluded
@@ -77,10 +79,14 @@ def canonical(name: str) -> str:
 
 
 def site_directories() -> tuple[str, ...]:
-    """Directories on sys.path where installed distributions live, in import order."""
+    """Directories on sys.path where installed distributions live, in import order: site
+    directories, and the layers staged into this process when it is a worker (a nested call
+    ships what it runs with)."""
+    staged = set(_boot.staged_paths())
     return tuple(
         entry for entry in sys.path
-        if os.path.basename(entry) in ("site-packages", "dist-packages") and os.path.isdir(entry)
+        if (os.path.basename(entry) in ("site-packages", "dist-packages") or entry in staged)
+        and os.path.isdir(entry)
     )
 
 

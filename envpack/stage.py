@@ -25,8 +25,9 @@ When the workers run the caller's interpreter on the caller's host (the embedded
 delta is normally empty: no layer, no runtime_env, and tasks run in Ray's ordinary worker
 processes; the step then costs the warm manifest (~2 ms).
 
-Not handled yet: a nested gpar.apply inside fn on a cluster that needed layers (the nested
-call builds its own image from the worker's staged directories, which are not site-packages).
+A nested call (fn calling gpar.apply on a worker) ships what its worker was staged with: the
+staged directories count as installed distributions and local modules, and their layers are
+already in the object store (_boot.STAGED), so nothing is built or sent again.
 """
 
 from __future__ import annotations
@@ -105,10 +106,9 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
     layers = [layer_of(item) for item in items]
     shipped, refs = [], []
     for layer in layers:
-        path, built = build(layer, layers_dir())
-        ref, sent = _put(layer, path)
+        ref, archive_bytes, built, sent = _ship(layer)
         refs.append((layer.digest, ref))
-        shipped.append(ShippedLayer(layer.name, layer.version, path.stat().st_size, built, sent))
+        shipped.append(ShippedLayer(layer.name, layer.version, archive_bytes, built, sent))
     image = hashlib.sha256(" ".join(layer.digest for layer in layers).encode()).hexdigest()[:16]
     runtime_env = {"env_vars": {"ENVPACK_IMAGE": image}} if layers else None
     report = ImageReport(manifest.digest, tuple(shipped), time.perf_counter() - started)
@@ -137,14 +137,22 @@ def probe() -> WorkerFacts:
     return _facts[key]
 
 
-def _put(layer: Layer, path: Path) -> tuple[Any, bool]:
+def _ship(layer: Layer) -> tuple[Any, int, bool, bool]:
+    """The layer's ObjectRef, its archive's size, whether it was built and whether it was sent
+    now. A layer this connection sent before, or that this worker process was staged with (a
+    nested call), is neither built nor sent again."""
     import ray
 
     key = (_connection(), layer.digest)
+    if key not in _refs and layer.digest in _boot.STAGED:
+        _refs[key] = (_boot.STAGED[layer.digest], 0)
     if key in _refs:
-        return _refs[key], False
-    _refs[key] = ray.put(path.read_bytes())
-    return _refs[key], True
+        ref, size = _refs[key]
+        return ref, size, False, False
+    path, built = build(layer, layers_dir())
+    archive = path.read_bytes()
+    _refs[key] = (ray.put(archive), len(archive))
+    return _refs[key][0], len(archive), built, True
 
 
 def _connection() -> str:

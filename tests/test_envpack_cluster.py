@@ -70,7 +70,14 @@ first = job()
 second = job()
 Path("helpers.py").write_text("def scale(value):\\n    return 3 * value\\n")
 third = job()
-print(json.dumps({"first": first, "second": second, "third": third,
+
+
+def outer(x):
+    return [row["value"] for row in gpar.apply([x, x + 1], fn, progress=False)]
+
+
+nested = list(gpar.apply(range(2), outer, progress=False))
+print(json.dumps({"first": first, "second": second, "third": third, "nested": nested,
                   "caller": {"tqdm": tqdm.__version__, "dateutil": dateutil.__version__,
                              "numpy": np.__version__}}))
 """
@@ -133,6 +140,8 @@ def test_fn_runs_on_bare_workers_with_the_callers_packages(run_driver):
     assert [row["value"] for row in third["results"]] == [3 * v // 2 for v in expected]
     rebuilt = {name for name, (built, _) in third["layers"].items() if built}
     assert rebuilt == {"helpers"}
+
+    assert out["nested"] == [[0, 3], [3, 9]]  # a nested apply on the workers: 3 * (x(x+1)/2)
 
 
 def test_packages_none_names_what_the_workers_lack_before_fn_runs(run_driver):
