@@ -274,3 +274,27 @@ def test_cli_build_writes_layers_and_the_manifest(tmp_path):
     archives = list((tmp_path / "image").glob("*.zip"))
     assert any("ep_cli_helper.py" in zipfile.ZipFile(path).namelist() for path in archives)
     assert textwrap.dedent(out.stdout).count("built ") == len(archives)
+
+
+def test_a_worker_running_staged_layers_describes_them_as_they_were_shipped(
+        tmp_path, monkeypatch, load):
+    import socket
+
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path))
+    distribution_layer = tmp_path / "unpacked" / "d1"
+    install(distribution_layer, "ep-staged", "1.0")
+    local_layer = tmp_path / "unpacked" / "d2"
+    local_layer.mkdir()
+    (local_layer / "ep_staged_local.py").write_text("")
+    monkeypatch.syspath_prepend(str(distribution_layer))
+    monkeypatch.syspath_prepend(str(local_layer))
+    load("ep_staged")
+    load("ep_staged_local")
+
+    manifest = envpack.manifest()
+
+    assert names(manifest)["ep-staged"].version == "1.0"
+    assert "ep_staged_local" in {module.name for module in manifest.local_modules}
+    facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", socket.gethostname(),
+                        sys.executable, ())
+    assert not facts.runs_callers_interpreter()  # a nested call ships its local layers too
