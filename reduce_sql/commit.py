@@ -139,12 +139,13 @@ def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:
     if not schemas:
         return pa.schema([])
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         raise SchemaConflictError(
             f"the tasks' tables disagree on a column's type: {exc}. Make fn return the same "
             f"type for each column in every task (tasks {_tasks_by_type(schemas, parts)}); "
             "nothing was committed, the written files are removed on the next run") from None
+    return unified.remove_metadata()  # pandas' metadata describes one task's frame, not all
 
 
 def _tasks_by_type(schemas: list[pa.Schema], parts: Sequence[Part]) -> str:
