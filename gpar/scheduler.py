@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
-from gpar.policy import Charge, Launch, Policy
+from gpar.policy import Charge, Launch, Policy, SlowNodes
 from gpar.report import AttemptBlock, JobReport
 from gpar.worker import ElementError, Progress, blocking_call
 
@@ -55,13 +55,17 @@ def run_job(
     progress: bool,
     report: JobReport,
     image: StagedImage,
+    sink: Callable[[Launch], Any] | None = None,
 ) -> list[Any]:
-    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures."""
-    return _Job(items, environment, policy, progress, report, image).run()
+    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures.
+
+    With ``sink``, each launch writes its values where ``sink(launch)`` says (apply(output=)).
+    """
+    return _Job(items, environment, policy, progress, report, sink, image).run()
 
 
 class _Job:
-    def __init__(self, items, environment, policy, progress, report, image):
+    def __init__(self, items, environment, policy, progress, report, sink, image):
         import ray
 
         self.ray = ray
@@ -70,9 +74,11 @@ class _Job:
         self.policy = policy
         self.progress = progress
         self.report = report
+        self.sink = sink
         self.values: list[Any] = [None] * len(items)
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
+        self.slow_nodes: SlowNodes | None = None  # made at the first straggler
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
 
@@ -96,6 +102,8 @@ class _Job:
             kills, charges = policy.tick(now)
             for charge in charges:
                 self._record_charge(charge, self.streams[charge.batch])
+            for batch in policy.take_stragglers():
+                self._on_straggler(self.streams[batch].node)
             self._cancel(kills)
             if policy.finished:
                 return
@@ -109,10 +117,23 @@ class _Job:
 
     def _submit(self, launch: Launch, now: float) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
+        sink = None if self.sink is None else self.sink(launch)
         ref = self.image.submit(self.remote, RUN_BATCH, [self.environment_ref],
-                                (chunk, self.image.check))
+                                (chunk, sink, self.image.check))
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
+
+    def _on_straggler(self, node: str) -> None:
+        """Count a straggler against its node; launch nothing more on the nodes found slow."""
+        if self.slow_nodes is None:
+            workers = [n for n in self.ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+            self.slow_nodes = SlowNodes(nodes=len(workers))
+        if self.slow_nodes.on_straggler(node):
+            from ray.util.scheduling_strategies import NodeLabelSchedulingStrategy, NotIn
+
+            avoided = NotIn(*self.slow_nodes.avoided)  # Ray labels each node with its id
+            strategy = NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})
+            self.remote = _remote_run_batch().options(scheduling_strategy=strategy)
 
     def _read(self, batch: int) -> None:
         stream = self.streams[batch]
