@@ -44,7 +44,7 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
     indexes = {site: _site_index(site) for site in sites}
     index = _installed(indexes.values())
     excluded = _closure(index, {"ray": "ray"}).keys() | INSTALLER
-    local: list[LocalModule] = []
+    local: dict[str, LocalModule] = {}
     roots = {canonical(name): "named in packages=" for name in requested}
     unknown = sorted(name for name in roots if name not in index)
     if unknown:
@@ -56,8 +56,9 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
         for dist in owners:
             if dist not in excluded:
                 roots.setdefault(dist, f"loaded: import {name}")
-        if not owners and (site is None or site in staged) and not _in_stdlib(path):
-            local.append(_local_module(name, path))  # a staged local layer stays local
+        if (not owners and name not in local and (site is None or site in staged)
+                and not _in_stdlib(path)):  # a staged local layer stays local
+            local[name] = _local_module(name, path)  # a namespace package: its first part
     distributions = tuple(
         _distribution(index[name], why) for name, why in sorted(_closure(index, roots).items())
         if name not in excluded
@@ -68,7 +69,7 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
         implementation=sys.implementation.name,
         platform=sysconfig.get_platform(),
         distributions=distributions,
-        local_modules=tuple(sorted(local, key=lambda module: module.name)),
+        local_modules=tuple(local[name] for name in sorted(local)),
         ray_version=ray.version if ray else "",
     )
 
