@@ -298,3 +298,13 @@ def test_a_worker_running_staged_layers_describes_them_as_they_were_shipped(
     facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", socket.gethostname(),
                         sys.executable, ())
     assert not facts.runs_callers_interpreter()  # a nested call ships its local layers too
+
+
+def test_envpack_imports_ray_only_when_it_ships():
+    code = ("import sys, envpack, envpack.cli, envpack.stage; "
+            "print('ray' in sys.modules, sorted(envpack.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split(" ", 1)
+
+    assert out[0] == "False"
+    assert "EnvironmentMismatch" in out[1] and "manifest" in out[1] and "verify" in out[1]
