@@ -9,7 +9,8 @@ Ray already), and the installer (pip, setuptools, wheel).
 
 Computing the manifest again with nothing changed costs about a millisecond: every file read is
 cached by its (path, mtime, size), and a site directory's index of distributions by its mtime,
-which changes whenever a distribution is installed or removed.
+which changes whenever a distribution is installed, reinstalled or removed (pip replaces the
+whole .dist-info directory).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from envpack.manifest import Distribution, LocalModule, Manifest
 INSTALLER = frozenset({"pip", "setuptools", "wheel"})
 
 
-def manifest(requested: Iterable[str] = ()) -> Manifest:
+def manifest(requested: Iterable[str] = (), local_modules: bool = True) -> Manifest:
     """The manifest of this process as it is now, with the ``requested`` distributions (and
-    what they require) even if nothing imported them yet."""
+    what they require) even if nothing imported them yet; without local modules when the
+    workers import them from the caller's own files (nothing to hash then)."""
     sites = site_directories()
     indexes = {site: _site_index(site) for site in sites}
     index = _installed(indexes.values())
@@ -56,9 +58,10 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
         for dist in owners:
             if dist not in excluded:
                 roots.setdefault(dist, f"loaded: import {name}")
-        if (not owners and name not in local and (site is None or site in staged)
-                and not _in_stdlib(path)):  # a staged local layer stays local
-            local[name] = _local_module(name, path)  # a namespace package: its first part
+        # a staged local layer stays local; a namespace package counts once, its first part
+        if (local_modules and not owners and name not in local
+                and (site is None or site in staged) and not _in_stdlib(path)):
+            local[name] = _local_module(name, path)
     distributions = tuple(
         _distribution(index[name], why) for name, why in sorted(_closure(index, roots).items())
         if name not in excluded
@@ -141,13 +144,10 @@ def _installed(indexes: Iterable[_SiteIndex]) -> dict[str, _Installed]:
 
 
 def _site_index(site: str) -> _SiteIndex:
-    mtime = os.stat(site).st_mtime_ns
+    mtime = os.stat(site).st_mtime_ns  # changes with every install: pip replaces .dist-info
     cached = _site_indexes.get(site)
     if cached and cached[0] == mtime:
-        # a reinstall at the same version rewrites RECORD without touching the directory
-        if all(_dist_infos.get(d.location, (None,))[0] == _record_key(d.location)
-               for d in cached[1].distributions.values()):
-            return cached[1]
+        return cached[1]
     distributions: dict[str, _Installed] = {}
     owners: dict[str, list[str]] = {}
     with os.scandir(site) as entries:

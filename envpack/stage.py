@@ -101,8 +101,10 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
     """Build what the connected cluster lacks, put it in its object store, and describe it."""
     started = time.perf_counter()
     named = () if isinstance(packages, str) else packages
-    manifest = discover.manifest(requested=named)
-    items = select(manifest, probe(), packages, always)
+    facts = probe()
+    manifest = discover.manifest(requested=named,
+                                 local_modules=not facts.runs_callers_interpreter())
+    items = select(manifest, facts, packages, always)
     layers = [layer_of(item) for item in items]
     shipped, refs = [], []
     for layer in layers:
