@@ -16,14 +16,14 @@ envs need a package registry reachable from every node and ~10 s per environment
   worker processes started for that image, never in one that already imported an older version.
 
 Measured with bench/bench_envpack.py (numpy, pandas, pyarrow and their kin to workers that
-have only Ray): the first job ~19 s on this 2-core machine (image step ~7 s of it, mostly
+have only Ray): the first job 18-23 s on this 2-core machine (image step ~7 s of it, mostly
 compressing pyarrow once; then Ray's worker start, unpacking and imports), a second job
-~0.05 s with an image step of ~5 ms. Ray's py_modules given the same package directories does
+~0.05 s with an image step of 3-8 ms. Ray's py_modules given the same package directories does
 not even import numpy there: a wheel installs files beside the package (numpy.libs).
 
 When the workers run the caller's interpreter on the caller's host (the embedded cluster), the
 delta is normally empty: no layer, no runtime_env, and tasks run in Ray's ordinary worker
-processes; the step then costs the warm manifest (~2 ms).
+processes; the step then costs the warm manifest, ~1 ms.
 
 A nested call (fn calling gpar.apply on a worker) ships what its worker was staged with: the
 staged directories count as installed distributions and local modules, and their layers are
