@@ -21,6 +21,7 @@ from outputs import ROWS, expected_table, mapper, write_late
 
 import gpar
 import reduce_sql
+from reduce_sql import commit as commit_module
 from reduce_sql.store import locate
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -199,6 +200,14 @@ def test_many_small_outputs_are_compacted_without_losing_a_task(output, tmp_path
     assert len(locate(output).files("data")) == 1  # the small files are gone
     resumed = run(range(40), output, tmp_path)
     assert resumed.report.elements == 0 and resumed.manifest.tasks == set(range(40))
+
+
+def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, monkeypatch):
+    monkeypatch.setattr(commit_module, "COMPACT_FILE_ROWS", 5 * ROWS)  # several merges
+    dataset = run(range(40), output, tmp_path)
+    assert len(dataset.manifest.files) == 8
+    assert sorted(dataset.manifest.files[0].tasks) == [0, 1, 2, 3, 4]
+    assert_exactly_once(dataset, range(40))
 
 
 def test_query_joins_datasets_by_name(tmp_path):
