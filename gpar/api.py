@@ -111,6 +111,7 @@ def apply(
     report.record_policy(policy)
     if claim is not None:
         values = claim.in_input_order(values, len(items))
+        report.task_numbers = claim.pending
     return _finish(Results(values, report), claim, policy)
 
 

@@ -106,6 +106,7 @@ def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_pa
     assert [f.index for f in first.failures] == [5] and first.num_rows == 7 * ROWS
     second = run(range(8), output, tmp_path, table, task_retries=0)
     assert second.report.elements == 1 and attempts_of(tmp_path, 0) == 1
+    assert [(a.task, a.outcome) for a in second.report.attempts] == [(5, "ok")]
     assert_exactly_once(second, range(8))
 
 
