@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputExistsError, SchemaConflictError
@@ -105,6 +106,9 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | N
     Another job's output, or a non-empty location reduce_sql did not write, is refused unless
     ``overwrite``; with it, the earlier output stays readable until this job commits.
     """
+    if location.filesystem.get_file_info(location.root).type == pafs.FileType.File:
+        raise OutputExistsError(f"{location.uri} is a file; output= takes a directory or an "
+                                "s3:// prefix")
     manifest = read_manifest(location)
     marker = location.read_bytes(JOB_MARKER)
     owner = manifest.job if manifest else json.loads(marker)["job"] if marker else None

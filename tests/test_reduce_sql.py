@@ -225,6 +225,11 @@ def test_bad_locations_and_names_are_clear_errors(tmp_path):
     for uri in ("", "ftp://host/x", "s3://", "a\0b"):
         with pytest.raises(ValueError):
             locate(uri)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(reduce_sql.OutputExistsError, match="is a file"):
+        gpar.apply([1], rows_of, output=tmp_path / "file", progress=False)
+    with pytest.raises(ValueError, match="only applies with output"):
+        gpar.apply([1], rows_of, overwrite=True, progress=False)
     gpar.apply([1], rows_of, output=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="identifiers"):
         reduce_sql.query("SELECT 1", **{"x; DROP": str(tmp_path / "d")})
