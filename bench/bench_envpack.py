@@ -200,8 +200,8 @@ def shipping_section(cwd: str) -> str:
 
 def embedded_section(cwd: str) -> str:
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    timing = run(EMBEDDED, env, cwd)
-    total_ms, image_ms = timing["total"] * 1e3, timing["image"] * 1e3
+    measured = run(EMBEDDED, env, cwd)
+    total_ms, image_ms = measured["total"] * 1e3, measured["image"] * 1e3
     return "\n".join([
         "### (c) The image step on the embedded cluster (nothing to ship)",
         "",
