@@ -117,15 +117,15 @@ def apply(
     if claim is not None:
         values = claim.in_input_order(values, len(items))
         report.task_numbers = claim.pending
-    return _finish(Results(values, report), claim, policy)
+    return _finish(Results(values, report), claim, policy, image)
 
 
-def _finish(results: Results, claim: gpar_output.OutputJob | None,
-            policy: Policy | None) -> Results | Dataset:
+def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Policy | None,
+            image: StagedImage | None = None) -> Results | Dataset:
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
-        claim.commit(results)
+        claim.commit(results, image)
     if policy is not None:
         _raise_if_mismatched(results)
         _raise_or_warn(results, policy)

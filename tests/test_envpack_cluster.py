@@ -77,7 +77,21 @@ def outer(x):
 
 
 nested = list(gpar.apply(range(2), outer, progress=False))
+
+import reduce_sql.commit  # noqa: E402
+
+reduce_sql.commit.COMPACT_FILE_ROWS = 8  # 20 two-row files: five merges, run by the workers
+
+
+def rows(x):
+    return pd.DataFrame({"x": [x, x], "scaled": [scale(x), 0]})
+
+
+written = gpar.apply(range(20), rows, output=Path("out").resolve(), progress=False)
+output = {"files": len(written.manifest.files), "failures": len(written.failures),
+          **written.sql("SELECT count(*) AS n, sum(scaled)::BIGINT AS s FROM data").to_pylist()[0]}
 print(json.dumps({"first": first, "second": second, "third": third, "nested": nested,
+                  "output": output,
                   "caller": {"tqdm": tqdm.__version__, "dateutil": dateutil.__version__,
                              "numpy": np.__version__}}))
 """
@@ -142,6 +156,8 @@ def test_fn_runs_on_bare_workers_with_the_callers_packages(run_driver):
     assert rebuilt == {"helpers"}
 
     assert out["nested"] == [[0, 3], [3, 9]]  # a nested apply on the workers: 3 * (x(x+1)/2)
+    # output= on the bare workers: they write the Parquet and run the commit's merges
+    assert out["output"] == {"files": 5, "failures": 0, "n": 40, "s": 3 * sum(range(20))}
 
 
 def test_packages_none_names_what_the_workers_lack_before_fn_runs(run_driver):
