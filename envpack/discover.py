@@ -54,7 +54,7 @@ def manifest(requested: Iterable[str] = (), local_modules: bool = True) -> Manif
     staged = set(_boot.staged_paths())
     for name, path in loaded_top_levels():
         site = _site_of(path, sites)
-        owners = indexes[site].owners.get(name, ()) if site is not None else ()
+        owners = _owners_of(name, indexes[site]) if site is not None else ()
         for dist in owners:
             if dist not in excluded:
                 roots.setdefault(dist, f"loaded: import {name}")
@@ -224,13 +224,31 @@ def record_files(record: bytes, bytecode: bool = False) -> list[tuple[str, int]]
 
 
 def _top_levels(paths: Iterable[str]) -> set[str]:
+    """Import names a distribution installs: top-level ones, and (for namespace packages that
+    several distributions share, like ``google``) each package's second level too."""
     tops = set()
     for path in paths:
-        first = path.split("/", 1)[0]
-        if first.endswith((".dist-info", ".data", ".pth")):
+        parts = path.split("/")
+        if parts[0].endswith((".dist-info", ".data", ".pth")):
             continue
-        tops.add(first.split(".", 1)[0])  # "six.py", "_cffi.cpython-311-x86_64.so" -> module
+        top = parts[0].split(".", 1)[0]  # "six.py", "_cffi.cpython-311-x86_64.so" -> module
+        tops.add(top)
+        if len(parts) > 2 or (len(parts) == 2 and parts[1].endswith(".py")):
+            tops.add(f"{top}.{parts[1].split('.', 1)[0]}")
     return tops
+
+
+def _owners_of(name: str, site_index: _SiteIndex) -> tuple[str, ...]:
+    """The distributions that provide the loaded top-level module ``name``. For a namespace
+    package several distributions share (``google``: protobuf, google-auth ...), only those
+    whose subpackages are loaded: importing google.protobuf does not use google-auth."""
+    owners = site_index.owners.get(name, ())
+    if len(owners) <= 1 or getattr(sys.modules.get(name), "__file__", None):
+        return owners
+    loaded = [module for module in list(sys.modules)
+              if module.startswith(f"{name}.") and module.count(".") == 1]
+    used = dict.fromkeys(dist for module in loaded for dist in site_index.owners.get(module, ()))
+    return tuple(used) or owners
 
 
 _closures: dict[tuple, dict[str, str]] = {}

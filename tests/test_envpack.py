@@ -56,6 +56,17 @@ def test_extras_of_a_requirement_are_followed(site, load):
     assert "ep-gamma" in names(envpack.manifest())
 
 
+def test_a_shared_namespace_package_brings_only_the_distributions_loaded_from_it(site, load):
+    install(site, "ep-ns-one", "1.0", modules={"epns/one/__init__.py": "X = 1\n"})
+    install(site, "ep-ns-two", "1.0", modules={"epns/two/__init__.py": "X = 2\n"})
+    load("epns")
+    load("epns.one")
+
+    found = names(envpack.manifest())
+
+    assert "ep-ns-one" in found and "ep-ns-two" not in found
+
+
 def test_stdlib_ray_and_what_ray_requires_are_never_in_the_manifest():
     import json  # noqa: F401 - loaded on purpose
 
@@ -65,6 +76,7 @@ def test_stdlib_ray_and_what_ray_requires_are_never_in_the_manifest():
     manifest = envpack.manifest()
     found = names(manifest)
     assert "ray" not in found and "packaging" not in found and "msgpack" not in found
+    assert "google-auth" not in found  # shares Ray's protobuf's namespace, loaded by nothing
     assert not {"json", "os", "ray"} & {m.name for m in manifest.local_modules}
     assert manifest.ray_version == importlib.metadata.version("ray")
 
