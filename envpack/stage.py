@@ -84,11 +84,15 @@ class StagedImage:
     runtime_env: dict[str, Any] | None
     report: ImageReport
 
-    def submit(self, remote: Any, target: str, refs: Sequence[Any], args: tuple) -> Any:
+    def submit(self, remote: Any, target: str, refs: Sequence[Any], args: tuple,
+               **ray_options: Any) -> Any:
         """Call ``target`` ("module:function") on a worker through ``remote`` (from
-        ``bootstrap``) with the values of ``refs`` and then ``args``."""
+        ``bootstrap``) with the values of ``refs`` and then ``args``; ``ray_options`` go to
+        Ray's ``.options`` (which can be applied once) with the image's runtime_env."""
         if self.runtime_env is not None:
-            remote = remote.options(runtime_env=self.runtime_env)
+            ray_options["runtime_env"] = self.runtime_env
+        if ray_options:
+            remote = remote.options(**ray_options)
         return remote.remote(self.layers, target, list(refs), cloudpickle.dumps(args))
 
 

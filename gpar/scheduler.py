@@ -79,6 +79,7 @@ class _Job:
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
+        self.placement: dict[str, Any] = {}  # Ray options that keep batches off slow nodes
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
 
@@ -119,7 +120,7 @@ class _Job:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.sink is None else self.sink(launch)
         ref = self.image.submit(self.remote, RUN_BATCH, [self.environment_ref],
-                                (chunk, sink, self.image.check))
+                                (chunk, sink, self.image.check), **self.placement)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
 
@@ -133,7 +134,7 @@ class _Job:
 
             avoided = NotIn(*self.slow_nodes.avoided)  # Ray labels each node with its id
             strategy = NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})
-            self.remote = _remote_run_batch().options(scheduling_strategy=strategy)
+            self.placement = {"scheduling_strategy": strategy}
 
     def _read(self, batch: int) -> None:
         stream = self.streams[batch]

@@ -320,3 +320,26 @@ def test_envpack_imports_ray_only_when_it_ships():
 
     assert out[0] == "False"
     assert "EnvironmentMismatch" in out[1] and "manifest" in out[1] and "verify" in out[1]
+
+
+class _RecordingRemote:
+    """Stands for a Ray remote function: Ray lets ``.options`` be applied only once."""
+
+    def __init__(self, options=None):
+        self.applied = options
+
+    def options(self, **options):
+        assert self.applied is None, "Ray's .options result has no .options"
+        return _RecordingRemote(options)
+
+    def remote(self, *args):
+        return self.applied
+
+
+def test_a_submission_applies_the_image_and_placement_options_in_one_call():
+    from envpack.stage import ImageReport, StagedImage
+
+    image = StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "d"}}, ImageReport("d", (), 0))
+    applied = image.submit(_RecordingRemote(), "m:f", [], (), scheduling_strategy="spread")
+    assert applied == {"runtime_env": {"env_vars": {"ENVPACK_IMAGE": "d"}},
+                       "scheduling_strategy": "spread"}
