@@ -23,12 +23,16 @@ class WorkerFacts:
     host: str
     executable: str
     distributions: tuple[tuple[str, str], ...]  # (canonical name, version)
+    node_hosts: tuple[str, ...] = ()  # every live node's host: the probe saw only one
 
     def runs_callers_interpreter(self) -> bool:
         """Same host and same interpreter: the worker imports the caller's local modules from
         the same files (the embedded local cluster, or one started from the caller's venv).
-        Not so for a caller that is itself a worker running staged layers."""
-        return (self.host == socket.gethostname() and self.executable == sys.executable
+        Not so for a caller that is itself a worker running staged layers, nor when some
+        node of the cluster is another host."""
+        here = socket.gethostname()
+        return (self.host == here and self.executable == sys.executable
+                and all(host == here for host in self.node_hosts)
                 and not _boot.staged_paths())
 
 

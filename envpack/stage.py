@@ -139,7 +139,9 @@ def probe() -> WorkerFacts:
     if key not in _facts:
         _ship_boot_by_value()
         remote = ray.remote(num_cpus=0, max_retries=1)(_boot.probe)
-        _facts[key] = WorkerFacts(**ray.get(remote.remote()))
+        hosts = tuple(sorted({node["NodeManagerHostname"] for node in ray.nodes()
+                              if node["Alive"]}))
+        _facts[key] = WorkerFacts(**ray.get(remote.remote()), node_hosts=hosts)
     return _facts[key]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import shutil
@@ -199,10 +200,14 @@ def test_workers_of_the_callers_interpreter_get_no_local_module(local_dir, site,
 
     (local_dir / "ep_local.py").write_text("")
     load("ep_local")
-    facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", socket.gethostname(),
-                        sys.executable, ())
+    here = socket.gethostname()
+    facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", here, sys.executable, (),
+                        node_hosts=(here,))
     shipped = {item.name for item in select(envpack.manifest(), facts, "auto")}
     assert "ep_local" not in shipped
+    # the probe ran here, but another node of the cluster is another host: ship it
+    elsewhere = dataclasses.replace(facts, node_hosts=(here, "another-host"))
+    assert "ep_local" in {item.name for item in select(envpack.manifest(), elsewhere, "auto")}
 
 
 def _check(distributions, python_minor=None):
