@@ -247,7 +247,9 @@ def _check_options(max_workers, task_retries, max_failures, task_timeout, quorum
         raise ValueError(f'env must be "full" or "referenced", got {env!r}')
     if errors not in ("warn", "raise"):
         raise ValueError(f'errors must be "warn" or "raise", got {errors!r}')
-    if isinstance(packages, str) and packages not in ("auto", "none"):
+    names_ok = (isinstance(packages, list | tuple | set | frozenset)
+                and all(isinstance(name, str) and name for name in packages))
+    if packages not in ("auto", "none") and not names_ok:
         raise ValueError(
             f'packages must be "auto", "none" or a list of distribution names, got {packages!r}'
         )
