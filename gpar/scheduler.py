@@ -26,7 +26,7 @@ import cloudpickle
 from gpar.environment import CapturedEnvironment
 from gpar.policy import Charge, Launch, Policy, SlowNodes
 from gpar.report import AttemptBlock, JobReport
-from gpar.worker import ElementError, Progress, blocking_call
+from gpar.worker import ElementError, PickledItems, Progress, blocking_call
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
@@ -120,7 +120,8 @@ class _Job:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.sink is None else self.sink(launch)
         ref = self.image.submit(self.remote, RUN_BATCH, [self.environment_ref],
-                                (chunk, sink, self.image.check), **self.placement)
+                                (PickledItems.of(chunk), sink, self.image.check),
+                                **self.placement)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
 

@@ -84,7 +84,27 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return future.result()
 
 
-def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any],
+@dataclass(frozen=True)
+class PickledItems:
+    """A batch's elements, unpickled on the worker only once its image is verified: an
+    element whose class comes from a distribution the worker lacks must not fail before the
+    mismatch can be reported."""
+
+    count: int
+    pickled: bytes
+
+    @classmethod
+    def of(cls, items: Sequence[Any]) -> PickledItems:
+        return cls(len(items), cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load(self) -> Sequence[Any]:
+        return pickle.loads(self.pickled)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
               sink: Any = None, image: ImageCheck | None = None) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
@@ -134,7 +154,7 @@ def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -
 class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
-    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any], sink: Any,
+    def __init__(self, stream: bytes, buffers: list[Any], items: PickledItems, sink: Any,
                  image: ImageCheck | None = None):
         self.stream, self.buffers, self.items, self.sink = stream, buffers, items, sink
         self.image = image
@@ -152,12 +172,13 @@ class _BatchRun:
                 return
             try:
                 call = environment.restore(self.stream, self.buffers)
+                items = self.items.load()
             except BaseException as exc:
                 self._fail_all(exc)
                 return
             self.elements_started = time.time()
             self.restored = True
-            self._run_elements(call)
+            self._run_elements(call, items)
             del call
             if self.buffers:
                 # Restored globals are a reference cycle (fn -> globals -> fn) that pins the
@@ -167,10 +188,10 @@ class _BatchRun:
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
             self.calls.put(_FINISHED)
 
-    def _run_elements(self, call: environment.Call) -> None:
+    def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock = self.values, self.finished, time.time
-        for position, item in enumerate(self.items):
+        for position, item in enumerate(items):
             try:
                 value = fn(item, *args, **kwargs)
             except BaseException as exc:  # SystemExit too: it would end this thread silently

@@ -99,8 +99,8 @@ print(json.dumps({"first": first, "second": second, "third": third, "nested": ne
 NONE = FN + """
 from envpack import EnvironmentMismatch
 
-try:
-    job(packages="none")
+try:  # elements the bare workers could not even unpickle (numpy scalars)
+    gpar.apply(list(np.arange(6)), fn, packages="none", progress=False)
 except EnvironmentMismatch as exc:
     print(json.dumps({"mismatch": str(exc), "fn_ran": RAN.exists()}))
 """
