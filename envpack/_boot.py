@@ -28,7 +28,9 @@ def probe() -> dict:
     import ray
 
     distributions = {}
-    for dist in importlib.metadata.distributions():
+    staged = set(staged_paths())  # a process that ran a staged task: count only what it has
+    installed = [entry for entry in sys.path if entry not in staged]
+    for dist in importlib.metadata.distributions(path=installed):
         # the headers only: parsing all of METADATA (its long description) is most of the cost
         text = (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").split("\n\n")[0]
         name = re.search(r"^Name:\s*(\S+)", text, re.MULTILINE)

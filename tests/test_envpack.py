@@ -348,3 +348,12 @@ def test_a_submission_applies_the_image_and_placement_options_in_one_call():
     applied = image.submit(_RecordingRemote(), "m:f", [], (), scheduling_strategy="spread")
     assert applied == {"runtime_env": {"env_vars": {"ENVPACK_IMAGE": "d"}},
                        "scheduling_strategy": "spread"}
+
+
+def test_the_probe_counts_only_what_a_worker_has_installed_not_what_it_was_staged(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path))
+    staged = tmp_path / "unpacked" / "layer-digest"
+    install(staged, "ep-staged", "1.0")
+    monkeypatch.syspath_prepend(str(staged))  # as a staged task leaves its process
+    assert "ep-staged" not in dict(_boot.probe()["distributions"])
