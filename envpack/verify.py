@@ -83,12 +83,18 @@ def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:
 
 
 def describe(problems: list[tuple[str, str, str]]) -> str:
+    """The mismatch as the user reads it: each difference, then what can fix each kind."""
     lines = [f"  {what}: caller {caller}, worker {worker}" for what, caller, worker in problems]
-    pins = " ".join(f"'{what}=={caller}'" for what, caller, _ in problems if " " not in what
-                    and what != "python")
-    return (
-        "the worker's environment differs from the caller's:\n" + "\n".join(lines) + "\n"
-        'Ship them with the image (packages="auto", the default, or name them in packages=[...])'
-        + (f", or install them on the cluster's workers: pip install {pins}" if pins else "")
-        + "."
-    )
+    interpreter = [what for what, _, _ in problems if " " in what or what == "ray"]
+    shippable = [(what, caller) for what, caller, _ in problems if what not in interpreter]
+    advice = []
+    if shippable:
+        pins = " ".join(f"'{what}=={caller}'" for what, caller in shippable)
+        advice.append('Ship the distributions with the image (packages="auto", the default, '
+                      "or name them in packages=[...]), or install them on the workers: "
+                      f"pip install {pins}.")
+    if interpreter:
+        advice.append(f"{', '.join(interpreter)}: cannot be shipped; run the workers with the "
+                      "caller's Python, platform and Ray version.")
+    return ("the worker's environment differs from the caller's:\n" + "\n".join(lines) + "\n"
+            + "\n".join(advice))

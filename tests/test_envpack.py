@@ -357,3 +357,13 @@ def test_the_probe_counts_only_what_a_worker_has_installed_not_what_it_was_stage
     install(staged, "ep-staged", "1.0")
     monkeypatch.syspath_prepend(str(staged))  # as a staged task leaves its process
     assert "ep-staged" not in dict(_boot.probe()["distributions"])
+
+
+def test_a_mismatch_says_what_shipping_can_fix_and_what_it_cannot():
+    from envpack.verify import describe
+
+    text = describe([("ep-alpha", "1.0", "not installed"),
+                     ("python (compiled: ep-beta)", "3.11", "3.12"), ("ray", "2.60.0", "2.59")])
+    ship, interpreter = text.splitlines()[-2:]
+    assert "pip install 'ep-alpha==1.0'" in ship and "ray" not in ship and "python" not in ship
+    assert interpreter.startswith("python (compiled: ep-beta), ray: cannot be shipped")
