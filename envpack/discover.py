@@ -233,8 +233,9 @@ def _top_levels(paths: Iterable[str]) -> set[str]:
             continue
         top = parts[0].split(".", 1)[0]  # "six.py", "_cffi.cpython-311-x86_64.so" -> module
         tops.add(top)
-        if len(parts) > 2 or (len(parts) == 2 and parts[1].endswith(".py")):
-            tops.add(f"{top}.{parts[1].split('.', 1)[0]}")
+        second = parts[1].split(".", 1)[0] if len(parts) > 1 else "__init__"
+        if second != "__init__" and (len(parts) > 2 or parts[1].endswith(".py")):
+            tops.add(f"{top}.{second}")
     return tops
 
 
