@@ -31,10 +31,10 @@ def horizon_scores(history: np.ndarray, period: float, weeks: int,
     ])))
 
 
-def conformal_bands(history: np.ndarray, period: float, weeks: int,
-                    levels: tuple[float, ...]) -> list[Band]:
+def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tuple[float, ...],
+                    origins: int = BACKTEST_WEEKS) -> list[Band]:
     """One band per level around the ensemble's forecast of the ``weeks`` after ``history``."""
-    scores = horizon_scores(history, period, weeks)
+    scores = horizon_scores(history, period, weeks, origins)
     forecast = ensemble_forecast(history, weeks, period)
     n = len(scores)
     bands = []
