@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpar import cluster, environment, scheduler
+from gpar import output as gpar_output
 from gpar.errors import (
     AllTasksFailed,
     DeadlineExceeded,
@@ -23,6 +25,9 @@ from gpar.policy import Policy, Rules, default_max_failures
 from gpar.report import JobReport
 from gpar.results import Results
 from gpar.split import BatchSizer
+
+if TYPE_CHECKING:
+    from reduce_sql import Dataset
 
 
 def apply(
@@ -39,12 +44,13 @@ def apply(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     env: str = "full",
     packages: str | Sequence[str] = "auto",
-    output: str | None = None,
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
     errors: str = "warn",
     progress: bool | None = None,
     address: str | None = None,
     **kwargs: Any,
-) -> Results:
+) -> Results | Dataset:
     """Return ``[fn(x, *args, **kwargs) for x in xs]``, computed in parallel on Ray.
 
     fn sees the caller's globals as they were at the call (env="full"; "referenced" ships only
@@ -58,7 +64,11 @@ def apply(
     (FailureBudgetExceeded), at ``deadline`` or once a ``quorum`` share of elements finished
     (unfinished slots hold TaskFailure(reason="deadline"/"quorum"), with a warning).
     ``task_timeout`` bounds one attempt of one element; ``backups`` re-run stragglers.
-    See README.md for each rule.
+
+    With ``output`` (a directory or s3:// URI), fn returns a table per element; workers write it
+    as Parquet, exactly one attempt per element is committed, and a reduce_sql.Dataset is
+    returned. Re-running the same job resumes it; another job's output is refused unless
+    ``overwrite``. See README.md for each rule.
     """
     if not callable(fn):
         raise TypeError(
@@ -70,10 +80,11 @@ def apply(
     _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env, packages,
                    errors)
     deadline_at = _deadline_at(deadline, started)
-    if output is not None:
-        raise NotImplementedError("gpar.apply(output=...) is not supported yet")
-    if len(items) == 0:
-        return Results([], JobReport(elements=0))
+    claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
+                                                          overwrite)
+    pending = items if claim is None else [items[i] for i in claim.pending]
+    if len(pending) == 0:
+        return _finish(Results([], JobReport(elements=0)), claim, None)
     captured = environment.capture(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
@@ -89,17 +100,33 @@ def apply(
         backups=backups,
         errors=errors,
     )
-    policy = Policy(len(items), rules, BatchSizer(max_workers))
-    report = JobReport(len(items), environment_bytes=captured.nbytes,
+    policy = Policy(len(pending), rules, BatchSizer(max_workers))
+    report = JobReport(len(pending), environment_bytes=captured.nbytes,
                        skipped_globals=captured.skipped)
     values = scheduler.run_job(
-        items, captured, policy,
+        pending, captured, policy,
         progress=sys.stderr.isatty() if progress is None else progress, report=report,
+        sink=None if claim is None else claim.sink,
     )
     report.record_policy(policy)
-    results = Results(values, report)
-    _raise_or_warn(results, policy)
-    return results
+    if claim is not None:
+        values = claim.in_input_order(values, len(items))
+    return _finish(Results(values, report), claim, policy)
+
+
+def _finish(results: Results, claim: gpar_output.OutputJob | None,
+            policy: Policy | None) -> Results | Dataset:
+    """Commit what was accepted (even when the job then raises: nothing finished is lost),
+    then raise or warn as the job ended, and return the results or the committed Dataset."""
+    if claim is not None:
+        claim.commit(results)
+    if policy is not None:
+        _raise_or_warn(results, policy)
+    if claim is None:
+        return results
+    from reduce_sql import Dataset
+
+    return Dataset(claim.location, report=results.report, failures=results.failures)
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:

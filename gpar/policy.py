@@ -320,7 +320,8 @@ class Policy:
             self.retries += 1
             self._requeue(range(index, index + 1), attempt + 1, whole=True)
         else:
-            reason = "error" if error.kind == "error" else "system"
+            fns_fault = error.kind == "error" or (error.kind == "output" and not error.retryable)
+            reason = "error" if fns_fault else "system"
             failure = TaskFailure(index, error.exc_type, error.message, error.traceback, failed,
                                   reason)
             self._finalize(index, _FAILED, failure)

@@ -25,7 +25,7 @@ class AttemptRecord:
     submitted: float
     started: float
     finished: float
-    outcome: str  # "ok", "error", "result", "environment", "system", "timeout"
+    outcome: str  # "ok", "error", "result", "output", "environment", "system", "timeout"
     error: str  # the failure's message, "" when ok
 
 

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 class TaskFailure:
     """Stands in the results for an element of xs that has no value.
 
-    ``reason`` is "error" (fn raised), "system" (the worker died, the result could not be pickled,
-    the environment could not be restored) or "cancelled" (the job stopped before it ran).
+    ``reason`` is "error" (fn raised, or returned what output= cannot write), "system" (the
+    worker died, the result could not be pickled or written, the environment could not be
+    restored), "deadline", "quorum" or "cancelled" (the job stopped before it finished).
     """
 
     index: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,13 +51,17 @@ def run_job(
     policy: Policy,
     progress: bool,
     report: JobReport,
+    sink: Callable[[Launch], Any] | None = None,
 ) -> list[Any]:
-    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures."""
-    return _Job(items, environment, policy, progress, report).run()
+    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures.
+
+    With ``sink``, each launch writes its values where ``sink(launch)`` says (apply(output=)).
+    """
+    return _Job(items, environment, policy, progress, report, sink).run()
 
 
 class _Job:
-    def __init__(self, items, environment, policy, progress, report):
+    def __init__(self, items, environment, policy, progress, report, sink):
         import ray
 
         self.ray = ray
@@ -65,6 +69,7 @@ class _Job:
         self.policy = policy
         self.progress = progress
         self.report = report
+        self.sink = sink
         self.values: list[Any] = [None] * len(items)
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
@@ -104,7 +109,8 @@ class _Job:
 
     def _submit(self, launch: Launch, now: float) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
-        ref = self.remote.remote(self.environment_ref, chunk)
+        sink = None if self.sink is None else self.sink(launch)
+        ref = self.remote.remote(self.environment_ref, chunk, sink)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
 

@@ -43,7 +43,8 @@ FLUSH_S = 0.1
 @dataclass(frozen=True)
 class ElementError:
     """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
-    be pickled), "environment" (the call could not be restored on this worker)."""
+    be pickled), "output" (its table could not be written), "environment" (the call could not
+    be restored on this worker)."""
 
     exc_type: str
     message: str
@@ -80,14 +81,16 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return future.result()
 
 
-def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any]) -> Iterator[Progress]:
+def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any],
+              sink: Any = None) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
-    ``environment`` is the captured call: its stream and out-of-band buffers.
+    ``environment`` is the captured call: its stream and out-of-band buffers. With a ``sink``
+    (a reduce_sql Sink), each value is written there and its Part is reported instead.
     """
     global _main_thread_calls
     node_id = _node_id()
-    run = _BatchRun(*environment, items)
+    run = _BatchRun(*environment, items, sink)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -127,8 +130,8 @@ def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -
 class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
-    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any]):
-        self.stream, self.buffers, self.items = stream, buffers, items
+    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any], sink: Any):
+        self.stream, self.buffers, self.items, self.sink = stream, buffers, items, sink
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
@@ -161,11 +164,26 @@ class _BatchRun:
         values, finished, clock = self.values, self.finished, time.time
         for position, item in enumerate(self.items):
             try:
-                values.append(fn(item, *args, **kwargs))
+                value = fn(item, *args, **kwargs)
             except BaseException as exc:  # SystemExit too: it would end this thread silently
                 self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
-                values.append(None)
+                value = None
+            else:
+                if self.sink is not None:
+                    value = self._write(position, value)
+            values.append(value)
             finished.append(clock())
+
+    def _write(self, position: int, value: Any) -> Any:
+        """fn's table written by the sink; its Part, or None with the element's error."""
+        from reduce_sql.errors import OutputTypeError
+
+        try:
+            return self.sink.write(position, value)
+        except Exception as exc:  # a wrong return type is fn's to fix; storage may recover
+            wrong_type = isinstance(exc, OutputTypeError)
+            self.errors[position] = _element_error(exc, "output", retryable=not wrong_type)
+            return None
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)

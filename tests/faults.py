@@ -40,7 +40,13 @@ def attempts_of(marker_dir: str, task: int) -> int:
 def faulty(task: int, table: dict, marker_dir: str, work_s: float = 0.0) -> int:
     """Run task ``task`` as ``table`` says for this attempt; return the task number."""
     attempt = claim_attempt(marker_dir, task)
-    action = table.get((task, attempt))
+    perform(table.get((task, attempt)), task, attempt)
+    time.sleep(work_s)
+    return task
+
+
+def perform(action, task: int, attempt: int) -> None:
+    """Do what one entry of a fault table says (None: nothing)."""
     if action == "exit":
         os._exit(1)
     if action == "raise":
@@ -51,8 +57,6 @@ def faulty(task: int, table: dict, marker_dir: str, work_s: float = 0.0) -> int:
         time.sleep(action[1])
         if action[0] == "raise_after":
             raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
-    time.sleep(work_s)
-    return task
 
 
 def alive(pid: int) -> bool:

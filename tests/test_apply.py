@@ -76,11 +76,6 @@ def test_bad_options_say_what_is_accepted(options):
         gpar.apply([1], square, **options)
 
 
-def test_output_is_refused_until_it_is_built_not_ignored():
-    with pytest.raises(NotImplementedError):
-        gpar.apply([1], square, output="/tmp/x")
-
-
 def fails_on_odd(x):
     if x % 2:
         raise ValueError(f"odd input {x}")

@@ -1,0 +1,76 @@
+"""apply(output=...): claim the output, give each launched batch its Sink, commit what was accepted.
+
+The policy accepts exactly one attempt per element (first finisher wins); the values it accepts
+are reduce_sql Parts, and only those are committed. A re-run of the same job (same xs, fn, args
+and kwargs) skips the elements an earlier run committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import marshal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from gpar.policy import Launch
+from gpar.results import TaskFailure
+
+
+@dataclass(frozen=True)
+class OutputJob:
+    """One job's claim on an output: which elements still run, and where they write."""
+
+    location: Any  # reduce_sql.store.Location
+    job: str
+    previous: Any  # the reduce_sql Manifest an earlier run of this job committed, or None
+    pending: list[int]  # elements of xs to run, in order
+
+    def sink(self, launch: Launch) -> Any:
+        from reduce_sql.parts import Sink
+
+        tasks = self.pending[launch.indices.start:launch.indices.stop]
+        return Sink(self.location, self.job, launch.attempt, tasks)
+
+    def in_input_order(self, values: list[Any], elements: int) -> list[Any]:
+        """The sub-run's values placed at their elements of xs; committed earlier: None."""
+        placed: list[Any] = [None] * elements
+        for position, value in zip(self.pending, values, strict=True):
+            if isinstance(value, TaskFailure):
+                value = dataclasses.replace(value, index=position)
+            placed[position] = value
+        return placed
+
+    def commit(self, values: list[Any]) -> Any:
+        from reduce_sql.commit import commit
+        from reduce_sql.parts import Part
+
+        parts = [value for value in values if isinstance(value, Part)]
+        return commit(self.location, self.job, parts, self.previous)
+
+
+def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
+          overwrite: bool) -> OutputJob:
+    from reduce_sql.commit import begin as claim
+    from reduce_sql.store import locate
+
+    location = locate(output)
+    job = job_digest(items, fn, args, kwargs)
+    previous = claim(location, job, overwrite)
+    done = previous.tasks if previous else set()
+    return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done])
+
+
+def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
+    """What makes two runs the same job: xs, fn (its code, and the values it names when it is
+    pickled by value) and the extra arguments. Globals fn does not name are not included."""
+    digest = hashlib.sha256()
+    digest.update(cloudpickle.dumps((fn, args, kwargs)))
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # a function pickled by reference: its code stands for it
+        digest.update(marshal.dumps(code))
+    digest.update(cloudpickle.dumps(list(items)))
+    return digest.hexdigest()

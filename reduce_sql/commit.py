@@ -1,0 +1,214 @@
+"""The driver's side: claim an output for a job, then commit the attempts it accepted.
+
+    begin(location, job)  ─▶ refuses another job's output (unless overwrite); says which tasks
+                              a previous run of this same job already committed (resume)
+    commit(location, parts) ─▶ unify schemas ─▶ compact small files ─▶ write the manifest LAST,
+                                atomically ─▶ delete files the manifest does not list
+
+Readers read only the manifest, so a file no manifest lists (a failed, duplicate, abandoned or
+killed attempt's, or a partial one) is never read: each task's rows count exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reduce_sql.errors import OutputExistsError, SchemaConflictError
+from reduce_sql.parts import DATA_DIR, Part
+from reduce_sql.store import Location
+from reduce_sql.tables import ROW_GROUP_ROWS, write_table
+
+MANIFEST = "_gpar_manifest.json"
+JOB_MARKER = "_gpar_job.json"
+
+#: Compact when a commit would leave more files than this: DuckDB pays ~0.13 ms per file per
+#: query (FACTS.md) and bench/bench_reduce.py measures the query time against the file count.
+COMPACT_ABOVE_FILES = 16
+
+#: Rows a compacted file collects before another is started (one row group each).
+COMPACT_FILE_ROWS = ROW_GROUP_ROWS
+
+
+@dataclass(frozen=True)
+class CommittedFile:
+    """A file the manifest lists, and the tasks whose rows it holds."""
+
+    path: str
+    tasks: tuple[int, ...]
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The committed state of an output: what readers read, and what a resume skips."""
+
+    job: str
+    schema: pa.Schema
+    files: tuple[CommittedFile, ...]
+    empty_tasks: tuple[int, ...] = ()  # tasks that committed zero rows: no file to read
+
+    @property
+    def tasks(self) -> set[int]:
+        return {task for file in self.files for task in file.tasks} | set(self.empty_tasks)
+
+    @property
+    def rows(self) -> int:
+        return sum(file.rows for file in self.files)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": 1,
+            "job": self.job,
+            "committed_at": time.time(),
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            "files": [{"path": f.path, "tasks": _as_ranges(f.tasks), "rows": f.rows,
+                       "bytes": f.bytes} for f in self.files],
+            "empty_tasks": _as_ranges(self.empty_tasks),
+        }, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, content: bytes) -> Manifest:
+        data = json.loads(content)
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
+        files = tuple(CommittedFile(f["path"], _from_ranges(f["tasks"]), f["rows"], f["bytes"])
+                      for f in data["files"])
+        return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]))
+
+
+def read_manifest(location: Location) -> Manifest | None:
+    content = location.read_bytes(MANIFEST)
+    return None if content is None else Manifest.from_json(content)
+
+
+def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | None:
+    """Claim ``location`` for ``job``; return what an earlier run of this job committed.
+
+    Another job's output, or a non-empty location reduce_sql did not write, is refused unless
+    ``overwrite``; with it, the earlier output stays readable until this job commits.
+    """
+    manifest = read_manifest(location)
+    marker = location.read_bytes(JOB_MARKER)
+    owner = manifest.job if manifest else json.loads(marker)["job"] if marker else None
+    if not overwrite:
+        if owner is not None and owner != job:
+            raise OutputExistsError(
+                f"{location.uri} holds the output of another job (different input, function or "
+                "arguments); pass overwrite=True to replace it, or choose another output")
+        if owner is None and location.files():
+            raise OutputExistsError(
+                f"{location.uri} is not empty and holds no gpar output; choose an empty or new "
+                "location, or pass overwrite=True (files gpar did not write are left alone)")
+    location.write_atomically(JOB_MARKER, json.dumps({"job": job}).encode())
+    return manifest if manifest is not None and manifest.job == job and not overwrite else None
+
+
+def commit(location: Location, job: str, parts: Sequence[Part],
+           previous: Manifest | None = None) -> Manifest:
+    """Commit ``parts`` (one accepted attempt per task) on top of ``previous``; see the module.
+
+    A task that returned zero rows is committed without a file: its column types, which no
+    value backs, never conflict with another task's (unless no task has rows).
+    """
+    earlier = previous.files if previous else ()
+    with_rows = [part for part in parts if part.rows] or list(parts)
+    schemas = ([previous.schema] if previous and previous.schema.names else []) + [
+        pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in with_rows]
+    schema = _unified(schemas, with_rows)
+    files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
+    if len(earlier) + len(files) > COMPACT_ABOVE_FILES:
+        files = _compacted(location, job, files, schema)
+    empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
+    manifest = Manifest(job, schema, (*earlier, *files), empty)
+    location.write_atomically(MANIFEST, manifest.to_json())
+    listed = {file.path for file in manifest.files}
+    location.delete([path for path in location.files(DATA_DIR) if path not in listed])
+    return manifest
+
+
+def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:
+    """One schema for all tasks: missing columns become nulls, numbers widen; else an error."""
+    if not schemas:
+        return pa.schema([])
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise SchemaConflictError(
+            f"the tasks' tables disagree on a column's type: {exc}. Make fn return the same "
+            f"type for each column in every task (tasks {_tasks_by_type(schemas, parts)}); "
+            "nothing was committed, the written files are removed on the next run") from None
+
+
+def _tasks_by_type(schemas: list[pa.Schema], parts: Sequence[Part]) -> str:
+    """Which tasks returned which type, for the first column that is not numeric everywhere."""
+    offset = len(schemas) - len(parts)
+    for name in dict.fromkeys(n for s in schemas for n in s.names):
+        by_type: dict[pa.DataType, list[int]] = {}
+        for i, schema in enumerate(schemas[offset:]):
+            if name in schema.names:
+                by_type.setdefault(schema.field(name).type, []).append(parts[i].task)
+        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in by_type)
+        if len(by_type) > 1 and not numeric:
+            return "; ".join(f"{name!r} is {kind} in {tasks[:5]}"
+                             for kind, tasks in by_type.items())
+    return "see the message above"
+
+
+def _compacted(location: Location, job: str, files: list[CommittedFile],
+               schema: pa.Schema) -> list[CommittedFile]:
+    """Small files merged into files of about COMPACT_FILE_ROWS rows, in task order.
+
+    Files already that large stay as they are. The originals are deleted only after the
+    manifest naming the compacted files is written, so a crash here loses nothing.
+    """
+    small = sorted((f for f in files if f.rows < COMPACT_FILE_ROWS // 2),
+                   key=lambda f: f.tasks)
+    kept = [f for f in files if f.rows >= COMPACT_FILE_ROWS // 2]
+    groups: list[list[CommittedFile]] = [[]]
+    for file in small:
+        if groups[-1] and sum(f.rows for f in groups[-1]) + file.rows > COMPACT_FILE_ROWS:
+            groups.append([])
+        groups[-1].append(file)
+    filesystem = location.filesystem
+    for group in filter(None, groups):
+        table = pa.concat_tables(
+            [_conformed(_read(location, file.path), schema) for file in group])
+        path = f"{DATA_DIR}/compact-{job[:12]}-{uuid.uuid4().hex[:12]}.parquet"
+        size = write_table(table, location.path(path), filesystem)
+        tasks = tuple(task for file in group for task in file.tasks)
+        kept.append(CommittedFile(path, tasks, table.num_rows, size))
+    return kept
+
+
+def _read(location: Location, path: str) -> pa.Table:
+    return pq.read_table(location.path(path), filesystem=location.filesystem)
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with every column of ``schema``, in its order and type (nulls where missing)."""
+    columns = [table.column(field.name).cast(field.type) if field.name in table.column_names
+               else pa.nulls(table.num_rows, field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _as_ranges(tasks: Sequence[int]) -> list[list[int]]:
+    """Sorted task numbers as [start, stop) pairs: a compacted file's thousands stay short."""
+    ranges: list[list[int]] = []
+    for task in sorted(tasks):
+        if ranges and ranges[-1][1] == task:
+            ranges[-1][1] = task + 1
+        else:
+            ranges.append([task, task + 1])
+    return ranges
+
+
+def _from_ranges(ranges: list[list[int]]) -> tuple[int, ...]:
+    return tuple(task for start, stop in ranges for task in range(start, stop))

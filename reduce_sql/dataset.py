@@ -1,0 +1,103 @@
+"""DuckDB SQL over committed outputs, in place: no copy, no load step.
+
+A Dataset is a view named ``data`` over exactly the files its manifest lists. Local files are read
+by DuckDB's own Parquet reader (parallel, row groups skipped by their statistics); files in an
+object store through a pyarrow dataset, into which DuckDB pushes its projections and filters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyarrow as pa
+
+from reduce_sql.commit import Manifest, read_manifest
+from reduce_sql.errors import NoDatasetError
+from reduce_sql.store import Location, locate
+
+
+class Dataset:
+    """The committed output at ``uri``; ``.sql("SELECT … FROM data …")`` queries it."""
+
+    def __init__(self, uri: str | os.PathLike | Location, *, report: Any = None,
+                 failures: list | None = None):
+        self.location = uri if isinstance(uri, Location) else locate(uri)
+        manifest = read_manifest(self.location)
+        if manifest is None:
+            raise NoDatasetError(
+                f"{self.location.uri} holds no committed output (no manifest): write one with "
+                "gpar.apply(xs, fn, output=...)")
+        self.manifest: Manifest = manifest
+        self.report = report  # the JobReport when the Dataset comes from gpar.apply
+        self.failures = failures or []  # TaskFailures of that job's tasks with no output
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.manifest.schema
+
+    @property
+    def num_rows(self) -> int:
+        return self.manifest.rows
+
+    @property
+    def files(self) -> list[str]:
+        """Full paths of the committed files."""
+        return [self.location.path(file.path) for file in self.manifest.files]
+
+    def sql(self, query: str, params: dict[str, Any] | list[Any] | None = None) -> pa.Table:
+        """Run ``query`` over this dataset as table ``data``; values go in ``params``
+        (``$name`` with a dict, ``?`` with a list), never pasted into the SQL."""
+        return run_sql(query, params, data=self)
+
+    def to_arrow(self) -> pa.Table:
+        return self.sql("SELECT * FROM data")
+
+    def to_pandas(self) -> Any:
+        return self.to_arrow().to_pandas()
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.location.uri!r}: {self.num_rows:,} rows in "
+                f"{len(self.manifest.files)} files, columns {self.schema.names})")
+
+
+def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
+          **tables: str | os.PathLike | Dataset) -> pa.Table:
+    """Run ``sql`` with each keyword a table: ``query("… FROM evals JOIN other …",
+    evals="out/evals", other="s3://bucket/other")``."""
+    if not tables:
+        raise ValueError('name at least one table: query(sql, data="path/or/s3://uri")')
+    return run_sql(sql, params, **{name: source if isinstance(source, Dataset)
+                                   else Dataset(source) for name, source in tables.items()})
+
+
+def run_sql(sql: str, params: Any, **tables: Dataset) -> pa.Table:
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        for name, dataset in tables.items():
+            _attach(connection, name, dataset)
+        return connection.sql(sql, params=params).to_arrow_table()
+    finally:
+        connection.close()
+
+
+def _attach(connection: Any, name: str, dataset: Dataset) -> None:
+    if not name.isidentifier():
+        raise ValueError(f"table names must be identifiers, got {name!r}")
+    files = dataset.files
+    if not files:  # zero tasks committed rows: an empty table that still has the columns
+        connection.register(name, dataset.schema.empty_table())
+    elif dataset.location.is_s3:
+        import pyarrow.dataset as pads
+
+        connection.register(name, pads.dataset(
+            files, schema=dataset.schema, format="parquet",
+            filesystem=dataset.location.filesystem))
+    else:
+        relation = connection.read_parquet(files, union_by_name=True)
+        relation.create_view(name)

@@ -1,0 +1,30 @@
+"""Every error reduce_sql raises, as one tree.
+
+    ReduceSqlError
+    ├── OutputTypeError      fn returned something that is not a table (also a TypeError)
+    ├── OutputExistsError    the output holds another job's data; overwrite=True replaces it
+    ├── SchemaConflictError  two tasks returned a column with types that cannot be unified
+    └── NoDatasetError       the location holds no committed output (no manifest)
+"""
+
+from __future__ import annotations
+
+
+class ReduceSqlError(Exception):
+    """Base class of every error reduce_sql raises."""
+
+
+class OutputTypeError(ReduceSqlError, TypeError):
+    """fn's return value is not one of the accepted table shapes."""
+
+
+class OutputExistsError(ReduceSqlError):
+    """A different job's output is already at the location."""
+
+
+class SchemaConflictError(ReduceSqlError):
+    """The tasks' tables disagree on a column's type in a way no cast can reconcile."""
+
+
+class NoDatasetError(ReduceSqlError):
+    """Nothing was committed at the location."""

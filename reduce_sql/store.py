@@ -1,0 +1,110 @@
+"""Where outputs live: a local directory or an S3-compatible bucket, through pyarrow filesystems.
+
+A ``Location`` is what crosses from the driver to the workers: the URI plus the filesystem
+options the driver resolved from its own environment (AWS_ENDPOINT_URL, AWS_REGION, AWS keys), so
+a worker writes where the driver reads even when its process environment differs. Every path
+below the root is made here from names reduce_sql generates; nothing a task returns becomes a path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+#: AWS environment variables a driver passes on to the workers' S3 filesystem.
+_S3_OPTIONS_FROM_ENV = {
+    "endpoint_override": "AWS_ENDPOINT_URL",
+    "region": "AWS_REGION",
+    "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY",
+    "session_token": "AWS_SESSION_TOKEN",
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """The root of one output: ``uri`` as the user gave it, resolved once on the driver."""
+
+    uri: str
+    root: str  # the root path in the filesystem's own terms (no scheme)
+    s3_options: tuple[tuple[str, str], ...] = ()  # empty for a local directory
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return _filesystem(self.s3_options) if self.is_s3 else pafs.LocalFileSystem()
+
+    def path(self, relative: str) -> str:
+        """The full path of ``relative``, a name reduce_sql made, under the root."""
+        return f"{self.root}/{relative}"
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        """The file's content, or None when there is no such file."""
+        try:
+            with self.filesystem.open_input_stream(self.path(relative)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def write_atomically(self, relative: str, content: bytes) -> None:
+        """Replace the file so readers see the old content or the new, never a part of either."""
+        filesystem, final = self.filesystem, self.path(relative)
+        if not self.is_s3:  # an S3 object appears whole once its upload completes
+            filesystem.create_dir(self.root, recursive=True)
+        staged = f"{final}.{uuid.uuid4().hex}.tmp"
+        with filesystem.open_output_stream(staged if not self.is_s3 else final) as stream:
+            stream.write(content)
+        if not self.is_s3:
+            filesystem.move(staged, final)  # rename(2): atomic on one filesystem
+
+    def files(self, relative_dir: str = "") -> list[str]:
+        """Names (relative to the root) of the files under ``relative_dir``, recursively."""
+        base = self.path(relative_dir) if relative_dir else self.root
+        selector = pafs.FileSelector(base, allow_not_found=True, recursive=True)
+        prefix = len(self.root) + 1
+        return sorted(info.path[prefix:] for info in self.filesystem.get_file_info(selector)
+                      if info.type == pafs.FileType.File)
+
+    def delete(self, relatives: list[str]) -> None:
+        filesystem = self.filesystem
+        for relative in relatives:
+            try:
+                filesystem.delete_file(self.path(relative))
+            except FileNotFoundError:
+                pass
+
+
+def locate(uri: str | os.PathLike) -> Location:
+    """The Location of ``uri``: a local path (relative to the working directory) or s3://."""
+    text = os.fspath(uri)
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(f"output must be a directory path or an s3:// URI, got {uri!r}")
+    if text.startswith("s3://"):
+        bucket_and_prefix = text[len("s3://"):].strip("/")
+        if not bucket_and_prefix:
+            raise ValueError(f"{text!r} names no bucket: use s3://bucket/prefix")
+        options = tuple((option, os.environ[variable])
+                        for option, variable in _S3_OPTIONS_FROM_ENV.items()
+                        if os.environ.get(variable))
+        return Location(text, bucket_and_prefix, options)
+    if "://" in text:
+        raise ValueError(
+            f"{text!r}: only local directories and s3:// URIs are supported as outputs")
+    return Location(text, Path(text).expanduser().resolve().as_posix())
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(s3_options: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
+    options = dict(s3_options)
+    scheme, separator, host = options.get("endpoint_override", "").partition("://")
+    if separator:  # AWS_ENDPOINT_URL is a URL; pyarrow wants the scheme apart
+        options["scheme"], options["endpoint_override"] = scheme, host
+    return pafs.S3FileSystem(**options)

@@ -1,0 +1,68 @@
+"""What fn may return with output=, turned into an Arrow table, and how it is written.
+
+The Parquet options come from bench/bench_reduce.py and FACTS.md's measurements of DuckDB over
+mapper outputs: dictionary encoding only where it pays (non-float columns), BYTE_STREAM_SPLIT for
+floats, zstd, and row groups of about a million rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reduce_sql.errors import OutputTypeError
+
+#: Rows per row group: groups much smaller cost DuckDB 20-30 % (FACTS.md, 20.8 M-row layouts).
+ROW_GROUP_ROWS = 1_000_000
+
+#: zstd with byte-stream-split floats: ~26 % smaller than pyarrow's defaults and faster to
+#: query (FACTS.md); bench/bench_reduce.py compares it with the defaults on each run.
+COMPRESSION = "zstd"
+
+ACCEPTED = "a pandas DataFrame, a pyarrow Table, a dict of columns or a list of row dicts"
+
+
+def as_table(value: Any) -> pa.Table:
+    """fn's return value as a table, or OutputTypeError saying what it was and what is accepted."""
+    table = _converted(value)
+    unreadable = [name for name in table.column_names if "\0" in name]
+    if unreadable:  # DuckDB cuts names at NUL: such a column could never be queried
+        raise OutputTypeError(f"column names must not contain NUL characters: {unreadable!r}")
+    return table
+
+
+def _converted(value: Any) -> pa.Table:
+    if isinstance(value, pa.Table):
+        return value
+    if isinstance(value, pa.RecordBatch):
+        return pa.Table.from_batches([value])
+    if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(value, preserve_index=False)
+    try:
+        if isinstance(value, dict):
+            return pa.table(value)
+        if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+            return pa.Table.from_pylist(value)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise OutputTypeError(
+            f"fn's {type(value).__name__} could not be made a table: {exc}") from exc
+    raise OutputTypeError(
+        f"with output=, fn must return {ACCEPTED}; it returned "
+        f"{type(value).__qualname__} {_preview(value)}")
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_table(table: pa.Table, path: str, filesystem: Any) -> int:
+    """Write ``table`` as one Parquet file with the tuned options; returns its size in bytes."""
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+    others = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+    with filesystem.open_output_stream(path) as stream:
+        pq.write_table(table, stream, row_group_size=ROW_GROUP_ROWS, compression=COMPRESSION,
+                       use_dictionary=others, use_byte_stream_split=floats or False)
+        return stream.tell()

@@ -1,0 +1,222 @@
+"""apply(output=) and reduce_sql: one suite, run against a local directory and a real S3 server.
+
+Every test that writes runs twice (the ``output`` fixture): each commit and query behaviour must
+hold on both stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import s3server
+from faults import attempts_of
+from outputs import ROWS, expected_table, mapper, write_late
+
+import gpar
+import reduce_sql
+from reduce_sql.store import locate
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@pytest.fixture(scope="session")
+def s3_environment():
+    with s3server.seaweedfs() as environment:
+        yield environment
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path, monkeypatch) -> str:
+    """A fresh output URI: a local directory, or a prefix in the S3 server's bucket."""
+    if request.param == "local":
+        return str(tmp_path / "out")
+    for name, value in request.getfixturevalue("s3_environment").items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out"
+
+
+def run(xs, output, marker_dir, table=None, **options):
+    options.setdefault("progress", False)
+    return gpar.apply(xs, mapper, table or {}, str(marker_dir), locate(output), output=output,
+                      **options)
+
+
+def assert_exactly_once(dataset: reduce_sql.Dataset, tasks: range) -> None:
+    """Every task's rows once, compared with a direct computation: count, keys, checksum."""
+    got = dataset.sql("SELECT count(*) AS n, count(DISTINCT (task, k)) AS keys, "
+                      "sum(value) AS total FROM data").to_pylist()[0]
+    expected = pd.concat([expected_table(task) for task in tasks])
+    assert got == {"n": len(expected), "keys": len(expected), "total": expected.value.sum()}
+
+
+def test_outputs_are_committed_once_and_queried_in_place(output, tmp_path):
+    dataset = run(range(10), output, tmp_path)
+    assert isinstance(dataset, reduce_sql.Dataset) and dataset.num_rows == 10 * ROWS
+    assert_exactly_once(dataset, range(10))
+    assert_exactly_once(reduce_sql.Dataset(output), range(10))  # a fresh reader sees the same
+    assert dataset.report.elements == 10 and not dataset.failures
+
+
+def test_duckdb_agrees_with_pandas_on_the_same_data(output, tmp_path):
+    dataset = run(range(12), output, tmp_path)
+    sql = ("SELECT task % 3 AS bucket, avg(value) AS mean, max(k) AS top FROM data "
+           "WHERE k >= $low GROUP BY bucket ORDER BY bucket")
+    got = dataset.sql(sql, params={"low": 1}).to_pandas()
+    frame = pd.concat([expected_table(task) for task in range(12)])
+    frame = frame[frame.k >= 1].assign(bucket=lambda f: f.task % 3)
+    want = frame.groupby("bucket").agg(mean=("value", "mean"), top=("k", "max")).reset_index()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def test_a_retry_after_a_worker_died_mid_write_adds_and_loses_no_row(output, tmp_path):
+    dataset = run(range(6), output, tmp_path, {(3, 0): "partial_exit"}, backups=False)
+    assert attempts_of(tmp_path, 3) == 2
+    assert_exactly_once(dataset, range(6))
+    assert not any("killed" in path for path in locate(output).files())  # the orphan is gone
+
+
+def test_a_backup_racing_the_original_counts_once(output, tmp_path):
+    dataset = run(range(12), output, tmp_path, {(0, 0): ("sleep", 6)}, max_workers=2)
+    assert dataset.report.backups >= 1
+    assert_exactly_once(dataset, range(12))
+
+
+def test_an_abandoned_attempt_that_writes_late_is_never_read(output, tmp_path):
+    dataset = run(range(4), output, tmp_path, {(1, 0): "hang"}, task_timeout=2, backups=False)
+    assert attempts_of(tmp_path, 1) == 2
+    assert_exactly_once(dataset, range(4))
+    stray = write_late(locate(output), 1)  # the abandoned attempt's file lands after the commit
+    assert_exactly_once(reduce_sql.Dataset(output), range(4))
+    run(range(4), output, tmp_path, {(1, 0): "hang"}, task_timeout=2, backups=False)
+    assert stray not in locate(output).files()  # the next run of the job removes it
+
+
+def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_path):
+    table = {(5, 0): "raise"}
+    with pytest.warns(gpar.TaskFailedWarning):
+        first = run(range(8), output, tmp_path, table, task_retries=0)
+    assert [f.index for f in first.failures] == [5] and first.num_rows == 7 * ROWS
+    second = run(range(8), output, tmp_path, table, task_retries=0)
+    assert second.report.elements == 1 and attempts_of(tmp_path, 0) == 1
+    assert_exactly_once(second, range(8))
+
+
+def test_another_job_into_the_same_output_is_refused_unless_overwrite(output, tmp_path):
+    run(range(3), output, tmp_path)
+    with pytest.raises(reduce_sql.OutputExistsError, match="overwrite=True"):
+        run(range(4), output, tmp_path)
+    assert_exactly_once(reduce_sql.Dataset(output), range(3))  # the refusal lost nothing
+    replaced = run(range(4), output, tmp_path, overwrite=True)
+    assert_exactly_once(replaced, range(4))
+
+
+def test_a_location_holding_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(reduce_sql.OutputExistsError, match="not empty"):
+        gpar.apply([1], rows_of, output=tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def rows_of(x):
+    return {"x": [x]}
+
+
+def returns(x, values):
+    return values[x]
+
+
+def test_each_accepted_table_shape_and_zero_rows(output):
+    frames = [pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), pa.table({"a": [3], "b": ["z"]}),
+              {"a": [4], "b": ["w"]}, [{"a": 5, "b": "v"}], pd.DataFrame({"a": [], "b": []})]
+    dataset = gpar.apply(range(5), returns, frames, output=output, progress=False)
+    assert sorted(dataset.sql("SELECT a FROM data").column("a").to_pylist()) == [1, 2, 3, 4, 5]
+
+
+def test_an_output_of_zero_rows_is_still_a_table_with_columns(output):
+    empty = [pd.DataFrame({"a": pd.Series([], dtype="int64")})] * 2
+    dataset = gpar.apply(range(2), returns, empty, output=output, progress=False)
+    assert dataset.num_rows == 0
+    assert dataset.sql("SELECT count(*) AS n, sum(a) AS s FROM data").to_pylist() == [
+        {"n": 0, "s": None}]
+
+
+def test_a_wrong_return_type_fails_that_task_saying_what_is_accepted(output):
+    values = [{"a": [1]}, 42, "text"]
+    with pytest.warns(gpar.TaskFailedWarning, match="must return a pandas DataFrame"):
+        dataset = gpar.apply(range(3), returns, values, output=output, progress=False)
+    assert [(f.index, f.reason, f.attempts) for f in dataset.failures] == [
+        (1, "error", 1), (2, "error", 1)]
+    assert "returned int 42" in dataset.failures[0].message
+    assert dataset.sql("SELECT a FROM data").to_pylist() == [{"a": 1}]
+
+
+def test_schemas_that_drift_safely_are_unified(output):
+    values = [{"a": [1], "b": ["x"]}, {"a": [2.5]}, {"a": [3], "c": [True]}]
+    dataset = gpar.apply(range(3), returns, values, output=output, progress=False)
+    assert dataset.schema.field("a").type == pa.float64()
+    got = dataset.sql("SELECT a, b, c FROM data ORDER BY a").to_pylist()
+    assert got == [{"a": 1.0, "b": "x", "c": None}, {"a": 2.5, "b": None, "c": None},
+                   {"a": 3.0, "b": None, "c": True}]
+
+
+def test_conflicting_schemas_are_a_clear_error(output):
+    values = [{"a": [1]}, {"a": ["one"]}]
+    with pytest.raises(reduce_sql.SchemaConflictError, match=r"'a' is int64 in \[0\]"):
+        gpar.apply(range(2), returns, values, output=output, progress=False)
+
+
+def test_names_and_values_from_tasks_are_data_never_paths(output, tmp_path):
+    hostile = ["../../escape", "/etc/passwd", "a/b", "x\0y", "n" * 5000]
+    values = [{name.replace("\0", ""): [name]} for name in hostile] + [{"x\0y": [1]}]
+    with pytest.warns(gpar.TaskFailedWarning, match="must not contain NUL"):
+        dataset = gpar.apply(range(len(values)), returns, values, output=output,
+                             progress=False)
+    hostile[3] = "xy"
+    assert dataset.schema.names == hostile
+    for name in hostile:
+        column = dataset.to_arrow().column(name).drop_null().to_pylist()
+        assert column == [name if name != "xy" else "x\0y"]
+    location = locate(output)
+    assert all(path.startswith("data/") or path.startswith("_gpar_")
+               for path in location.files())
+    if not location.is_s3:
+        outside = [p for p in tmp_path.parent.rglob("*") if tmp_path not in p.parents
+                   and p != tmp_path and p.stat().st_mtime > tmp_path.stat().st_ctime]
+        assert not [p for p in outside if "escape" in str(p) or "passwd" in str(p)]
+
+
+def test_many_small_outputs_are_compacted_without_losing_a_task(output, tmp_path):
+    dataset = run(range(40), output, tmp_path)
+    assert len(dataset.manifest.files) == 1
+    assert_exactly_once(dataset, range(40))
+    assert len(locate(output).files("data")) == 1  # the small files are gone
+    resumed = run(range(40), output, tmp_path)
+    assert resumed.report.elements == 0 and resumed.manifest.tasks == set(range(40))
+
+
+def test_query_joins_datasets_by_name(tmp_path):
+    left = gpar.apply(range(3), rows_of, output=tmp_path / "left", progress=False)
+    right = gpar.apply(range(2, 5), rows_of, output=tmp_path / "right", progress=False)
+    joined = reduce_sql.query("SELECT l.x FROM l JOIN r USING (x)", l=left,
+                              r=str(tmp_path / "right"))
+    assert joined.to_pylist() == [{"x": 2}] and len(right) == 3
+
+
+def test_bad_locations_and_names_are_clear_errors(tmp_path):
+    with pytest.raises(reduce_sql.NoDatasetError, match="no committed output"):
+        reduce_sql.Dataset(tmp_path)
+    for uri in ("", "ftp://host/x", "s3://", "a\0b"):
+        with pytest.raises(ValueError):
+            locate(uri)
+    gpar.apply([1], rows_of, output=tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="identifiers"):
+        reduce_sql.query("SELECT 1", **{"x; DROP": str(tmp_path / "d")})
+
+
+def test_output_accepts_a_path_object(tmp_path):
+    dataset = gpar.apply([1, 2], rows_of, output=Path(tmp_path) / "p", progress=False)
+    assert dataset.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
