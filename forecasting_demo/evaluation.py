@@ -1,7 +1,7 @@
 """Forecast evaluation (paper §5.5, Figure 7): M3 monthly series × training end dates.
 
-Each task forecasts one series from one training end with every model and the ensemble, and
-returns one row per (model, horizon):
+Each task forecasts one series from each of its training ends with every model and the
+ensemble, and returns one row per (training end, model, horizon):
 
     series, model, training_end, forecast_date, horizon, forecast, actual, error
 
@@ -41,31 +41,41 @@ ORDER BY "all"
 
 @dataclass(frozen=True, eq=False)
 class EvaluationTask:
-    """Forecast ``series`` from its first ``training_end`` values, ``horizon`` months ahead."""
+    """Forecast ``series`` ``horizon`` months ahead from each of its ``training_ends``."""
 
     series: str
-    values: np.ndarray  # the first training_end + horizon values of the series
-    training_end: int
+    values: np.ndarray  # the series up to the last training end + horizon
+    training_ends: tuple[int, ...]
     horizon: int
 
 
 def evaluation_tasks(series: list[M3Series], training_ends: int,
                      horizon: int = HORIZON) -> list[EvaluationTask]:
-    """Per series, training ends at M3's own split and up to ``training_ends - 1`` years before,
-    those with enough history for the models."""
+    """One task per series: training ends at M3's own split and up to ``training_ends - 1``
+    years before, those with enough history for the models.
+
+    A task holds all the training ends of its series because ``output=`` writes one Parquet
+    file per task: one file per (series, training end) would be thousands of tiny files.
+    """
     tasks = []
     for one in series:
-        for years_back in range(training_ends):
-            end = one.training_length - PERIOD * years_back
-            if end >= window_length(PERIOD):
-                tasks.append(EvaluationTask(one.name, one.values[:end + horizon], end, horizon))
+        ends = tuple(one.training_length - PERIOD * years_back
+                     for years_back in range(training_ends)
+                     if one.training_length - PERIOD * years_back >= window_length(PERIOD))
+        if ends:
+            tasks.append(EvaluationTask(one.name, one.values[:ends[0] + horizon], ends, horizon))
     return tasks
 
 
 def evaluate_one(task: EvaluationTask) -> pd.DataFrame:
-    """The mapper: every model's and the ensemble's forecast of one task, with its error."""
-    history = task.values[:task.training_end]
-    actual = task.values[task.training_end:task.training_end + task.horizon]
+    """The mapper: every model's and the ensemble's forecasts of one series, with their errors."""
+    return pd.concat([_forecast_rows(task, end) for end in task.training_ends],
+                     ignore_index=True)
+
+
+def _forecast_rows(task: EvaluationTask, training_end: int) -> pd.DataFrame:
+    history = task.values[:training_end]
+    actual = task.values[training_end:training_end + task.horizon]
     members = member_forecasts(history, task.horizon, PERIOD)
     forecasts = np.vstack([members, trimmed_mean(members)])
     models = [*MODELS, ENSEMBLE]
@@ -73,8 +83,8 @@ def evaluate_one(task: EvaluationTask) -> pd.DataFrame:
     return pd.DataFrame({
         "series": task.series,
         "model": np.repeat(models, task.horizon),
-        "training_end": task.training_end,
-        "forecast_date": np.tile(task.training_end + horizons, len(models)),
+        "training_end": training_end,
+        "forecast_date": np.tile(training_end + horizons, len(models)),
         "horizon": np.tile(horizons, len(models)),
         "forecast": forecasts.ravel(),
         "actual": np.tile(actual, len(models)),

@@ -74,8 +74,8 @@ class BootstrapJob:
 @dataclass(frozen=True, eq=False)
 class EvaluationJob:
     mape: pd.DataFrame
-    tasks: int
-    series: int
+    tasks: int  # one per series
+    origins: int  # (series, training end) pairs
     rows: int
     output: str
     wall_s: float
@@ -138,8 +138,8 @@ def _evaluate(config: DemoConfig, apply_options: dict) -> EvaluationJob:
     started = time.perf_counter()
     mape, dataset = evaluation.run(tasks, output, **apply_options)
     wall_s = time.perf_counter() - started
-    rows = int(dataset.sql("SELECT count(*) AS n FROM data").to_pandas().n[0])
-    return EvaluationJob(mape, len(tasks), len(series), rows, output, wall_s)
+    origins = sum(len(task.training_ends) for task in tasks)
+    return EvaluationJob(mape, len(tasks), origins, dataset.num_rows, output, wall_s)
 
 
 def _bootstrap(series: data.Series, config: DemoConfig, apply_options: dict) -> BootstrapJob:

@@ -131,8 +131,8 @@ def markdown(run: DemoRun) -> str:
         _table(_calibration_table(run.calibration), None),
         "![calibration](calibration.png)\n",
         "## Forecast evaluation: MAPE on M3 monthly (paper §5.5)\n",
-        f"{evaluation.tasks:,} tasks ({evaluation.series:,} series × up to "
-        f"{config.training_ends} training ends, a year apart) fanned out with "
+        f"{evaluation.tasks:,} tasks, one per series, {evaluation.origins:,} (series, training "
+        f"end) pairs (up to {config.training_ends} training ends a year apart) fanned out with "
         f"`gpar.apply(..., output=)` in {evaluation.wall_s:.1f} s (this job paid the cluster's "
         f"cold start); {evaluation.rows:,} rows in `{evaluation.output}`. MAPE (%) by model and "
         f"horizon (months), computed by DuckDB SQL over those rows:\n",

@@ -27,7 +27,7 @@ def test_winkler_score_is_width_plus_two_over_alpha_times_the_miss():
     band = Band(0.8, np.array([1.0, 1.0, 1.0]), np.array([3.0, 3.0, 3.0]))
     actual = np.array([2.0, 0.5, 4.0])
     # width 2; alpha 0.2 so a miss of d costs 10 d
-    assert calibration.winkler(band, actual).tolist() == [2.0, 7.0, 12.0]
+    np.testing.assert_allclose(calibration.winkler(band, actual), [2.0, 7.0, 12.0])
     assert calibration.covered(band, actual).tolist() == [True, False, False]
 
 

@@ -23,11 +23,16 @@ def test_m3_monthly_loads_offline_with_values_safe_for_percentage_errors(m3):
 
 def test_rows_hold_each_models_forecast_actual_and_relative_error(m3):
     series = m3[0]
-    task = evaluation.evaluation_tasks([series], training_ends=1)[0]
-    rows = evaluation.evaluate_one(task)
-    assert list(rows.columns) == COLUMNS
-    assert len(rows) == (len(models.MODELS) + 1) * evaluation.HORIZON
-    assert set(rows.model) == {*models.MODELS, "ensemble"}
+    task = evaluation.evaluation_tasks([series], training_ends=2)[0]
+    both = evaluation.evaluate_one(task)
+    assert list(both.columns) == COLUMNS
+    assert len(both) == 2 * (len(models.MODELS) + 1) * evaluation.HORIZON
+    assert set(both.model) == {*models.MODELS, "ensemble"}
+    assert both.dtypes[["training_end", "forecast_date", "horizon"]].map(
+        lambda dtype: dtype.kind).tolist() == ["i", "i", "i"]
+    assert both.dtypes[["forecast", "actual", "error"]].map(
+        lambda dtype: dtype.kind).tolist() == ["f", "f", "f"]
+    rows = both[both.training_end == series.training_length]
 
     history = series.values[:series.training_length]
     actual = series.values[series.training_length:]
@@ -48,9 +53,20 @@ def test_rows_hold_each_models_forecast_actual_and_relative_error(m3):
 
 def test_training_ends_step_back_a_year_and_skip_ends_too_short_for_the_models():
     short = data.M3Series("S", np.arange(10.0, 10.0 + 48 + 18), training_length=48)
-    tasks = evaluation.evaluation_tasks([short], training_ends=3)
-    assert [task.training_end for task in tasks] == [48, 36]  # 24 < three seasons
-    assert all(len(task.values) == task.training_end + 18 for task in tasks)
+    [task] = evaluation.evaluation_tasks([short], training_ends=3)
+    assert task.training_ends == (48, 36)  # 24 < three seasons
+    assert len(task.values) == 48 + 18
+
+
+@pytest.mark.usefixtures("cluster")
+def test_the_job_writes_every_row_once_and_sql_gives_mape_by_model_and_horizon(m3, tmp_path):
+    tasks = evaluation.evaluation_tasks(m3[:6], training_ends=2)
+    mape, dataset = evaluation.run(tasks, str(tmp_path / "evaluation"), progress=False)
+    direct = pd.concat([evaluation.evaluate_one(task) for task in tasks])
+    assert dataset.num_rows == len(direct)
+    expected = direct.groupby("model").error.apply(lambda e: 100 * e.abs().mean())
+    assert mape.set_index("model")["all"].to_dict() == pytest.approx(expected.to_dict())
+    assert mape["all"].is_monotonic_increasing
 
 
 def test_mape_sql_averages_absolute_errors_by_model_and_horizon_block():
