@@ -1,0 +1,92 @@
+"""The demo's bootstrap at paper scale: 1,000 realizations × 52 weeks of US weekly gasoline.
+
+gpar.apply against a serial loop and multiprocessing.Pool(2).map of the same mapper, in rounds
+that interleave the methods (this machine is shared). Every method computes the same
+realizations; the bench checks they are equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import time
+
+import numpy as np
+
+import gpar
+from forecasting_demo import bootstrap, data
+from forecasting_demo.bootstrap import Draw
+
+REALIZATIONS = 1000
+WEEKS = 52
+SEED = 2026
+ROUNDS = 3
+CORES = 2
+
+scenarios: list = []  # set in main(); module-level so Pool workers inherit it by fork
+
+
+def simulate(draw):
+    return bootstrap.simulate(draw, scenarios, WEEKS, SEED)
+
+
+def timed(run):
+    started = time.perf_counter()
+    value = run()
+    return time.perf_counter() - started, value
+
+
+def main():
+    series = data.gasoline()
+    scenarios.append(bootstrap.scenario(series.values, series.period, "paper"))
+    draws = [Draw(0, r) for r in range(REALIZATIONS)]
+    # the pool forks before Ray starts: a fork of a process running Ray's threads is unsafe
+    with multiprocessing.get_context("fork").Pool(CORES) as pool:
+        gpar.apply(draws[:4], simulate, progress=False)  # start the cluster, warm the workers
+        methods = {
+            "serial (one process)": lambda: [simulate(d) for d in draws],
+            "gpar.apply": lambda: list(gpar.apply(draws, simulate, progress=False)),
+            "multiprocessing.Pool(2).map": lambda: pool.map(simulate, draws),
+        }
+        times = {name: [] for name in methods}
+        reference = None
+        for _ in range(ROUNDS):
+            for name, run in methods.items():
+                seconds, paths = timed(run)
+                times[name].append(seconds)
+                paths = np.stack(paths)
+                reference = paths if reference is None else reference
+                assert np.array_equal(paths, reference), f"{name} computed other realizations"
+    wall = {name: statistics.median(values) for name, values in times.items()}
+    serial = wall["serial (one process)"]
+    forecasts = REALIZATIONS * WEEKS
+    lines = [
+        "## The forecasting demo's bootstrap at paper scale (`bench/bench_demo.py`)",
+        "",
+        f"{REALIZATIONS:,} realizations × {WEEKS} weeks = {forecasts:,} one-week ensemble "
+        f"forecasts (five models refitted each time) of US weekly gasoline; medians of "
+        f"{ROUNDS} interleaved rounds on {os.cpu_count()} cores, warm cluster. All methods "
+        "computed the same realizations bit for bit.",
+        "",
+        "| method | wall s | µs per forecast (wall) | speedup vs serial | efficiency on 2 cores "
+        "| gpar is N× faster |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, seconds in wall.items():
+        ratio = "—" if name == "gpar.apply" else f"{seconds / wall['gpar.apply']:.2f}"
+        efficiency = "—" if name.startswith("serial") else f"{serial / seconds / CORES:.0%}"
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / forecasts * 1e6:.0f} | "
+                     f"{serial / seconds:.2f} | {efficiency} | {ratio} |")
+    lines += [
+        "",
+        f"The paper's job (the same size, R on one workstation) took 72 hours, 15 minutes with "
+        f"~1,000 machines. Here one forecast costs {serial / forecasts * 1e3:.2f} ms serially; "
+        f"gpar.apply runs the job in {wall['gpar.apply']:.1f} s on {CORES} cores, a parallel "
+        f"efficiency of {serial / wall['gpar.apply'] / CORES:.0%}.",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
