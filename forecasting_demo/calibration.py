@@ -94,13 +94,14 @@ def measure(series: list[Series], years: int, realizations: int, weeks: int, see
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Coverage and mean Winkler score by series, method, level and block of weeks ahead."""
+    """Coverage and mean Winkler score by series (and "all" of them pooled), method, level and
+    block of weeks ahead (and "all" weeks)."""
     blocks = (scores.week - 1) // BLOCK_WEEKS
     labelled = scores.assign(
         weeks=[f"{BLOCK_WEEKS * b + 1}-{BLOCK_WEEKS * (b + 1)}" for b in blocks])
-    by_block = labelled.groupby(["series", "method", "level", "weeks"], sort=False)
-    overall = labelled.assign(weeks="all").groupby(["series", "method", "level", "weeks"],
-                                                   sort=False)
-    table = pd.concat([by_block[["covered", "winkler"]].mean(),
-                       overall[["covered", "winkler"]].mean()])
+    if scores.series.nunique() > 1:
+        labelled = pd.concat([labelled, labelled.assign(series="all")])
+    labelled = pd.concat([labelled, labelled.assign(weeks="all")])
+    table = labelled.groupby(["series", "method", "level", "weeks"], sort=False)[
+        ["covered", "winkler"]].mean()
     return table.rename(columns={"covered": "coverage"}).reset_index()

@@ -35,16 +35,23 @@ def parser() -> argparse.ArgumentParser:
                             f"({pipeline.PAPER_SCALE['training_ends']} training ends of all M3 "
                             "monthly series)")
     sizes = parse.add_argument_group("job sizes")
-    sizes.add_argument("--holdout-years", type=_positive, default=defaults.holdout_years)
+    sizes.add_argument("--holdout-years", type=_positive, default=defaults.holdout_years,
+                       help="yearly hold-outs per weekly series for the calibration "
+                            "(default: %(default)s)")
     sizes.add_argument("--calibration-realizations", type=_positive,
-                       default=defaults.calibration_realizations)
+                       default=defaults.calibration_realizations,
+                       help="realizations per bootstrap band in the calibration "
+                            "(default: %(default)s)")
     sizes.add_argument("--m3-series", type=_positive, default=None,
                        help="the first N M3 monthly series (default: all 1,428)")
-    sizes.add_argument("--training-ends", type=_positive, default=defaults.training_ends)
+    sizes.add_argument("--training-ends", type=_positive, default=defaults.training_ends,
+                       help="training ends per M3 series, a year apart (default: %(default)s)")
     sizes.add_argument("--serial-realizations", type=_positive,
                        default=defaults.serial_realizations,
-                       help="realizations re-run serially to measure the speedup")
-    sizes.add_argument("--seed", type=int, default=defaults.seed)
+                       help="realizations re-run serially to measure the speedup "
+                            "(default: %(default)s)")
+    sizes.add_argument("--seed", type=int, default=defaults.seed,
+                       help="root of every realization's random stream (default: %(default)s)")
     return parse
 
 

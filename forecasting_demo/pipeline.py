@@ -31,10 +31,10 @@ class DemoConfig:
 
     out: Path
     series: str = "gasoline"
-    realizations: int = 300
+    realizations: int = 500
     weeks: int = 52
     holdout_years: int = 5
-    calibration_realizations: int = 100
+    calibration_realizations: int = 200
     m3_series: int | None = None  # None: all 1,428
     training_ends: int = 3
     serial_realizations: int = 30

@@ -37,6 +37,10 @@ def test_summary_gives_coverage_and_winkler_by_block_of_weeks_and_overall():
     table = calibration.summary(pd.DataFrame(rows)).set_index("weeks")
     assert table.coverage.to_dict() == {"1-13": 1.0, "14-26": 0.0, "all": 0.5}
     assert table.winkler["1-13"] == 7.0 and table.winkler["all"] == 13.5
+    other = [{**row, "series": "t", "covered": True} for row in rows]
+    pooled = calibration.summary(pd.DataFrame(rows + other)).query("series == 'all'")
+    assert pooled.set_index("weeks").coverage.to_dict() == {"1-13": 1.0, "14-26": 0.5,
+                                                            "all": 0.75}
 
 
 def test_conformal_band_uses_the_split_conformal_rank_of_backtest_scores():
