@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,19 +70,18 @@ def trend_fourier(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
 
 
 def ses(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    adjusted, future_season = _seasonally_adjusted(_window(y, period), horizon, period)
-    level, _ = _smoothed_level(adjusted)
-    return level + future_season
+    fit = _adjusted_smoothing(_window(y, period), horizon, period)
+    return fit.level + fit.future_season
 
 
 def theta(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    adjusted, future_season = _seasonally_adjusted(_window(y, period), horizon, period)
-    level, alpha = _smoothed_level(adjusted)
-    n = len(adjusted)
+    fit = _adjusted_smoothing(_window(y, period), horizon, period)
+    n, alpha = len(fit.adjusted), fit.alpha
     centered_time = np.arange(n) - (n - 1) / 2
-    slope = centered_time @ adjusted / (centered_time @ centered_time)
+    slope = centered_time @ fit.adjusted / (centered_time @ centered_time)
     steps = np.arange(1, horizon + 1)
-    return level + slope / 2 * (steps - 1 + 1 / alpha - (1 - alpha) ** n / alpha) + future_season
+    drift_term = slope / 2 * (steps - 1 + 1 / alpha - (1 - alpha) ** n / alpha)
+    return fit.level + drift_term + fit.future_season
 
 
 MODELS: dict[str, Model] = {
@@ -123,6 +123,29 @@ def _design(time: np.ndarray, period: float) -> np.ndarray:
     harmonics = min(HARMONICS, int(period // 2))
     angles = 2 * np.pi * np.outer(time, np.arange(1, harmonics + 1)) / period
     return np.column_stack([np.ones(len(time)), time, np.cos(angles), np.sin(angles)])
+
+
+@dataclass(frozen=True, eq=False)
+class _SmoothingFit:
+    adjusted: np.ndarray  # the window without its Fourier season
+    future_season: np.ndarray
+    level: float
+    alpha: float
+
+
+def _adjusted_smoothing(recent: np.ndarray, horizon: int, period: float) -> _SmoothingFit:
+    """SES fitted to the seasonally adjusted window; ses and theta share it (see _fit_smoothing).
+    """
+    return _fit_smoothing(recent.tobytes(), horizon, period)
+
+
+@functools.lru_cache(maxsize=2)
+def _fit_smoothing(window: bytes, horizon: int, period: float) -> _SmoothingFit:
+    """Keyed by the window's bytes: the ensemble calls ses then theta on the same window, and the
+    second call costs a lookup instead of a second fit (a third of the ensemble's time)."""
+    adjusted, future_season = _seasonally_adjusted(np.frombuffer(window), horizon, period)
+    level, alpha = _smoothed_level(adjusted)
+    return _SmoothingFit(adjusted, future_season, level, alpha)
 
 
 def _seasonally_adjusted(recent: np.ndarray, horizon: int, period: float):
