@@ -124,8 +124,8 @@ def markdown(run: DemoRun) -> str:
         f"The serial realizations equal the job's bit for bit: "
         f"{'yes' if job.serial_matches else 'NO'}. In the job a realization ran "
         f"{table1.loc['run', 'mean_s'] * 1000:.1f} ms on average against "
-        f"{serial_per * 1000:.1f} ms serially: the gap is CPU the workers did not get (other "
-        f"processes on the machine), the rest of the job's time is gpar's.\n",
+        f"{serial_per * 1000:.1f} ms serially; a longer time in the job means its workers got "
+        f"less CPU than this process did (the machine's other processes share the cores).\n",
         _table(table1.reset_index(names="time"), "{:.4f}"),
         "![runtime CDF](cdf.png)\n",
         "## Calibration on held-out years\n",
