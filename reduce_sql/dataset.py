@@ -8,6 +8,7 @@ object store through a pyarrow dataset, into which DuckDB pushes its projections
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -31,6 +32,8 @@ class Dataset:
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
         self.failures = failures or []  # TaskFailures of that job's tasks with no output
+        self._database: Any = None  # DuckDB with the view ``data``, made on the first query
+        self._lock = threading.Lock()
 
     @property
     def schema(self) -> pa.Schema:
@@ -48,7 +51,10 @@ class Dataset:
     def sql(self, query: str, params: dict[str, Any] | list[Any] | None = None) -> pa.Table:
         """Run ``query`` over this dataset as table ``data``; values go in ``params``
         (``$name`` with a dict, ``?`` with a list), never pasted into the SQL."""
-        return run_sql(query, params, data=self)
+        with self._lock:  # one connection, used by one thread at a time
+            if self._database is None:  # a new DuckDB costs ~35 ms here: keep one
+                self._database = _database(data=self)
+            return self._database.sql(query, params=params).to_arrow_table()
 
     def to_arrow(self) -> pa.Table:
         return self.sql("SELECT * FROM data")
@@ -70,20 +76,22 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
     evals="out/evals", other="s3://bucket/other")``."""
     if not tables:
         raise ValueError('name at least one table: query(sql, data="path/or/s3://uri")')
-    return run_sql(sql, params, **{name: source if isinstance(source, Dataset)
-                                   else Dataset(source) for name, source in tables.items()})
+    database = _database(**{name: source if isinstance(source, Dataset) else Dataset(source)
+                            for name, source in tables.items()})
+    try:
+        return database.sql(sql, params=params).to_arrow_table()
+    finally:
+        database.close()
 
 
-def run_sql(sql: str, params: Any, **tables: Dataset) -> pa.Table:
+def _database(**tables: Dataset) -> Any:
+    """An in-memory DuckDB in which each dataset is a view (or a registered scan) by name."""
     import duckdb
 
     connection = duckdb.connect()
-    try:
-        for name, dataset in tables.items():
-            _attach(connection, name, dataset)
-        return connection.sql(sql, params=params).to_arrow_table()
-    finally:
-        connection.close()
+    for name, dataset in tables.items():
+        _attach(connection, name, dataset)
+    return connection
 
 
 def _attach(connection: Any, name: str, dataset: Dataset) -> None:

@@ -25,3 +25,16 @@ def test_import_gpar_neither_imports_nor_starts_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_reduce_sql_names_are_pinned_and_it_needs_neither_gpar_nor_ray():
+    import reduce_sql
+
+    assert sorted(reduce_sql.__all__) == [
+        "Dataset", "NoDatasetError", "OutputExistsError", "OutputTypeError", "ReduceSqlError",
+        "SchemaConflictError", "query",
+    ]
+    code = "import sys, reduce_sql; print('ray' in sys.modules, 'gpar' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -6,11 +6,14 @@ hold on both stores.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import s3server
 from faults import attempts_of
@@ -220,3 +223,31 @@ def test_bad_locations_and_names_are_clear_errors(tmp_path):
 def test_output_accepts_a_path_object(tmp_path):
     dataset = gpar.apply([1, 2], rows_of, output=Path(tmp_path) / "p", progress=False)
     assert dataset.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+
+
+def reduce_sql_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "reduce-sql"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_prints_writes_and_describes(tmp_path):
+    out = tmp_path / "out"
+    gpar.apply(range(5), rows_of, output=out, progress=False)
+    printed = reduce_sql_cli(str(out), "SELECT x, x * 2 AS y FROM data ORDER BY x", "--max-rows",
+                             "3")
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[0].split() == ["x", "y"] and lines[1].split() == ["0", "0"]
+    assert lines[3].split() == ["2", "4"] and "2 more rows" in lines[4]
+    for name in ("r.csv", "r.parquet"):
+        written = reduce_sql_cli(str(out), "SELECT sum(x) AS s FROM data", "-o",
+                                 str(tmp_path / name))
+        assert written.returncode == 0 and "1 rows written" in written.stdout
+    assert (tmp_path / "r.csv").read_text().splitlines() == ['"s"', "10"]
+    assert pq.read_table(tmp_path / "r.parquet").to_pylist() == [{"s": 10}]
+    schema = reduce_sql_cli(str(out), "--schema")
+    assert "5 rows in 5 files" in schema.stdout and "  x: int64" in schema.stdout
+    missing = reduce_sql_cli(str(tmp_path / "nothing"), "SELECT 1")
+    assert missing.returncode == 1 and "no committed output" in missing.stderr
+    typo = reduce_sql_cli(str(out), "SELEC x FROM data")
+    assert typo.returncode == 1 and "syntax error" in typo.stderr.lower()
