@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from faults import attempts_of, claim_attempt
+from faults import attempts_of, faulty
 
 import gpar
 from forecasting_demo import bootstrap, models
@@ -64,18 +64,14 @@ def test_each_realization_has_its_own_stream(scenarios):
 
 
 def flaky_simulate(draw, table, marker_dir, scenarios, weeks, seed):
-    """bootstrap.simulate, but a draw's attempt listed in ``table`` kills its worker first."""
-    number = draw.scenario * 1000 + draw.realization
-    if table.get((number, claim_attempt(marker_dir, number))) == "exit":
-        import os
-
-        os._exit(1)
+    """bootstrap.simulate after what ``table`` says for this attempt of the draw (faults.py)."""
+    faulty(draw.scenario * 1000 + draw.realization, table, marker_dir)
     return bootstrap.simulate(draw, scenarios, weeks, seed)
 
 
 @pytest.mark.usefixtures("cluster")
-def test_band_is_bit_for_bit_the_same_whatever_workers_batching_or_retries(scenarios,
-                                                                          tmp_path):
+def test_band_is_bit_for_bit_the_same_whatever_workers_batching_retries_or_backups(
+        scenarios, tmp_path):
     realizations = 30
     reference, _ = bootstrap.run_realizations(scenarios, realizations, WEEKS, SEED,
                                               max_workers=2, progress=False)
@@ -85,11 +81,13 @@ def test_band_is_bit_for_bit_the_same_whatever_workers_batching_or_retries(scena
     draws = bootstrap.draws(len(scenarios), realizations)[::-1]
     reversed_paths = gpar.apply(draws, bootstrap.simulate, scenarios, WEEKS, SEED,
                                 progress=False)[::-1]
-    # a worker dies on the first attempt of two draws: they are retried elsewhere
-    table = {(3, 0): "exit", (1017, 0): "exit"}  # draws 3 and 47 (scenario 1, realization 17)
+    # a worker dies on the first attempt of draws 3 and 47 (scenario 1, realization 17): they
+    # are retried; draw 20 straggles on its first attempt: a backup attempt overtakes it
+    table = {(3, 0): "exit", (1017, 0): "exit", (20, 0): ("sleep", 5)}
     retried = gpar.apply(bootstrap.draws(len(scenarios), realizations), flaky_simulate, table,
                          str(tmp_path), scenarios, WEEKS, SEED, progress=False)
     assert attempts_of(tmp_path, 3) == 2 and attempts_of(tmp_path, 1017) == 2
+    assert retried.report.backups >= 1
     for paths in (one_worker, np.stack(reversed_paths), np.stack(retried)):
         assert np.array_equal(paths.reshape(reference.shape), reference)
     band = bootstrap.quantile_band(reference[0], 0.95)
