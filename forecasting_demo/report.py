@@ -271,7 +271,7 @@ def _plot_calibration(run: DemoRun, path: Path) -> None:
         for method, group in at_95[at_95.series == name].groupby("method", sort=False):
             axes.plot(group.weeks, group.coverage, marker="o", label=METHOD_NAMES[method])
         axes.axhline(0.95, color="black", ls=":", lw=1)
-        axes.set_title(f"{name}: 95 % band coverage")
+        axes.set_title(f"{'both series' if name == 'all' else name}: 95 % band coverage")
         axes.set_xlabel("weeks ahead")
         axes.set_ylim(0, 1.02)
         axes.grid(alpha=0.3)
