@@ -12,9 +12,10 @@ however long the history grows: the bootstrap refits the ensemble 52 times per r
     theta            the Theta method (SES with half the linear trend's slope, Hyndman & Billah
                      2003), seasonally adjusted the same way
 
-What is fixed by the window length and the period (the regression's pseudo-inverse, the smoothing
-weights of every alpha on the grid) is computed once and cached: each fit is then a few small
-matrix products.
+What is fixed by the window length and the period (the regression's pseudo-inverse, the Fourier
+transforms of the smoothing kernels of every alpha on the grid) is computed once and cached: a
+fit is then a few small matrix products and one FFT, and the whole ensemble costs about 0.3 ms
+(bench/bench_demo.py).
 """
 
 from __future__ import annotations
