@@ -40,6 +40,10 @@ def gpar_run(draws):
     return list(results)
 
 
+def niceness(_=None):
+    return os.nice(0)
+
+
 def timed(run):
     started = time.perf_counter()
     value = run()
@@ -67,6 +71,8 @@ def main():
                 paths = np.stack(paths)
                 reference = paths if reference is None else reference
                 assert np.array_equal(paths, reference), f"{name} computed other realizations"
+        pool_niceness = pool.apply(niceness)
+    worker_niceness = gpar.apply([0], niceness, progress=False)[0]
     wall = {name: statistics.median(values) for name, values in times.items()}
     serial = wall["serial (one process)"]
     forecasts = REALIZATIONS * WEEKS
@@ -95,7 +101,10 @@ def main():
         f"efficiency of {serial / wall['gpar.apply'] / CORES:.0%}. Inside gpar's workers a "
         f"realization took {statistics.mean(gpar_run_times) * 1e3:.1f} ms on average against "
         f"{serial / REALIZATIONS * 1e3:.1f} ms serially; longer inside the workers means they "
-        "got less CPU than the serial process did (this machine's cores are shared).",
+        "got less CPU than the serial process did (this machine's cores are shared). Ray starts "
+        f"its workers at niceness {worker_niceness} (read inside a task), multiprocessing's run "
+        f"at {pool_niceness}: when other processes load the machine, Ray's workers yield to "
+        "them and the pool's do not.",
     ]
     print("\n".join(lines))
 
