@@ -16,6 +16,7 @@ import time
 import numpy as np
 import ray
 from joblib import Parallel, delayed
+from timing import timed
 
 import gpar
 
@@ -36,15 +37,6 @@ def spin(n):
     for i in range(n):
         total += i * i
     return total
-
-
-def timed(run, repeats=REPEATS):
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def calibrate_spin(target_s=0.05):
@@ -122,14 +114,14 @@ def big_global():
     big = np.random.default_rng(0).normal(size=(25_000, 1_000))  # 200 MB
     expected = [read_big(i) for i in range(BIG_TASKS)]
     assert gpar.apply(range(BIG_TASKS), read_big, progress=False) == expected
-    gpar_s = timed(lambda: gpar.apply(range(BIG_TASKS), read_big, progress=False))
+    gpar_s = timed(lambda: gpar.apply(range(BIG_TASKS), read_big, progress=False), REPEATS)
 
     def by_hand():
         ref = ray.put(big)
         return ray.get([ray_read_big.remote(ref, i) for i in range(BIG_TASKS)])
 
     assert by_hand() == expected
-    hand_s = timed(by_hand)
+    hand_s = timed(by_hand, REPEATS)
     rss = {}
     for tasks in (BIG_TASKS, 4 * BIG_TASKS):
         before = private_rss_mb()

@@ -80,6 +80,9 @@ def apply(
     _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env, packages,
                    errors)
     deadline_at = _deadline_at(deadline, started)
+    if overwrite and output is None:
+        raise ValueError("overwrite=True only applies with output=...; there is nothing to "
+                         "overwrite without it")
     claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
                                                           overwrite)
     pending = items if claim is None else [items[i] for i in claim.pending]
@@ -111,6 +114,7 @@ def apply(
     report.record_policy(policy)
     if claim is not None:
         values = claim.in_input_order(values, len(items))
+        report.task_numbers = claim.pending
     return _finish(Results(values, report), claim, policy)
 
 

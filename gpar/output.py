@@ -49,7 +49,23 @@ class OutputJob:
         from reduce_sql.parts import Part
 
         parts = [value for value in values if isinstance(value, Part)]
-        return commit(self.location, self.job, parts, self.previous)
+        return commit(self.location, self.job, parts, self.previous, run_all=_on_the_cluster)
+
+
+def _on_the_cluster(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` as plain Ray tasks: the commit's merges run beside the data."""
+    import ray
+
+    from gpar.worker import blocking_call
+
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    remote = ray.remote(max_retries=2)(_call)
+    return blocking_call(ray.get, [remote.remote(fn, item) for item in items])
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
 
 
 def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,

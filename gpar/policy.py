@@ -21,7 +21,11 @@ Rules (DESIGN §3):
   so it holds back only itself.
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final, such a straggler also gets a second attempt; the first to finish wins and the other
-  is cancelled. At most BACKUP_SHARE of the elements get one.
+  is cancelled. At most BACKUP_SHARE of the elements get one. At the tail, when nothing is left
+  to launch and a slot is idle, TAIL_SLOWDOWN times the median is straggling enough.
+* **Slow nodes**: a node whose attempts were stragglers SLOW_NODE_STRIKES times gets no new
+  work for the rest of the job (at most half the nodes, never the last): elements that straggle
+  wherever they run are what backups are for, a node that is slow for everything is not.
 * **Lost batch** (worker died): reported elements are kept. A lone unreported element is charged
   a retryable failure. Several are re-run uncharged: the one last seen in fn alone, the rest
   as usual (or, with nothing seen, two halves), so a crash is charged only to the element that
@@ -47,6 +51,14 @@ BACKUP_SLOWDOWN = 3.0
 BACKUP_MIN_S = 0.5
 #: ...for at most this share of the elements.
 BACKUP_SHARE = 0.1
+
+#: At the tail (nothing left to launch, a slot idle) an attempt running this many times the
+#: median already gets its backup: the slot would idle anyway (MapReduce's backups run then).
+TAIL_SLOWDOWN = 1.5
+
+#: Stragglers on one node before it gets no new work: one could be the element's fault, a
+#: second on the same node rarely is. bench/bench_stragglers.py's slow-node case measures it.
+SLOW_NODE_STRIKES = 2
 
 _OPEN, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
 
@@ -108,6 +120,7 @@ class _Batch:
     reported: int = 0  # positions [0, reported) have reported
     owned: int = -1  # positions [owned, len) were handed to other batches; -1: none
     running: tuple[int, float] | None = None  # (position, started_at) of the element in fn
+    straggling: bool = False
 
     @property
     def end(self) -> int:
@@ -141,6 +154,7 @@ class Policy:
         self._failed_count: dict[int, int] = {}  # element -> failed attempts so far
         self._last_error: dict[int, ElementError] = {}
         self._backed_up: set[int] = set()
+        self._new_stragglers: list[int] = []
         self._durations: list[float] = []  # sorted sample of per-element times, for the median
 
     # ----------------------------------------------------------------- decisions
@@ -194,6 +208,11 @@ class Policy:
                 del self._batches[batch]
                 kills.append(batch)
         return kills, charges
+
+    def take_stragglers(self) -> list[int]:
+        """Batches declared stragglers since the last call (so the loop can tell slow nodes)."""
+        batches, self._new_stragglers = self._new_stragglers, []
+        return batches
 
     def next_check(self, now: float) -> float:
         """Seconds until tick() could decide something new (the loop's longest wait)."""
@@ -368,10 +387,15 @@ class Policy:
         threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * median)
         backups_allowed = (self.rules.backups
                            and self.final >= BACKUP_AFTER_DONE * self.elements)
+        if backups_allowed and not self._pending and len(self._batches) < self.rules.max_workers:
+            threshold = max(BACKUP_MIN_S, TAIL_SLOWDOWN * median)  # the tail: slots are idle
         budget = max(1, int(BACKUP_SHARE * self.elements))
-        for live in list(self._batches.values()):
+        for batch, live in list(self._batches.items()):
             if not live.running or now - live.running[1] <= threshold:
                 continue
+            if not live.straggling:
+                live.straggling = True
+                self._new_stragglers.append(batch)
             position, _ = live.running
             rest = self._trim_final(live.indices[position + 1:live.end])
             live.owned = position + 1
@@ -440,3 +464,23 @@ class Policy:
                 self._finalize(index, _CANCELLED, TaskFailure(
                     index, "Cancelled", messages[reason], "", self._failed_count.get(index, 0),
                     reason if reason in ("deadline", "quorum") else "cancelled"))
+
+
+@dataclass
+class SlowNodes:
+    """Which nodes get no new work: those with SLOW_NODE_STRIKES stragglers, at most half of
+    the ``nodes`` and never the last one."""
+
+    nodes: int
+    strikes: dict[str, int] = field(default_factory=dict)
+    avoided: set[str] = field(default_factory=set)
+
+    def on_straggler(self, node: str) -> bool:
+        """A straggler ran on ``node``; returns whether the node is avoided from now on."""
+        if not node or node in self.avoided:
+            return False
+        self.strikes[node] = self.strikes.get(node, 0) + 1
+        if self.strikes[node] >= SLOW_NODE_STRIKES and len(self.avoided) < self.nodes // 2:
+            self.avoided.add(node)
+            return True
+        return False

@@ -8,6 +8,7 @@ restored); run time per element attempt.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,9 @@ class JobReport:
     backups: int = 0
     timeouts: int = 0
     failed_attempts: int = 0
+    #: The element of xs each element of this run is, when a resumed output job skipped the
+    #: committed ones; None: element i is xs[i].
+    task_numbers: Sequence[int] | None = field(default=None, repr=False)
     _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
 
     def record_policy(self, policy: Any) -> None:
@@ -80,6 +84,8 @@ class JobReport:
     @property
     def attempts(self) -> list[AttemptRecord]:
         rows = [record for block in self._blocks for record in block.records()]
+        if self.task_numbers is not None:
+            rows = [dataclasses.replace(row, task=self.task_numbers[row.task]) for row in rows]
         rows.sort(key=lambda record: (record.task, record.attempt))
         return rows
 

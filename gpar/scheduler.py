@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
-from gpar.policy import Charge, Launch, Policy
+from gpar.policy import Charge, Launch, Policy, SlowNodes
 from gpar.report import AttemptBlock, JobReport
 from gpar.worker import ElementError, Progress, blocking_call, run_batch
 
@@ -73,6 +73,7 @@ class _Job:
         self.values: list[Any] = [None] * len(items)
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
+        self.slow_nodes: SlowNodes | None = None  # made at the first straggler
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
 
@@ -96,6 +97,8 @@ class _Job:
             kills, charges = policy.tick(now)
             for charge in charges:
                 self._record_charge(charge, self.streams[charge.batch])
+            for batch in policy.take_stragglers():
+                self._on_straggler(self.streams[batch].node)
             self._cancel(kills)
             if policy.finished:
                 return
@@ -113,6 +116,18 @@ class _Job:
         ref = self.remote.remote(self.environment_ref, chunk, sink)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
+
+    def _on_straggler(self, node: str) -> None:
+        """Count a straggler against its node; launch nothing more on the nodes found slow."""
+        if self.slow_nodes is None:
+            workers = [n for n in self.ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+            self.slow_nodes = SlowNodes(nodes=len(workers))
+        if self.slow_nodes.on_straggler(node):
+            from ray.util.scheduling_strategies import NodeLabelSchedulingStrategy, NotIn
+
+            avoided = NotIn(*self.slow_nodes.avoided)  # Ray labels each node with its id
+            strategy = NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})
+            self.remote = _remote_run_batch().options(scheduling_strategy=strategy)
 
     def _read(self, batch: int) -> None:
         stream = self.streams[batch]

@@ -25,9 +25,16 @@ SCRIPT = """
     cluster.wait_for_nodes()
     markers = sys.argv[1]
 
-    def remove_a_node_mid_job():
-        wait_until(lambda: attempts_of(markers, 5) > 0, 60)
-        cluster.remove_node(workers[0], allow_graceful=False)
+    def node_running(pid):  # the node whose raylet started the worker: its parent
+        parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        return next(node for node in workers
+                    if node.all_processes["raylet"][0].process.pid == parent)
+
+    def remove_a_node_mid_job():  # the node that runs task 5, while it runs it
+        marker = f"{markers}/5.0"  # holds the attempt's pid once claimed
+        wait_until(lambda: attempts_of(markers, 5) > 0 and open(marker).read(), 60)
+        pid = int(open(marker).read())
+        cluster.remove_node(node_running(pid), allow_graceful=False)
 
     remover = threading.Thread(target=remove_a_node_mid_job)
     remover.start()

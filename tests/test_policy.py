@@ -5,8 +5,10 @@ import pytest
 from gpar.policy import (
     BACKUP_MIN_S,
     BACKUP_SLOWDOWN,
+    TAIL_SLOWDOWN,
     Policy,
     Rules,
+    SlowNodes,
     default_max_failures,
 )
 from gpar.split import BatchSizer
@@ -123,7 +125,7 @@ def test_quorum_stops_once_enough_elements_are_final():
 
 
 def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
-    p = policy(10, max_workers=10)
+    p = policy(10, max_workers=1)  # its one slot is busy: not the tail
     launches = launch_all(p)
     for launch in launches[:9]:
         finish(p, launch, now=1.0, seconds=0.2)
@@ -140,6 +142,26 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
     assert kills == [slow.batch]  # the loser is cancelled
     assert finish(p, slow, now=3.0) == []  # and its late result is never accepted twice
     assert p.finished and p.backups_launched == 1
+
+
+def test_at_the_tail_a_shorter_straggle_earns_a_backup():
+    def slow_attempt_after_nine_of_one_second(max_workers):
+        p = policy(10, max_workers=max_workers)
+        launches = launch_all(p)
+        for launch in launches[:9]:
+            finish(p, launch, now=1.0, seconds=1.0)
+        p.on_running(launches[9].batch, 0, started_at=0.0)
+        return p
+
+    tail = TAIL_SLOWDOWN * 1.0 + 0.05
+    idle_slots = slow_attempt_after_nine_of_one_second(max_workers=10)
+    idle_slots.tick(tail)
+    assert [launch.backup for launch in launch_all(idle_slots)] == [True]
+    busy = slow_attempt_after_nine_of_one_second(max_workers=1)
+    busy.tick(tail)
+    assert launch_all(busy) == []  # every slot busy: the usual BACKUP_SLOWDOWN applies
+    busy.tick(BACKUP_SLOWDOWN * 1.0 + 0.05)
+    assert [launch.backup for launch in launch_all(busy)] == [True]
 
 
 def test_a_straggler_hands_off_its_queue_even_without_backups():
@@ -230,3 +252,31 @@ def test_every_element_is_launched_exactly_once_without_faults(elements):
             seen.extend(launch.indices)
             finish(p, launch)
     assert sorted(seen) == list(range(elements))
+
+
+def test_a_node_with_two_stragglers_gets_no_new_work_but_never_the_last_nodes():
+    slow = SlowNodes(nodes=5)
+    assert not slow.on_straggler("a")  # one straggler may be the element's fault
+    assert slow.on_straggler("a") and slow.avoided == {"a"}
+    assert not slow.on_straggler("a")  # already avoided
+    for _ in range(2):
+        slow.on_straggler("b")
+    assert slow.avoided == {"a", "b"}
+    for _ in range(2):
+        slow.on_straggler("c")
+    assert slow.avoided == {"a", "b"}  # at most half the nodes
+    single = SlowNodes(nodes=1)
+    assert not single.on_straggler("only") and not single.on_straggler("only")
+    assert not single.avoided and not slow.on_straggler("")  # unknown node: nothing
+
+
+def test_stragglers_are_reported_once_each():
+    p = policy(4, max_workers=4)
+    launches = p.launches(4)
+    for launch in launches:
+        p.on_running(launch.batch, 0, 0.0)
+    p.on_reported(launches[0].batch, 0, 1, {}, 0.1, 0.1)
+    p.tick(5.0)
+    assert sorted(p.take_stragglers()) == [1, 2, 3]
+    p.tick(6.0)
+    assert p.take_stragglers() == []

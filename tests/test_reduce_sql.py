@@ -21,6 +21,7 @@ from outputs import ROWS, expected_table, mapper, write_late
 
 import gpar
 import reduce_sql
+from reduce_sql import commit as commit_module
 from reduce_sql.store import locate
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -105,6 +106,7 @@ def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_pa
     assert [f.index for f in first.failures] == [5] and first.num_rows == 7 * ROWS
     second = run(range(8), output, tmp_path, table, task_retries=0)
     assert second.report.elements == 1 and attempts_of(tmp_path, 0) == 1
+    assert [(a.task, a.outcome) for a in second.report.attempts] == [(5, "ok")]
     assert_exactly_once(second, range(8))
 
 
@@ -201,6 +203,14 @@ def test_many_small_outputs_are_compacted_without_losing_a_task(output, tmp_path
     assert resumed.report.elements == 0 and resumed.manifest.tasks == set(range(40))
 
 
+def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, monkeypatch):
+    monkeypatch.setattr(commit_module, "COMPACT_FILE_ROWS", 5 * ROWS)  # several merges
+    dataset = run(range(40), output, tmp_path)
+    assert len(dataset.manifest.files) == 8
+    assert sorted(dataset.manifest.files[0].tasks) == [0, 1, 2, 3, 4]
+    assert_exactly_once(dataset, range(40))
+
+
 def test_query_joins_datasets_by_name(tmp_path):
     left = gpar.apply(range(3), rows_of, output=tmp_path / "left", progress=False)
     right = gpar.apply(range(2, 5), rows_of, output=tmp_path / "right", progress=False)
@@ -215,6 +225,11 @@ def test_bad_locations_and_names_are_clear_errors(tmp_path):
     for uri in ("", "ftp://host/x", "s3://", "a\0b"):
         with pytest.raises(ValueError):
             locate(uri)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(reduce_sql.OutputExistsError, match="is a file"):
+        gpar.apply([1], rows_of, output=tmp_path / "file", progress=False)
+    with pytest.raises(ValueError, match="only applies with output"):
+        gpar.apply([1], rows_of, overwrite=True, progress=False)
     gpar.apply([1], rows_of, output=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="identifiers"):
         reduce_sql.query("SELECT 1", **{"x; DROP": str(tmp_path / "d")})
