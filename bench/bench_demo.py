@@ -10,9 +10,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
-import time
 
 import numpy as np
+from timing import timed
 
 import gpar
 from forecasting_demo import bootstrap, data
@@ -44,12 +44,6 @@ def niceness(_=None):
     return os.nice(0)
 
 
-def timed(run):
-    started = time.perf_counter()
-    value = run()
-    return time.perf_counter() - started, value
-
-
 def main():
     series = data.gasoline()
     scenarios.append(bootstrap.scenario(series.values, series.period, "paper"))
@@ -63,14 +57,13 @@ def main():
             "multiprocessing.Pool(2).map": lambda: pool.map(simulate, draws),
         }
         times = {name: [] for name in methods}
-        reference = None
+        computed = {}
         for _ in range(ROUNDS):
             for name, run in methods.items():
-                seconds, paths = timed(run)
-                times[name].append(seconds)
-                paths = np.stack(paths)
-                reference = paths if reference is None else reference
-                assert np.array_equal(paths, reference), f"{name} computed other realizations"
+                times[name].append(timed(lambda run=run, name=name: computed.__setitem__(
+                    name, np.stack(run())), repeats=1))
+                reference = computed[next(iter(methods))]
+                assert np.array_equal(computed[name], reference), f"{name}: other realizations"
         pool_niceness = pool.apply(niceness)
     worker_niceness = gpar.apply([0], niceness, progress=False)[0]
     wall = {name: statistics.median(values) for name, values in times.items()}
