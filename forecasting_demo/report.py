@@ -57,7 +57,7 @@ def headline(run: DemoRun) -> dict:
         },
         "winkler_95": {
             f"{row.series}/{row.method}": row.winkler
-            for row in coverage.query("level == 0.95").itertuples()
+            for row in coverage.query("level == 0.95 and series != 'all'").itertuples()
         },
         "mape_all": dict(zip(run.evaluation.mape.model, run.evaluation.mape["all"], strict=True)),
         "evaluation_rows": run.evaluation.rows,
@@ -177,8 +177,9 @@ def _calibration_table(summary: pd.DataFrame) -> pd.DataFrame:
         for weeks, value in at_95.coverage.items():
             row[f"95 % weeks {weeks}"] = f"{value:.1%}"
         row["80 % all"] = f"{at_80.coverage['all']:.1%}"
-        row["Winkler 95 %"] = f"{at_95.winkler['all']:.3f}"
-        row["Winkler 80 %"] = f"{at_80.winkler['all']:.3f}"
+        pooled = series == "all"  # a Winkler score is in the series' unit: not poolable
+        row["Winkler 95 %"] = "—" if pooled else f"{at_95.winkler['all']:.3f}"
+        row["Winkler 80 %"] = "—" if pooled else f"{at_80.winkler['all']:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -58,7 +58,9 @@ def test_report_numbers_are_the_runs(tiny_run):
     paper_95 = job.bands[0]
     assert f"| {paper_95.lower[0]:.3f} | {paper_95.upper[0]:.3f} |" in text
     for row in run.calibration.query("level == 0.95 and weeks == 'all'").itertuples():
-        assert f"{row.coverage:.1%}" in text and f"{row.winkler:.3f}" in text
+        assert f"| {row.series} | {report.METHOD_NAMES[row.method]} |" in text
+        winkler = "—" if row.series == "all" else f"{row.winkler:.3f}"  # units differ
+        assert f"{row.coverage:.1%}" in text and f"| {winkler} |" in text
     assert json.loads((tiny_run[2] / "summary.json").read_text()) == report.headline(run)
 
 
