@@ -27,6 +27,7 @@ from gpar.results import Results
 from gpar.split import BatchSizer
 
 if TYPE_CHECKING:
+    from envpack.stage import StagedImage
     from reduce_sql import Dataset
 
 
@@ -92,6 +93,7 @@ def apply(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
     cluster.connect(address)
+    image = _stage_image(packages)
     max_workers = max_workers or cluster.cpu_slots()
     rules = Rules(
         max_workers=max_workers,
@@ -105,32 +107,57 @@ def apply(
     )
     policy = Policy(len(pending), rules, BatchSizer(max_workers))
     report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                       skipped_globals=captured.skipped)
+                       skipped_globals=captured.skipped, image=image.report)
     values = scheduler.run_job(
         pending, captured, policy,
         progress=sys.stderr.isatty() if progress is None else progress, report=report,
-        sink=None if claim is None else claim.sink,
+        sink=None if claim is None else claim.sink, image=image,
     )
     report.record_policy(policy)
     if claim is not None:
         values = claim.in_input_order(values, len(items))
         report.task_numbers = claim.pending
-    return _finish(Results(values, report), claim, policy)
+    return _finish(Results(values, report), claim, policy, image)
 
 
-def _finish(results: Results, claim: gpar_output.OutputJob | None,
-            policy: Policy | None) -> Results | Dataset:
+def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Policy | None,
+            image: StagedImage | None = None) -> Results | Dataset:
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
-        claim.commit(results)
+        claim.commit(results, image)
     if policy is not None:
+        _raise_if_mismatched(results)
         _raise_or_warn(results, policy)
     if claim is None:
         return results
     from reduce_sql import Dataset
 
     return Dataset(claim.location, report=results.report, failures=results.failures)
+
+
+#: Import names a worker needs before it can verify anything: shipped when the workers lack
+#: them, whatever ``packages`` says.
+RUNTIME_MODULES = ("gpar", "envpack", "cloudpickle")
+
+
+def _stage_image(packages: str | Sequence[str]) -> StagedImage:
+    """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
+    from envpack import stage
+
+    return stage.prepare(packages, always=RUNTIME_MODULES)
+
+
+def _raise_if_mismatched(results: Results) -> None:
+    """No element ran because the workers' environment differs: raise envpack's
+    EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
+    from envpack import EnvironmentMismatch
+
+    mismatch = f"{EnvironmentMismatch.__module__}.{EnvironmentMismatch.__qualname__}"
+    final = [failure for failure in results.failures if failure.reason in ("error", "system")]
+    if (len(results.failures) == len(results) and final
+            and all(failure.exc_type == mismatch for failure in final)):
+        raise EnvironmentMismatch(final[0].message)
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:
@@ -220,7 +247,9 @@ def _check_options(max_workers, task_retries, max_failures, task_timeout, quorum
         raise ValueError(f'env must be "full" or "referenced", got {env!r}')
     if errors not in ("warn", "raise"):
         raise ValueError(f'errors must be "warn" or "raise", got {errors!r}')
-    if isinstance(packages, str) and packages not in ("auto", "none"):
+    names_ok = (isinstance(packages, list | tuple | set | frozenset)
+                and all(isinstance(name, str) and name for name in packages))
+    if packages not in ("auto", "none") and not names_ok:
         raise ValueError(
             f'packages must be "auto", "none" or a list of distribution names, got {packages!r}'
         )

@@ -8,9 +8,10 @@ and kwargs) skips the elements an earlier run committed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import marshal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,28 +45,40 @@ class OutputJob:
             placed[position] = value
         return placed
 
-    def commit(self, values: list[Any]) -> Any:
+    def commit(self, values: list[Any], image: Any = None) -> Any:
+        """Commit the accepted Parts; merges of small files run on the cluster through the
+        job's envpack ``image`` (on the driver when there is no cluster or one merge)."""
         from reduce_sql.commit import commit
         from reduce_sql.parts import Part
 
         parts = [value for value in values if isinstance(value, Part)]
-        return commit(self.location, self.job, parts, self.previous, run_all=_on_the_cluster)
+        run_all = None if image is None else functools.partial(_on_the_cluster, image)
+        return commit(self.location, self.job, parts, self.previous,
+                      **({"run_all": run_all} if run_all else {}))
 
 
-def _on_the_cluster(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[fn(x) for x in items]`` as plain Ray tasks: the commit's merges run beside the data."""
-    import ray
-
+def _on_the_cluster(image: Any, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` as Ray tasks started through the job's image (the workers
+    may lack gpar and reduce_sql): the commit's merges run beside the data, in parallel."""
+    from envpack.stage import bootstrap
     from gpar.worker import blocking_call
 
     if len(items) <= 1:
         return [fn(item) for item in items]
-    remote = ray.remote(max_retries=2)(_call)
-    return blocking_call(ray.get, [remote.remote(fn, item) for item in items])
+    remote = bootstrap(num_returns="streaming", max_retries=2)
+    streams = [image.submit(remote, "gpar.output:call", [], (fn, item)) for item in items]
+    return blocking_call(_first_values, streams)
 
 
-def _call(fn: Callable[[Any], Any], item: Any) -> Any:
-    return fn(item)
+def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
+    """Yield ``fn(item)``: what a merge task runs (staged tasks stream what they return)."""
+    yield fn(item)
+
+
+def _first_values(streams: list[Any]) -> list[Any]:
+    import ray
+
+    return [ray.get(next(stream)) for stream in streams]
 
 
 def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,

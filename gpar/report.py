@@ -61,6 +61,7 @@ class JobReport:
     elements: int
     environment_bytes: int = 0
     skipped_globals: dict[str, str] = field(default_factory=dict)
+    image: Any = None  # envpack's ImageReport: the layers shipped, cache hits, seconds spent
     batches: int = 0
     batches_lost: int = 0  # batches whose worker died with several elements unreported
     retries: int = 0

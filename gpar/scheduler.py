@@ -1,7 +1,8 @@
 """The Ray loop: turns the policy's decisions into Ray calls and Ray outcomes into its events.
 
     run_job ─▶ ray.put(environment) once
-            ─▶ loop: policy.launches ─▶ run_batch streams (Ray streaming tasks)
+            ─▶ loop: policy.launches ─▶ run_batch streams (Ray streaming tasks, each started
+                     through the job's image: envpack stages what the worker lacks first)
                      ray.wait on the streams ─▶ Progress ─▶ policy.on_reported / on_running
                      a stream that breaks ─▶ policy.on_lost
                      policy.tick ─▶ ray.cancel(force=True) of the batches it kills
@@ -14,19 +15,21 @@ the clock the workers stamp their progress with.
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
 from gpar.policy import Charge, Launch, Policy, SlowNodes
 from gpar.report import AttemptBlock, JobReport
-from gpar.worker import ElementError, Progress, blocking_call, run_batch
+from gpar.worker import ElementError, PickledItems, Progress, blocking_call
+
+if TYPE_CHECKING:
+    from envpack.stage import StagedImage
 
 #: Longest wait for progress before the loop looks at the clock again (Ctrl-C is handled
 #: between waits).
@@ -51,20 +54,22 @@ def run_job(
     policy: Policy,
     progress: bool,
     report: JobReport,
+    image: StagedImage,
     sink: Callable[[Launch], Any] | None = None,
 ) -> list[Any]:
     """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures.
 
     With ``sink``, each launch writes its values where ``sink(launch)`` says (apply(output=)).
     """
-    return _Job(items, environment, policy, progress, report, sink).run()
+    return _Job(items, environment, policy, progress, report, sink, image).run()
 
 
 class _Job:
-    def __init__(self, items, environment, policy, progress, report, sink):
+    def __init__(self, items, environment, policy, progress, report, sink, image):
         import ray
 
         self.ray = ray
+        self.image = image
         self.items = items
         self.policy = policy
         self.progress = progress
@@ -74,6 +79,7 @@ class _Job:
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
+        self.placement: dict[str, Any] = {}  # Ray options that keep batches off slow nodes
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
 
@@ -113,7 +119,9 @@ class _Job:
     def _submit(self, launch: Launch, now: float) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.sink is None else self.sink(launch)
-        ref = self.remote.remote(self.environment_ref, chunk, sink)
+        ref = self.image.submit(self.remote, RUN_BATCH, [self.environment_ref],
+                                (PickledItems.of(chunk), sink, self.image.check),
+                                **self.placement)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
 
@@ -127,7 +135,7 @@ class _Job:
 
             avoided = NotIn(*self.slow_nodes.avoided)  # Ray labels each node with its id
             strategy = NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})
-            self.remote = _remote_run_batch().options(scheduling_strategy=strategy)
+            self.placement = {"scheduling_strategy": strategy}
 
     def _read(self, batch: int) -> None:
         stream = self.streams[batch]
@@ -214,12 +222,16 @@ def _unpickle_values(message: Progress, count: int) -> tuple[list[Any], dict[int
                                 for position in positions}
 
 
-@functools.cache
+#: The task each batch runs, named rather than pickled: the worker imports it once the image's
+#: layers are staged (gpar itself may be one of them).
+RUN_BATCH = "gpar.worker:run_batch"
+
+
 def _remote_run_batch() -> Any:
     """run_batch as a Ray streaming task, with Ray's retries off (the policy owns retries)."""
-    import ray
+    from envpack.stage import bootstrap
 
-    return ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(run_batch)
+    return bootstrap(num_returns="streaming", max_retries=0, retry_exceptions=False)
 
 
 def _as_array(buffer: Any) -> Any:

@@ -29,11 +29,14 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from gpar import environment
+
+if TYPE_CHECKING:
+    from envpack import ImageCheck
 
 #: Seconds between progress messages of a running batch: the delay with which the driver learns
 #: of a finished element, and the grain of per-element timing in a batch of tiny elements.
@@ -81,16 +84,37 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return future.result()
 
 
-def run_batch(environment: tuple[bytes, list[Any]], items: Sequence[Any],
-              sink: Any = None) -> Iterator[Progress]:
+@dataclass(frozen=True)
+class PickledItems:
+    """A batch's elements, unpickled on the worker only once its image is verified: an
+    element whose class comes from a distribution the worker lacks must not fail before the
+    mismatch can be reported."""
+
+    count: int
+    pickled: bytes
+
+    @classmethod
+    def of(cls, items: Sequence[Any]) -> PickledItems:
+        return cls(len(items), cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load(self) -> Sequence[Any]:
+        return pickle.loads(self.pickled)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
+              sink: Any = None, image: ImageCheck | None = None) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
     ``environment`` is the captured call: its stream and out-of-band buffers. With a ``sink``
     (a reduce_sql Sink), each value is written there and its Part is reported instead.
+    ``image`` is what this worker must have before fn runs (envpack).
     """
     global _main_thread_calls
     node_id = _node_id()
-    run = _BatchRun(*environment, items, sink)
+    run = _BatchRun(*environment, items, sink, image)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -130,8 +154,10 @@ def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -
 class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
-    def __init__(self, stream: bytes, buffers: list[Any], items: Sequence[Any], sink: Any):
+    def __init__(self, stream: bytes, buffers: list[Any], items: PickledItems, sink: Any,
+                 image: ImageCheck | None = None):
         self.stream, self.buffers, self.items, self.sink = stream, buffers, items, sink
+        self.image = image
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
@@ -142,14 +168,17 @@ class _BatchRun:
 
     def _run(self) -> None:
         try:
+            if not self._image_verified():
+                return
             try:
                 call = environment.restore(self.stream, self.buffers)
+                items = self.items.load()
             except BaseException as exc:
                 self._fail_all(exc)
                 return
             self.elements_started = time.time()
             self.restored = True
-            self._run_elements(call)
+            self._run_elements(call, items)
             del call
             if self.buffers:
                 # Restored globals are a reference cycle (fn -> globals -> fn) that pins the
@@ -159,10 +188,10 @@ class _BatchRun:
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
             self.calls.put(_FINISHED)
 
-    def _run_elements(self, call: environment.Call) -> None:
+    def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock = self.values, self.finished, time.time
-        for position, item in enumerate(self.items):
+        for position, item in enumerate(items):
             try:
                 value = fn(item, *args, **kwargs)
             except BaseException as exc:  # SystemExit too: it would end this thread silently
@@ -173,6 +202,20 @@ class _BatchRun:
                     value = self._write(position, value)
             values.append(value)
             finished.append(clock())
+
+    def _image_verified(self) -> bool:
+        """Check the worker has the caller's distributions; if not, fail every element with
+        the EnvironmentMismatch text (retrying on the same cluster cannot help)."""
+        if self.image is None:
+            return True
+        from envpack import EnvironmentMismatch, verify
+
+        try:
+            verify(self.image)
+        except EnvironmentMismatch as exc:
+            self._fail_every_element(_element_error(exc, "environment", retryable=False))
+            return False
+        return True
 
     def _write(self, position: int, value: Any) -> Any:
         """fn's table written by the sink; its Part, or None with the element's error."""
@@ -191,7 +234,10 @@ class _BatchRun:
             f"the calling environment could not be restored on this worker: {error.message}. "
             "Is every module fn uses importable there?"
         )
-        error = ElementError(error.exc_type, message, error.traceback, error.kind, False)
+        self._fail_every_element(
+            ElementError(error.exc_type, message, error.traceback, error.kind, False))
+
+    def _fail_every_element(self, error: ElementError) -> None:
         now = time.time()
         for position in range(len(self.items)):
             self.errors[position] = error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -64,3 +65,26 @@ def assert_ok(completed: subprocess.CompletedProcess) -> str:
 def once_dir(tmp_path) -> Path:
     """A directory fns use to act differently on their first attempt (a marker file per task)."""
     return tmp_path
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """An extra site-packages directory on sys.path."""
+    directory = tmp_path / "site-packages"
+    directory.mkdir()
+    monkeypatch.syspath_prepend(str(directory))
+    return directory
+
+
+@pytest.fixture
+def load(monkeypatch):
+    """import a module for one test: it leaves sys.modules afterwards."""
+
+    def load(name: str):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
+        module = importlib.import_module(name)
+        monkeypatch.setitem(sys.modules, name, module)
+        return module
+
+    return load

@@ -67,7 +67,8 @@ def test_not_iterable_xs_is_a_type_error():
 @pytest.mark.parametrize(
     "options",
     [{"max_workers": 0}, {"task_retries": -1}, {"env": "all"}, {"errors": "ignore"},
-     {"packages": "everything"}, {"retry_on": "ValueError"}, {"deadline": -1},
+     {"packages": "everything"}, {"packages": None}, {"packages": ["numpy", 3]},
+     {"retry_on": "ValueError"}, {"deadline": -1},
      {"deadline": "soon"}, {"task_timeout": 0}, {"quorum": 0}, {"quorum": 1.5},
      {"max_failures": -1}],
 )

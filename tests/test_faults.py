@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from faults import alive, attempts_of, faulty, pids, wait_until
+from faults import alive, faulty, pids, wait_until
 
 import gpar
 
@@ -22,7 +22,7 @@ def test_a_worker_killed_by_sigkill_mid_job_loses_no_result(tmp_path):
     table = {(0, 0): ("sleep", 30)}  # task 0 waits to be killed
     # backups off: a backup of the sleeping task could finish before the kill
     killer = threading.Thread(target=lambda: (
-        wait_until(lambda: attempts_of(tmp_path, 0) == 1, 60),
+        wait_until(lambda: pids(tmp_path), 60),  # the marker holds the pid once claimed
         os.kill(pids(tmp_path)[0], signal.SIGKILL)))
     killer.start()
     results = run(range(2), table, tmp_path, max_workers=2, backups=False)

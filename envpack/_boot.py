@@ -1,0 +1,156 @@
+"""What runs on a worker before anything of the caller's is importable: the standard library
+and Ray only.
+
+stage.py registers this module with Ray's cloudpickle to be pickled by value, so a worker that
+has never seen envpack (nor gpar) can run these functions: ``probe`` reports what the worker has,
+``run_staged`` unpacks the image's layers and only then imports and calls the real task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import os
+import pickle
+import platform
+import re
+import shutil
+import socket
+import sys
+import sysconfig
+import tempfile
+import zipfile
+
+
+def probe() -> dict:
+    """What this worker's interpreter has: Python, platform, host, distributions and versions."""
+    import ray
+
+    distributions = {}
+    staged = set(staged_paths())  # a process that ran a staged task: count only what it has
+    installed = [entry for entry in sys.path if entry not in staged]
+    for dist in importlib.metadata.distributions(path=installed):
+        # the headers only: parsing all of METADATA (its long description) is most of the cost
+        text = (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").split("\n\n")[0]
+        name = re.search(r"^Name:\s*(\S+)", text, re.MULTILINE)
+        version = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
+        if name and version:
+            canonical = re.sub(r"[-_.]+", "-", name.group(1)).lower()
+            distributions.setdefault(canonical, version.group(1))
+    return {
+        "ray_version": ray.__version__,
+        "python_version": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": sysconfig.get_platform(),
+        "host": socket.gethostname(),
+        "executable": sys.executable,
+        "distributions": tuple(sorted(distributions.items())),
+    }
+
+
+def run_staged(layers, target, refs, payload):
+    """Stage ``layers`` ((digest, ObjectRef) pairs), then yield from ``target(*ray.get(refs),
+    *pickle.loads(payload))``, ``target`` being "module:function".
+
+    The caller's arguments travel as opaque bytes and references: Ray would otherwise unpickle
+    them before this function starts, when the packages their classes need are not there yet.
+    """
+    import ray
+
+    stage(layers, ray.get)
+    try:  # the importable envpack, now staged if it was not installed: for nested calls
+        importlib.import_module("envpack._boot").STAGED.update(layers)
+    except ImportError:
+        pass
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name)
+    yield from function(*ray.get(list(refs)), *pickle.loads(payload))
+
+
+#: Layers staged into this worker process, digest -> ObjectRef: a nested call reuses them.
+STAGED: dict = {}
+
+
+def staged_paths() -> list[str]:
+    """The entries of sys.path that are staged layers."""
+    root = os.path.join(cache_root(), "unpacked") + os.sep
+    return [entry for entry in sys.path if entry.startswith(root)]
+
+
+def stage(layers, fetch) -> None:
+    """Unpack each layer once per node and put the layers first on sys.path, in order.
+
+    Each layer is unpacked into a directory named by its digest, renamed into place when
+    complete, under a lock file: another worker of the node waits for it rather than fetching
+    and unpacking the same layer at the same time, and finds it whole. Layers go before
+    site-packages, so a shipped version wins over an older one the worker has; Ray starts
+    processes dedicated to the image (the task's runtime_env names it), so no process that
+    imported the older version runs this task.
+    """
+    root = os.path.join(cache_root(), "unpacked")
+    paths = []
+    for digest, ref in layers:
+        path = os.path.join(root, digest)
+        if not os.path.isdir(path):
+            with _node_lock(root, digest):
+                if not os.path.isdir(path):
+                    _unpack(fetch(ref), root, path)
+        paths.append(path)
+    missing = [path for path in paths if path not in sys.path]
+    if missing:
+        sys.path[:0] = missing
+        importlib.invalidate_caches()
+
+
+@contextlib.contextmanager
+def _node_lock(root: str, digest: str):
+    """An exclusive lock on this layer among the node's processes (none where fcntl is not)."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{digest}.lock"), "w") as handle:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: In a layer: {source file: modification time (ns)} on the caller, restored on unpacking so
+#: the bytecode shipped beside the sources is valid here (it records its source's mtime).
+MTIMES = ".envpack-mtimes.json"
+
+
+def _unpack(archive: bytes, root: str, path: str) -> None:
+    import io
+    import json
+
+    os.makedirs(root, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=root, prefix=".unpacking-")
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as members:
+            members.extractall(temporary)
+        mtimes = os.path.join(temporary, MTIMES)
+        if os.path.exists(mtimes):
+            with open(mtimes) as stream:
+                for name, mtime_ns in json.load(stream).items():
+                    os.utime(os.path.join(temporary, name), ns=(mtime_ns, mtime_ns))
+        os.rename(temporary, path)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def cache_root() -> str:
+    """ENVPACK_CACHE_DIR, else the user's cache directory (XDG on Linux)."""
+    configured = os.environ.get("ENVPACK_CACHE_DIR")
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "envpack")

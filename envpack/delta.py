@@ -1,0 +1,63 @@
+"""Which parts of the manifest a cluster's workers lack: the delta that is shipped."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from envpack import _boot
+from envpack.discover import canonical
+from envpack.manifest import Distribution, LocalModule, Manifest
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """What a probe task found on a worker (see _boot.probe)."""
+
+    ray_version: str
+    python_version: str
+    implementation: str
+    platform: str
+    host: str
+    executable: str
+    distributions: tuple[tuple[str, str], ...]  # (canonical name, version)
+    node_hosts: tuple[str, ...] = ()  # every live node's host: the probe saw only one
+
+    def runs_callers_interpreter(self) -> bool:
+        """Same host and same interpreter: the worker imports the caller's local modules from
+        the same files (the embedded local cluster, or one started from the caller's venv).
+        Not so for a caller that is itself a worker running staged layers, nor when some
+        node of the cluster is another host."""
+        here = socket.gethostname()
+        return (self.host == here and self.executable == sys.executable
+                and all(host == here for host in self.node_hosts)
+                and not _boot.staged_paths())
+
+
+def select(
+    manifest: Manifest,
+    facts: WorkerFacts,
+    packages: str | Sequence[str],
+    always: Collection[str] = (),
+) -> tuple[Distribution | LocalModule, ...]:
+    """What to ship: distributions missing on the workers or at another version, and local
+    modules unless the workers read the caller's own files; ``packages`` is "auto" (all of
+    it), "none" (nothing) or the distributions to consider. Whatever provides a top-level
+    module named in ``always`` ships in every mode when the workers lack it (the runtime that
+    verifies the image on the worker)."""
+    have = dict(facts.distributions)
+    local = () if facts.runs_callers_interpreter() else manifest.local_modules
+    named = {canonical(name) for name in packages} if not isinstance(packages, str) else set()
+
+    def wanted(item: Distribution | LocalModule) -> bool:
+        provides = item.top_levels if isinstance(item, Distribution) else (item.name,)
+        if any(name in always for name in provides):
+            return True
+        if packages == "none":
+            return False
+        return packages == "auto" or isinstance(item, LocalModule) or item.name in named
+
+    lacking = [d for d in manifest.distributions if have.get(d.name) != d.version]
+    return tuple(item for item in (*lacking, *local) if wanted(item))

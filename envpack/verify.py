@@ -1,0 +1,100 @@
+"""On the worker, before fn runs: does this process see the distributions the caller saw?
+
+A missing distribution or another version would surface as an ImportError or a wrong result
+deep inside fn; here it is one EnvironmentMismatch listing each, caller's version against the
+worker's, before anything of the caller's runs. Compiled code also needs the caller's Python
+minor version and platform.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+import sysconfig
+from dataclasses import dataclass
+
+from envpack.errors import EnvironmentMismatch
+from envpack.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What the worker must match: small, pickled into every task."""
+
+    digest: str
+    python_minor: str
+    implementation: str
+    platform: str
+    ray_version: str
+    distributions: tuple[tuple[str, str, bool], ...]  # (name, version, pure)
+
+
+def check_of(manifest: Manifest) -> ImageCheck:
+    return ImageCheck(
+        digest=manifest.digest,
+        python_minor=manifest.python_minor,
+        implementation=manifest.implementation,
+        platform=manifest.platform,
+        ray_version=manifest.ray_version,
+        distributions=tuple((d.name, d.version, d.pure) for d in manifest.distributions),
+    )
+
+
+#: Digests this process has verified: the staged sys.path of a worker process does not change.
+_verified: set[str] = set()
+
+
+def verify(check: ImageCheck) -> None:
+    """Raise EnvironmentMismatch unless this process matches ``check``."""
+    if check.digest in _verified:
+        return
+    problems = mismatches(check)
+    if problems:
+        raise EnvironmentMismatch(describe(problems))
+    _verified.add(check.digest)
+
+
+def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:
+    """(what, caller's, worker's) for each difference that matters."""
+    problems = []
+    compiled = [name for name, _, pure in check.distributions if not pure]
+    if compiled:
+        here = {
+            "python": ".".join(platform.python_version().split(".")[:2]),
+            "python implementation": sys.implementation.name,
+            "platform": sysconfig.get_platform(),
+        }
+        wanted = {"python": check.python_minor, "python implementation": check.implementation,
+                  "platform": check.platform}
+        for what, value in wanted.items():
+            if here[what] != value:
+                problems.append((f"{what} (compiled: {', '.join(compiled)})", value, here[what]))
+    versions = [("ray", check.ray_version)] if check.ray_version else []
+    versions += [(name, version) for name, version, _ in check.distributions]
+    for name, version in versions:
+        try:
+            found = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found = "not installed"
+        if found != version:
+            problems.append((name, version, found))
+    return problems
+
+
+def describe(problems: list[tuple[str, str, str]]) -> str:
+    """The mismatch as the user reads it: each difference, then what can fix each kind."""
+    lines = [f"  {what}: caller {caller}, worker {worker}" for what, caller, worker in problems]
+    interpreter = [what for what, _, _ in problems if " " in what or what == "ray"]
+    shippable = [(what, caller) for what, caller, _ in problems if what not in interpreter]
+    advice = []
+    if shippable:
+        pins = " ".join(f"'{what}=={caller}'" for what, caller in shippable)
+        advice.append('Ship the distributions with the image (packages="auto", the default, '
+                      "or name them in packages=[...]), or install them on the workers: "
+                      f"pip install {pins}.")
+    if interpreter:
+        advice.append(f"{', '.join(interpreter)}: cannot be shipped; run the workers with the "
+                      "caller's Python, platform and Ray version.")
+    return ("the worker's environment differs from the caller's:\n" + "\n".join(lines) + "\n"
+            + "\n".join(advice))

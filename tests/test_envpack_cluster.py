@@ -1,0 +1,189 @@
+"""envpack against a real cluster whose workers have nothing but Python and Ray.
+
+The driver is a script run as __main__ from the project's virtualenv, with a local helper module
+beside it; the cluster is ``ray start --head`` from a second virtualenv (tests/bare_cluster.py).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from bare_cluster import OLDER_DATEUTIL, bare_venv, running_cluster
+
+pytestmark = pytest.mark.slow
+
+HELPERS = """
+def scale(value):
+    return 2 * value
+"""
+
+#: Uses numpy, pandas (compiled, absent on the workers), tqdm (pure Python, absent),
+#: python-dateutil (the workers have an older one) and the local helpers module.
+FN = """
+import importlib.metadata
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import dateutil
+import numpy as np
+import pandas as pd
+import tqdm
+
+import gpar
+from helpers import scale
+
+RAN = Path(os.environ["FN_RAN_MARKER"])
+
+
+def fn(x):
+    RAN.write_text("fn ran")
+    frame = pd.DataFrame({"x": np.arange(x + 1)})
+    return {"value": scale(int(frame["x"].sum())), "tqdm": tqdm.__version__,
+            "dateutil": dateutil.__version__, "numpy": np.__version__}
+
+
+def job(**options):
+    started = time.perf_counter()
+    results = gpar.apply(range(6), fn, progress=False, **options)
+    image = results.report.image
+    return {
+        "results": list(results),
+        "image_s": image.seconds,
+        "cache_hit": image.cache_hit,
+        "layers": {layer.name: [layer.built, layer.sent] for layer in image.layers},
+        "job_s": time.perf_counter() - started,
+    }
+"""
+
+MAIN = FN + """
+first = job()
+second = job()
+Path("helpers.py").write_text("def scale(value):\\n    return 3 * value\\n")
+third = job()
+
+
+def outer(x):
+    return [row["value"] for row in gpar.apply([x, x + 1], fn, progress=False)]
+
+
+nested = list(gpar.apply(range(2), outer, progress=False))
+
+import reduce_sql.commit  # noqa: E402
+
+reduce_sql.commit.COMPACT_FILE_ROWS = 8  # 20 two-row files: five merges, run by the workers
+
+
+def rows(x):
+    return pd.DataFrame({"x": [x, x], "scaled": [scale(x), 0]})
+
+
+written = gpar.apply(range(20), rows, output=Path("out").resolve(), progress=False)
+output = {"files": len(written.manifest.files), "failures": len(written.failures),
+          **written.sql("SELECT count(*) AS n, sum(scaled)::BIGINT AS s FROM data").to_pylist()[0]}
+print(json.dumps({"first": first, "second": second, "third": third, "nested": nested,
+                  "output": output,
+                  "caller": {"tqdm": tqdm.__version__, "dateutil": dateutil.__version__,
+                             "numpy": np.__version__}}))
+"""
+
+NONE = FN + """
+from envpack import EnvironmentMismatch
+
+try:  # elements the bare workers could not even unpickle (numpy scalars)
+    gpar.apply(list(np.arange(6)), fn, packages="none", progress=False)
+except EnvironmentMismatch as exc:
+    print(json.dumps({"mismatch": str(exc), "fn_ran": RAN.exists()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def bare_address(tmp_path_factory):
+    with running_cluster(bare_venv(), tmp_path_factory.mktemp("worker-cache")) as address:
+        yield address
+
+
+@pytest.fixture
+def run_driver(bare_address, tmp_path):
+    """Run a script as __main__ beside helpers.py, attached to the bare cluster."""
+
+    def run(source: str) -> dict:
+        (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
+        (tmp_path / "script.py").write_text(textwrap.dedent(source))
+        env = {**os.environ, "RAY_ADDRESS": bare_address, "RAY_AUTH_MODE": "token",
+               "ENVPACK_CACHE_DIR": str(tmp_path / "envpack-cache"),
+               "FN_RAN_MARKER": str(tmp_path / "fn-ran")}
+        env.pop("PYTHONPATH", None)
+        completed = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+
+    return run
+
+
+def test_fn_runs_on_bare_workers_with_the_callers_packages(run_driver):
+    out = run_driver(MAIN)
+    first, second, third, caller = out["first"], out["second"], out["third"], out["caller"]
+
+    expected = [2 * x * (x + 1) // 2 for x in range(6)]
+    assert [row["value"] for row in first["results"]] == expected
+    for row in first["results"]:
+        assert row["tqdm"] == caller["tqdm"]
+        assert row["numpy"] == caller["numpy"]
+        assert row["dateutil"] == caller["dateutil"] != OLDER_DATEUTIL
+    shipped = first["layers"]
+    assert {"numpy", "pandas", "tqdm", "python-dateutil", "helpers", "gpar"} <= shipped.keys()
+    assert all(built and sent for built, sent in shipped.values())
+
+    assert second["results"] == first["results"]
+    assert second["cache_hit"] is True, (first, second)
+    assert second["layers"].keys() == shipped.keys()
+    assert not any(built or sent for built, sent in second["layers"].values())
+    assert second["image_s"] <= 0.1
+
+    assert [row["value"] for row in third["results"]] == [3 * v // 2 for v in expected]
+    rebuilt = {name for name, (built, _) in third["layers"].items() if built}
+    assert rebuilt == {"helpers"}
+
+    assert out["nested"] == [[0, 3], [3, 9]]  # a nested apply on the workers: 3 * (x(x+1)/2)
+    # output= on the bare workers: they write the Parquet and run the commit's merges
+    assert out["output"] == {"files": 5, "failures": 0, "n": 40, "s": 3 * sum(range(20))}
+
+
+def test_packages_none_names_what_the_workers_lack_before_fn_runs(run_driver):
+    out = run_driver(NONE)
+    message = out["mismatch"]
+    assert "numpy: caller" in message and "worker not installed" in message
+    assert "pandas: caller" in message and "tqdm: caller" in message
+    assert "python-dateutil: caller 4" in message and f"worker {OLDER_DATEUTIL}" in message
+    assert out["fn_ran"] is False
+
+
+def test_envpack_show_with_an_address_lists_only_what_those_workers_lack(bare_address,
+                                                                          tmp_path):
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("envpack")), "show", "--address", bare_address,
+         "dateutil", "tqdm", "helpers"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert completed.returncode == 0, completed.stderr
+    rows = {line.split()[0]: line.split()[1] for line in completed.stdout.splitlines()[3:]
+            if line.startswith("  ")}
+    assert rows["python-dateutil"] == importlib.metadata.version("python-dateutil")
+    assert rows["tqdm"] == importlib.metadata.version("tqdm")
+    assert rows["helpers"] == "local"
+    assert rows["tzdata"] == importlib.metadata.version("tzdata")  # python-dateutil needs it
+    assert "ray" not in rows and "packaging" not in rows  # Ray and what it requires
+    assert f"ships to the workers of {bare_address}" in completed.stdout
