@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	cd examples && ../$(PY) analysis.py
+	$(PY) -m forecasting_demo --out demo-output
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -1,0 +1,174 @@
+"""The demo from data to numbers: three gpar jobs and what the report shows of them.
+
+    forecast evaluation   M3 series × training ends ──gpar.apply(output=)──▶ rows ──SQL──▶ MAPE
+    calibration           demo series × yearly hold-outs × methods ──gpar.apply──▶ coverage
+    bootstrap bands       realizations of the chosen series ──gpar.apply──▶ band, Table 1, CDF
+                          + the same realizations' first few run serially here: the speedup
+
+The evaluation runs first, so its job pays the cluster's cold start and the bootstrap job, which
+the speedup is measured on, runs on warm workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecasting_demo import bootstrap, calibration, data, evaluation
+from forecasting_demo.bootstrap import Band, Draw, Scenario
+from forecasting_demo.conformal import conformal_bands
+from forecasting_demo.models import member_forecasts, trimmed_mean
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the three jobs. The defaults take about two minutes on two cores."""
+
+    out: Path
+    series: str = "gasoline"
+    realizations: int = 500
+    weeks: int = 52
+    holdout_years: int = 5
+    calibration_realizations: int = 200
+    m3_series: int | None = None  # None: all 1,428
+    training_ends: int = 3
+    serial_realizations: int = 30
+    seed: int = 2026
+    address: str | None = None
+    progress: bool | None = None
+
+
+PAPER_SCALE = {"realizations": 1000, "weeks": 52, "training_ends": 6}
+
+
+@dataclass(frozen=True, eq=False)
+class BootstrapJob:
+    """The bootstrap of the chosen series and what it cost, parallel and serial."""
+
+    paths: np.ndarray  # (realizations, weeks)
+    bands: list[Band]  # the paper's method at calibration.LEVELS
+    conformal: list[Band]  # the calibrated bands from the same history
+    report: Any  # the job's gpar JobReport
+    wall_s: float
+    workers: int
+    serial_realizations: int
+    serial_s: float
+    serial_matches: bool  # the serial realizations equal the job's, bit for bit
+
+    @property
+    def speedup(self) -> float:
+        """Serial seconds per realization over the job's wall seconds per realization."""
+        per_realization_parallel = self.wall_s / len(self.paths)
+        return self.serial_s / self.serial_realizations / per_realization_parallel
+
+    @property
+    def efficiency(self) -> float:
+        return self.speedup / self.workers
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationJob:
+    mape: pd.DataFrame
+    tasks: int  # one per series
+    origins: int  # (series, training end) pairs
+    rows: int
+    output: str
+    wall_s: float
+
+
+@dataclass(frozen=True, eq=False)
+class DemoRun:
+    """Everything the report shows, as computed in one run."""
+
+    config: DemoConfig
+    series: data.Series
+    sources: list[tuple[str, str]]  # (data set, where it comes from)
+    members: np.ndarray  # each model's forecast of the weeks ahead, MODELS order
+    ensemble: np.ndarray
+    bootstrap: BootstrapJob
+    calibration: pd.DataFrame  # calibration.summary
+    calibration_wall_s: float
+    evaluation: EvaluationJob
+    total_s: float
+
+
+def run(config: DemoConfig, say=print) -> DemoRun:
+    """Run the three jobs; ``say`` gets one line as each stage starts."""
+    started = time.perf_counter()
+    series = data.demo_series(config.series)
+    weekly = [data.demo_series(name) for name in data.DEMO_SERIES]
+    apply_options = {"address": config.address, "progress": config.progress}
+
+    say(f"evaluation: M3 monthly series x {config.training_ends} training ends")
+    evaluation_job = _evaluate(config, apply_options)
+    say(f"calibration: {config.holdout_years} yearly hold-outs of "
+        f"{', '.join(s.name for s in weekly)}")
+    calibration_started = time.perf_counter()
+    scores, _ = calibration.measure(weekly, config.holdout_years,
+                                    config.calibration_realizations, config.weeks,
+                                    config.seed, **apply_options)
+    calibration_wall_s = time.perf_counter() - calibration_started
+    say(f"bootstrap: {config.realizations} realizations x {config.weeks} weeks of "
+        f"{series.name}")
+    bootstrap_job = _bootstrap(series, config, apply_options)
+    members = member_forecasts(series.values, config.weeks, series.period)
+    return DemoRun(
+        config=config,
+        series=series,
+        sources=[(s.name, s.source) for s in weekly] + [("M3 monthly", data.M3_SOURCE)],
+        members=members,
+        ensemble=trimmed_mean(members),
+        bootstrap=bootstrap_job,
+        calibration=calibration.summary(scores),
+        calibration_wall_s=calibration_wall_s,
+        evaluation=evaluation_job,
+        total_s=time.perf_counter() - started,
+    )
+
+
+def _evaluate(config: DemoConfig, apply_options: dict) -> EvaluationJob:
+    series = data.m3_monthly()[:config.m3_series]
+    tasks = evaluation.evaluation_tasks(series, config.training_ends)
+    output = str(Path(config.out) / "evaluation")
+    started = time.perf_counter()
+    mape, dataset = evaluation.run(tasks, output, **apply_options)
+    wall_s = time.perf_counter() - started
+    origins = sum(len(task.training_ends) for task in tasks)
+    return EvaluationJob(mape, len(tasks), origins, dataset.num_rows, output, wall_s)
+
+
+def _bootstrap(series: data.Series, config: DemoConfig, apply_options: dict) -> BootstrapJob:
+    import ray
+
+    scenario = bootstrap.scenario(series.values, series.period, "paper")
+    started = time.perf_counter()
+    paths, results = bootstrap.run_realizations([scenario], config.realizations, config.weeks,
+                                                config.seed, **apply_options)
+    wall_s = time.perf_counter() - started
+    paths = paths[0]
+    serial = min(config.serial_realizations, config.realizations)
+    serial_paths, serial_s = _serial(scenario, serial, config)
+    return BootstrapJob(
+        paths=paths,
+        bands=[bootstrap.quantile_band(paths, level) for level in calibration.LEVELS],
+        conformal=conformal_bands(series.values, series.period, config.weeks,
+                                  calibration.LEVELS),
+        report=results.report,
+        wall_s=wall_s,
+        workers=int(ray.cluster_resources()["CPU"]),  # gpar's default max_workers
+        serial_realizations=serial,
+        serial_s=serial_s,
+        serial_matches=bool(np.array_equal(serial_paths, paths[:serial])),
+    )
+
+
+def _serial(scenario: Scenario, realizations: int, config: DemoConfig):
+    started = time.perf_counter()
+    paths = np.stack([bootstrap.simulate(Draw(0, r), [scenario], config.weeks, config.seed)
+                      for r in range(realizations)])
+    return paths, time.perf_counter() - started

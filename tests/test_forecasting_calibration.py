@@ -1,0 +1,78 @@
+"""Calibration: hold-outs without leakage, the Winkler score, the conformal band's quantile."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecasting_demo import calibration, conformal, data, models
+from forecasting_demo.bootstrap import Band
+
+PERIOD = 12
+
+
+def test_holdouts_step_back_a_year_and_never_show_a_method_the_weeks_it_is_scored_on():
+    values = np.arange(1000.0)
+    series = data.Series("s", "test", "u", pd.DatetimeIndex([]), values, 52.0)
+    cases = calibration.holdouts(series, years=3, weeks=52)
+    assert [case.years_back for case in cases] == [1, 2, 3]
+    for k, case in enumerate(cases):
+        end = 1000 - 52 - 52 * k
+        assert case.history[-1] == end - 1 and case.actual.tolist() == list(range(end,
+                                                                                  end + 52))
+
+
+def test_winkler_score_is_width_plus_two_over_alpha_times_the_miss():
+    band = Band(0.8, np.array([1.0, 1.0, 1.0]), np.array([3.0, 3.0, 3.0]))
+    actual = np.array([2.0, 0.5, 4.0])
+    # width 2; alpha 0.2 so a miss of d costs 10 d
+    np.testing.assert_allclose(calibration.winkler(band, actual), [2.0, 7.0, 12.0])
+    assert calibration.covered(band, actual).tolist() == [True, False, False]
+
+
+def test_summary_gives_coverage_and_winkler_by_block_of_weeks_and_overall():
+    rows = [{"series": "s", "years_back": 1, "method": "paper", "level": 0.95, "week": week,
+             "covered": week <= 13, "winkler": float(week)} for week in range(1, 27)]
+    table = calibration.summary(pd.DataFrame(rows)).set_index("weeks")
+    assert table.coverage.to_dict() == {"1-13": 1.0, "14-26": 0.0, "all": 0.5}
+    assert table.winkler["1-13"] == 7.0 and table.winkler["all"] == 13.5
+    other = [{**row, "series": "t", "covered": True} for row in rows]
+    pooled = calibration.summary(pd.DataFrame(rows + other)).query("series == 'all'")
+    assert pooled.set_index("weeks").coverage.to_dict() == {"1-13": 1.0, "14-26": 0.5,
+                                                            "all": 0.75}
+
+
+def test_conformal_band_uses_the_split_conformal_rank_of_backtest_scores():
+    time = np.arange(200)
+    y = 100 + 0.1 * time + 3 * np.sin(2 * np.pi * time / PERIOD)
+    y = y * np.exp(np.random.default_rng(5).normal(scale=0.02, size=200))
+    weeks, origins = 6, 100
+    scores = conformal.horizon_scores(y, PERIOD, weeks, origins=origins)
+    assert scores.shape == (origins, weeks)
+    first_origin = 200 - weeks - origins + 1
+    expected = np.abs(np.log(y[first_origin:first_origin + weeks] / models.ensemble_forecast(
+        y[:first_origin], weeks, PERIOD)))
+    np.testing.assert_array_equal(scores[0], expected)
+
+    band = conformal.conformal_bands(y, PERIOD, weeks, (0.9,), origins=origins)[0]
+    forecast = models.ensemble_forecast(y, weeks, PERIOD)
+    rank = math.ceil((origins + 1) * 0.9)  # the 91st smallest of 100 scores
+    half_width = np.sort(scores, axis=0)[rank - 1]
+    np.testing.assert_allclose(band.upper, forecast * np.exp(half_width), rtol=1e-12)
+    np.testing.assert_allclose(band.lower, forecast * np.exp(-half_width), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_measure_scores_every_method_at_every_level_and_week():
+    time = np.arange(700)
+    values = 50 + 0.05 * time + 2 * np.sin(2 * np.pi * time / 52.18)
+    values = values * np.exp(np.random.default_rng(6).normal(scale=0.01, size=700))
+    series = data.Series("synthetic", "test", "u", pd.DatetimeIndex([]), values, 52.18)
+    scores, results = calibration.measure([series], years=2, realizations=6, weeks=4, seed=1,
+                                          progress=False)
+    assert len(results) == 2 * 2 * 6  # hold-outs × bootstrap methods × realizations
+    counts = scores.groupby(["method", "level"]).size()
+    assert set(counts.index) == {(m, level) for m in calibration.METHODS
+                                 for level in calibration.LEVELS}
+    assert (counts == 2 * 4).all()  # hold-outs × weeks
