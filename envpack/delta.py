@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Collection, Sequence
@@ -31,7 +32,8 @@ class WorkerFacts:
         Not so for a caller that is itself a worker running staged layers, nor when some
         node of the cluster is another host."""
         here = socket.gethostname()
-        return (self.host == here and self.executable == sys.executable
+        same_executable = os.path.abspath(self.executable) == os.path.abspath(sys.executable)
+        return (self.host == here and same_executable  # abspath: not realpath, venvs share it
                 and all(host == here for host in self.node_hosts)
                 and not _boot.staged_paths())
 

@@ -209,6 +209,11 @@ def test_workers_of_the_callers_interpreter_get_no_local_module(local_dir, site,
                         node_hosts=(here,))
     shipped = {item.name for item in select(envpack.manifest(), facts, "auto")}
     assert "ep_local" not in shipped
+    # the same interpreter named another way (`../.venv/bin/python` from a subdirectory)
+    roundabout = os.path.join(os.path.dirname(sys.executable), "..", "bin",
+                              os.path.basename(sys.executable))
+    same = dataclasses.replace(facts, executable=roundabout)
+    assert "ep_local" not in {item.name for item in select(envpack.manifest(), same, "auto")}
     # the probe ran here, but another node of the cluster is another host: ship it
     elsewhere = dataclasses.replace(facts, node_hosts=(here, "another-host"))
     assert "ep_local" in {item.name for item in select(envpack.manifest(), elsewhere, "auto")}
