@@ -206,6 +206,12 @@ def _figure():
     return plt
 
 
+def _save(plt, figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _future_dates(run: DemoRun) -> pd.DatetimeIndex:
     last = run.series.dates[-1]
     return pd.date_range(last + pd.Timedelta(weeks=1), periods=run.bootstrap.paths.shape[1],
@@ -226,9 +232,7 @@ def _plot_ensemble(run: DemoRun, path: Path) -> None:
     axes.set_ylabel(run.series.unit)
     axes.legend(fontsize=8, ncol=2)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def _plot_fan(run: DemoRun, path: Path) -> None:
@@ -257,9 +261,7 @@ def _plot_fan(run: DemoRun, path: Path) -> None:
     axes.set_ylabel(run.series.unit)
     axes.legend(fontsize=8, loc="upper left")
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def _plot_calibration(run: DemoRun, path: Path) -> None:
@@ -278,6 +280,4 @@ def _plot_calibration(run: DemoRun, path: Path) -> None:
         axes.grid(alpha=0.3)
     all_axes[0][0].set_ylabel("share of held-out weeks inside")
     all_axes[0][0].legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path)
