@@ -53,8 +53,7 @@ class OutputJob:
 
         parts = [value for value in values if isinstance(value, Part)]
         run_all = None if image is None else functools.partial(_on_the_cluster, image)
-        return commit(self.location, self.job, parts, self.previous,
-                      **({"run_all": run_all} if run_all else {}))
+        return commit(self.location, self.job, parts, self.previous, run_all)
 
 
 def _on_the_cluster(image: Any, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

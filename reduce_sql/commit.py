@@ -126,11 +126,12 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | N
 
 
 def commit(location: Location, job: str, parts: Sequence[Part],
-           previous: Manifest | None = None, run_all: RunAll = _serially) -> Manifest:
+           previous: Manifest | None = None, run_all: RunAll | None = None) -> Manifest:
     """Commit ``parts`` (one accepted attempt per task) on top of ``previous``; see the module.
 
-    ``run_all(fn, groups)`` returns ``[fn(g) for g in groups]``: gpar passes one that merges
-    small files on the cluster, in parallel and without the rows passing through the driver.
+    ``run_all(fn, groups)`` returns ``[fn(g) for g in groups]`` (default: here, in turn); gpar
+    passes one that merges small files on the cluster, in parallel and without the rows
+    passing through the driver.
 
     A task that returned zero rows is committed without a file: its column types, which no
     value backs, never conflict with another task's (unless no task has rows).
@@ -142,7 +143,7 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     schema = _unified(schemas, with_rows)
     files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
     if len(earlier) + len(files) > COMPACT_ABOVE_FILES:
-        files = _compacted(location, job, files, schema, run_all)
+        files = _compacted(location, job, files, schema, run_all or _serially)
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     manifest = Manifest(job, schema, (*earlier, *files), empty)
     location.write_atomically(MANIFEST, manifest.to_json())
