@@ -57,13 +57,15 @@ class Location:
     def write_atomically(self, relative: str, content: bytes) -> None:
         """Replace the file so readers see the old content or the new, never a part of either."""
         filesystem, final = self.filesystem, self.path(relative)
-        if not self.is_s3:  # an S3 object appears whole once its upload completes
+        if self.is_s3:  # an S3 object appears whole once its upload completes
+            target = final
+        else:  # a local file is written beside, then renamed: rename(2) is atomic
             filesystem.create_dir(self.root, recursive=True)
-        staged = f"{final}.{uuid.uuid4().hex}.tmp"
-        with filesystem.open_output_stream(staged if not self.is_s3 else final) as stream:
+            target = f"{final}.{uuid.uuid4().hex}.tmp"
+        with filesystem.open_output_stream(target) as stream:
             stream.write(content)
-        if not self.is_s3:
-            filesystem.move(staged, final)  # rename(2): atomic on one filesystem
+        if target != final:
+            filesystem.move(target, final)
 
     def files(self, relative_dir: str = "") -> list[str]:
         """Names (relative to the root) of the files under ``relative_dir``, recursively."""
