@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import marshal
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,12 +93,32 @@ def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: 
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
-    """What makes two runs the same job: xs, fn (its code, and the values it names when it is
-    pickled by value) and the extra arguments. Globals fn does not name are not included."""
+    """What makes two runs the same job, in any process: xs, fn's code and the extra arguments.
+    Values fn reads from globals are not included.
+
+    Plain pickle where it can: it names classes and functions (a dataclass in __main__ too),
+    while cloudpickle's by-value copies carry ids that differ from one process to the next.
+    """
     digest = hashlib.sha256()
-    digest.update(cloudpickle.dumps((fn, args, kwargs)))
+    digest.update(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode())
     code = getattr(fn, "__code__", None)
-    if code is not None:  # a function pickled by reference: its code stands for it
-        digest.update(marshal.dumps(code))
-    digest.update(cloudpickle.dumps(list(items)))
+    digest.update(_code_fingerprint(code) if code is not None else _stable_pickle(fn))
+    digest.update(_stable_pickle((args, kwargs)))
+    digest.update(_stable_pickle(list(items)))
     return digest.hexdigest()
+
+
+def _code_fingerprint(code: Any) -> bytes:
+    """The code's instructions, names and constants (nested functions' too); not marshal's
+    bytes, which depend on reference counts."""
+    consts = [_code_fingerprint(c) if hasattr(c, "co_code")
+              else repr(sorted(map(repr, c))).encode() if isinstance(c, frozenset)  # `in {..}`
+              else repr(c).encode() for c in code.co_consts]
+    return b"|".join([code.co_code, repr(code.co_names).encode(), *consts])
+
+
+def _stable_pickle(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # lambdas, local classes: by value, stable within one process only
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)

@@ -137,19 +137,31 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     value backs, never conflict with another task's (unless no task has rows).
     """
     earlier = previous.files if previous else ()
-    with_rows = [part for part in parts if part.rows] or list(parts)
+    with_rows = [part for part in parts if part.rows] or (
+        [] if previous and previous.schema.names else list(parts))
     schemas = ([previous.schema] if previous and previous.schema.names else []) + [
         pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in with_rows]
     schema = _unified(schemas, with_rows)
     files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
     if len(earlier) + len(files) > COMPACT_ABOVE_FILES:
-        files = _compacted(location, job, files, schema, run_all or _serially)
+        try:
+            files = _compacted(location, job, files, schema, run_all or _serially)
+        except Exception:  # a merge is an optimization: commit the files as they are
+            pass
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     manifest = Manifest(job, schema, (*earlier, *files), empty)
     location.write_atomically(MANIFEST, manifest.to_json())
     listed = {file.path for file in manifest.files}
-    location.delete([path for path in location.files(DATA_DIR) if path not in listed])
+    location.delete([path for path in location.files(DATA_DIR)
+                     if path not in listed and _written_by_gpar(path)])
     return manifest
+
+
+def _written_by_gpar(path: str) -> bool:
+    """Files under data/ that gpar names (a task attempt's part, a merge): the only ones a
+    commit deletes, so a user's own files in an output directory are never touched."""
+    name = path.rsplit("/", 1)[-1]
+    return name.startswith(("part-", "compact-")) and name.endswith(".parquet")
 
 
 def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:

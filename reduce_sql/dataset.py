@@ -97,6 +97,10 @@ def _database(**tables: Dataset) -> Any:
 def _attach(connection: Any, name: str, dataset: Dataset) -> None:
     if not name.isidentifier():
         raise ValueError(f"table names must be identifiers, got {name!r}")
+    if not dataset.schema.names:
+        raise NoDatasetError(
+            f"{dataset.location.uri} has no columns: no task returned a table with any (or "
+            "there were no tasks), so there is nothing to query")
     files = dataset.files
     if not files:  # zero tasks committed rows: an empty table that still has the columns
         connection.register(name, dataset.schema.empty_table())

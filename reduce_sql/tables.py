@@ -37,11 +37,11 @@ def as_table(value: Any) -> pa.Table:
 def _converted(value: Any) -> pa.Table:
     if isinstance(value, pa.Table):
         return value
-    if isinstance(value, pa.RecordBatch):
-        return pa.Table.from_batches([value])
-    if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(value, preserve_index=False)
     try:
+        if isinstance(value, pa.RecordBatch):
+            return pa.Table.from_batches([value])
+        if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
+            return pa.Table.from_pandas(value, preserve_index=False)
         if isinstance(value, dict):
             return pa.table(value)
         if isinstance(value, list) and all(isinstance(row, dict) for row in value):

@@ -266,3 +266,72 @@ def test_the_cli_prints_writes_and_describes(tmp_path):
     assert missing.returncode == 1 and "no committed output" in missing.stderr
     typo = reduce_sql_cli(str(out), "SELEC x FROM data")
     assert typo.returncode == 1 and "syntax error" in typo.stderr.lower()
+
+
+DIGEST_SCRIPT = """
+import dataclasses
+from gpar.output import job_digest
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    realization: int
+
+def fn(draw, scale=2):
+    return draw.realization * scale if draw.realization in {1, 2, 3} else 0
+
+print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3}))
+"""
+
+
+def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
+    (tmp_path / "job.py").write_text(DIGEST_SCRIPT)
+    digests = {subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True).stdout for _ in range(2)}
+    assert len(digests) == 1  # so a re-run in a new process resumes
+
+
+def parts_of(location, tables, job="j" * 64):
+    from reduce_sql.parts import Sink
+
+    sink = Sink(location, job, 0, list(range(len(tables))))
+    return [sink.write(task, table) for task, table in enumerate(tables)]
+
+
+def test_a_failed_merge_commits_the_files_as_they_are(tmp_path):
+    location = locate(tmp_path / "out")
+    parts = parts_of(location, [{"x": [task]} for task in range(20)])
+
+    def failing(fn, groups):
+        raise OSError("the store went away")
+
+    manifest = commit_module.commit(location, "j" * 64, parts, run_all=failing)
+    assert len(manifest.files) == 20 and manifest.tasks == set(range(20))
+
+
+def test_a_zero_row_task_on_resume_never_conflicts(tmp_path):
+    location = locate(tmp_path / "out")
+    first = commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [1.5]}]))
+    empty = pa.table({"x": pa.array([], pa.string())})
+    task_1 = parts_of(location, [{"x": [1.5]}, empty])[1:]
+    resumed = commit_module.commit(location, "j" * 64, task_1, previous=first)
+    assert resumed.schema.field("x").type == pa.float64() and resumed.tasks == {0, 1}
+
+
+def test_overwrite_never_deletes_files_gpar_did_not_write(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.csv").write_text("a,b\n")
+    gpar.apply([1, 2], rows_of, output=tmp_path, overwrite=True, progress=False)
+    assert (tmp_path / "data" / "mine.csv").read_text() == "a,b\n"
+
+
+def test_a_frame_arrow_cannot_convert_is_an_output_type_error():
+    from reduce_sql.tables import as_table
+
+    with pytest.raises(reduce_sql.OutputTypeError, match="could not be made a table"):
+        as_table(pd.DataFrame({"mixed": [1, "x"]}))
+
+
+def test_an_output_without_columns_says_so_when_queried(tmp_path):
+    dataset = gpar.apply([], rows_of, output=tmp_path / "none", progress=False)
+    with pytest.raises(reduce_sql.NoDatasetError, match="no columns"):
+        dataset.sql("SELECT count(*) FROM data")
