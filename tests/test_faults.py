@@ -21,9 +21,10 @@ def run(xs, table, marker_dir, **options):
 def test_a_worker_killed_by_sigkill_mid_job_loses_no_result(tmp_path):
     table = {(0, 0): ("sleep", 30)}  # task 0 waits to be killed
     # backups off: a backup of the sleeping task could finish before the kill
+    marker = tmp_path / "0.0"  # task 0's first attempt: holds its pid once claimed
     killer = threading.Thread(target=lambda: (
-        wait_until(lambda: pids(tmp_path), 60),  # the marker holds the pid once claimed
-        os.kill(pids(tmp_path)[0], signal.SIGKILL)))
+        wait_until(lambda: marker.exists() and marker.read_text(), 60),
+        os.kill(int(marker.read_text()), signal.SIGKILL)))
     killer.start()
     results = run(range(2), table, tmp_path, max_workers=2, backups=False)
     killer.join()
