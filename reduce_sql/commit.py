@@ -111,7 +111,10 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | N
                                 "s3:// prefix")
     manifest = read_manifest(location)
     marker = location.read_bytes(JOB_MARKER)
-    owner = manifest.job if manifest else json.loads(marker)["job"] if marker else None
+    if manifest is not None:
+        owner = manifest.job
+    else:  # a run that never committed still says whose output this is
+        owner = json.loads(marker)["job"] if marker else None
     if not overwrite:
         if owner is not None and owner != job:
             raise OutputExistsError(

@@ -67,13 +67,23 @@ def once_dir(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """An extra site-packages directory on sys.path."""
-    directory = tmp_path / "site-packages"
+def _directory_on_sys_path(tmp_path: Path, monkeypatch, name: str) -> Path:
+    directory = tmp_path / name
     directory.mkdir()
     monkeypatch.syspath_prepend(str(directory))
     return directory
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """An extra site-packages directory on sys.path."""
+    return _directory_on_sys_path(tmp_path, monkeypatch, "site-packages")
+
+
+@pytest.fixture
+def local_dir(tmp_path, monkeypatch):
+    """A project directory on sys.path: its modules are local, not installed."""
+    return _directory_on_sys_path(tmp_path, monkeypatch, "project")
 
 
 @pytest.fixture

@@ -21,14 +21,6 @@ from envpack.delta import WorkerFacts, select
 from envpack.verify import ImageCheck
 
 
-@pytest.fixture
-def local_dir(tmp_path, monkeypatch):
-    directory = tmp_path / "project"
-    directory.mkdir()
-    monkeypatch.syspath_prepend(str(directory))
-    return directory
-
-
 def names(manifest):
     return {d.name: d for d in manifest.distributions}
 
