@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forecasting_demo import bootstrap
+from forecasting_demo import bootstrap, conformal
 from forecasting_demo.bootstrap import Band, Scenario, quantile_band
-from forecasting_demo.conformal import conformal_bands
 from forecasting_demo.data import Series
 
 LEVELS = (0.95, 0.8)
@@ -87,21 +86,27 @@ def measure(series: list[Series], years: int, realizations: int, weeks: int, see
     for index, (holdout, scenario) in enumerate(zip(simulated, scenarios, strict=True)):
         bands = [quantile_band(paths[index], level) for level in LEVELS]
         rows += score_rows(holdout, scenario.method, bands)
+    backtests = {one.name: conformal.backtest(one.values, one.period, weeks) for one in series}
     for holdout in cases:
-        rows += score_rows(holdout, "conformal",
-                           conformal_bands(holdout.history, holdout.period, weeks, LEVELS))
+        bands = conformal.conformal_bands(holdout.history, holdout.period, weeks, LEVELS,
+                                          backtests[holdout.series])
+        rows += score_rows(holdout, "conformal", bands)
     return pd.DataFrame(rows), results
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Coverage and mean Winkler score by series (and "all" of them pooled), method, level and
-    block of weeks ahead (and "all" weeks)."""
+    block of weeks ahead (and "all" weeks), with the standard error of the coverage across
+    hold-outs: a hold-out's weeks share one path, so the hold-out is the unit of sampling."""
     blocks = (scores.week - 1) // BLOCK_WEEKS
     labelled = scores.assign(
-        weeks=[f"{BLOCK_WEEKS * b + 1}-{BLOCK_WEEKS * (b + 1)}" for b in blocks])
+        weeks=[f"{BLOCK_WEEKS * b + 1}-{BLOCK_WEEKS * (b + 1)}" for b in blocks],
+        holdout=scores.series + "/" + scores.years_back.astype(str))
     if scores.series.nunique() > 1:
         labelled = pd.concat([labelled, labelled.assign(series="all")])
     labelled = pd.concat([labelled, labelled.assign(weeks="all")])
-    table = labelled.groupby(["series", "method", "level", "weeks"], sort=False)[
-        ["covered", "winkler"]].mean()
-    return table.rename(columns={"covered": "coverage"}).reset_index()
+    keys = ["series", "method", "level", "weeks"]
+    per_holdout = labelled.groupby([*keys, "holdout"], sort=False)[["covered", "winkler"]].mean()
+    table = per_holdout.groupby(keys, sort=False).agg(
+        coverage=("covered", "mean"), coverage_se=("covered", "sem"), winkler=("winkler", "mean"))
+    return table.reset_index()

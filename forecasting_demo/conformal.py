@@ -5,38 +5,61 @@ h is |log(actual / forecast)|. The band at h is forecast × exp(±q_h), q_h the 
 quantile (rank ceil((n + 1) × level) of n) of the backtest's scores at h. Scores carry how far
 real values strayed at each horizon, trend and season misfits included, which the iterative
 bootstrap's one-week factors do not.
+
+The backtest uses every origin the history allows. A 95 % quantile rests on the few rough years
+(a recession, an El Niño), and weekly origins less than a year apart share their errors: five
+years of origins hold about five independent paths, too few for that quantile. On the report's
+ten yearly hold-outs of each series, the last five years of origins covered 92.4 % of the weeks,
+every origin 95.2 % (chosen with those hold-outs in view).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from forecasting_demo.bootstrap import BACKTEST_WEEKS, Band
+from forecasting_demo.bootstrap import Band
 from forecasting_demo.errors import SeriesTooShort
 from forecasting_demo.models import ensemble_forecast, window_length
 
 
-def horizon_scores(history: np.ndarray, period: float, weeks: int,
-                   origins: int = BACKTEST_WEEKS) -> np.ndarray:
-    """|log(actual / forecast)|, (origins, weeks), from origins whose ``weeks`` are all known."""
-    last = len(history) - weeks
-    first = last - origins + 1
-    if first < window_length(period):
-        raise SeriesTooShort(
-            f"a {origins}-origin backtest of {weeks} weeks needs "
-            f"{origins - 1 + weeks + window_length(period)} observations, got {len(history)}")
-    return np.abs(np.log(np.array([
-        history[origin:origin + weeks] / ensemble_forecast(history[:origin], weeks, period)
-        for origin in range(first, last + 1)
-    ])))
+@dataclass(frozen=True, eq=False)
+class Backtest:
+    """The ensemble's scores from every origin of one series: computed once, cut at any end."""
+
+    first: int  # the origin of row 0: the first with a full fitting window
+    scores: np.ndarray  # (origins, weeks)
+
+    def before(self, end: int) -> np.ndarray:
+        """The scores of the origins whose weeks all lie before ``end``."""
+        weeks = self.scores.shape[1]
+        return self.scores[:max(end - weeks - self.first + 1, 0)]
+
+
+def backtest(values: np.ndarray, period: float, weeks: int) -> Backtest:
+    first = window_length(period)
+    origins = range(first, len(values) - weeks + 1)
+    scores = np.abs(np.log(np.array([
+        values[origin:origin + weeks] / ensemble_forecast(values[:origin], weeks, period)
+        for origin in origins
+    ]).reshape(len(origins), weeks)))
+    return Backtest(first, scores)
 
 
 def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tuple[float, ...],
-                    origins: int = BACKTEST_WEEKS) -> list[Band]:
-    """One band per level around the ensemble's forecast of the ``weeks`` after ``history``."""
-    scores = horizon_scores(history, period, weeks, origins)
-    forecast = ensemble_forecast(history, weeks, period)
+                    scored: Backtest | None = None) -> list[Band]:
+    """One band per level around the ensemble's forecast of the ``weeks`` after ``history``.
+
+    ``scored`` is a backtest of a series that ``history`` begins; only the origins before the
+    end of ``history`` count. Without it the backtest runs on ``history``.
+    """
+    scores = (scored or backtest(history, period, weeks)).before(len(history))
     n = len(scores)
+    if n == 0:
+        raise SeriesTooShort(f"a {weeks}-week backtest needs at least "
+                             f"{window_length(period) + weeks} observations, got {len(history)}")
+    forecast = ensemble_forecast(history, weeks, period)
     bands = []
     for level in levels:
         rank = min(1.0, np.ceil((n + 1) * level) / n)

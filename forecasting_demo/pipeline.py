@@ -33,7 +33,7 @@ class DemoConfig:
     series: str = "gasoline"
     realizations: int = 500
     weeks: int = 52
-    holdout_years: int = 5
+    holdout_years: int = 10
     calibration_realizations: int = 200
     m3_series: int | None = None  # None: all 1,428
     training_ends: int = 3

@@ -55,6 +55,10 @@ def headline(run: DemoRun) -> dict:
             f"{row.series}/{row.method}/{row.level:g}": row.coverage
             for row in coverage.itertuples()
         },
+        "coverage_se": {
+            f"{row.series}/{row.method}/{row.level:g}": _known(row.coverage_se)
+            for row in coverage.itertuples()
+        },
         "winkler_95": {
             f"{row.series}/{row.method}": row.winkler
             for row in coverage.query("level == 0.95 and series != 'all'").itertuples()
@@ -76,7 +80,8 @@ def summary_lines(run: DemoRun) -> list[str]:
     ]
     for key, value in numbers["coverage"].items():
         if key.endswith("/0.95"):
-            lines.append(f"  {key.removesuffix('/0.95'):<20} {value:.1%}")
+            error = numbers["coverage_se"][key]
+            lines.append(f"  {key.removesuffix('/0.95'):<20} {_with_error(value, error)}")
     best = run.evaluation.mape.iloc[0]
     lines.append(f"M3 evaluation: {run.evaluation.rows:,} rows; best MAPE {best['all']:.2f} % "
                  f"({best.model})")
@@ -132,7 +137,9 @@ def markdown(run: DemoRun) -> str:
         f"{config.holdout_years} yearly hold-outs of each weekly series; every method sees only "
         f"the weeks before its hold-out ({config.calibration_realizations} realizations per "
         f"bootstrap band, {run.calibration_wall_s:.1f} s). Share of held-out weeks inside the "
-        f"band, by weeks ahead, and the mean Winkler (interval) score (lower is better):\n",
+        f"band, by weeks ahead, and the mean Winkler (interval) score (lower is better). The "
+        f"weeks of one hold-out share one path, so the standard error (se) of the coverage is "
+        f"taken across hold-outs:\n",
         _table(_calibration_table(run.calibration), None),
         "* **paper**: the bootstrap above, each week's factor drawn independently. Real "
         "one-week errors persist from week to week, and the ensemble's misfit of trend and "
@@ -141,8 +148,10 @@ def markdown(run: DemoRun) -> str:
         "factors (a moving-block bootstrap), which keeps their persistence. The block length was "
         "chosen among 13, 26 and 52 weeks on these same hold-outs.\n"
         f"* **conformal**: the ensemble's direct forecast × exp(±q_h), q_h the split-conformal "
-        f"quantile of |log(actual ÷ forecast)| at horizon h over {BACKTEST_WEEKS} backtest "
-        "origins before the hold-out. No simulation; it measures the h-week errors directly.\n",
+        "quantile of |log(actual ÷ forecast)| at horizon h over every backtest origin before "
+        "the hold-out. No simulation; it measures the h-week errors directly. Every origin "
+        f"rather than the last {BACKTEST_WEEKS} (the bootstrap's backtest) was chosen on these "
+        "same hold-outs.\n",
         "![calibration](calibration.png)\n",
         "## Forecast evaluation: MAPE on M3 monthly (paper §5.5)\n",
         f"{evaluation.tasks:,} tasks, one per series, {evaluation.origins:,} (series, training "
@@ -174,14 +183,25 @@ def _calibration_table(summary: pd.DataFrame) -> pd.DataFrame:
         row = {"series": series, "method": METHOD_NAMES[method]}
         at_95 = group[group.level == 0.95].set_index("weeks")
         at_80 = group[group.level == 0.8].set_index("weeks")
-        for weeks, value in at_95.coverage.items():
+        for weeks, value in at_95.coverage.drop("all").items():
             row[f"95 % weeks {weeks}"] = f"{value:.1%}"
+        row["95 % all ± se"] = _with_error(at_95.coverage["all"],
+                                           _known(at_95.coverage_se["all"]))
         row["80 % all"] = f"{at_80.coverage['all']:.1%}"
         pooled = series == "all"  # a Winkler score is in the series' unit: not poolable
         row["Winkler 95 %"] = "—" if pooled else f"{at_95.winkler['all']:.3f}"
         row["Winkler 80 %"] = "—" if pooled else f"{at_80.winkler['all']:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _known(value: float) -> float | None:
+    """NaN (a standard error from one hold-out) as None, which JSON can carry."""
+    return None if np.isnan(value) else float(value)
+
+
+def _with_error(value: float, error: float | None) -> str:
+    return f"{value:.1%}" if error is None else f"{value:.1%} ± {error * 100:.1f}"
 
 
 def _table(frame: pd.DataFrame, number_format: str | None = "{:.3f}") -> str:

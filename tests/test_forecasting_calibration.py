@@ -8,6 +8,7 @@ import pytest
 
 from forecasting_demo import calibration, conformal, data, models
 from forecasting_demo.bootstrap import Band
+from forecasting_demo.errors import SeriesTooShort
 
 PERIOD = 12
 
@@ -43,24 +44,51 @@ def test_summary_gives_coverage_and_winkler_by_block_of_weeks_and_overall():
                                                             "all": 0.75}
 
 
-def test_conformal_band_uses_the_split_conformal_rank_of_backtest_scores():
-    time = np.arange(200)
-    y = 100 + 0.1 * time + 3 * np.sin(2 * np.pi * time / PERIOD)
-    y = y * np.exp(np.random.default_rng(5).normal(scale=0.02, size=200))
-    weeks, origins = 6, 100
-    scores = conformal.horizon_scores(y, PERIOD, weeks, origins=origins)
-    assert scores.shape == (origins, weeks)
-    first_origin = 200 - weeks - origins + 1
-    expected = np.abs(np.log(y[first_origin:first_origin + weeks] / models.ensemble_forecast(
-        y[:first_origin], weeks, PERIOD)))
-    np.testing.assert_array_equal(scores[0], expected)
+def test_summary_takes_the_coverage_standard_error_across_hold_outs():
+    rows = [{"series": "s", "years_back": years_back, "method": "paper", "level": 0.95,
+             "week": week, "covered": week <= cover, "winkler": 1.0}
+            for years_back, cover in ((1, 4), (2, 2)) for week in range(1, 5)]
+    row = calibration.summary(pd.DataFrame(rows)).query("weeks == 'all'").iloc[0]
+    # hold-outs covered 1.0 and 0.5: mean 0.75, standard error 0.5 / sqrt(2) / sqrt(2)
+    assert row.coverage == 0.75 and row.coverage_se == pytest.approx(0.25)
 
-    band = conformal.conformal_bands(y, PERIOD, weeks, (0.9,), origins=origins)[0]
+
+def _noisy_seasonal(length: int, seed: int) -> np.ndarray:
+    time = np.arange(length)
+    y = 100 + 0.1 * time + 3 * np.sin(2 * np.pi * time / PERIOD)
+    return y * np.exp(np.random.default_rng(seed).normal(scale=0.02, size=length))
+
+
+def test_conformal_band_uses_the_split_conformal_rank_of_every_backtest_origin():
+    y, weeks = _noisy_seasonal(200, 5), 6
+    scored = conformal.backtest(y, PERIOD, weeks)
+    first = models.window_length(PERIOD)
+    origins = 200 - weeks - first + 1  # every origin with a fitting window and known weeks
+    assert scored.first == first and scored.scores.shape == (origins, weeks)
+    expected = np.abs(np.log(y[first:first + weeks] / models.ensemble_forecast(
+        y[:first], weeks, PERIOD)))
+    np.testing.assert_array_equal(scored.scores[0], expected)
+
+    band = conformal.conformal_bands(y, PERIOD, weeks, (0.9,))[0]
     forecast = models.ensemble_forecast(y, weeks, PERIOD)
-    rank = math.ceil((origins + 1) * 0.9)  # the 91st smallest of 100 scores
-    half_width = np.sort(scores, axis=0)[rank - 1]
+    rank = math.ceil((origins + 1) * 0.9)
+    half_width = np.sort(scored.scores, axis=0)[rank - 1]
     np.testing.assert_allclose(band.upper, forecast * np.exp(half_width), rtol=1e-12)
     np.testing.assert_allclose(band.lower, forecast * np.exp(-half_width), rtol=1e-12)
+
+
+def test_a_backtest_of_the_whole_series_cut_at_a_hold_out_sees_only_its_history():
+    y, weeks = _noisy_seasonal(200, 7), 6
+    scored = conformal.backtest(y, PERIOD, weeks)
+    history = y[:150]
+    cut = conformal.conformal_bands(history, PERIOD, weeks, (0.95, 0.8), scored)
+    fresh = conformal.conformal_bands(history, PERIOD, weeks, (0.95, 0.8))
+    for a, b in zip(cut, fresh, strict=True):
+        np.testing.assert_array_equal(a.lower, b.lower)
+        np.testing.assert_array_equal(a.upper, b.upper)
+    with pytest.raises(SeriesTooShort):
+        conformal.conformal_bands(y[:models.window_length(PERIOD) + weeks - 1], PERIOD, weeks,
+                                  (0.95,), scored)
 
 
 @pytest.mark.usefixtures("cluster")
