@@ -2,6 +2,7 @@
 
     ForecastingDemoError
     ├── SeriesTooShort      a series has fewer observations than a model or backtest needs
+    ├── NonPositiveForecast a multiplicative band around a forecast that is not above zero
     └── UnknownSeries       a series name the demo does not ship
 """
 
@@ -12,6 +13,10 @@ class ForecastingDemoError(Exception):
 
 class SeriesTooShort(ForecastingDemoError, ValueError):
     """A series is shorter than what a model or a backtest needs."""
+
+
+class NonPositiveForecast(ForecastingDemoError, ValueError):
+    """The ensemble forecast a value <= 0, around which a band on the log scale has no width."""
 
 
 class UnknownSeries(ForecastingDemoError, KeyError):

@@ -8,7 +8,7 @@ import pytest
 
 from forecasting_demo import calibration, conformal, data, models
 from forecasting_demo.bootstrap import Band
-from forecasting_demo.errors import SeriesTooShort
+from forecasting_demo.errors import NonPositiveForecast, SeriesTooShort
 
 PERIOD = 12
 
@@ -89,6 +89,22 @@ def test_a_backtest_of_the_whole_series_cut_at_a_hold_out_sees_only_its_history(
     with pytest.raises(SeriesTooShort):
         conformal.conformal_bands(y[:models.window_length(PERIOD) + weeks - 1], PERIOD, weeks,
                                   (0.95,), scored)
+
+
+def test_a_backtest_forecast_at_or_below_zero_scores_an_infinite_miss():
+    falling = np.concatenate([np.full(60, 100.0), np.linspace(100, 2, 30), np.full(60, 2.0)])
+    scored = conformal.backtest(falling, PERIOD, 6)
+    forecasts = np.array([models.ensemble_forecast(falling[:origin], 6, PERIOD)
+                          for origin in range(scored.first, len(falling) - 6 + 1)])
+    assert (forecasts <= 0).any()
+    np.testing.assert_array_equal(np.isinf(scored.scores), forecasts <= 0)
+    assert not np.isnan(scored.scores).any()
+
+
+def test_a_band_around_a_forecast_at_or_below_zero_is_refused():
+    falling = np.concatenate([np.full(60, 100.0), np.linspace(100, 2, 30)])
+    with pytest.raises(NonPositiveForecast, match="for week 1: .* needs a positive forecast"):
+        conformal.conformal_bands(falling, PERIOD, 6, (0.95,))
 
 
 @pytest.mark.usefixtures("cluster")
