@@ -30,7 +30,8 @@ from forecasting_demo.models import ensemble_forecast, window_length
 
 METHODS = ("paper", "block")
 #: Length of the blocks of consecutive one-week factors: half a year. Of 13, 26 and 52 weeks,
-#: tried on the report's hold-outs, 26 and 52 covered about equally and 13 clearly less.
+#: tried on the report's five most recent hold-outs, 26 and 52 covered about equally and 13
+#: clearly less.
 BLOCK_WEEKS = 26
 #: Origins of the rolling backtest that yields the factors: the last five years of weeks.
 BACKTEST_WEEKS = 260

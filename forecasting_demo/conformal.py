@@ -39,14 +39,15 @@ class Backtest:
 
 
 def backtest(values: np.ndarray, period: float, weeks: int) -> Backtest:
-    """Scores from every origin with a full fitting window; where the ensemble forecast a
-    value <= 0 the log ratio is undefined and the score infinite: no band holds that miss."""
+    """Scores from every origin with a full fitting window. Where the ensemble forecast a value
+    <= 0 the log ratio is undefined; the score is infinite, the conservative reading of such a
+    miss (if more than 1 - level of the origins have one, the band is unbounded)."""
     first = window_length(period)
     origins = range(first, len(values) - weeks + 1)
+    shape = (len(origins), weeks)  # (0, weeks), not (0,), when the series has no origin
     forecasts = np.array([ensemble_forecast(values[:origin], weeks, period)
-                          for origin in origins]).reshape(len(origins), weeks)
-    actuals = np.array([values[origin:origin + weeks]
-                        for origin in origins]).reshape(len(origins), weeks)
+                          for origin in origins]).reshape(shape)
+    actuals = np.array([values[origin:origin + weeks] for origin in origins]).reshape(shape)
     scores = np.full(forecasts.shape, np.inf)
     positive = forecasts > 0
     scores[positive] = np.abs(np.log(actuals[positive] / forecasts[positive]))
@@ -60,7 +61,9 @@ def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tupl
     ``scored`` is a backtest of a series that ``history`` begins; only the origins before the
     end of ``history`` count. Without it the backtest runs on ``history``.
     """
-    scores = (scored or backtest(history, period, weeks)).before(len(history))
+    if scored is None:
+        scored = backtest(history, period, weeks)
+    scores = scored.before(len(history))
     n = len(scores)
     if n == 0:
         raise SeriesTooShort(f"a {weeks}-week backtest needs at least "
@@ -73,6 +76,7 @@ def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tupl
             "forecast × exp(±q) needs a positive forecast (is the series falling to zero?)")
     bands = []
     for level in levels:
+        # with fewer than level / (1 - level) scores the rank passes n: take the largest
         rank = min(1.0, np.ceil((n + 1) * level) / n)
         half_width = np.quantile(scores, rank, axis=0, method="inverted_cdf")
         bands.append(Band(level, forecast * np.exp(-half_width), forecast * np.exp(half_width)))

@@ -16,7 +16,7 @@ class SeriesTooShort(ForecastingDemoError, ValueError):
 
 
 class NonPositiveForecast(ForecastingDemoError, ValueError):
-    """The ensemble forecast a value <= 0, around which a band on the log scale has no width."""
+    """The ensemble forecast a value <= 0: a band of forecast × exp(±q) would be inverted."""
 
 
 class UnknownSeries(ForecastingDemoError, KeyError):

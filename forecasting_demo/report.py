@@ -139,14 +139,15 @@ def markdown(run: DemoRun) -> str:
         f"bootstrap band, {run.calibration_wall_s:.1f} s). Share of held-out weeks inside the "
         f"band, by weeks ahead, and the mean Winkler (interval) score (lower is better). The "
         f"weeks of one hold-out share one path, so the standard error (se) of the coverage is "
-        f"taken across hold-outs:\n",
+        f"taken across hold-outs, as if they were independent (years of one series are not "
+        f"quite):\n",
         _table(_calibration_table(run.calibration), None),
         "* **paper**: the bootstrap above, each week's factor drawn independently. Real "
         "one-week errors persist from week to week, and the ensemble's misfit of trend and "
         "season grows with the horizon; independent draws see neither, so the band is narrow.\n"
         f"* **block**: the same bootstrap drawing runs of {BLOCK_WEEKS} consecutive backtest "
         "factors (a moving-block bootstrap), which keeps their persistence. The block length was "
-        "chosen among 13, 26 and 52 weeks on these same hold-outs.\n"
+        "chosen among 13, 26 and 52 weeks on the five most recent of these hold-outs.\n"
         f"* **conformal**: the ensemble's direct forecast × exp(±q_h), q_h the split-conformal "
         "quantile of |log(actual ÷ forecast)| at horizon h over every backtest origin before "
         "the hold-out. No simulation; it measures the h-week errors directly. Every origin "
@@ -201,7 +202,7 @@ def _known(value: float) -> float | None:
 
 
 def _with_error(value: float, error: float | None) -> str:
-    return f"{value:.1%}" if error is None else f"{value:.1%} ± {error * 100:.1f}"
+    return f"{value:.1%}" if error is None else f"{value:.1%} ± {error * 100:.1f} pp"
 
 
 def _table(frame: pd.DataFrame, number_format: str | None = "{:.3f}") -> str:

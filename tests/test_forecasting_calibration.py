@@ -51,6 +51,11 @@ def test_summary_takes_the_coverage_standard_error_across_hold_outs():
     row = calibration.summary(pd.DataFrame(rows)).query("weeks == 'all'").iloc[0]
     # hold-outs covered 1.0 and 0.5: mean 0.75, standard error 0.5 / sqrt(2) / sqrt(2)
     assert row.coverage == 0.75 and row.coverage_se == pytest.approx(0.25)
+    # pooled, hold-out 1 of series s and hold-out 1 of series t are two hold-outs
+    other = [{**row, "series": "t", "covered": False} for row in rows if row["years_back"] == 1]
+    pooled = calibration.summary(pd.DataFrame(rows + other)).query(
+        "series == 'all' and weeks == 'all'").iloc[0]
+    assert pooled.coverage == 0.5 and pooled.coverage_se == pytest.approx(0.5 / 3 ** 0.5)
 
 
 def _noisy_seasonal(length: int, seed: int) -> np.ndarray:
