@@ -27,7 +27,7 @@ ACCEPTED = "a pandas DataFrame, a pyarrow Table, a dict of columns or a list of 
 
 def as_table(value: Any) -> pa.Table:
     """fn's return value as a table, or OutputTypeError saying what it was and what is accepted."""
-    table = _converted(value)
+    table = _decoded(_converted(value))
     unreadable = [name for name in table.column_names if "\0" in name]
     if unreadable:  # DuckDB cuts names at NUL: such a column could never be queried
         raise OutputTypeError(f"column names must not contain NUL characters: {unreadable!r}")
@@ -52,6 +52,16 @@ def _converted(value: Any) -> pa.Table:
     raise OutputTypeError(
         f"with output=, fn must return {ACCEPTED}; it returned "
         f"{type(value).__qualname__} {_preview(value)}")
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """Dictionary columns (a pandas categorical) as their values. One task's categorical and
+    another's strings then unify; Parquet dictionary-encodes them on disk all the same."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            plain = table.column(index).cast(field.type.value_type)
+            table = table.set_column(index, field.with_type(field.type.value_type), plain)
+    return table
 
 
 def _preview(value: Any) -> str:

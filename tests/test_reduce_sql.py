@@ -160,12 +160,14 @@ def test_a_wrong_return_type_fails_that_task_saying_what_is_accepted(output):
 
 
 def test_schemas_that_drift_safely_are_unified(output):
-    values = [{"a": [1], "b": ["x"]}, {"a": [2.5]}, {"a": [3], "c": [True]}]
-    dataset = gpar.apply(range(3), returns, values, output=output, progress=False)
+    categorical = pd.DataFrame({"a": [4], "b": pd.Categorical(["y"])})
+    values = [{"a": [1], "b": ["x"]}, {"a": [2.5]}, {"a": [3], "c": [True]}, categorical]
+    dataset = gpar.apply(range(4), returns, values, output=output, progress=False)
     assert dataset.schema.field("a").type == pa.float64()
+    assert dataset.schema.field("b").type in (pa.string(), pa.large_string())  # not dictionary
     got = dataset.sql("SELECT a, b, c FROM data ORDER BY a").to_pylist()
     assert got == [{"a": 1.0, "b": "x", "c": None}, {"a": 2.5, "b": None, "c": None},
-                   {"a": 3.0, "b": None, "c": True}]
+                   {"a": 3.0, "b": None, "c": True}, {"a": 4.0, "b": "y", "c": None}]
 
 
 def test_conflicting_schemas_are_a_clear_error(output):
