@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -118,7 +119,20 @@ def _code_fingerprint(code: Any) -> bytes:
 
 
 def _stable_pickle(value: Any) -> bytes:
+    buffer = io.BytesIO()
     try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        _SortedSetPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
     except Exception:  # lambdas, local classes: by value, stable within one process only
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return buffer.getvalue()
+
+
+class _SortedSetPickler(pickle.Pickler):
+    """Pickles a set as its elements' pickles, sorted: a set of strings iterates in an order
+    set by string hashes, which differ from one process to the next. (persistent_id, because
+    the pickler is asked it for every object, sets included; the bytes are never unpickled.)"""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) in (set, frozenset):
+            return type(obj).__name__, sorted(map(_stable_pickle, obj))
+        return None

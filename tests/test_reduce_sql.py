@@ -6,6 +6,7 @@ hold on both stores.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -281,15 +282,28 @@ class Draw:
 def fn(draw, scale=2):
     return draw.realization * scale if draw.realization in {1, 2, 3} else 0
 
-print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3}))
+columns = {f"column_{i}" for i in range(10)}  # iterated in an order set by string hashes
+print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3, "columns": columns,
+                                                       "nested": [frozenset(columns)]}))
 """
 
 
 def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
     (tmp_path / "job.py").write_text(DIGEST_SCRIPT)
     digests = {subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True,
-                              text=True, check=True).stdout for _ in range(2)}
+                              text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+                              ).stdout for seed in ("1", "2")}
     assert len(digests) == 1  # so a re-run in a new process resumes
+
+
+def test_a_job_with_other_set_members_is_another_job():
+    from gpar.output import job_digest
+
+    def digest(columns):
+        return job_digest([1, 2], abs, (), {"columns": columns})
+
+    assert digest({"a", "b"}) == digest({"b", "a"}) != digest({"a", "c"})
+    assert digest(frozenset({"a"})) != digest({"a"})
 
 
 def parts_of(location, tables, job="j" * 64):
