@@ -111,7 +111,7 @@ def apply(
     values = scheduler.run_job(
         pending, captured, policy,
         progress=sys.stderr.isatty() if progress is None else progress, report=report,
-        sink=None if claim is None else claim.sink, image=image,
+        output=claim, image=image,
     )
     report.record_policy(policy)
     if claim is not None:

@@ -46,6 +46,21 @@ class OutputJob:
             placed[position] = value
         return placed
 
+    def checkpoint(self, values: list[Any]) -> None:
+        """Commit the Parts accepted so far, marked unfinished (reduce_sql.commit.checkpoint).
+        Best effort: one that cannot be written (a storage error; a schema conflict, which the
+        job's commit reports) is skipped, and the job goes on."""
+        from reduce_sql.commit import checkpoint
+        from reduce_sql.errors import SchemaConflictError
+        from reduce_sql.parts import Part
+
+        parts = [value for value in values if isinstance(value, Part)]
+        if parts:
+            try:
+                checkpoint(self.location, self.job, parts, self.previous)
+            except (SchemaConflictError, OSError):
+                pass
+
     def commit(self, values: list[Any], image: Any = None) -> Any:
         """Commit the accepted Parts; merges of small files run on the cluster through the
         job's envpack ``image`` (on the driver when there is no cluster or one merge)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +30,16 @@ from gpar.worker import ElementError, PickledItems, Progress, blocking_call
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
+    from gpar.output import OutputJob
 
 #: Longest wait for progress before the loop looks at the clock again (Ctrl-C is handled
 #: between waits).
 WAIT_S = 1.0
+
+#: How often a job with output= commits what it has accepted so far (a checkpoint): a driver
+#: that dies loses at most about this much finished work. A checkpoint rewrites the manifest
+#: (milliseconds locally, one PUT on an object store).
+CHECKPOINT_S = 60.0
 
 
 @dataclass
@@ -55,17 +61,18 @@ def run_job(
     progress: bool,
     report: JobReport,
     image: StagedImage,
-    sink: Callable[[Launch], Any] | None = None,
+    output: OutputJob | None = None,
 ) -> list[Any]:
     """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures.
 
-    With ``sink``, each launch writes its values where ``sink(launch)`` says (apply(output=)).
+    With ``output`` (apply(output=)), each launch writes its values where ``output.sink(launch)``
+    says, and what was accepted is checkpointed every CHECKPOINT_S.
     """
-    return _Job(items, environment, policy, progress, report, sink, image).run()
+    return _Job(items, environment, policy, progress, report, output, image).run()
 
 
 class _Job:
-    def __init__(self, items, environment, policy, progress, report, sink, image):
+    def __init__(self, items, environment, policy, progress, report, output, image):
         import ray
 
         self.ray = ray
@@ -74,7 +81,8 @@ class _Job:
         self.policy = policy
         self.progress = progress
         self.report = report
-        self.sink = sink
+        self.output = output
+        self.checkpointed = (time.time(), 0)  # when, and policy.final then
         self.values: list[Any] = [None] * len(items)
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
@@ -108,6 +116,7 @@ class _Job:
             self._cancel(kills)
             if policy.finished:
                 return
+            self._checkpoint(now)
             for launch in policy.launches(policy.rules.max_workers):
                 self._submit(launch, now)
             timeout = min(WAIT_S, policy.next_check(now))
@@ -118,12 +127,18 @@ class _Job:
 
     def _submit(self, launch: Launch, now: float) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
-        sink = None if self.sink is None else self.sink(launch)
+        sink = None if self.output is None else self.output.sink(launch)
         ref = self.image.submit(self.remote, RUN_BATCH, [self.environment_ref],
                                 (PickledItems.of(chunk), sink, self.image.check),
                                 **self.placement)
         self.streams[launch.batch] = _Stream(launch, ref, submitted=now)
         self.report.batches += 1
+
+    def _checkpoint(self, now: float) -> None:
+        at, final = self.checkpointed
+        if self.output is not None and now - at >= CHECKPOINT_S and self.policy.final > final:
+            self.output.checkpoint(self.values)
+            self.checkpointed = (now, self.policy.final)
 
     def _on_straggler(self, node: str) -> None:
         """Count a straggler against its node; launch nothing more on the nodes found slow."""

@@ -10,6 +10,7 @@ from reduce_sql.errors import (
     NoDatasetError,
     OutputExistsError,
     OutputTypeError,
+    PartialOutputWarning,
     ReduceSqlError,
     SchemaConflictError,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "NoDatasetError",
     "OutputExistsError",
     "OutputTypeError",
+    "PartialOutputWarning",
     "ReduceSqlError",
     "SchemaConflictError",
     "query",

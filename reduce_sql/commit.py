@@ -2,6 +2,8 @@
 
     begin(location, job)  ─▶ refuses another job's output (unless overwrite); says which tasks
                               a previous run of this same job already committed (resume)
+    checkpoint(location, parts so far) ─▶ while the job runs: a manifest marked unfinished, so
+                                a driver that dies resumes from it; nothing compacted or deleted
     commit(location, parts) ─▶ unify schemas ─▶ compact small files ─▶ write the manifest LAST,
                                 atomically ─▶ delete files the manifest does not list
 
@@ -59,6 +61,7 @@ class Manifest:
     schema: pa.Schema
     files: tuple[CommittedFile, ...]
     empty_tasks: tuple[int, ...] = ()  # tasks that committed zero rows: no file to read
+    finished: bool = True  # False: a checkpoint of a job still running, or whose driver died
 
     @property
     def tasks(self) -> set[int]:
@@ -77,6 +80,7 @@ class Manifest:
             "files": [{"path": f.path, "tasks": _as_ranges(f.tasks), "rows": f.rows,
                        "bytes": f.bytes} for f in self.files],
             "empty_tasks": _as_ranges(self.empty_tasks),
+            "finished": self.finished,
         }, indent=1).encode()
 
     @classmethod
@@ -85,7 +89,8 @@ class Manifest:
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
         files = tuple(CommittedFile(f["path"], _from_ranges(f["tasks"]), f["rows"], f["bytes"])
                       for f in data["files"])
-        return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]))
+        return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]),
+                   data.get("finished", True))
 
 
 RunAll = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
@@ -140,24 +145,46 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     value backs, never conflict with another task's (unless no task has rows).
     """
     earlier = previous.files if previous else ()
-    with_rows = [part for part in parts if part.rows] or (
-        [] if previous and previous.schema.names else list(parts))
-    schemas = ([previous.schema] if previous and previous.schema.names else []) + [
-        pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in with_rows]
-    schema = _unified(schemas, with_rows)
-    files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
+    schema, files, empty = _accepted(parts, previous)
     if len(earlier) + len(files) > COMPACT_ABOVE_FILES:
         try:
             files = _compacted(location, job, files, schema, run_all or _serially)
         except Exception:  # a merge is an optimization: commit the files as they are
             pass
-    empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     manifest = Manifest(job, schema, (*earlier, *files), empty)
     location.write_atomically(MANIFEST, manifest.to_json())
     listed = {file.path for file in manifest.files}
     location.delete([path for path in location.files(DATA_DIR)
                      if path not in listed and _written_by_gpar(path)])
     return manifest
+
+
+def checkpoint(location: Location, job: str, parts: Sequence[Part],
+               previous: Manifest | None = None) -> Manifest:
+    """Commit the ``parts`` accepted so far, marked unfinished, while the job runs.
+
+    A driver that dies then loses only what it accepted after this; the next run of the job
+    resumes from here. Nothing is merged or deleted: files of running attempts are not listed
+    yet, and the job's commit() does both at its end.
+    """
+    schema, files, empty = _accepted(parts, previous)
+    earlier = previous.files if previous else ()
+    manifest = Manifest(job, schema, (*earlier, *files), empty, finished=False)
+    location.write_atomically(MANIFEST, manifest.to_json())
+    return manifest
+
+
+def _accepted(parts: Sequence[Part], previous: Manifest | None
+              ) -> tuple[pa.Schema, list[CommittedFile], tuple[int, ...]]:
+    """The schema of ``previous`` and ``parts`` unified, a file per part with rows, and every
+    task committed without rows."""
+    with_rows = [part for part in parts if part.rows] or (
+        [] if previous and previous.schema.names else list(parts))
+    schemas = ([previous.schema] if previous and previous.schema.names else []) + [
+        pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in with_rows]
+    files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
+    empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
+    return _unified(schemas, with_rows), files, empty
 
 
 def _written_by_gpar(path: str) -> bool:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any
 
 import pyarrow as pa
 
 from reduce_sql.commit import Manifest, read_manifest
-from reduce_sql.errors import NoDatasetError
+from reduce_sql.errors import NoDatasetError, PartialOutputWarning
 from reduce_sql.store import Location, locate
 
 
@@ -29,6 +30,12 @@ class Dataset:
             raise NoDatasetError(
                 f"{self.location.uri} holds no committed output (no manifest): write one with "
                 "gpar.apply(xs, fn, output=...)")
+        if not manifest.finished:
+            warnings.warn(PartialOutputWarning(
+                f"{self.location.uri} holds a checkpoint of a job that has not finished (still "
+                f"running, or its driver stopped): {len(manifest.tasks):,} tasks committed so "
+                "far. Queries see only those; run the same job again to finish it."),
+                stacklevel=2)
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
         self.failures = failures or []  # TaskFailures of that job's tasks with no output

@@ -1,10 +1,12 @@
-"""Every error reduce_sql raises, as one tree.
+"""Every error reduce_sql raises, as one tree, and the one warning it gives.
 
     ReduceSqlError
     ├── OutputTypeError      fn returned something that is not a table (also a TypeError)
     ├── OutputExistsError    the output holds another job's data; overwrite=True replaces it
     ├── SchemaConflictError  two tasks returned a column with types that cannot be unified
     └── NoDatasetError       the location holds no committed output (no manifest)
+
+    PartialOutputWarning     a Dataset opened on a checkpoint of a job that has not finished
 """
 
 from __future__ import annotations
@@ -28,3 +30,7 @@ class SchemaConflictError(ReduceSqlError):
 
 class NoDatasetError(ReduceSqlError):
     """Nothing was committed at the location."""
+
+
+class PartialOutputWarning(UserWarning):
+    """The output is a checkpoint: its job is still running, or its driver died mid-job."""

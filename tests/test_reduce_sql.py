@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3server
-from faults import attempts_of
+from faults import attempts_of, wait_until
 from outputs import ROWS, expected_table, mapper, write_late
 
 import gpar
@@ -98,6 +98,62 @@ def test_an_abandoned_attempt_that_writes_late_is_never_read(output, tmp_path):
     assert_exactly_once(reduce_sql.Dataset(output), range(4))
     run(range(4), output, tmp_path, {(1, 0): "hang"}, task_timeout=2, backups=False)
     assert stray not in locate(output).files()  # the next run of the job removes it
+
+
+CHECKPOINTED_JOB = """
+import os, pathlib, sys, time
+import gpar, gpar.scheduler
+
+gpar.scheduler.CHECKPOINT_S = 0.2
+output, markers, mode = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+
+def fn(task):
+    (markers / f"{task}-{time.time_ns()}").touch()
+    if task >= 4 and mode == "hang":
+        time.sleep(300)
+    return {"task": [task], "value": [task * 10.0]}
+
+gpar.apply(range(8), fn, output=output, max_workers=2, progress=False)
+print("done")
+"""
+
+
+def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_path, cluster):
+    (tmp_path / "job.py").write_text(CHECKPOINTED_JOB)
+    env = {**os.environ, "RAY_ADDRESS": cluster}
+
+    def driver(mode: str) -> tuple[subprocess.Popen, Path]:
+        markers = tmp_path / mode
+        markers.mkdir()
+        command = [sys.executable, "job.py", output, str(markers), mode]
+        return subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE), markers
+
+    def ran(markers: Path) -> list[int]:
+        return sorted(int(marker.name.split("-")[0]) for marker in markers.iterdir())
+
+    def checkpointed() -> set[int]:
+        manifest = commit_module.read_manifest(locate(output))
+        return manifest.tasks if manifest is not None else set()
+
+    first, first_markers = driver("hang")  # tasks 0-3 finish, 4-7 hang
+    try:
+        assert wait_until(lambda: checkpointed() == {0, 1, 2, 3}, 60)
+    finally:
+        first.kill()  # SIGKILL: no commit at the end, no cleanup
+        first.wait()
+        first.stdout.close()
+    with pytest.warns(reduce_sql.PartialOutputWarning, match="4 tasks committed so far"):
+        assert reduce_sql.Dataset(output).num_rows == 4
+
+    second, second_markers = driver("finish")
+    assert second.communicate(timeout=120)[0].strip() == "done"
+    assert ran(first_markers)[:4] == [0, 1, 2, 3]
+    assert ran(second_markers) == [4, 5, 6, 7]  # what the checkpoint held never ran again
+    dataset = reduce_sql.Dataset(output)
+    assert dataset.manifest.finished
+    assert dataset.sql("SELECT task, value FROM data ORDER BY task").to_pylist() == [
+        {"task": task, "value": task * 10.0} for task in range(8)]
 
 
 def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_path):
