@@ -38,10 +38,9 @@ from envpack.manifest import Distribution, LocalModule, Manifest
 INSTALLER = frozenset({"pip", "setuptools", "wheel"})
 
 
-def manifest(requested: Iterable[str] = (), local_modules: bool = True) -> Manifest:
+def manifest(requested: Iterable[str] = ()) -> Manifest:
     """The manifest of this process as it is now, with the ``requested`` distributions (and
-    what they require) even if nothing imported them yet; without local modules when the
-    workers import them from the caller's own files (nothing to hash then)."""
+    what they require) even if nothing imported them yet."""
     sites = site_directories()
     indexes = {site: _site_index(site) for site in sites}
     index = _installed(indexes.values())
@@ -59,7 +58,7 @@ def manifest(requested: Iterable[str] = (), local_modules: bool = True) -> Manif
             if dist not in excluded:
                 roots.setdefault(dist, f"loaded: import {name}")
         # a staged local layer stays local; a namespace package counts once, its first part
-        if (local_modules and not owners and name not in local
+        if (not owners and name not in local
                 and (site is None or site in staged) and not _in_stdlib(path)):
             local[name] = _local_module(name, path)
     distributions = tuple(

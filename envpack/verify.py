@@ -28,6 +28,7 @@ class ImageCheck:
     platform: str
     ray_version: str
     distributions: tuple[tuple[str, str, bool], ...]  # (name, version, pure)
+    local_modules: tuple[tuple[str, str], ...] = ()  # (top-level name, content sha256)
 
 
 def check_of(manifest: Manifest) -> ImageCheck:
@@ -38,21 +39,38 @@ def check_of(manifest: Manifest) -> ImageCheck:
         platform=manifest.platform,
         ray_version=manifest.ray_version,
         distributions=tuple((d.name, d.version, d.pure) for d in manifest.distributions),
+        local_modules=tuple((m.name, m.content_sha256) for m in manifest.local_modules),
     )
 
 
 #: Digests this process has verified: the staged sys.path of a worker process does not change.
 _verified: set[str] = set()
 
+#: Each local module's content as the last check this process saw gave it.
+_local_contents: dict[str, str] = {}
+
 
 def verify(check: ImageCheck) -> None:
     """Raise EnvironmentMismatch unless this process matches ``check``."""
+    _forget_edited(check.local_modules)
     if check.digest in _verified:
         return
     problems = mismatches(check)
     if problems:
         raise EnvironmentMismatch(describe(problems))
     _verified.add(check.digest)
+
+
+def _forget_edited(local_modules: tuple[tuple[str, str], ...]) -> None:
+    """Where workers import the caller's own files (the embedded cluster), this process may
+    hold a module the caller has since edited (and reloaded): drop it and its submodules, so
+    that unpickling fn imports the file as it is now. (Shipped modules never change under a
+    process: each image runs in processes of its own.)"""
+    for name, content in local_modules:
+        if _local_contents.get(name, content) != content:
+            for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[loaded]
+        _local_contents[name] = content
 
 
 def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:

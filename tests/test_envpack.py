@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import assert_ok
 from fake_dists import install
 
 import envpack
@@ -209,6 +210,20 @@ def test_workers_of_the_callers_interpreter_get_no_local_module(local_dir, site,
     # the probe ran here, but another node of the cluster is another host: ship it
     elsewhere = dataclasses.replace(facts, node_hosts=(here, "another-host"))
     assert "ep_local" in {item.name for item in select(envpack.manifest(), elsewhere, "auto")}
+
+
+def test_an_edited_local_module_runs_its_new_code_where_workers_imported_the_old(run_script):
+    """On the embedded cluster the workers import the caller's own files; a worker process
+    that imported a module before the caller edited and reloaded it must not serve the job."""
+    script = """
+        import importlib, pathlib, gpar, ep_edited
+        first = gpar.apply(range(4), ep_edited.f, progress=False)
+        pathlib.Path(ep_edited.__file__).write_text("def f(x):\\n    return 2  # edited\\n")
+        importlib.reload(ep_edited)
+        print(list(first), list(gpar.apply(range(4), ep_edited.f, progress=False)))
+    """
+    completed = run_script(script, {"ep_edited.py": "def f(x):\n    return 1\n"})
+    assert assert_ok(completed).strip() == "[1, 1, 1, 1] [2, 2, 2, 2]"
 
 
 def _check(distributions, python_minor=None):
