@@ -30,6 +30,7 @@ class OutputJob:
     job: str
     previous: Any  # the reduce_sql Manifest an earlier run of this job committed, or None
     pending: list[int]  # elements of xs to run, in order
+    checkpoints: bool  # False while replacing an output (overwrite=True): it stays readable
 
     def sink(self, launch: Launch) -> Any:
         from reduce_sql.parts import Sink
@@ -48,28 +49,41 @@ class OutputJob:
 
     def checkpoint(self, values: list[Any]) -> None:
         """Commit the Parts accepted so far, marked unfinished (reduce_sql.commit.checkpoint).
-        Best effort: one that cannot be written (a storage error; a schema conflict, which the
-        job's commit reports) is skipped, and the job goes on."""
+        Best effort: one that fails (a storage error, a schema conflict) is skipped and the job
+        goes on; its commit runs the same steps and reports what fails."""
         from reduce_sql.commit import checkpoint
-        from reduce_sql.errors import SchemaConflictError
-        from reduce_sql.parts import Part
 
-        parts = [value for value in values if isinstance(value, Part)]
-        if parts:
-            try:
+        if not self.checkpoints:
+            return
+        try:
+            parts = _parts(values)
+            if parts:
                 checkpoint(self.location, self.job, parts, self.previous)
-            except (SchemaConflictError, OSError):
-                pass
+        except Exception:
+            pass
 
     def commit(self, values: list[Any], image: Any = None) -> Any:
         """Commit the accepted Parts; merges of small files run on the cluster through the
         job's envpack ``image`` (on the driver when there is no cluster or one merge)."""
         from reduce_sql.commit import commit
-        from reduce_sql.parts import Part
 
-        parts = [value for value in values if isinstance(value, Part)]
         run_all = None if image is None else functools.partial(_on_the_cluster, image)
-        return commit(self.location, self.job, parts, self.previous, run_all)
+        return commit(self.location, self.job, _parts(values), self.previous, run_all)
+
+
+def _parts(values: list[Any]) -> list[Any]:
+    """The accepted reduce_sql Parts among the values (the others: failures, and None where an
+    earlier run committed). Anything else is an error, not a task silently left out."""
+    from reduce_sql.parts import Part
+
+    strays = [value for value in values
+              if not isinstance(value, Part | TaskFailure) and value is not None]
+    if strays:
+        raise TypeError(
+            f"a task's output came back as {type(strays[0]).__module__}."
+            f"{type(strays[0]).__qualname__}, not a reduce_sql Part: the workers run another "
+            "reduce_sql than this process (an edited source checkout?); run the job again")
+    return [value for value in values if isinstance(value, Part)]
 
 
 def _on_the_cluster(image: Any, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -99,13 +113,16 @@ def _first_values(streams: list[Any]) -> list[Any]:
 def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
           overwrite: bool) -> OutputJob:
     from reduce_sql.commit import begin as claim
+    from reduce_sql.commit import read_manifest
     from reduce_sql.store import locate
 
     location = locate(output)
     job = job_digest(items, fn, args, kwargs)
+    replacing = overwrite and read_manifest(location) is not None
     previous = claim(location, job, overwrite)
     done = previous.tasks if previous else set()
-    return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done])
+    return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done],
+                     checkpoints=not replacing)
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:

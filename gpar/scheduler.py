@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 WAIT_S = 1.0
 
 #: How often a job with output= commits what it has accepted so far (a checkpoint): a driver
-#: that dies loses at most about this much finished work. A checkpoint rewrites the manifest
-#: (milliseconds locally, one PUT on an object store).
+#: that dies loses at most about this much finished work. A checkpoint rewrites the manifest,
+#: which grows with the tasks (100k tasks: ~3 s, 16 MB), while the loop waits: the next one
+#: comes CHECKPOINT_SPACING times its own duration later, if that is longer.
 CHECKPOINT_S = 60.0
+CHECKPOINT_SPACING = 10
 
 
 @dataclass
@@ -82,7 +84,7 @@ class _Job:
         self.progress = progress
         self.report = report
         self.output = output
-        self.checkpointed = (time.time(), 0)  # when, and policy.final then
+        self.checkpointed = (time.time() + CHECKPOINT_S, 0)  # next due, policy.final at the last
         self.values: list[Any] = [None] * len(items)
         self.streams: dict[int, _Stream] = {}
         self.remote = _remote_run_batch()
@@ -135,10 +137,12 @@ class _Job:
         self.report.batches += 1
 
     def _checkpoint(self, now: float) -> None:
-        at, final = self.checkpointed
-        if self.output is not None and now - at >= CHECKPOINT_S and self.policy.final > final:
-            self.output.checkpoint(self.values)
-            self.checkpointed = (now, self.policy.final)
+        due, final = self.checkpointed
+        if self.output is None or now < due or self.policy.final == final:
+            return
+        self.output.checkpoint(self.values)
+        took = time.time() - now
+        self.checkpointed = (now + max(CHECKPOINT_S, CHECKPOINT_SPACING * took), self.policy.final)
 
     def _on_straggler(self, node: str) -> None:
         """Count a straggler against its node; launch nothing more on the nodes found slow."""

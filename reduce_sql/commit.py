@@ -142,16 +142,17 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     passing through the driver.
 
     A task that returned zero rows is committed without a file: its column types, which no
-    value backs, never conflict with another task's (unless no task has rows).
+    value backs, never conflict with another task's (unless no task has rows). Small files
+    ``previous`` lists are merged with the new ones (a run resumed from a checkpoint has one
+    file per task).
     """
-    earlier = previous.files if previous else ()
     schema, files, empty = _accepted(parts, previous)
-    if len(earlier) + len(files) > COMPACT_ABOVE_FILES:
+    if len(files) > COMPACT_ABOVE_FILES:
         try:
             files = _compacted(location, job, files, schema, run_all or _serially)
         except Exception:  # a merge is an optimization: commit the files as they are
             pass
-    manifest = Manifest(job, schema, (*earlier, *files), empty)
+    manifest = Manifest(job, schema, tuple(files), empty)
     location.write_atomically(MANIFEST, manifest.to_json())
     listed = {file.path for file in manifest.files}
     location.delete([path for path in location.files(DATA_DIR)
@@ -168,21 +169,23 @@ def checkpoint(location: Location, job: str, parts: Sequence[Part],
     yet, and the job's commit() does both at its end.
     """
     schema, files, empty = _accepted(parts, previous)
-    earlier = previous.files if previous else ()
-    manifest = Manifest(job, schema, (*earlier, *files), empty, finished=False)
+    manifest = Manifest(job, schema, tuple(files), empty, finished=False)
     location.write_atomically(MANIFEST, manifest.to_json())
     return manifest
 
 
 def _accepted(parts: Sequence[Part], previous: Manifest | None
               ) -> tuple[pa.Schema, list[CommittedFile], tuple[int, ...]]:
-    """The schema of ``previous`` and ``parts`` unified, a file per part with rows, and every
-    task committed without rows."""
+    """The schema of ``previous`` and ``parts`` unified; ``previous``'s files and one per part
+    with rows; every task committed without rows."""
     with_rows = [part for part in parts if part.rows] or (
         [] if previous and previous.schema.names else list(parts))
-    schemas = ([previous.schema] if previous and previous.schema.names else []) + [
-        pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in with_rows]
-    files = [CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows]
+    earlier = [previous.schema] if previous and previous.schema.names else []
+    # tasks mostly return one schema: read and unify each distinct one once
+    distinct = dict.fromkeys(part.schema for part in with_rows)
+    schemas = earlier + [pa.ipc.read_schema(pa.py_buffer(schema)) for schema in distinct]
+    files = [*(previous.files if previous else ()),
+             *(CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows)]
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     return _unified(schemas, with_rows), files, empty
 
@@ -195,7 +198,8 @@ def _written_by_gpar(path: str) -> bool:
 
 
 def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:
-    """One schema for all tasks: missing columns become nulls, numbers widen; else an error."""
+    """One schema for all tasks (``parts`` name them in an error): missing columns become
+    nulls, numbers widen; else an error."""
     if not schemas:
         return pa.schema([])
     try:
@@ -203,19 +207,19 @@ def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         raise SchemaConflictError(
             f"the tasks' tables disagree on a column's type: {exc}. Make fn return the same "
-            f"type for each column in every task (tasks {_tasks_by_type(schemas, parts)}); "
-            "nothing was committed, the written files are removed on the next run") from None
+            f"type for each column in every task (tasks {_tasks_by_type(parts)}); this run "
+            "committed nothing more, its written files are removed on the next run") from None
     return unified.remove_metadata()  # pandas' metadata describes one task's frame, not all
 
 
-def _tasks_by_type(schemas: list[pa.Schema], parts: Sequence[Part]) -> str:
+def _tasks_by_type(parts: Sequence[Part]) -> str:
     """Which tasks returned which type, for the first column that is not numeric everywhere."""
-    offset = len(schemas) - len(parts)
+    schemas = [pa.ipc.read_schema(pa.py_buffer(part.schema)) for part in parts]
     for name in dict.fromkeys(n for s in schemas for n in s.names):
         by_type: dict[pa.DataType, list[int]] = {}
-        for i, schema in enumerate(schemas[offset:]):
+        for part, schema in zip(parts, schemas, strict=True):
             if name in schema.names:
-                by_type.setdefault(schema.field(name).type, []).append(parts[i].task)
+                by_type.setdefault(schema.field(name).type, []).append(part.task)
         numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in by_type)
         if len(by_type) > 1 and not numeric:
             return "; ".join(f"{name!r} is {kind} in {tasks[:5]}"

@@ -34,7 +34,9 @@ class Dataset:
             warnings.warn(PartialOutputWarning(
                 f"{self.location.uri} holds a checkpoint of a job that has not finished (still "
                 f"running, or its driver stopped): {len(manifest.tasks):,} tasks committed so "
-                "far. Queries see only those; run the same job again to finish it."),
+                "far. Queries see only those, and only until the job commits (it merges and "
+                "removes files: open the Dataset again then); if its driver stopped, run the "
+                "same job again to finish it."),
                 stacklevel=2)
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply

@@ -102,9 +102,10 @@ def test_an_abandoned_attempt_that_writes_late_is_never_read(output, tmp_path):
 
 CHECKPOINTED_JOB = """
 import os, pathlib, sys, time
-import gpar, gpar.scheduler
+import gpar, gpar.scheduler, reduce_sql.commit
 
 gpar.scheduler.CHECKPOINT_S = 0.2
+reduce_sql.commit.COMPACT_ABOVE_FILES = 2  # the last commit merges all eight tasks' files
 output, markers, mode = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
 
 def fn(task):
@@ -154,6 +155,33 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
     assert dataset.manifest.finished
     assert dataset.sql("SELECT task, value FROM data ORDER BY task").to_pylist() == [
         {"task": task, "value": task * 10.0} for task in range(8)]
+    assert len(dataset.files) == 1  # the checkpoint's files merged with the new ones
+
+
+def test_replacing_an_output_writes_no_checkpoint_so_it_stays_readable(tmp_path):
+    from gpar import output as gpar_output
+
+    out = str(tmp_path / "out")
+    gpar.apply(range(2), returns, [{"a": [1]}, {"a": [2]}], output=out, progress=False)
+    replacing = gpar_output.begin(out, range(2), returns, ([{"a": [8]}, {"a": [9]}],), {},
+                                  overwrite=True)
+    accepted = parts_of(replacing.location, [{"a": [8]}], job=replacing.job)
+    replacing.checkpoint([*accepted, None])
+    assert reduce_sql.Dataset(out).sql("SELECT a FROM data ORDER BY a").to_pylist() == [
+        {"a": 1}, {"a": 2}]
+    fresh = gpar_output.begin(str(tmp_path / "fresh"), range(2), returns, ([],), {},
+                              overwrite=True)  # nothing there to replace: checkpoints
+    fresh.checkpoint(parts_of(fresh.location, [{"a": [8]}], job=fresh.job))
+    with pytest.warns(reduce_sql.PartialOutputWarning, match="1 tasks committed"):
+        reduce_sql.Dataset(tmp_path / "fresh")
+
+
+def test_an_output_that_is_not_a_part_is_an_error_not_a_dropped_task(tmp_path):
+    from gpar import output as gpar_output
+
+    claim = gpar_output.begin(str(tmp_path / "out"), range(2), returns, ([],), {}, False)
+    with pytest.raises(TypeError, match="not a reduce_sql Part: the workers run another"):
+        claim.commit(parts_of(claim.location, [{"a": [1]}], job=claim.job) + [{"a": [2]}])
 
 
 def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_path):
