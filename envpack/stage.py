@@ -121,7 +121,7 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
     image = hashlib.sha256(" ".join(layer.digest for layer in layers).encode()).hexdigest()[:16]
     runtime_env = {"env_vars": {"ENVPACK_IMAGE": image}} if layers else None
     report = ImageReport(manifest.digest, tuple(shipped), time.perf_counter() - started)
-    return StagedImage(tuple(refs), check_of(manifest), runtime_env, report)
+    return StagedImage(tuple(refs), check_of(manifest, always), runtime_env, report)
 
 
 def layers_dir() -> Path:

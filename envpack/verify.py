@@ -12,6 +12,7 @@ import importlib.metadata
 import platform
 import sys
 import sysconfig
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from envpack.errors import EnvironmentMismatch
@@ -31,7 +32,9 @@ class ImageCheck:
     local_modules: tuple[tuple[str, str], ...] = ()  # (top-level name, content sha256)
 
 
-def check_of(manifest: Manifest) -> ImageCheck:
+def check_of(manifest: Manifest, runtime: Collection[str] = ()) -> ImageCheck:
+    """``runtime``: top-level modules the task runs before it verifies (the bootstrap, the
+    values it unpickles): never forgotten, though local, or their objects would change class."""
     return ImageCheck(
         digest=manifest.digest,
         python_minor=manifest.python_minor,
@@ -39,7 +42,8 @@ def check_of(manifest: Manifest) -> ImageCheck:
         platform=manifest.platform,
         ray_version=manifest.ray_version,
         distributions=tuple((d.name, d.version, d.pure) for d in manifest.distributions),
-        local_modules=tuple((m.name, m.content_sha256) for m in manifest.local_modules),
+        local_modules=tuple((m.name, m.content_sha256) for m in manifest.local_modules
+                            if m.name not in runtime),
     )
 
 
@@ -63,14 +67,15 @@ def verify(check: ImageCheck) -> None:
 
 def _forget_edited(local_modules: tuple[tuple[str, str], ...]) -> None:
     """Where workers import the caller's own files (the embedded cluster), this process may
-    hold a module the caller has since edited (and reloaded): drop it and its submodules, so
-    that unpickling fn imports the file as it is now. (Shipped modules never change under a
+    hold a module the caller has since edited (and reloaded): then drop every local module and
+    its submodules (one that imported the edited module holds its old objects), so that
+    unpickling fn imports the files as they are now. (Shipped modules never change under a
     process: each image runs in processes of its own.)"""
-    for name, content in local_modules:
-        if _local_contents.get(name, content) != content:
-            for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-                del sys.modules[loaded]
-        _local_contents[name] = content
+    if any(_local_contents.get(name, content) != content for name, content in local_modules):
+        names = {name for name, _ in local_modules}
+        for loaded in [m for m in sys.modules if m.partition(".")[0] in names]:
+            del sys.modules[loaded]
+    _local_contents.update(local_modules)
 
 
 def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:

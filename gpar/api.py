@@ -136,9 +136,10 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
     return Dataset(claim.location, report=results.report, failures=results.failures)
 
 
-#: Import names a worker needs before it can verify anything: shipped when the workers lack
-#: them, whatever ``packages`` says.
-RUNTIME_MODULES = ("gpar", "envpack", "cloudpickle")
+#: Import names a worker needs before it can verify anything (reduce_sql: output='s Sink):
+#: shipped when the workers lack them, whatever ``packages`` says, and never dropped by the
+#: check as edited local modules are.
+RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
 def _stage_image(packages: str | Sequence[str]) -> StagedImage:

@@ -19,7 +19,7 @@ from fake_dists import install
 import envpack
 from envpack import _boot, layers
 from envpack.delta import WorkerFacts, select
-from envpack.verify import ImageCheck
+from envpack.verify import ImageCheck, check_of
 
 
 def names(manifest):
@@ -216,14 +216,26 @@ def test_an_edited_local_module_runs_its_new_code_where_workers_imported_the_old
     """On the embedded cluster the workers import the caller's own files; a worker process
     that imported a module before the caller edited and reloaded it must not serve the job."""
     script = """
-        import importlib, pathlib, gpar, ep_edited
-        first = gpar.apply(range(4), ep_edited.f, progress=False)
+        import importlib, pathlib, gpar, ep_edited, ep_caller
+        first = gpar.apply(range(4), ep_caller.g, progress=False)
         pathlib.Path(ep_edited.__file__).write_text("def f(x):\\n    return 2  # edited\\n")
         importlib.reload(ep_edited)
-        print(list(first), list(gpar.apply(range(4), ep_edited.f, progress=False)))
+        print(list(first), list(gpar.apply(range(4), ep_caller.g, progress=False)))
     """
-    completed = run_script(script, {"ep_edited.py": "def f(x):\n    return 1\n"})
+    completed = run_script(script, {"ep_edited.py": "def f(x):\n    return 1\n",
+                                    # unchanged, but holds the edited module
+                                    "ep_caller.py": "import ep_edited\n\n\ndef g(x):\n"
+                                                    "    return ep_edited.f(x)\n"})
     assert assert_ok(completed).strip() == "[1, 1, 1, 1] [2, 2, 2, 2]"
+
+
+def test_the_check_names_local_modules_but_never_the_runtime_the_task_needs_first(local_dir,
+                                                                                  load):
+    for name in ("ep_mine", "ep_runtime"):
+        (local_dir / f"{name}.py").write_text("")
+        load(name)
+    named = {name for name, _ in check_of(envpack.manifest(), {"ep_runtime"}).local_modules}
+    assert "ep_mine" in named and "ep_runtime" not in named
 
 
 def _check(distributions, python_minor=None):
