@@ -55,13 +55,30 @@ def _converted(value: Any) -> pa.Table:
 
 
 def _decoded(table: pa.Table) -> pa.Table:
-    """Dictionary columns (a pandas categorical) as their values. One task's categorical and
-    another's strings then unify; Parquet dictionary-encodes them on disk all the same."""
+    """Dictionary columns (a pandas categorical), also inside lists and structs, as their
+    values. One task's categorical and another's strings then unify; Parquet
+    dictionary-encodes them on disk all the same."""
     for index, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            plain = table.column(index).cast(field.type.value_type)
-            table = table.set_column(index, field.with_type(field.type.value_type), plain)
+        plain = _without_dictionaries(field.type)
+        if plain != field.type:
+            try:
+                column = table.column(index).cast(plain)
+            except pa.ArrowException as exc:
+                raise OutputTypeError(f"column {field.name!r} ({field.type}) could not be "
+                                      f"stored as {plain}: {exc}") from exc
+            table = table.set_column(index, field.with_type(plain), column)
     return table
+
+
+def _without_dictionaries(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_dictionary(kind):
+        return _without_dictionaries(kind.value_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
+        return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_without_dictionaries(field.type)) for field in kind])
+    return kind
 
 
 def _preview(value: Any) -> str:

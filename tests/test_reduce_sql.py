@@ -255,6 +255,19 @@ def test_schemas_that_drift_safely_are_unified(output):
                    {"a": 3.0, "b": None, "c": True}, {"a": 4.0, "b": "y", "c": None}]
 
 
+def test_categoricals_also_inside_lists_and_structs_are_stored_as_their_values():
+    from reduce_sql.tables import as_table
+
+    codes = pa.array(["a", "b", None]).dictionary_encode()
+    table = pa.table({"l": pa.ListArray.from_arrays([0, 2, 3, 3], codes),
+                      "s": pa.StructArray.from_arrays([codes], ["x"]), "c": codes})
+    plain = as_table(table)
+    assert plain.schema == pa.schema([("l", pa.list_(pa.string())),
+                                      ("s", pa.struct([("x", pa.string())])),
+                                      ("c", pa.string())])
+    assert plain.to_pylist() == table.to_pylist()
+
+
 def test_conflicting_schemas_are_a_clear_error(output):
     values = [{"a": [1]}, {"a": ["one"]}]
     with pytest.raises(reduce_sql.SchemaConflictError, match=r"'a' is int64 in \[0\]"):
