@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import pickle
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +166,17 @@ class _SortedSetPickler(pickle.Pickler):
     the pickler is asked it for every object, sets included; the bytes are never unpickled.)"""
 
     def persistent_id(self, obj: Any) -> Any:
-        if type(obj) in (set, frozenset):
+        if type(obj) not in (set, frozenset):
+            return None
+        expanding = _expanding.__dict__.setdefault("ids", set())
+        if id(obj) in expanding:  # an element refers back to the set: a cycle, not recursion
+            return "cycle"
+        expanding.add(id(obj))
+        try:
             return type(obj).__name__, sorted(map(_stable_pickle, obj))
-        return None
+        finally:
+            expanding.discard(id(obj))
+
+
+#: The sets this thread is pickling element by element.
+_expanding = threading.local()

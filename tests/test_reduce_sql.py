@@ -393,6 +393,10 @@ def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
     assert len(digests) == 1  # so a re-run in a new process resumes
 
 
+class Node:
+    """Hashable by identity, as an analyst's objects are."""
+
+
 def test_a_job_with_other_set_members_is_another_job():
     from gpar.output import job_digest
 
@@ -401,6 +405,14 @@ def test_a_job_with_other_set_members_is_another_job():
 
     assert digest({"a", "b"}) == digest({"b", "a"}) != digest({"a", "c"})
     assert digest(frozenset({"a"})) != digest({"a"})
+
+    node = Node()
+    node.peers = {node, "x"}  # a set one of whose elements refers back to it
+    assert digest(node.peers) == deeper(100, lambda: digest(node.peers))  # no recursion limit
+
+
+def deeper(frames: int, call):
+    return call() if frames == 0 else deeper(frames - 1, call)
 
 
 def parts_of(location, tables, job="j" * 64):
