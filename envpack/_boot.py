@@ -20,6 +20,7 @@ import socket
 import sys
 import sysconfig
 import tempfile
+import time
 import zipfile
 
 
@@ -89,14 +90,15 @@ def stage(layers, fetch) -> None:
     imported the older version runs this task.
     """
     root = os.path.join(cache_root(), "unpacked")
-    paths = []
-    for digest, ref in layers:
-        path = os.path.join(root, digest)
+    paths = [os.path.join(root, digest) for digest, _ in layers]
+    for path in paths:
+        used(path)  # before the pruning below
+    for (digest, ref), path in zip(layers, paths, strict=True):
         if not os.path.isdir(path):
             with _node_lock(root, digest):
                 if not os.path.isdir(path):
                     _unpack(fetch(ref), root, path)
-        paths.append(path)
+                    prune(root)
     missing = [path for path in paths if path not in sys.path]
     if missing:
         sys.path[:0] = missing
@@ -118,6 +120,31 @@ def _node_lock(root: str, digest: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Layers (unpacked on a node, archived on the driver) unused this long are removed when a new
+#: one is made there: every edit of a local module makes a new layer.
+KEEP_UNUSED_S = 30 * 24 * 3600
+
+
+def used(path: str) -> None:
+    """Mark ``path`` used now: its modification time, which prune() goes by."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def prune(directory: str, keep_s: float = KEEP_UNUSED_S) -> None:
+    """Remove what ``directory`` holds that was not used for ``keep_s`` (layers, their lock
+    files, temporaries a crash left behind)."""
+    cutoff = time.time() - keep_s
+    for entry in os.scandir(directory):
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
 
 #: In a layer: {source file: modification time (ns)} on the caller, restored on unpacking so

@@ -71,6 +71,7 @@ def build(layer: Layer, directory: Path) -> tuple[Path, bool]:
     """The layer's archive in ``directory`` and whether it was built now (False: cached)."""
     path = directory / layer.filename
     if path.exists():
+        _boot.used(str(path))
         return path, False
     directory.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{layer.digest}-")
@@ -88,6 +89,7 @@ def build(layer: Layer, directory: Path) -> tuple[Path, bool]:
     except BaseException:
         os.unlink(temporary)
         raise
+    _boot.prune(str(directory))
     return path, True
 
 

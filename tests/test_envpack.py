@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -286,6 +287,47 @@ def test_staging_unpacks_each_layer_once_and_puts_it_first_on_sys_path(tmp_path,
     assert fetched == ["ref-1"]
     assert sys.path[0] == str(tmp_path / "cache" / "unpacked" / "d1")
     assert (tmp_path / "cache" / "unpacked" / "d1" / "ep_staged.py").exists()
+
+
+def _aged(path: Path, days: float) -> Path:
+    then = time.time() - days * 24 * 3600
+    os.utime(path, (then, then))
+    return path
+
+
+def test_unpacking_a_new_layer_removes_layers_unused_for_a_month(tmp_path, monkeypatch):
+    archive = tmp_path / "layer.zip"
+    with zipfile.ZipFile(archive, "w") as members:
+        members.writestr("ep_new.py", "")
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    root = tmp_path / "cache" / "unpacked"
+    for name in ("old", ".unpacking-crashed", "recent", "reused"):
+        (root / name).mkdir(parents=True)
+    for name in ("old", ".unpacking-crashed", "reused"):
+        _aged(root / name, days=40)
+    _aged(root / "recent", days=2)
+
+    _boot.stage([("reused", "ref-0"), ("new", "ref-1")], lambda ref: archive.read_bytes())
+
+    assert sorted(path.name for path in root.iterdir() if not path.name.endswith(".lock")) == [
+        "new", "recent", "reused"]
+
+
+def test_building_a_new_archive_removes_archives_unused_for_a_month(local_dir, load, tmp_path):
+    cache = tmp_path / "layers"
+    cache.mkdir()
+    (cache / "stale.zip").write_bytes(b"")
+    stale = _aged(cache / "stale.zip", days=40)
+    (local_dir / "ep_layered.py").write_text("")
+    load("ep_layered")
+    local = {module.name: module for module in envpack.manifest().local_modules}
+    layer = envpack.layer_of(local["ep_layered"])
+    path, built = envpack.build(layer, cache)
+    assert built and not stale.exists()
+    _aged(path, days=40)
+    assert envpack.build(layer, cache) == (path, False)
+    assert time.time() - path.stat().st_mtime < 3600  # a cache hit counts as a use
 
 
 def _envpack(*args, cwd):
