@@ -87,18 +87,22 @@ def stage(layers, fetch) -> None:
     and unpacking the same layer at the same time, and finds it whole. Layers go before
     site-packages, so a shipped version wins over an older one the worker has; Ray starts
     processes dedicated to the image (the task's runtime_env names it), so no process that
-    imported the older version runs this task.
+    imported the older version runs this task. Each layer is marked used; a node that unpacked
+    a new one then prunes layers unused for KEEP_UNUSED_S.
     """
     root = os.path.join(cache_root(), "unpacked")
     paths = [os.path.join(root, digest) for digest, _ in layers]
     for path in paths:
         used(path)  # before the pruning below
+    unpacked = False
     for (digest, ref), path in zip(layers, paths, strict=True):
         if not os.path.isdir(path):
             with _node_lock(root, digest):
                 if not os.path.isdir(path):
                     _unpack(fetch(ref), root, path)
-                    prune(root)
+                    unpacked = True
+    if unpacked:
+        prune(root)
     missing = [path for path in paths if path not in sys.path]
     if missing:
         sys.path[:0] = missing
@@ -135,16 +139,21 @@ def used(path: str) -> None:
 
 def prune(directory: str, keep_s: float = KEEP_UNUSED_S) -> None:
     """Remove what ``directory`` holds that was not used for ``keep_s`` (layers, their lock
-    files, temporaries a crash left behind)."""
+    files, temporaries a crash left behind); best effort. A directory is first renamed out of
+    its name, so one whose removal is cut short (a killed worker) is never taken for a whole
+    layer: what is left keeps its old time and goes at the next prune."""
     cutoff = time.time() - keep_s
-    for entry in os.scandir(directory):
-        with contextlib.suppress(OSError):
-            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in list(entries):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    doomed = os.path.join(directory, f".pruning-{os.getpid()}-{entry.name}")
+                    os.rename(entry.path, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
 
 
 #: In a layer: {source file: modification time (ns)} on the caller, restored on unpacking so

@@ -2,8 +2,9 @@
 
 A layer's digest comes from what it holds (a distribution's name, version and RECORD hash; a
 local module's file hashes), so a change to one package re-ships one layer, and building a layer
-that is already in the cache costs one ``stat``. Archives are written to a temporary name and
-renamed into place: a reader never sees half an archive, and two builders of one layer agree.
+that is already in the cache costs a ``stat`` and a ``utime`` (which marks it used). Archives
+are written to a temporary name and renamed into place: a reader never sees half an archive,
+and two builders of one layer agree.
 A distribution's layer carries its bytecode for the caller's Python (``__pycache__``) and the
 source files' modification times, which the worker restores so that the bytecode stays valid:
 workers often cannot or must not write bytecode (PYTHONDONTWRITEBYTECODE), and compiling pandas

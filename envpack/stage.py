@@ -23,7 +23,7 @@ not even import numpy there: a wheel installs files beside the package (numpy.li
 
 When the workers run the caller's interpreter on the caller's host (the embedded cluster), the
 delta is normally empty: no layer, no runtime_env, and tasks run in Ray's ordinary worker
-processes; the step then costs the warm manifest, ~1 ms. Those processes import the caller's
+processes; the step then costs the warm manifest, a few ms. Those processes import the caller's
 local modules from the caller's files; one that imported a module the caller has since edited
 drops it when the image check names other contents (verify.py). A runtime_env per edit would
 do it too, but workers outside Ray's default pool are killed when idle and restarted by the

@@ -168,15 +168,15 @@ class _SortedSetPickler(pickle.Pickler):
     def persistent_id(self, obj: Any) -> Any:
         if type(obj) not in (set, frozenset):
             return None
-        expanding = _expanding.__dict__.setdefault("ids", set())
-        if id(obj) in expanding:  # an element refers back to the set: a cycle, not recursion
-            return "cycle"
-        expanding.add(id(obj))
+        expanding = _expanding.__dict__.setdefault("ids", [])
+        if id(obj) in expanding:  # an element refers back to an enclosing set: say which
+            return "cycle", len(expanding) - expanding.index(id(obj))
+        expanding.append(id(obj))
         try:
             return type(obj).__name__, sorted(map(_stable_pickle, obj))
         finally:
-            expanding.discard(id(obj))
+            expanding.pop()
 
 
-#: The sets this thread is pickling element by element.
+#: The sets this thread is pickling element by element, outermost first.
 _expanding = threading.local()

@@ -55,7 +55,7 @@ def _converted(value: Any) -> pa.Table:
 
 
 def _decoded(table: pa.Table) -> pa.Table:
-    """Dictionary columns (a pandas categorical), also inside lists and structs, as their
+    """Dictionary columns (a pandas categorical), also inside lists, maps and structs, as their
     values. One task's categorical and another's strings then unify; Parquet
     dictionary-encodes them on disk all the same."""
     for index, field in enumerate(table.schema):
@@ -76,6 +76,13 @@ def _without_dictionaries(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
         return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+    if pa.types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
+        return pa.list_(item, kind.list_size)
+    if pa.types.is_map(kind):
+        return pa.map_(kind.key_field.with_type(_without_dictionaries(kind.key_type)),
+                       kind.item_field.with_type(_without_dictionaries(kind.item_type)),
+                       kind.keys_sorted)
     if pa.types.is_struct(kind):
         return pa.struct([field.with_type(_without_dictionaries(field.type)) for field in kind])
     return kind

@@ -255,16 +255,22 @@ def test_schemas_that_drift_safely_are_unified(output):
                    {"a": 3.0, "b": None, "c": True}, {"a": 4.0, "b": "y", "c": None}]
 
 
-def test_categoricals_also_inside_lists_and_structs_are_stored_as_their_values():
+def test_categoricals_also_inside_lists_maps_and_structs_are_stored_as_their_values():
     from reduce_sql.tables import as_table
 
     codes = pa.array(["a", "b", None]).dictionary_encode()
+    keys = pa.array(["k1", "k2", "k3"])
     table = pa.table({"l": pa.ListArray.from_arrays([0, 2, 3, 3], codes),
-                      "s": pa.StructArray.from_arrays([codes], ["x"]), "c": codes})
+                      "s": pa.StructArray.from_arrays([codes], ["x"]), "c": codes,
+                      "m": pa.MapArray.from_arrays([0, 1, 3, 3], keys, codes),
+                      "f": pa.FixedSizeListArray.from_arrays(pa.concat_arrays(
+                          [codes, codes, codes]), 3)})
     plain = as_table(table)
     assert plain.schema == pa.schema([("l", pa.list_(pa.string())),
                                       ("s", pa.struct([("x", pa.string())])),
-                                      ("c", pa.string())])
+                                      ("c", pa.string()),
+                                      ("m", pa.map_(pa.string(), pa.string())),
+                                      ("f", pa.list_(pa.string(), 3))])
     assert plain.to_pylist() == table.to_pylist()
 
 
