@@ -314,6 +314,19 @@ def test_unpacking_a_new_layer_removes_layers_unused_for_a_month(tmp_path, monke
         "new", "recent", "reused"]
 
 
+def test_a_removal_cut_short_never_leaves_a_layer_under_its_name(tmp_path, monkeypatch):
+    root = tmp_path / "unpacked"
+    (root / "old").mkdir(parents=True)
+    (root / "old" / "ep_old.py").write_text("")
+    _aged(root / "old", days=40)
+    with monkeypatch.context() as patched:  # the worker is killed before it removed a file
+        patched.setattr(_boot.shutil, "rmtree", lambda *args, **kwargs: None)
+        _boot.prune(str(root))
+    assert [path.name.startswith(".pruning-") for path in root.iterdir()] == [True]
+    _boot.prune(str(root))  # the next prune finishes the job
+    assert list(root.iterdir()) == []
+
+
 def test_building_a_new_archive_removes_archives_unused_for_a_month(local_dir, load, tmp_path):
     cache = tmp_path / "layers"
     cache.mkdir()
