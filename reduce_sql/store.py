@@ -26,6 +26,10 @@ _S3_OPTIONS_FROM_ENV = {
 }
 
 
+#: Reads of an S3 object replaced while it is read, before giving up (see read_bytes).
+READ_ATTEMPTS = 5
+
+
 @dataclass(frozen=True)
 class Location:
     """The root of one output: ``uri`` as the user gave it, resolved once on the driver."""
@@ -47,12 +51,23 @@ class Location:
         return f"{self.root}/{relative}"
 
     def read_bytes(self, relative: str) -> bytes | None:
-        """The file's content, or None when there is no such file."""
-        try:
-            with self.filesystem.open_input_stream(self.path(relative)) as stream:
-                return stream.read()
-        except FileNotFoundError:
-            return None
+        """The file's content, or None when there is no such file.
+
+        An S3 read learns the object's size when it opens, then asks for that many bytes: an
+        object replaced in between (a checkpoint rewriting the manifest) would come back cut
+        at the old size. So a read whose length is not the object's size now is done again.
+        """
+        filesystem, path = self.filesystem, self.path(relative)
+        for _ in range(READ_ATTEMPTS):
+            try:
+                with filesystem.open_input_stream(path) as stream:
+                    content = stream.read()
+            except FileNotFoundError:
+                return None
+            if not self.is_s3 or filesystem.get_file_info(path).size == len(content):
+                return content
+        raise OSError(f"{self.uri}: {relative} kept changing while it was read "
+                      f"({READ_ATTEMPTS} attempts)")
 
     def write_atomically(self, relative: str, content: bytes) -> None:
         """Replace the file so readers see the old content or the new, never a part of either."""
