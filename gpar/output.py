@@ -114,13 +114,11 @@ def _first_values(streams: list[Any]) -> list[Any]:
 def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
           overwrite: bool) -> OutputJob:
     from reduce_sql.commit import begin as claim
-    from reduce_sql.commit import read_manifest
     from reduce_sql.store import locate
 
     location = locate(output)
     job = job_digest(items, fn, args, kwargs)
-    replacing = overwrite and read_manifest(location) is not None
-    previous = claim(location, job, overwrite)
+    previous, replacing = claim(location, job, overwrite)
     done = previous.tasks if previous else set()
     return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done],
                      checkpoints=not replacing)
@@ -168,7 +166,7 @@ class _SortedSetPickler(pickle.Pickler):
     def persistent_id(self, obj: Any) -> Any:
         if type(obj) not in (set, frozenset):
             return None
-        expanding = _expanding.__dict__.setdefault("ids", [])
+        expanding = _expanding.ids
         if id(obj) in expanding:  # an element refers back to an enclosing set: say which
             return "cycle", len(expanding) - expanding.index(id(obj))
         expanding.append(id(obj))
@@ -178,5 +176,11 @@ class _SortedSetPickler(pickle.Pickler):
             expanding.pop()
 
 
-#: The sets this thread is pickling element by element, outermost first.
-_expanding = threading.local()
+class _Expanding(threading.local):
+    """The sets this thread is pickling element by element, outermost first."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+
+_expanding = _Expanding()

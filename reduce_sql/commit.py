@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -105,8 +105,15 @@ def read_manifest(location: Location) -> Manifest | None:
     return None if content is None else Manifest.from_json(content)
 
 
-def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | None:
-    """Claim ``location`` for ``job``; return what an earlier run of this job committed.
+class Claim(NamedTuple):
+    """What begin() found: an earlier run of this job to resume, or an output it replaces."""
+
+    previous: Manifest | None  # what an earlier run of this job committed
+    replacing: bool  # overwrite=True over a committed output: write no checkpoint over it
+
+
+def begin(location: Location, job: str, overwrite: bool = False) -> Claim:
+    """Claim ``location`` for ``job``.
 
     Another job's output, or a non-empty location reduce_sql did not write, is refused unless
     ``overwrite``; with it, the earlier output stays readable until this job commits.
@@ -130,7 +137,9 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Manifest | N
                 f"{location.uri} is not empty and holds no gpar output; choose an empty or new "
                 "location, or pass overwrite=True (files gpar did not write are left alone)")
     location.write_atomically(JOB_MARKER, json.dumps({"job": job}).encode())
-    return manifest if manifest is not None and manifest.job == job and not overwrite else None
+    if overwrite:
+        return Claim(None, replacing=manifest is not None)
+    return Claim(manifest if manifest is not None and manifest.job == job else None, False)
 
 
 def commit(location: Location, job: str, parts: Sequence[Part],

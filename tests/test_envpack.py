@@ -144,20 +144,33 @@ def test_a_layer_holds_the_distribution_and_is_built_once(site, tmp_path, load):
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary left behind
 
 
+@pytest.fixture
+def worker_cache(tmp_path, monkeypatch) -> Path:
+    """A worker's own layer cache (its unpacked/ directory is returned), and a sys.path that
+    staging may change."""
+    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path / "cache" / "unpacked"
+
+
+def _layer_archive(path: Path, module: str) -> bytes:
+    """A layer's archive holding one module ``module``.py."""
+    with zipfile.ZipFile(path, "w") as members:
+        members.writestr(f"{module}.py", "WHERE = 'staged'\n")
+    return path.read_bytes()
+
+
 def test_unpacked_sources_keep_the_callers_mtimes_so_shipped_bytecode_stays_valid(
-        site, load, tmp_path, monkeypatch):
+        site, load, tmp_path, worker_cache):
     install(site, "ep-alpha", "1.0")
     source = site / "ep_alpha.py"
     os.utime(source, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     load("ep_alpha")
     path, _ = envpack.build(envpack.layer_of(names(envpack.manifest())["ep-alpha"]), tmp_path)
-    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "worker"))
-    monkeypatch.setattr(sys, "path", list(sys.path))
 
     _boot.stage([("d", "ref")], lambda ref: path.read_bytes())
 
-    unpacked = tmp_path / "worker" / "unpacked" / "d" / "ep_alpha.py"
-    assert unpacked.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert (worker_cache / "d" / "ep_alpha.py").stat().st_mtime_ns == 1_600_000_000_123_456_789
 
 
 def test_a_layer_too_large_for_ray_names_the_package(site, monkeypatch, load):
@@ -269,24 +282,20 @@ def test_verify_passes_a_matching_worker_and_checks_python_only_for_compiled_cod
         envpack.verify(_check([("ep-alpha", "1.0", False)], python_minor="3.98"))
 
 
-def test_staging_unpacks_each_layer_once_and_puts_it_first_on_sys_path(tmp_path, monkeypatch):
-    archive = tmp_path / "layer.zip"
-    with zipfile.ZipFile(archive, "w") as members:
-        members.writestr("ep_staged.py", "WHERE = 'staged'\n")
-    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(sys, "path", list(sys.path))
+def test_staging_unpacks_each_layer_once_and_puts_it_first_on_sys_path(tmp_path, worker_cache):
+    archive = _layer_archive(tmp_path / "layer.zip", "ep_staged")
     fetched = []
 
     def fetch(ref):
         fetched.append(ref)
-        return archive.read_bytes()
+        return archive
 
     _boot.stage([("d1", "ref-1")], fetch)
     _boot.stage([("d1", "ref-1")], fetch)
 
     assert fetched == ["ref-1"]
-    assert sys.path[0] == str(tmp_path / "cache" / "unpacked" / "d1")
-    assert (tmp_path / "cache" / "unpacked" / "d1" / "ep_staged.py").exists()
+    assert sys.path[0] == str(worker_cache / "d1")
+    assert (worker_cache / "d1" / "ep_staged.py").exists()
 
 
 def _aged(path: Path, days: float) -> Path:
@@ -295,20 +304,16 @@ def _aged(path: Path, days: float) -> Path:
     return path
 
 
-def test_unpacking_a_new_layer_removes_layers_unused_for_a_month(tmp_path, monkeypatch):
-    archive = tmp_path / "layer.zip"
-    with zipfile.ZipFile(archive, "w") as members:
-        members.writestr("ep_new.py", "")
-    monkeypatch.setenv("ENVPACK_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    root = tmp_path / "cache" / "unpacked"
+def test_unpacking_a_new_layer_removes_layers_unused_for_a_month(tmp_path, worker_cache):
+    archive = _layer_archive(tmp_path / "layer.zip", "ep_new")
+    root = worker_cache
     for name in ("old", ".unpacking-crashed", "recent", "reused"):
         (root / name).mkdir(parents=True)
     for name in ("old", ".unpacking-crashed", "reused"):
         _aged(root / name, days=40)
     _aged(root / "recent", days=2)
 
-    _boot.stage([("reused", "ref-0"), ("new", "ref-1")], lambda ref: archive.read_bytes())
+    _boot.stage([("reused", "ref-0"), ("new", "ref-1")], lambda ref: archive)
 
     assert sorted(path.name for path in root.iterdir() if not path.name.endswith(".lock")) == [
         "new", "recent", "reused"]

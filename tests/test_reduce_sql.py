@@ -158,6 +158,36 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
     assert len(dataset.files) == 1  # the checkpoint's files merged with the new ones
 
 
+def test_a_manifest_replaced_while_it_is_read_is_read_whole(s3_environment, monkeypatch):
+    """An S3 read sizes the object when it opens: a checkpoint that rewrites the manifest just
+    then must not hand a reader the new manifest cut at the old one's length."""
+    from reduce_sql import store
+
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
+    location.write_atomically("manifest.json", b"{}")
+    real = location.filesystem
+
+    class ReplacedOnOpen:
+        replaced = False
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def open_input_stream(self, path):
+            stream = real.open_input_stream(path)  # the old object's size, now
+            if not self.replaced:
+                self.replaced = True
+                real.delete_file(path)
+                with real.open_output_stream(path) as replacement:
+                    replacement.write(b'{"a": "longer"}')
+            return stream
+
+    monkeypatch.setattr(store, "_filesystem", lambda options: ReplacedOnOpen())
+    assert location.read_bytes("manifest.json") == b'{"a": "longer"}'
+
+
 def test_replacing_an_output_writes_no_checkpoint_so_it_stays_readable(tmp_path):
     from gpar import output as gpar_output
 
