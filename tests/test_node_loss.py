@@ -38,8 +38,9 @@ SCRIPT = """
 
     remover = threading.Thread(target=remove_a_node_mid_job)
     remover.start()
-    results = gpar.apply(range(20), faulty, {}, markers, 1.0, address=cluster.address,
-                         max_workers=2, progress=False, backups=False)
+    # task 5's first attempt runs until its node goes: the removal always finds it running
+    results = gpar.apply(range(20), faulty, {(5, 0): "hang"}, markers, 1.0,
+                         address=cluster.address, max_workers=2, progress=False, backups=False)
     remover.join()
     rows = results.report.attempts
     print("RESULT", results == list(range(20)))  # Ray writes to stdout too: mark our lines
