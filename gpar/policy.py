@@ -1,42 +1,55 @@
 """Scheduling policy: every decision of a job as a pure state machine, with the clock passed in.
 
 Events go in (``on_*``), decisions come out (``launches``, ``tick``); no Ray, no I/O, so tests
-drive it with a fake clock. The Ray loop in scheduler.py only turns decisions into Ray calls and
-Ray outcomes into events. An element of xs is the unit of every rule, however it is batched.
+drive it with a fake clock and the simulator (gpar/simulator.py) drives it at scale. The loop in
+gpar/loop.py turns decisions into backend calls and backend news into events. An element of xs
+is the unit of every rule, however it is batched.
 
 Rules (DESIGN §3):
 
 * **Per-element budget**: a failed attempt is retried while the element has failed at most
   ``task_retries`` times and the failure is retryable (system failures always; an exception
   from fn only if its type is in ``retry_on``). A retry runs alone.
-* **Total budget**: every failed attempt counts (retried or not, timeouts, lost batches); when
-  more than ``max_failures`` have failed the job stops: ``stop == "budget"``.
+* **Total budget**: every failed attempt counts (retried or not, timeouts, attempts lost with
+  their batch); when more than ``max_failures`` have failed the job stops: ``stop == "budget"``.
 * **Deadline**: at ``deadline_at`` the job stops; what has not finished is marked "deadline".
 * **task_timeout**: an element whose attempt has run longer is killed with its batch, charged a
-  retryable failure; the batch's other unreported elements are re-dispatched uncharged.
+  retryable failure; the batch's elements not yet started are queued again, uncharged.
 * **Quorum**: once ``ceil(quorum * elements)`` elements are final the job stops; the rest are
   marked "quorum".
-* **Stragglers**: an attempt running more than BACKUP_SLOWDOWN times the median element time
-  (and at least BACKUP_MIN_S) hands the elements queued behind it in its batch to new batches,
-  so it holds back only itself.
+* **Hand-off**: a batch of several elements hands the elements queued behind one that has run
+  longer than its launch's ``handoff_after_s`` back to the queue. The worker decides it, so an
+  element given away is never started by that batch (worker.py).
+* **Stragglers** run more than BACKUP_SLOWDOWN times the median element time (and at least
+  BACKUP_MIN_S); with no element finished yet, nothing is a straggler.
+* **Preemption** (no starvation): while elements wait in the queue and every slot is busy, a
+  straggling attempt is killed and its element parked; parked elements start only when the
+  queue is empty. Not charged to any budget. An element is preempted at most MAX_PREEMPTIONS
+  times: after that its attempt runs to its end (task_timeout and the deadline still bound it),
+  so a deterministic hang costs one lost straggle, never a loop.
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
-  are final, such a straggler also gets a second attempt; the first to finish wins and the other
-  is cancelled. At most BACKUP_SHARE of the elements get one. At the tail, when nothing is left
-  to launch and a slot is idle, TAIL_SLOWDOWN times the median is straggling enough.
+  are final and nothing waits in the queue, a straggler gets a second attempt; the first to
+  finish wins and the other is cancelled. At most BACKUP_SHARE of the elements get one. At
+  the tail, when nothing is left to launch and a slot is idle, TAIL_SLOWDOWN times the median
+  is straggling enough.
 * **Slow nodes**: a node whose attempts were stragglers SLOW_NODE_STRIKES times gets no new
   work for the rest of the job (at most half the nodes, never the last): elements that straggle
   wherever they run are what backups are for, a node that is slow for everything is not.
-* **Lost batch** (worker died): reported elements are kept. A lone unreported element is charged
-  a retryable failure. Several are re-run uncharged: the one last seen in fn alone, the rest
-  as usual (or, with nothing seen, two halves), so a crash is charged only to the element that
-  caused it.
+* **Lost batch** (worker died): reported elements are kept. The element last seen in fn lost its
+  attempt (charged, a system failure, retried alone); the elements behind it were not seen
+  starting: queued again uncharged, with their attempt number unchanged. With nothing seen in
+  fn, a lone element is charged; several are re-run uncharged in two halves, so a crash is
+  charged only to the element that caused it.
+
+Every attempt the policy ends or sees lost comes back as a ``Stopped`` record, so the report has
+a row for each attempt, however it ended.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from gpar.results import TaskFailure
@@ -60,6 +73,14 @@ TAIL_SLOWDOWN = 1.5
 #: second on the same node rarely is. bench/bench_stragglers.py's slow-node case measures it.
 SLOW_NODE_STRIKES = 2
 
+#: Times one element may be preempted. Once: an element slow wherever it runs loses one
+#: straggle's worth of work, and one slow for its node's sake runs again elsewhere.
+MAX_PREEMPTIONS = 1
+
+#: Shortest time between two scans of the running attempts for stragglers and timeouts: a scan
+#: costs a few steps per straggler, and events come far more often on a large cluster.
+SCAN_S = 0.05
+
 _OPEN, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
 
 
@@ -70,7 +91,7 @@ def default_max_failures(elements: int) -> int:
 
 @dataclass(frozen=True)
 class Rules:
-    """The knobs of one job. Times are on the policy's clock (seconds, monotonic)."""
+    """The knobs of one job. Times are on the policy's clock (seconds)."""
 
     max_workers: int
     task_retries: int = 3
@@ -84,24 +105,38 @@ class Rules:
 
 @dataclass(frozen=True)
 class Launch:
-    """Decision: run elements ``indices`` as batch ``batch``."""
+    """Decision: run elements ``indices`` as batch ``batch``; the worker gives back the
+    elements queued behind one that has run ``handoff_after_s``."""
 
     batch: int
     indices: range
     attempt: int
     backup: bool = False
+    handoff_after_s: float = BACKUP_MIN_S
 
 
 @dataclass(frozen=True)
-class Charge:
-    """A failed attempt the policy charged without a report from the worker (timeout, loss)."""
+class Ended:
+    """An attempt that ended without its worker's report: "timeout", "system" (lost with its
+    batch; both charged), "preempted" or "cancelled" (not charged)."""
 
-    batch: int
     index: int
     attempt: int
     started_at: float | None
-    outcome: str  # "timeout" or "system"
+    outcome: str
     message: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
+    ``unstarted``: elements it owned, never seen starting, charged nothing (queued again
+    unless they were final already)."""
+
+    batch: int
+    attempt: Ended | None
+    unstarted: range
+    killed: bool
 
 
 @dataclass(frozen=True)
@@ -114,17 +149,15 @@ class _Work:
 
 @dataclass
 class _Batch:
+    """A launched batch: which of its positions reported, which one is in fn, where it ends."""
+
     indices: range
     attempt: int
     backup: bool
+    end: int  # positions [end, len) were handed back by the worker
     reported: int = 0  # positions [0, reported) have reported
-    owned: int = -1  # positions [owned, len) were handed to other batches; -1: none
     running: tuple[int, float] | None = None  # (position, started_at) of the element in fn
     straggling: bool = False
-
-    @property
-    def end(self) -> int:
-        return len(self.indices) if self.owned < 0 else self.owned
 
 
 @dataclass
@@ -143,17 +176,24 @@ class Policy:
     backups_launched: int = 0
     retries: int = 0
     timeouts: int = 0
-    batches_split: int = 0  # lost batches re-run uncharged because the culprit was unknown
+    preemptions: int = 0
+    batches_split: int = 0  # lost batches re-run in halves because the culprit was unknown
 
     def __post_init__(self):
         self.state = bytearray(self.elements)
         self._pending: deque[_Work] = deque([_Work(range(self.elements), 0, whole=False)])
-        self._undispatched = self.elements
+        self._queued = self.elements  # elements in _pending
+        self._undispatched = self.elements  # of which in re-cuttable work
+        self._parked: deque[tuple[int, int]] = deque()  # preempted (element, next attempt)
         self._batches: dict[int, _Batch] = {}
+        self._running: OrderedDict[int, None] = OrderedDict()  # batches by when fn last began
         self._next_batch = 0
+        self._next_scan = -math.inf
         self._failed_count: dict[int, int] = {}  # element -> failed attempts so far
-        self._last_error: dict[int, ElementError] = {}
+        self._last_attempt: dict[int, int] = {}  # element -> its latest attempt run alone
+        self._preempted: dict[int, int] = {}  # element -> times preempted
         self._backed_up: set[int] = set()
+        self._contested: set[int] = set()  # batches running an element that has a backup
         self._new_stragglers: list[int] = []
         self._durations: list[float] = []  # sorted sample of per-element times, for the median
 
@@ -166,48 +206,40 @@ class Policy:
     def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         decided = []
-        while self._pending and len(self._batches) < in_flight_limit and not self.finished:
-            work = self._pending.popleft()
-            indices = work.indices
-            if not work.whole:
-                size = self.sizer.next_size(self._undispatched)
-                if size < len(indices):
-                    self._pending.appendleft(_Work(indices[size:], work.attempt, whole=False))
-                    indices = indices[:size]
-                self._undispatched -= len(indices)
-            indices = self._trim_final(indices)
+        while len(self._batches) < in_flight_limit and not self.finished:
+            work = self._next_work()
+            if work is None:
+                break
+            indices = self._trim_final(work.indices)
             if not indices:
                 continue
             batch = self._next_batch
             self._next_batch += 1
-            self._batches[batch] = _Batch(indices, work.attempt, work.backup)
-            decided.append(Launch(batch, indices, work.attempt, work.backup))
+            self._batches[batch] = _Batch(indices, work.attempt, work.backup, len(indices))
+            if work.backup:
+                self._contested.add(batch)
+            handoff_after_s = self._straggler_threshold(tail=False) or BACKUP_MIN_S
+            decided.append(Launch(batch, indices, work.attempt, work.backup, handoff_after_s))
         return decided
 
-    def tick(self, now: float) -> tuple[list[int], list[Charge]]:
-        """Batches to kill now, and the failures charged for it.
-
-        Killed: a batch over task_timeout; a batch left with nothing of its own to do (a backup
-        race was decided, or it moved on to elements handed to other batches); every batch once
-        the job stops.
-        """
+    def tick(self, now: float) -> list[Stopped]:
+        """Batches ended now: over task_timeout, preempted, left with nothing of their own to
+        do (a backup race was decided), or all of them once the job stops."""
         deadline = self.rules.deadline_at
         if self.stop is None and deadline is not None and now >= deadline:
             self._stop("deadline")
-        if self.stop is not None:
-            kills = list(self._batches)
-            self._batches.clear()
-            return kills, []
         self._check_quorum()  # elements also become final through losses and timeouts
         if self.stop is not None:
-            return self.tick(now)
-        kills, charges = self._timeouts(now)
-        self._handle_stragglers(now)
-        for batch, live in list(self._batches.items()):
-            if self._redundant(live):
-                del self._batches[batch]
-                kills.append(batch)
-        return kills, charges
+            return self._kill_all(_STOP_MESSAGES[self.stop])
+        if self.final == self.elements:  # what still runs lost a race to a backup
+            return self._kill_all(_LOST_RACE)
+        if now < self._next_scan:
+            return []
+        self._next_scan = now + SCAN_S
+        stopped = self._timeouts(now)
+        stopped += self._handle_stragglers(now)
+        stopped += self._redundant()
+        return stopped + self.tick(now) if self.finished else stopped
 
     def take_stragglers(self) -> list[int]:
         """Batches declared stragglers since the last call (so the loop can tell slow nodes)."""
@@ -219,10 +251,12 @@ class Policy:
         times = [1.0]
         if self.rules.deadline_at is not None:
             times.append(self.rules.deadline_at - now)
-        if self.rules.task_timeout_s is not None:
-            for batch in self._batches.values():
-                if batch.running:
-                    times.append(batch.running[1] + self.rules.task_timeout_s - now)
+        oldest = self._oldest_running()
+        if oldest is not None:
+            limits = [self._straggler_threshold(tail=True) or math.inf]
+            if self.rules.task_timeout_s is not None:
+                limits.append(self.rules.task_timeout_s)
+            times.append(max(self._next_scan, oldest + min(limits)) - now)
         return max(0.0, min(times))
 
     # -------------------------------------------------------------------- events
@@ -230,8 +264,22 @@ class Policy:
     def on_running(self, batch: int, position: int, started_at: float) -> None:
         """The element at ``position`` of ``batch`` entered fn at ``started_at``."""
         live = self._batches.get(batch)
-        if live is not None:
+        if live is not None and position < live.end:
+            if live.running is None or live.running[0] != position:
+                live.straggling = False
             live.running = (position, started_at)
+            self._running[batch] = None
+            self._running.move_to_end(batch)
+
+    def on_handed_off(self, batch: int, end: int) -> None:
+        """The worker of ``batch`` gave back its positions from ``end`` on: queue them again."""
+        live = self._batches.get(batch)
+        if live is None or end >= live.end:
+            return
+        rest = self._trim_final(live.indices[end:live.end])
+        live.end = end
+        if rest:
+            self._enqueue(_Work(rest, live.attempt, whole=False))
 
     def on_reported(
         self,
@@ -255,43 +303,75 @@ class Policy:
         self._sample_duration(seconds / count)
         accepted = []
         for part in self._owned_parts(live, first, first + count, errors):
-            part_indices = live.indices[part.start:part.stop]
-            fresh = self._accept(part_indices)
-            accepted.extend(fresh)
+            accepted.extend(self._accept(live.indices[part.start:part.stop]))
         for position, error in errors.items():
             if position < live.end:
                 self._attempt_failed(live.indices[position], live.attempt, error)
-        if live.reported >= len(live.indices):  # done; a batch that only finished what it owns
-            del self._batches[batch]  # still runs handed-off elements: tick() kills it
+        if live.reported >= live.end:
+            self._forget(batch)
         self._check_quorum()
         return accepted
 
-    def on_lost(self, batch: int, error: ElementError) -> Charge | None:
+    def on_lost(self, batch: int, error: ElementError) -> Stopped | None:
         """The batch's stream broke before every element it owns reported (worker died)."""
-        live = self._batches.pop(batch, None)
-        if live is None:
+        live = self._forget(batch)
+        if live is None or live.reported >= live.end:
             return None
-        unreported = live.indices[live.reported:live.end]
-        unreported = self._trim_final(unreported)
-        if not unreported:
-            return None
-        if len(unreported) > 1:  # not charged: which element crashed is not known yet
-            self.batches_split += 1
-            if live.running and live.indices[live.running[0]] == unreported[0]:
-                # the element last seen in fn is the likely culprit: run it alone first
-                self._requeue(unreported[1:], live.attempt + 1, whole=False)
-                self._requeue(unreported[:1], live.attempt + 1, whole=True)
-            else:
-                half = len(unreported) // 2
-                self._requeue(unreported[half:], live.attempt + 1, whole=True)
-                self._requeue(unreported[:half], live.attempt + 1, whole=True)
-            return None
-        index = unreported[0]
-        started = live.running[1] if live.running else None
-        self._attempt_failed(index, live.attempt, error)
-        return Charge(batch, index, live.attempt, started, "system", error.message)
+        open_ones = self._trim_final(live.indices[live.reported:live.end])
+        if live.running is None:  # nothing seen in fn
+            if len(open_ones) > 1:  # which element crashed is not known: halves, uncharged
+                self.batches_split += 1
+                half = len(open_ones) // 2
+                self._enqueue(_Work(open_ones[half:], live.attempt, whole=True), front=True)
+                self._enqueue(_Work(open_ones[:half], live.attempt, whole=True), front=True)
+            if len(open_ones) != 1:
+                return Stopped(batch, None, live.indices[live.reported:live.end], killed=False)
+        position, started = live.running or (live.indices.index(open_ones[0]), None)
+        behind = live.indices[position + 1:live.end]
+        rest = self._trim_final(behind)
+        if rest:
+            self._enqueue(_Work(rest, live.attempt, whole=False))
+        index = live.indices[position]
+        self._attempt_failed(index, live.attempt, error)  # a retry if it is still open
+        ended = Ended(index, live.attempt, started, "system", error.message)
+        return Stopped(batch, ended, behind, killed=False)
 
     # ------------------------------------------------------------------- helpers
+
+    def _next_work(self) -> _Work | None:
+        """The next work to launch: the queue first, in order; parked elements once it is empty.
+        Re-cuttable work is cut to the size the BatchSizer asks for."""
+        if self._pending:
+            work = self._pending.popleft()
+            if work.whole:
+                self._queued -= len(work.indices)
+                return work
+            size = self.sizer.next_size(self._undispatched)
+            if size < len(work.indices):
+                self._pending.appendleft(_Work(work.indices[size:], work.attempt, whole=False))
+                work = _Work(work.indices[:size], work.attempt, whole=False)
+            self._undispatched -= len(work.indices)
+            self._queued -= len(work.indices)
+            return work
+        if self._parked:
+            index, attempt = self._parked.popleft()
+            return _Work(range(index, index + 1), attempt, whole=True)
+        return None
+
+    def _enqueue(self, work: _Work, front: bool = False) -> None:
+        """Queue work: retries and halves go first, elements given back go last."""
+        self._queued += len(work.indices)
+        if not work.whole:
+            self._undispatched += len(work.indices)
+        if front:
+            self._pending.appendleft(work)
+        else:
+            self._pending.append(work)
+
+    def _forget(self, batch: int) -> _Batch | None:
+        self._running.pop(batch, None)
+        self._contested.discard(batch)
+        return self._batches.pop(batch, None)
 
     def _owned_parts(self, live: _Batch, start: int, stop: int, errors) -> list[range]:
         """Positions in [start, stop) still owned by the batch and without an error."""
@@ -327,6 +407,12 @@ class Policy:
             runs.append(indices[begin:])
         return runs
 
+    def _next_attempt(self, index: int, after: int) -> int:
+        """The number of the element's next attempt run alone: past every one it has had."""
+        attempt = max(after, self._last_attempt.get(index, after)) + 1
+        self._last_attempt[index] = attempt
+        return attempt
+
     def _attempt_failed(self, index: int, attempt: int, error: ElementError) -> None:
         self.failed_attempts += 1
         if self.state[index] != _OPEN:
@@ -334,10 +420,10 @@ class Policy:
             return
         failed = self._failed_count.get(index, 0) + 1
         self._failed_count[index] = failed
-        self._last_error[index] = error
         if error.retryable and failed <= self.rules.task_retries:
             self.retries += 1
-            self._requeue(range(index, index + 1), attempt + 1, whole=True)
+            retry = _Work(range(index, index + 1), self._next_attempt(index, attempt), True)
+            self._enqueue(retry, front=True)
         else:
             fns_fault = error.kind == "error" or (error.kind == "output" and not error.retryable)
             reason = "error" if fns_fault else "system"
@@ -354,73 +440,138 @@ class Policy:
         self.final += 1
         self.failures[index] = failure
 
-    def _timeouts(self, now: float) -> tuple[list[int], list[Charge]]:
+    def _timeouts(self, now: float) -> list[Stopped]:
         limit = self.rules.task_timeout_s
         if limit is None:
-            return [], []
-        kills, charges = [], []
-        for batch, live in list(self._batches.items()):
-            if not live.running or now - live.running[1] <= limit:
-                continue
+            return []
+        stopped = []
+        for batch, live in self._running_longer_than(now, limit):
             position, started = live.running
             index = live.indices[position]
-            kills.append(batch)
-            del self._batches[batch]
-            rest = self._trim_final(live.indices[position + 1:live.end])
-            if rest:
-                self._requeue(rest, live.attempt + 1, whole=False)
-            if self.state[index] == _OPEN:
-                self.timeouts += 1
-                error = ElementError(
-                    "TimeoutError", f"the attempt ran longer than task_timeout={limit} s",
-                    "", "timeout", retryable=True)
-                charges.append(Charge(batch, index, live.attempt, started, "timeout",
-                                      error.message))
-                self._attempt_failed(index, live.attempt, error)
-        return kills, charges
+            rest = self._kill(batch, live)
+            if self.state[index] != _OPEN:
+                stopped.append(Stopped(batch, self._cancelled(live, _LOST_RACE), rest, True))
+                continue
+            self.timeouts += 1
+            error = ElementError(
+                "TimeoutError", f"the attempt ran longer than task_timeout={limit} s",
+                "", "timeout", retryable=True)
+            stopped.append(Stopped(batch, Ended(index, live.attempt, started, "timeout",
+                                                error.message), rest, True))
+            self._attempt_failed(index, live.attempt, error)
+        return stopped
 
-    def _handle_stragglers(self, now: float) -> None:
-        """A straggler hands the elements queued behind it to new batches; it may get a backup."""
-        median = self._median_duration()
-        if median is None:
-            return
-        threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * median)
-        backups_allowed = (self.rules.backups
+    def _handle_stragglers(self, now: float) -> list[Stopped]:
+        """Mark stragglers; preempt those holding a slot work waits for; back up the rest."""
+        threshold = self._straggler_threshold(tail=False)
+        if threshold is None:
+            return []
+        backups_allowed = (self.rules.backups and not self._pending  # waiting work goes first
                            and self.final >= BACKUP_AFTER_DONE * self.elements)
-        if backups_allowed and not self._pending and len(self._batches) < self.rules.max_workers:
-            threshold = max(BACKUP_MIN_S, TAIL_SLOWDOWN * median)  # the tail: slots are idle
+        if backups_allowed and len(self._batches) < self.rules.max_workers:
+            threshold = self._straggler_threshold(tail=True)  # the tail: slots are idle
+        may_preempt = self._queued if len(self._batches) >= self.rules.max_workers else 0
         budget = max(1, int(BACKUP_SHARE * self.elements))
-        for batch, live in list(self._batches.items()):
-            if not live.running or now - live.running[1] <= threshold:
+        stopped = []
+        for batch, live in self._running_longer_than(now, threshold):
+            position, started = live.running
+            index = live.indices[position]
+            if self.state[index] != _OPEN:
                 continue
             if not live.straggling:
                 live.straggling = True
                 self._new_stragglers.append(batch)
-            position, _ = live.running
-            rest = self._trim_final(live.indices[position + 1:live.end])
-            live.owned = position + 1
-            if rest:
-                self._requeue(rest, live.attempt + 1, whole=False)
-            index = live.indices[position]
-            if (backups_allowed and not live.backup and self.backups_launched < budget
-                    and index not in self._backed_up and self.state[index] == _OPEN):
+            if (may_preempt > 0 and not live.backup
+                    and self._preempted.get(index, 0) < MAX_PREEMPTIONS):
+                may_preempt -= 1
+                stopped.append(self._preempt(batch, live))
+            elif (backups_allowed and not live.backup and self.backups_launched < budget
+                    and index not in self._backed_up):
                 self._backed_up.add(index)
+                self._contested.add(batch)
                 self.backups_launched += 1
-                self._pending.appendleft(_Work(range(index, index + 1), live.attempt + 1,
-                                               whole=True, backup=True))
+                attempt = self._next_attempt(index, live.attempt)
+                self._enqueue(_Work(range(index, index + 1), attempt, whole=True, backup=True),
+                              front=True)
+        return stopped
 
-    def _requeue(self, indices: range, attempt: int, whole: bool) -> None:
-        """Queue elements again: whole pieces (retries, halves) first, re-cuttable ones last."""
-        if whole:
-            self._pending.appendleft(_Work(indices, attempt, whole=True))
-        else:
-            self._undispatched += len(indices)
-            self._pending.append(_Work(indices, attempt, whole=False))
+    def _preempt(self, batch: int, live: _Batch) -> Stopped:
+        """Kill a straggling attempt so waiting work gets its slot; park its element."""
+        position, started = live.running
+        index = live.indices[position]
+        rest = self._kill(batch, live)
+        self.preemptions += 1
+        self._preempted[index] = self._preempted.get(index, 0) + 1
+        self._parked.append((index, self._next_attempt(index, live.attempt)))
+        ended = Ended(index, live.attempt, started, "preempted",
+                      "preempted: it straggled while other tasks waited for a slot")
+        return Stopped(batch, ended, rest, killed=True)
 
-    def _redundant(self, live: _Batch) -> bool:
-        if live.running and live.running[0] >= live.end:
-            return True
-        return all(self.state[index] != _OPEN for index in live.indices[live.reported:live.end])
+    def _kill(self, batch: int, live: _Batch) -> range:
+        """Forget a batch being killed; queue again, uncharged, what it had not started."""
+        self._forget(batch)
+        rest = self._trim_final(self._behind_running(live))
+        if rest:
+            self._enqueue(_Work(rest, live.attempt, whole=False))
+        return rest
+
+    def _redundant(self) -> list[Stopped]:
+        """Batches whose every unreported element another attempt finished: the race losers."""
+        stopped = []
+        for batch in list(self._contested):
+            live = self._batches[batch]
+            if all(self.state[i] != _OPEN for i in live.indices[live.reported:live.end]):
+                self._forget(batch)
+                ended = self._cancelled(live, _LOST_RACE)
+                stopped.append(Stopped(batch, ended, self._behind_running(live), killed=True))
+        return stopped
+
+    def _kill_all(self, message: str) -> list[Stopped]:
+        """The job is over: every batch in flight is killed, its attempt in fn cancelled."""
+        stopped = [Stopped(batch, self._cancelled(live, message), self._behind_running(live),
+                           killed=True)
+                   for batch, live in self._batches.items()]
+        self._batches.clear()
+        self._running.clear()
+        self._contested.clear()
+        return stopped
+
+    def _behind_running(self, live: _Batch) -> range:
+        """The positions' elements a batch owns but was not seen starting."""
+        position = live.running[0] if live.running else live.reported - 1
+        return live.indices[position + 1:live.end]
+
+    def _cancelled(self, live: _Batch, message: str) -> Ended | None:
+        if live.running is None:
+            return None
+        position, started = live.running
+        return Ended(live.indices[position], live.attempt, started, "cancelled", message)
+
+    def _running_longer_than(self, now: float, limit: float) -> list[tuple[int, _Batch]]:
+        """Batches whose element in fn began more than ``limit`` ago; oldest first.
+
+        ``_running`` is in the order the starts were reported, which is start order up to the
+        delay of a progress message, so the walk stops at the first that is young enough.
+        """
+        found = []
+        for batch in self._running:
+            live = self._batches[batch]
+            if now - live.running[1] <= limit:
+                break
+            found.append((batch, live))
+        return found
+
+    def _oldest_running(self) -> float | None:
+        for batch in self._running:
+            return self._batches[batch].running[1]
+        return None
+
+    def _straggler_threshold(self, tail: bool) -> float | None:
+        """Seconds in fn after which an attempt straggles; None before any element finished."""
+        if not self._durations:
+            return None
+        median = self._durations[len(self._durations) // 2]
+        return max(BACKUP_MIN_S, (TAIL_SLOWDOWN if tail else BACKUP_SLOWDOWN) * median)
 
     def _trim_final(self, indices: range) -> range:
         """``indices`` without final elements at either end (final ones inside stay: rare)."""
@@ -436,11 +587,6 @@ class Policy:
         if len(self._durations) > 2001:  # keep the sample small: drop both extremes
             del self._durations[0], self._durations[-1]
 
-    def _median_duration(self) -> float | None:
-        if not self._durations:
-            return None
-        return self._durations[len(self._durations) // 2]
-
     def _check_quorum(self) -> None:
         if self.stop is None and self.rules.quorum < 1.0:
             if self.final >= math.ceil(self.rules.quorum * self.elements):
@@ -453,17 +599,21 @@ class Policy:
     def _stop(self, reason: str) -> None:
         """Stop the job; open elements become TaskFailures naming why (deadline, quorum...)."""
         self.stop = reason
-        messages = {
-            "deadline": "the job's deadline passed before this task finished",
-            "quorum": "the job's quorum was reached before this task finished",
-            "budget": "the job's total failure budget was exceeded before this task finished",
-            "raise": "the job stopped at the first failure (errors='raise')",
-        }
         for index, value in enumerate(self.state):
             if value == _OPEN:
                 self._finalize(index, _CANCELLED, TaskFailure(
-                    index, "Cancelled", messages[reason], "", self._failed_count.get(index, 0),
+                    index, "Cancelled", _STOP_MESSAGES[reason],
+                    "", self._failed_count.get(index, 0),
                     reason if reason in ("deadline", "quorum") else "cancelled"))
+
+
+_LOST_RACE = "another attempt of this task finished first"
+_STOP_MESSAGES = {
+    "deadline": "the job's deadline passed before this task finished",
+    "quorum": "the job's quorum was reached before this task finished",
+    "budget": "the job's total failure budget was exceeded before this task finished",
+    "raise": "the job stopped at the first failure (errors='raise')",
+}
 
 
 @dataclass

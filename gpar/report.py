@@ -9,6 +9,7 @@ restored); run time per element attempt.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,12 @@ class AttemptRecord:
     node: str
     pid: int
     submitted: float
-    started: float
+    started: float  # NaN: its worker died before it said the element started
     finished: float
-    outcome: str  # "ok", "error", "result", "output", "environment", "system", "timeout"
+    #: "ok"; charged failures: "error", "result", "output", "environment", "system" (also an
+    #: attempt lost with its batch), "timeout"; not charged: "preempted", "cancelled" (the job
+    #: stopped, or another attempt finished first)
+    outcome: str
     error: str  # the failure's message, "" when ok
 
 
@@ -63,24 +67,38 @@ class JobReport:
     skipped_globals: dict[str, str] = field(default_factory=dict)
     image: Any = None  # envpack's ImageReport: the layers shipped, cache hits, seconds spent
     batches: int = 0
-    batches_lost: int = 0  # batches whose worker died with several elements unreported
+    batches_lost: int = 0  # lost batches re-run in halves: which element crashed was unknown
     retries: int = 0
     backups: int = 0
     timeouts: int = 0
+    preemptions: int = 0
     failed_attempts: int = 0
     #: The element of xs each element of this run is, when a resumed output job skipped the
     #: committed ones; None: element i is xs[i].
     task_numbers: Sequence[int] | None = field(default=None, repr=False)
     _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
+    _unstarted: list[range] = field(default_factory=list, repr=False)
 
     def record_policy(self, policy: Any) -> None:
         """Copy the job's totals from its scheduling policy."""
         self.retries, self.backups = policy.retries, policy.backups_launched
         self.timeouts, self.failed_attempts = policy.timeouts, policy.failed_attempts
-        self.batches_lost = policy.batches_split
+        self.batches_lost, self.preemptions = policy.batches_split, policy.preemptions
 
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)
+
+    def add_unstarted(self, elements: range) -> None:
+        """Elements of a batch that was lost or killed, never seen starting: queued again,
+        charged nothing, and no attempt of theirs."""
+        self._unstarted.append(elements)
+
+    @property
+    def unstarted(self) -> list[int]:
+        """Each time an element's batch ended before it was seen starting (see add_unstarted)."""
+        numbers = self.task_numbers
+        return sorted(numbers[i] if numbers is not None else i
+                      for elements in self._unstarted for i in elements)
 
     @property
     def attempts(self) -> list[AttemptRecord]:
@@ -99,13 +117,16 @@ class JobReport:
         """Seconds from submission to first element start, one value per batch attempt."""
         first_start: dict[tuple[float, int], float] = {}
         for block in self._blocks:
+            if math.isnan(block.first_started):  # lost before it said anything started
+                continue
             key = (block.submitted, block.pid)
             first_start[key] = min(first_start.get(key, block.first_started), block.first_started)
         return [max(0.0, started - submitted) for (submitted, _), started in first_start.items()]
 
     def run_times(self) -> list[float]:
-        """Seconds in fn, one value per element attempt."""
-        return [record.finished - record.started for record in self.attempts]
+        """Seconds in fn, one value per element attempt seen starting."""
+        return [record.finished - record.started for record in self.attempts
+                if record.started == record.started]
 
     def table1(self) -> Any:
         """The paper's Table 1: mean and 95th percentile (seconds) of startup and run time."""

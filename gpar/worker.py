@@ -11,6 +11,10 @@ element hangs, the driver still learns which element is running and since when, 
 tiny elements sends ~1/FLUSH_S messages a second instead of one per element (a streamed yield
 costs ~0.2 ms here, a thousand times a trivial fn call).
 
+A batch hands back the elements queued behind one that has run longer than the driver's
+``handoff_after_s``: the batch's thread decides it and the element thread checks it, under one
+lock, before it starts each element, so an element given back is never started here as well.
+
 Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
 with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
 nested apply in fn hands its waits to run_batch's thread through ``blocking_call``.
@@ -66,6 +70,7 @@ class Progress:
     errors: dict[int, ElementError]
     finished: array  # of doubles: wall-clock time each element finished
     running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now
+    end: int  # positions from here on were handed back: this batch never starts them
     elements_started: float  # when the first element started, the environment restored
     node_id: str
     pid: int
@@ -106,12 +111,14 @@ class PickledItems:
 
 
 def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
-              sink: Any = None, image: ImageCheck | None = None) -> Iterator[Progress]:
+              sink: Any = None, image: ImageCheck | None = None,
+              handoff_after_s: float | None = None) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over ``items``; see the module docstring.
 
     ``environment`` is the captured call: its stream and out-of-band buffers. With a ``sink``
     (a reduce_sql Sink), each value is written there and its Part is reported instead.
-    ``image`` is what this worker must have before fn runs (envpack).
+    ``image`` is what this worker must have before fn runs (envpack). The elements behind one
+    that has run ``handoff_after_s`` are handed back.
     """
     global _main_thread_calls
     node_id = _node_id()
@@ -132,9 +139,10 @@ def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
                 restored = run.restored  # read first: elements_started is final once it is set
+                handed_off = handoff_after_s is not None and run.hand_off(handoff_after_s)
                 message, reported = run.snapshot(reported, node_id)
                 first_news = not announced and restored  # "element 0 is in fn now"
-                if message.finished or finished or first_news:
+                if message.finished or finished or first_news or handed_off:
                     yield message
                     announced = True
                 next_flush = time.monotonic() + FLUSH_S
@@ -185,6 +193,8 @@ class _BatchRun:
         self.finished = array("d")
         self.elements_started = time.time()  # set again once the environment is restored
         self.restored = False  # until then no element is in fn: say nothing about one
+        self.end = len(items)  # positions from here on are not this batch's to start
+        self.claim = threading.Lock()  # held to start an element and to hand elements back
         self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
         self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
 
@@ -208,8 +218,11 @@ class _BatchRun:
 
     def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
-        values, finished, clock = self.values, self.finished, time.time
+        values, finished, clock, claim = self.values, self.finished, time.time, self.claim
         for position, item in enumerate(items):
+            with claim:
+                if position >= self.end:
+                    return
             try:
                 value = fn(item, *args, **kwargs)
             except BaseException as exc:  # SystemExit too: it would end this thread silently
@@ -262,10 +275,23 @@ class _BatchRun:
             self.values.append(None)
             self.finished.append(now)
 
+    def hand_off(self, after_s: float) -> bool:
+        """Give back the elements behind the one in fn if it has run ``after_s``; whether it
+        did. Under the claim lock, so the element thread cannot start the next one meanwhile."""
+        with self.claim:
+            done = len(self.finished)
+            if not self.restored or done + 1 >= self.end:
+                return False
+            started = self.finished[done - 1] if done else self.elements_started
+            if time.time() - started <= after_s:
+                return False
+            self.end = done + 1
+            return True
+
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
         done = len(self.finished)  # values and errors are written before finished grows
         running = None
-        if done < len(self.items):
+        if done < self.end:
             started = self.finished[done - 1] if done else self.elements_started
             running = (done, started)
         # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration
@@ -277,6 +303,7 @@ class _BatchRun:
             errors=errors,
             finished=self.finished[reported:done],
             running=running,
+            end=self.end,
             elements_started=self.elements_started,
             node_id=node_id,
             pid=os.getpid(),

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from faults import alive, faulty, pids, wait_until
+from faults import alive, attempts_of, faulty, pids, wait_until
 
 import gpar
 
@@ -58,7 +58,9 @@ def test_a_hung_element_holds_back_only_itself(tmp_path):
                   backups=False)
     assert results == list(range(200))
     hung = [a for a in results.report.attempts if a.task == 5]
-    assert [(a.attempt, a.outcome) for a in hung] == [(0, "timeout"), (1, "ok")]
+    # ~1 s of work waits behind it: preempted long before its timeout, and not charged
+    assert [(a.attempt, a.outcome) for a in hung] == [(0, "preempted"), (1, "ok")]
+    assert results.report.failed_attempts == 0 and results.report.preemptions == 1
 
 
 def test_total_failure_budget_stops_the_job_quickly_with_partial_results(tmp_path):
@@ -94,13 +96,72 @@ def test_deadline_with_nothing_finished_raises(tmp_path):
     assert [f.reason for f in caught.value.partial] == ["deadline", "deadline"]
 
 
-def test_quorum_returns_once_enough_tasks_finished(tmp_path):
-    # Two hung tasks hold both CPUs of the session cluster: they must be the last to start.
-    table = {(task, 0): "hang" for task in (18, 19)}
+#: Two of twenty elements sleep 60 s whenever they run, the rest are quick.
+HUNG = {(task, attempt): ("sleep", 60) for task in (4, 9) for attempt in range(5)}
+
+
+def rows_per_task(report):
+    counts = {}
+    for row in report.attempts:
+        counts[row.task] = counts.get(row.task, 0) + 1
+    return counts
+
+
+def assert_each_run_is_reported(results, marker_dir, tasks):
+    """fn ran as often as the report has attempts of it: nothing ran twice unreported."""
+    rows = rows_per_task(results.report)
+    assert {task: attempts_of(marker_dir, task) for task in tasks} == \
+        {task: rows.get(task, 0) for task in tasks}
+
+
+@pytest.mark.parametrize("backups", [True, False])
+def test_quorum_is_not_held_back_by_hung_elements(tmp_path, backups):
+    started = time.monotonic()
     with pytest.warns(gpar.IncompleteResultsWarning, match="quorum"):
-        results = run(range(20), table, tmp_path, max_workers=2, quorum=0.9, backups=False)
-    assert results[:18] == list(range(18))
-    assert [results[i].reason for i in (18, 19)] == ["quorum", "quorum"]
+        results = run(range(20), HUNG, tmp_path, quorum=0.9, backups=backups)
+    assert time.monotonic() - started < 30  # the hung elements sleep 60 s
+    assert [results[i] for i in range(20) if i not in (4, 9)] == [
+        i for i in range(20) if i not in (4, 9)]
+    assert [results[i].reason for i in (4, 9)] == ["quorum", "quorum"]
+    assert results.report.preemptions >= 1 and results.report.failed_attempts == 0
+    assert_each_run_is_reported(results, tmp_path, range(20))
+
+
+@pytest.mark.parametrize("backups", [True, False])
+def test_a_deadline_sees_every_quick_element_finished(tmp_path, backups):
+    with pytest.warns(gpar.IncompleteResultsWarning, match="deadline"):
+        results = run(range(20), HUNG, tmp_path, deadline=15, backups=backups)
+    assert [results[i] for i in range(20) if i not in (4, 9)] == [
+        i for i in range(20) if i not in (4, 9)]
+    assert [results[i].reason for i in (4, 9)] == ["deadline", "deadline"]
+    assert_each_run_is_reported(results, tmp_path, range(20))
+    outcomes = {(row.task, row.outcome) for row in results.report.attempts if row.task == 4}
+    assert outcomes == {(4, "preempted"), (4, "cancelled")}  # parked, re-run, cancelled
+
+
+@pytest.mark.parametrize("backups", [True, False])
+def test_elements_behind_a_straggler_run_once(tmp_path, backups):
+    """Tiny elements batched behind one that sleeps: those handed back run elsewhere, once."""
+    table = {(30, 0): ("sleep", 3)}
+    results = run(range(300), table, tmp_path, work_s=0.002, backups=backups)
+    assert results == list(range(300))
+    assert_each_run_is_reported(results, tmp_path, range(300))
+    assert all(attempts_of(tmp_path, task) == 1 for task in range(300) if task != 30)
+
+
+def test_a_crashed_batch_reports_its_lost_attempt_and_charges_no_bystander(tmp_path):
+    table = {(150, 0): "exit"}  # os._exit inside a batch of many tiny elements
+    results = run(range(300), table, tmp_path, work_s=0.001)
+    assert results == list(range(300))
+    report = results.report
+    lost = [row for row in report.attempts if row.outcome == "system"]
+    assert len(lost) == report.failed_attempts >= 1  # one charged row per lost attempt
+    unstarted = set(report.unstarted)  # behind the element last seen in fn: uncharged
+    rows = rows_per_task(report)
+    for task in range(300):  # a run the driver did not see start is the only gap
+        assert rows[task] <= attempts_of(tmp_path, task) <= rows[task] + (task in unstarted)
+    failed = {row.task for row in lost}
+    assert all(rows[task] == 1 for task in range(300) if task not in failed)
 
 
 def test_raise_mode_cancels_the_rest(tmp_path):
@@ -111,18 +172,29 @@ def test_raise_mode_cancels_the_rest(tmp_path):
     assert wait_until(lambda: not alive(sleeper), 5)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backups", [True, False])
-def test_backups_rescue_a_straggler(tmp_path, backups):
+def test_a_straggler_in_the_middle_is_preempted_while_work_waits(tmp_path, backups):
     table = {(17, 0): ("sleep", 30)}
     started = time.monotonic()
     results = run(range(40), table, tmp_path, max_workers=2, backups=backups, work_s=0.2)
+    assert time.monotonic() - started < 20 and results == list(range(40))
+    rows = [(a.attempt, a.outcome) for a in results.report.attempts if a.task == 17]
+    assert rows == [(0, "preempted"), (1, "ok")] and results.report.backups == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backups", [True, False])
+def test_backups_rescue_a_straggler_at_the_tail(tmp_path, backups):
+    table = {(39, 0): ("sleep", 30)}  # the last element: nothing waits behind it
+    started = time.monotonic()
+    results = run(range(40), table, tmp_path, max_workers=2, backups=backups, work_s=0.2)
     elapsed = time.monotonic() - started
-    assert results == list(range(40))
+    assert results == list(range(40)) and results.report.preemptions == 0
     if backups:
         assert elapsed < 20 and results.report.backups == 1
-        straggler = [(a.attempt, a.backup) for a in results.report.attempts if a.task == 17]
-        assert (1, True) in straggler
+        straggler = [(a.attempt, a.backup, a.outcome) for a in results.report.attempts
+                     if a.task == 39]
+        assert straggler == [(0, False, "cancelled"), (1, True, "ok")]
     else:
         assert elapsed >= 30 and results.report.backups == 0
 

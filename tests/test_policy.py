@@ -25,6 +25,10 @@ def policy(elements, **rules):
     return Policy(elements, Rules(**rules), BatchSizer(rules["max_workers"]))
 
 
+def killed(stopped):
+    return [each.batch for each in stopped if each.killed]
+
+
 def launch_all(p, limit=100):
     return p.launches(limit)
 
@@ -73,8 +77,7 @@ def test_total_budget_stops_the_job_when_crossed():
     for launch in launches[:3]:
         finish(p, launch, errors={0: TRANSIENT})
     assert p.stop == "budget"
-    kills, _ = p.tick(2.0)
-    assert sorted(kills) == sorted(launch.batch for launch in launches[3:])
+    assert sorted(killed(p.tick(2.0))) == sorted(launch.batch for launch in launches[3:])
 
 
 def test_default_total_budget_grows_with_the_job():
@@ -85,23 +88,24 @@ def test_deadline_stops_and_marks_the_unfinished():
     p = policy(3, max_workers=3, deadline_at=10.0)
     a, b, c = launch_all(p)
     finish(p, a, now=5.0)
-    assert p.tick(9.9) == ([], [])
-    kills, _ = p.tick(10.0)
-    assert sorted(kills) == [b.batch, c.batch] and p.stop == "deadline"
+    assert p.tick(9.9) == []
+    assert sorted(killed(p.tick(10.0))) == [b.batch, c.batch] and p.stop == "deadline"
     assert {i: f.reason for i, f in p.failures.items()} == {1: "deadline", 2: "deadline"}
 
 
 def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest():
-    p = policy(100, max_workers=1, task_timeout_s=5.0)
+    timeout = BACKUP_MIN_S / 2  # a timeout, not a straggler's preemption
+    p = policy(100, max_workers=1, task_timeout_s=timeout)
     p.sizer.observe(10, 0.01)  # make batches larger than one element
     launch = launch_all(p, limit=1)[0]
     assert len(launch.indices) > 3
     p.on_reported(launch.batch, 0, 2, {}, 0.002, now=1.0)
     p.on_running(launch.batch, 2, started_at=1.0)
-    assert p.tick(5.9) == ([], [])
-    kills, charges = p.tick(6.1)
-    assert kills == [launch.batch]
-    assert [(c.index, c.outcome) for c in charges] == [(2, "timeout")]
+    assert p.tick(1.0 + timeout - 0.01) == []
+    (stopped,) = p.tick(1.0 + timeout + 0.1)
+    assert stopped.batch == launch.batch and stopped.killed
+    assert (stopped.attempt.index, stopped.attempt.outcome) == (2, "timeout")
+    assert stopped.unstarted == launch.indices[3:]  # queued again, uncharged
     retry = launch_all(p, limit=1)[0]
     assert list(retry.indices) == [2] and retry.attempt == 1 and p.timeouts == 1
     finish(p, retry)
@@ -138,8 +142,8 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
     (backup,) = launch_all(p)
     assert backup.backup and list(backup.indices) == [9] and backup.attempt == 1
     assert finish(p, backup, now=2.0) == [range(9, 10)]
-    kills, _ = p.tick(2.1)
-    assert kills == [slow.batch]  # the loser is cancelled
+    (loser,) = p.tick(2.1)
+    assert loser.batch == slow.batch and loser.attempt.outcome == "cancelled"
     assert finish(p, slow, now=3.0) == []  # and its late result is never accepted twice
     assert p.finished and p.backups_launched == 1
 
@@ -164,16 +168,22 @@ def test_at_the_tail_a_shorter_straggle_earns_a_backup():
     assert [launch.backup for launch in launch_all(busy)] == [True]
 
 
-def test_a_straggler_hands_off_its_queue_even_without_backups():
+def test_elements_a_worker_hands_back_are_queued_again_uncharged():
     p = policy(100, max_workers=1, backups=False)
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
+    assert only.handoff_after_s == BACKUP_MIN_S  # what the worker is told: 3x a tiny median
     p.on_reported(only.batch, 0, 10, {}, 0.01, now=1.0)
     p.on_running(only.batch, 10, started_at=1.0)
-    p.tick(1.0 + BACKUP_MIN_S + 1)
+    p.on_handed_off(only.batch, 11)  # the worker gives back what is behind element 10
     launches = launch_all(p, limit=10)
-    assert [i for launch in launches for i in launch.indices] == list(range(11, 100))
-    assert not any(launch.backup for launch in launches)
+    handed_off = [i for launch in launches for i in launch.indices]
+    assert handed_off[:len(only.indices) - 11] == list(only.indices[11:])
+    assert {launch.attempt for launch in launches} == {0}  # never started: not an attempt
+    assert p.failed_attempts == 0 and not any(launch.backup for launch in launches)
+    rest = len(only.indices) - 10  # a report past the batch's end accepts only what it kept
+    assert p.on_reported(only.batch, 10, rest, {}, 0.5, now=2.0) == [range(10, 11)]
+    assert only.batch not in p._batches
 
 
 def test_no_backups_when_turned_off():
@@ -186,52 +196,41 @@ def test_no_backups_when_turned_off():
     assert launch_all(p) == []
 
 
-def test_a_straggler_inside_a_batch_hands_its_queue_to_new_batches():
-    p = policy(100, max_workers=1)
-    p.sizer.observe(1, 1e-6)  # tiny elements: all 100 go in one batch
-    (only,) = launch_all(p, limit=1)
-    assert only.indices == range(100)
-    p.on_reported(only.batch, 0, 60, {}, 0.06, now=1.0)  # 60 % final: backups may start
-    p.on_running(only.batch, 60, started_at=1.0)
-    p.tick(1.0 + BACKUP_MIN_S + 1)
-    launches = launch_all(p, limit=10)
-    assert launches[0].backup and list(launches[0].indices) == [60]
-    handed_off = [i for launch in launches[1:] for i in launch.indices]
-    assert handed_off == list(range(61, 100))
-
-
 def test_a_lost_batch_with_one_unreported_element_charges_it():
     p = policy(1)
     launch = launch_all(p)[0]
-    charge = p.on_lost(launch.batch, CRASH)
-    assert (charge.index, charge.outcome) == (0, "system")
+    stopped = p.on_lost(launch.batch, CRASH)
+    assert (stopped.attempt.index, stopped.attempt.outcome) == (0, "system")
+    assert not stopped.killed and p.failed_attempts == 1
     assert launch_all(p)[0].attempt == 1
 
 
-def test_a_lost_batch_with_several_unreported_is_split_uncharged():
+def test_a_lost_batch_with_nothing_seen_in_fn_is_split_uncharged():
     p = policy(100, max_workers=1)
     p.sizer.observe(10, 0.01)
     launch = launch_all(p, limit=1)[0]
-    p.on_reported(launch.batch, 0, 4, {}, 0.004, now=1.0)
-    assert p.on_lost(launch.batch, CRASH) is None
+    stopped = p.on_lost(launch.batch, CRASH)
+    assert stopped.attempt is None and stopped.unstarted == launch.indices
     halves = launch_all(p, limit=2)
-    unreported = list(launch.indices[4:])
-    assert [i for h in halves for i in h.indices] == unreported
+    assert [i for h in halves for i in h.indices] == list(launch.indices)
+    assert {h.attempt for h in halves} == {0}
     assert p._failed_count == {} and p.failed_attempts == 0 and p.batches_split == 1
 
 
-def test_a_lost_batch_reruns_the_element_last_seen_in_fn_alone():
+def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
     p = policy(200, max_workers=1)
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(only.batch, 0, 50, {}, 0.01, now=1.0)
     p.on_running(only.batch, 50, started_at=1.0)
-    assert p.on_lost(only.batch, CRASH) is None
+    stopped = p.on_lost(only.batch, CRASH)
+    assert (stopped.attempt.index, stopped.attempt.attempt) == (50, 0)
+    assert stopped.unstarted == only.indices[51:] and p.failed_attempts == 1
     suspect = launch_all(p, limit=1)[0]
-    assert list(suspect.indices) == [50]
-    charge = p.on_lost(suspect.batch, CRASH)  # it crashes again, alone: now it is charged
-    assert charge.index == 50 and p.failed_attempts == 1
-    assert p.stop is None  # finding the culprit cost the budget one failure, not log2(n)
+    assert list(suspect.indices) == [50] and suspect.attempt == 1  # alone, first
+    rest = [i for launch in launch_all(p, limit=10) for i in launch.indices]
+    assert rest[:len(only.indices) - 51] == list(only.indices[51:])
+    assert p._failed_count == {50: 1}  # the never-started elements are charged nothing
 
 
 def test_errors_raise_stops_at_the_first_final_failure():

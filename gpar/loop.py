@@ -1,0 +1,211 @@
+"""The driver loop: the policy's decisions out to a backend, the backend's news in as events.
+
+    JobLoop.run ─▶ policy.tick ─▶ backend.cancel(batches it killed); a report row for each
+                                   attempt ended, the unstarted elements marked
+               ─▶ policy.launches ─▶ backend.submit
+               ─▶ backend.wait ─▶ (batch, Progress) ─▶ policy.on_handed_off / on_reported /
+                                                     on_running; values in input order
+                               ─▶ (batch, BatchLost) ─▶ policy.on_lost
+               ◀─ values, a TaskFailure in each slot without one
+
+Two backends drive it: Ray (scheduler.py) and the cluster simulator (simulator.py), so the
+simulator tests the very code that runs a job. The loop owns what a backend must not decide:
+the report, the values, progress, checkpoints and slow-node placement.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gpar.policy import Launch, Policy, SlowNodes, Stopped
+from gpar.report import AttemptBlock, JobReport
+from gpar.worker import ElementError, Progress
+
+#: Longest wait for news before the loop looks at the clock again (Ctrl-C is handled between
+#: waits).
+WAIT_S = 1.0
+
+
+@dataclass(frozen=True)
+class BatchLost:
+    """A batch's stream broke before its last message: its worker died or its node was lost."""
+
+    exc_type: str
+    message: str
+
+
+class Backend(Protocol):
+    """Where batches run: Ray, or the simulator."""
+
+    def now(self) -> float:
+        """The clock workers stamp their progress with (seconds)."""
+
+    def submit(self, launch: Launch) -> None:
+        """Start batch ``launch.batch``."""
+
+    def cancel(self, batch: int) -> None:
+        """Kill a batch's worker; nothing more is heard from it."""
+
+    def wait(self, timeout_s: float) -> list[tuple[int, Progress | BatchLost]]:
+        """News from running batches, waiting at most ``timeout_s`` for the first."""
+
+    def alive_nodes(self) -> set[str]:
+        """The nodes that can run batches now."""
+
+    def avoid_nodes(self, nodes: set[str]) -> None:
+        """Start no new batch on ``nodes``."""
+
+
+@dataclass
+class _Stream:
+    """A launched batch and what it has told so far."""
+
+    launch: Launch
+    submitted: float
+    last_finished: float | None = None
+    node: str = ""
+    pid: int = 0
+
+
+class JobLoop:
+    """Runs one job's policy against a backend; ``run()`` returns the values in input order."""
+
+    def __init__(self, policy: Policy, report: JobReport, backend: Backend,
+                 progress: Callable[[int], Any] = lambda finished: None,
+                 checkpoint: Callable[[list[Any], float], None] | None = None,
+                 loads: Callable[[bytes], Any] = pickle.loads):
+        self.policy, self.report, self.backend = policy, report, backend
+        self.progress = progress  # called with the number of elements newly final
+        self.checkpoint = checkpoint  # called with the values and the time, every loop turn
+        self.loads = loads
+        self.values: list[Any] = [None] * policy.elements
+        self.streams: dict[int, _Stream] = {}
+        self.slow_nodes: SlowNodes | None = None  # made at the first straggler
+
+    def run(self) -> list[Any]:
+        try:
+            self._loop()
+        finally:
+            for batch in list(self.streams):
+                self.backend.cancel(batch)
+            self.streams.clear()
+        for index, failure in self.policy.failures.items():
+            self.values[index] = failure
+        return self.values
+
+    def _loop(self) -> None:
+        policy, backend = self.policy, self.backend
+        while True:
+            now = backend.now()
+            final_before = policy.final
+            stopped = policy.tick(now)
+            for batch in policy.take_stragglers():  # before a preemption forgets its node
+                self._on_straggler(self.streams[batch].node)
+            for each in stopped:
+                self._stopped(each, now)
+            self.progress(policy.final - final_before)
+            if policy.finished:
+                return
+            if self.checkpoint is not None:
+                self.checkpoint(self.values, now)
+            for launch in policy.launches(policy.rules.max_workers):
+                self.streams[launch.batch] = _Stream(launch, submitted=now)
+                self.report.batches += 1
+                backend.submit(launch)
+            news = backend.wait(min(WAIT_S, policy.next_check(now)))
+            for batch, each in news:
+                if batch in self.streams:
+                    self._on_news(batch, each)
+            if not news and self.slow_nodes is not None and self.slow_nodes.avoided:
+                self._check_avoided_nodes()
+
+    def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
+        final_before = self.policy.final
+        if isinstance(news, BatchLost):
+            error = ElementError(news.exc_type, news.message.splitlines()[0] if news.message
+                                 else news.exc_type, news.message, "system", retryable=True)
+            stopped = self.policy.on_lost(batch, error)
+            if stopped is not None:
+                self._stopped(stopped, self.backend.now())
+            self.streams.pop(batch, None)
+        else:
+            self._take(batch, self.streams[batch], news)
+        self.progress(self.policy.final - final_before)
+
+    def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
+        stream.node, stream.pid = message.node_id, message.pid
+        self.policy.on_handed_off(batch, message.end)
+        count = len(message.finished)
+        if count:
+            self._take_finished(batch, stream, message, count)
+        if message.running is None:  # the batch is done
+            self.streams.pop(batch, None)
+        else:
+            self.policy.on_running(batch, *message.running)
+
+    def _take_finished(self, batch: int, stream: _Stream, message: Progress, count: int) -> None:
+        launch = stream.launch
+        previous = stream.last_finished or message.elements_started
+        stream.last_finished = message.finished[-1]
+        values, errors = self._unpickle_values(message, count)
+        first = launch.indices[message.done_from]
+        failed = {position - message.done_from: (error.kind, error.message)
+                  for position, error in errors.items()}
+        self.report.add_block(AttemptBlock(first, launch.attempt, launch.backup, stream.node,
+                                           stream.pid, stream.submitted, previous,
+                                           message.finished, failed))
+        accepted = self.policy.on_reported(batch, message.done_from, count, errors,
+                                           message.finished[-1] - previous, self.backend.now())
+        for indices in accepted:
+            offset = indices.start - first
+            self.values[indices.start:indices.stop] = values[offset:offset + len(indices)]
+
+    def _unpickle_values(self, message: Progress,
+                         count: int) -> tuple[list[Any], dict[int, ElementError]]:
+        """The message's values and errors; values the driver cannot unpickle become errors."""
+        try:
+            return self.loads(message.values), message.errors
+        except Exception as exc:
+            error = ElementError(
+                type(exc).__qualname__,
+                f"fn's result could not be unpickled on the driver: {exc}. Return objects whose "
+                "classes the driver can import (builtins, numpy, pandas, installed modules).",
+                "", "result", retryable=False)
+            positions = range(message.done_from, message.done_from + count)
+            return [None] * count, {position: message.errors.get(position, error)
+                                    for position in positions}
+
+    def _stopped(self, stopped: Stopped, now: float) -> None:
+        """A batch ended without its last word: kill it if it was a decision; report it."""
+        stream = self.streams.pop(stopped.batch, None)
+        if stream is None:
+            return
+        if stopped.killed:
+            self.backend.cancel(stopped.batch)
+        ended = stopped.attempt
+        if ended is not None:
+            self.report.add_block(AttemptBlock(
+                ended.index, ended.attempt, stream.launch.backup, stream.node, stream.pid,
+                stream.submitted, math.nan if ended.started_at is None else ended.started_at,
+                [now],
+                {0: (ended.outcome, ended.message)}))
+        if stopped.unstarted:
+            self.report.add_unstarted(stopped.unstarted)
+
+    def _check_avoided_nodes(self) -> None:
+        """Nothing happened for a while: if nodes were lost since some were found slow, the
+        avoided ones may be all that is left. Then count strikes anew on the cluster as it is."""
+        if not self.backend.alive_nodes() - self.slow_nodes.avoided:
+            self.slow_nodes = None
+            self.backend.avoid_nodes(set())
+
+    def _on_straggler(self, node: str) -> None:
+        """Count a straggler against its node; launch nothing more on the nodes found slow."""
+        if self.slow_nodes is None:
+            self.slow_nodes = SlowNodes(nodes=len(self.backend.alive_nodes()))
+        if self.slow_nodes.on_straggler(node):
+            self.backend.avoid_nodes(set(self.slow_nodes.avoided))

@@ -1,0 +1,159 @@
+"""The scheduling rules under random faults, on the cluster simulator: the real Policy and loop,
+simulated workers and clock. Every job hypothesis draws must keep the invariants below."""
+
+import math
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpar.policy import BACKUP_MIN_S, BACKUP_SLOWDOWN
+from gpar.results import TaskFailure
+from gpar.simulator import SimCluster, simulate
+from gpar.worker import FLUSH_S
+
+CHARGED = {"error", "result", "output", "environment", "system", "timeout"}
+REASONS = {"error", "system", "deadline", "quorum", "cancelled"}
+
+
+def run_times(seed, median=0.2, tail_share=0.0, slowdown=10.0):
+    """Run times near ``median``; a ``tail_share`` of runs ``slowdown`` times longer."""
+
+    def run_time(element, run):
+        draw = random.Random(seed * 1_000_003 + element * 101 + run)
+        seconds = median * draw.lognormvariate(0.0, 0.25)
+        return seconds * slowdown if draw.random() < tail_share else seconds
+
+    return run_time
+
+
+actions = st.sampled_from(["exit", "raise", "hang", ("slow", 10.0)])
+
+
+@st.composite
+def jobs(draw):
+    elements = draw(st.integers(1, 80))
+    nodes = draw(st.integers(1, 5))
+    faults = draw(st.dictionaries(
+        st.tuples(st.integers(0, elements - 1), st.integers(0, 2)), actions, max_size=8))
+    slow = draw(st.dictionaries(st.integers(0, nodes - 1), st.just(10.0), max_size=nodes - 1))
+    lost = draw(st.dictionaries(st.integers(1, nodes - 1), st.floats(0.0, 20.0),
+                                max_size=nodes - 1)) if nodes > 1 else {}
+    cluster = SimCluster(nodes=nodes, slots=draw(st.integers(1, 3)),
+                         worker_start_s=draw(st.sampled_from([0.0, 0.05, 1.0])),
+                         slow_nodes=slow, lost_nodes=lost)
+    knobs = dict(
+        task_retries=draw(st.integers(0, 3)),
+        max_failures=draw(st.none() | st.integers(0, 10)),
+        deadline_s=draw(st.none() | st.floats(0.5, 60.0)),
+        task_timeout_s=draw(st.none() | st.floats(0.3, 20.0)),
+        quorum=draw(st.sampled_from([1.0, 0.9, 0.5])),
+        backups=draw(st.booleans()),
+        errors=draw(st.sampled_from(["warn", "warn", "raise"])),
+    )
+    if "hang" in faults.values() and knobs["task_timeout_s"] is None:
+        knobs["deadline_s"] = knobs["deadline_s"] or 60.0  # a hang must end somehow
+    seed = draw(st.integers(0, 10**6))
+    tail = draw(st.sampled_from([0.0, 0.1]))
+    return elements, cluster, faults, knobs, run_times(seed, tail_share=tail)
+
+
+def check_invariants(elements, knobs, sim):
+    policy, report, values = sim.policy, sim.report, sim.values
+    # every slot ends as its value or a TaskFailure with a reason
+    assert len(values) == elements
+    for index, value in enumerate(values):
+        if isinstance(value, TaskFailure):
+            assert value.index == index and value.reason in REASONS
+        else:
+            assert value == index
+    # no value counted twice: each element became final exactly once
+    assert policy.final == elements
+    assert len(policy.failures) + sum(not isinstance(v, TaskFailure) for v in values) == elements
+    # every failed attempt is a row of the report, and a crossed budget aborts
+    rows = report.attempts
+    assert sum(row.outcome in CHARGED for row in rows) == policy.failed_attempts
+    max_failures = knobs["max_failures"]
+    if max_failures is not None and policy.failed_attempts > max_failures:
+        assert policy.stop is not None  # "budget", or the job had stopped already
+    # the deadline holds in simulated time
+    if knobs["deadline_s"] is not None:
+        assert sim.end_s <= knobs["deadline_s"] + 1e-6
+    # a quorum stop comes as soon as the quorum was final
+    if policy.stop == "quorum":
+        finished = sum(not (isinstance(v, TaskFailure) and v.reason == "quorum") for v in values)
+        assert finished >= math.ceil(knobs["quorum"] * elements)
+        assert sim.end_s <= max(row.finished for row in rows) + FLUSH_S + 1e-6
+    # every attempt is in the report: a run the driver did not see start is the only gap
+    seen, unseen = {}, {}  # rows of attempts seen starting; the rest, and unstarted marks
+    for row in rows:
+        counts = unseen if math.isnan(row.started) else seen  # NaN: lost before any news
+        counts[row.task] = counts.get(row.task, 0) + 1
+    for index in report.unstarted:
+        unseen[index] = unseen.get(index, 0) + 1
+    for index in range(elements):
+        started = len(sim.starts.get(index, []))
+        assert seen.get(index, 0) <= started <= seen.get(index, 0) + unseen.get(index, 0), index
+    assert len({(row.task, row.attempt) for row in rows}) == len(rows)  # attempts are distinct
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs())
+def test_random_faults_keep_every_invariant(job):
+    elements, cluster, faults, knobs, run_time = job
+    sim = simulate(elements, run_time, cluster=cluster, faults=faults, **knobs)
+    check_invariants(elements, knobs, sim)
+
+
+@st.composite
+def hung_jobs(draw):
+    """Quick elements and a few that hang whenever they run: fewer than the slots."""
+    nodes, slots = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    elements = draw(st.integers(2, 100))
+    hangs = draw(st.sets(st.integers(0, elements - 1),
+                         max_size=min(nodes * slots - 1, elements - 1)))
+    return elements, SimCluster(nodes=nodes, slots=slots), hangs, draw(st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(hung_jobs())
+def test_no_quick_element_starves_behind_hung_ones(job):
+    """With fewer hung elements than slots, every quick element finishes, soon: each hung
+    element holds a slot at most one straggle's time before it is preempted."""
+    elements, cluster, hangs, backups = job
+    quick_s = 0.2
+    faults = {(element, run): "hang" for element in hangs for run in range(3)}
+    quorum = (elements - len(hangs)) / elements
+    sim = simulate(elements, lambda element, run: quick_s, cluster=cluster, faults=faults,
+                   quorum=quorum, backups=backups, max_time_s=10_000)
+    check_invariants(elements, dict(max_failures=None, deadline_s=None, quorum=quorum), sim)
+    assert [sim.values[i] for i in range(elements) if i not in hangs] == [
+        i for i in range(elements) if i not in hangs]
+    slots = cluster.nodes * cluster.slots
+    straggle_s = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * quick_s) + 2 * FLUSH_S
+    quick_work_s = (elements - len(hangs)) * (quick_s + FLUSH_S) / (slots - len(hangs))
+    assert sim.end_s <= quick_work_s + (len(hangs) + 1) * straggle_s
+
+
+def test_paper_shaped_job_at_small_scale_loses_nothing():
+    """A heavy tail and a node lost mid-job: all values, each attempt reported once."""
+    cluster = SimCluster(nodes=20, lost_nodes={3: 5.0})
+    sim = simulate(2000, run_times(7, median=1.0, tail_share=0.02), cluster=cluster)
+    knobs = dict(max_failures=None, deadline_s=None, quorum=1.0)
+    check_invariants(2000, knobs, sim)
+    assert sim.values == list(range(2000))
+    assert sim.report.preemptions > 0 and any(row.outcome == "system"
+                                              for row in sim.report.attempts)
+
+
+@pytest.mark.parametrize("backups", [True, False])
+def test_the_users_quorum_scenario_returns_when_the_quick_elements_are_done(backups):
+    """20 elements on 2 slots, elements 4 and 9 hang: quorum 0.9 is the 18 quick ones."""
+    faults = {(element, run): "hang" for element in (4, 9) for run in range(3)}
+    sim = simulate(20, lambda element, run: 0.01, cluster=SimCluster(nodes=2), faults=faults,
+                   quorum=0.9, backups=backups)
+    assert [sim.values[i] for i in range(20) if i not in (4, 9)] == [
+        i for i in range(20) if i not in (4, 9)]
+    assert sim.end_s < 2 * BACKUP_MIN_S + 1  # one straggle each, then the queue moved on
+    assert sim.report.preemptions == 2 and sim.report.failed_attempts == 0
