@@ -26,7 +26,8 @@ Rules (DESIGN §3):
   straggling attempt is killed and its element parked; parked elements start only when the
   queue is empty. Not charged to any budget. An element is preempted at most MAX_PREEMPTIONS
   times: after that its attempt runs to its end (task_timeout and the deadline still bound it),
-  so a deterministic hang costs one lost straggle, never a loop.
+  so a deterministic hang costs one lost straggle, never a loop. A straggling backup is
+  simply cancelled (its element has its first attempt still, or a retry queued).
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final and nothing waits in the queue, a straggler gets a second attempt; the first to
   finish wins and the other is cancelled. At most BACKUP_SHARE of the elements get one. At
@@ -481,12 +482,12 @@ class Policy:
             if not live.straggling:
                 live.straggling = True
                 self._new_stragglers.append(batch)
-            if (may_preempt > 0 and not live.backup
-                    and self._preempted.get(index, 0) < MAX_PREEMPTIONS):
+            if may_preempt > 0 and (live.backup
+                                    or self._preempted.get(index, 0) < MAX_PREEMPTIONS):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))
-            elif (backups_allowed and not live.backup and self.backups_launched < budget
-                    and index not in self._backed_up):
+            elif (backups_allowed and not self._pending and not live.backup
+                    and self.backups_launched < budget and index not in self._backed_up):
                 self._backed_up.add(index)
                 self._contested.add(batch)
                 self.backups_launched += 1
@@ -496,13 +497,15 @@ class Policy:
         return stopped
 
     def _preempt(self, batch: int, live: _Batch) -> Stopped:
-        """Kill a straggling attempt so waiting work gets its slot; park its element."""
+        """Kill a straggling attempt so waiting work gets its slot; park its element, unless
+        the attempt was a backup (its element has another attempt, or a retry, already)."""
         position, started = live.running
         index = live.indices[position]
         rest = self._kill(batch, live)
         self.preemptions += 1
-        self._preempted[index] = self._preempted.get(index, 0) + 1
-        self._parked.append((index, self._next_attempt(index, live.attempt)))
+        if not live.backup:
+            self._preempted[index] = self._preempted.get(index, 0) + 1
+            self._parked.append((index, self._next_attempt(index, live.attempt)))
         ended = Ended(index, live.attempt, started, "preempted",
                       "preempted: it straggled while other tasks waited for a slot")
         return Stopped(batch, ended, rest, killed=True)

@@ -155,8 +155,12 @@ def test_a_crashed_batch_reports_its_lost_attempt_and_charges_no_bystander(tmp_p
     assert results == list(range(300))
     report = results.report
     lost = [row for row in report.attempts if row.outcome == "system"]
-    assert len(lost) == report.failed_attempts >= 1  # one charged row per lost attempt
+    assert len(lost) == report.failed_attempts  # one charged row per lost attempt
     unstarted = set(report.unstarted)  # behind the element last seen in fn: uncharged
+    # the element last seen in fn lost its attempt; with none seen, the batch was re-run in
+    # halves, uncharged, all of it marked unstarted
+    assert (len(lost) == 1 and 150 in unstarted | {lost[0].task}) or (
+        report.batches_lost == 1 and 150 in unstarted and not lost)
     rows = rows_per_task(report)
     for task in range(300):  # a run the driver did not see start is the only gap
         assert rows[task] <= attempts_of(tmp_path, task) <= rows[task] + (task in unstarted)
