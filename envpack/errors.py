@@ -8,13 +8,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class EnvpackError(Exception):
     """Base class of every error envpack raises."""
 
 
 class EnvironmentMismatch(EnvpackError):
-    """The worker's environment differs from the caller's in a way fn would trip over."""
+    """The worker's environment differs from the caller's in a way fn would trip over.
+    ``problems``: (what, caller's, worker's) for each difference, as the worker found them."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str, str]] = ()):
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class LayerTooLarge(EnvpackError):

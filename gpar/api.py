@@ -19,6 +19,7 @@ from gpar.errors import (
     IncompleteResultsWarning,
     TaskError,
     TaskFailedWarning,
+    as_gpar_errors,
     describe_failure,
 )
 from gpar.policy import Policy, Rules, default_max_failures
@@ -84,8 +85,9 @@ def apply(
     if overwrite and output is None:
         raise ValueError("overwrite=True only applies with output=...; there is nothing to "
                          "overwrite without it")
-    claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
-                                                          overwrite)
+    with as_gpar_errors():
+        claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
+                                                              overwrite)
     pending = items if claim is None else [items[i] for i in claim.pending]
     if len(pending) == 0:
         return _finish(Results([], JobReport(elements=0)), claim, None)
@@ -125,7 +127,8 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
-        claim.commit(results, image)
+        with as_gpar_errors():
+            claim.commit(results, image)
     if policy is not None:
         _raise_if_mismatched(results)
         _raise_or_warn(results, policy)
@@ -146,19 +149,19 @@ def _stage_image(packages: str | Sequence[str]) -> StagedImage:
     """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
     from envpack import stage
 
-    return stage.prepare(packages, always=RUNTIME_MODULES)
+    with as_gpar_errors():
+        return stage.prepare(packages, always=RUNTIME_MODULES)
 
 
 def _raise_if_mismatched(results: Results) -> None:
-    """No element ran because the workers' environment differs: raise envpack's
+    """No element ran because the workers' environment differs: raise the workers'
     EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
     from envpack import EnvironmentMismatch
 
-    mismatch = f"{EnvironmentMismatch.__module__}.{EnvironmentMismatch.__qualname__}"
     final = [failure for failure in results.failures if failure.reason in ("error", "system")]
     if (len(results.failures) == len(results) and final
-            and all(failure.exc_type == mismatch for failure in final)):
-        raise EnvironmentMismatch(final[0].message)
+            and all(isinstance(failure.exception, EnvironmentMismatch) for failure in final)):
+        raise final[0].exception
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:
