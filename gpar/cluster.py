@@ -3,7 +3,8 @@
 The embedded cluster is quiet (no dashboard, no usage stats, no worker logs on the driver) and
 closed to strangers: Ray's servers listen on every interface even when told to use loopback, so
 Ray's token authentication, on by default for local clusters, is what keeps other processes and
-hosts out. It is never switched off here.
+hosts out. It is never switched off here, and its token file is the owner's alone (auth.py).
+A cluster given by address gets this process's token, and is checked to accept it first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+
+from gpar import auth
 
 
 def connect(address: str | None = None, **local_options: Any) -> None:
@@ -28,6 +31,7 @@ def connect(address: str | None = None, **local_options: Any) -> None:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        auth.prepare_to_connect(address)
         ray.init(address=address, **quiet)
         return
     if os.environ.get("RAY_AUTH_MODE", "token") != "token":
@@ -37,6 +41,7 @@ def connect(address: str | None = None, **local_options: Any) -> None:
             f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} would start the embedded Ray cluster "
             "without authentication, open to anyone who can reach this machine; unset it."
         )
+    auth.private_default_token()
     ray.init(
         address="local",
         include_dashboard=False,

@@ -119,10 +119,10 @@ def run_driver(bare_address, tmp_path):
     def run(source: str) -> dict:
         (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
         (tmp_path / "script.py").write_text(textwrap.dedent(source))
-        env = {**os.environ, "RAY_ADDRESS": bare_address, "RAY_AUTH_MODE": "token",
-               "ENVPACK_CACHE_DIR": str(tmp_path / "envpack-cache"),
-               "FN_RAN_MARKER": str(tmp_path / "fn-ran")}
-        env.pop("PYTHONPATH", None)
+        env = {key: value for key, value in os.environ.items()  # no RAY_AUTH_MODE: a new user's
+               if not key.startswith("RAY_") and key != "PYTHONPATH"}
+        env.update(RAY_ADDRESS=bare_address, ENVPACK_CACHE_DIR=str(tmp_path / "envpack-cache"),
+                   FN_RAN_MARKER=str(tmp_path / "fn-ran"))
         completed = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
