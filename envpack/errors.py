@@ -4,6 +4,8 @@
     ├── EnvironmentMismatch   a worker lacks a distribution at the caller's version, or runs
     │                         another Python or platform than compiled code was built for
     └── LayerTooLarge         one distribution or local package is too large to ship
+
+    UnresolvedImportWarning   the caller's code imports a module nothing here provides
 """
 
 from __future__ import annotations
@@ -26,3 +28,8 @@ class EnvironmentMismatch(EnvpackError):
 
 class LayerTooLarge(EnvpackError):
     """A layer is larger than Ray will carry in one piece."""
+
+
+class UnresolvedImportWarning(UserWarning):
+    """The caller's code imports a module that nothing installed or local here provides, so
+    the image cannot hold it: the workers will lack it unless they have it already."""

@@ -95,7 +95,7 @@ def apply(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
     cluster.connect(address)
-    image = _stage_image(packages)
+    image = _stage_image(packages, code=(fn, *args, *kwargs.values()))
     max_workers = max_workers or cluster.cpu_slots()
     rules = Rules(
         max_workers=max_workers,
@@ -145,12 +145,13 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
 RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
-def _stage_image(packages: str | Sequence[str]) -> StagedImage:
-    """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
+def _stage_image(packages: str | Sequence[str], code: tuple[Any, ...]) -> StagedImage:
+    """Ship what the cluster's workers lack of the caller's packages (envpack.stage), with
+    what ``code`` (fn and its arguments) will import when it runs."""
     from envpack import stage
 
     with as_gpar_errors():
-        return stage.prepare(packages, always=RUNTIME_MODULES)
+        return stage.prepare(packages, always=RUNTIME_MODULES, code=code)
 
 
 def _raise_if_mismatched(results: Results) -> None:
