@@ -23,6 +23,7 @@ from gpar.errors import (
     describe_failure,
 )
 from gpar.policy import Policy, Rules, default_max_failures
+from gpar.progress import shown_by_default
 from gpar.report import JobReport
 from gpar.results import Results
 from gpar.split import BatchSizer
@@ -112,7 +113,7 @@ def apply(
                        skipped_globals=captured.skipped, image=image.report)
     values = scheduler.run_job(
         pending, captured, policy,
-        progress=sys.stderr.isatty() if progress is None else progress, report=report,
+        progress=shown_by_default() if progress is None else progress, report=report,
         output=claim, image=image,
     )
     report.record_policy(policy)

@@ -5,6 +5,7 @@ closed to strangers: Ray's servers listen on every interface even when told to u
 Ray's token authentication, on by default for local clusters, is what keeps other processes and
 hosts out. It is never switched off here, and its token file is the owner's alone (auth.py).
 A cluster given by address gets this process's token, and is checked to accept it first.
+In a Jupyter kernel, Ray is started and stopped without noise in the notebook (notebook.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from gpar import auth
+from gpar import auth, notebook
 
 
 def connect(address: str | None = None, **local_options: Any) -> None:
@@ -23,7 +24,8 @@ def connect(address: str | None = None, **local_options: Any) -> None:
     ``local_options`` go to ``ray.init`` when the embedded cluster is started (tests pass
     ``_temp_dir``, ``num_cpus``).
     """
-    import ray
+    with notebook.quiet_ray_import():
+        import ray
 
     if ray.is_initialized():
         return
@@ -32,7 +34,8 @@ def connect(address: str | None = None, **local_options: Any) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         auth.prepare_to_connect(address)
-        ray.init(address=address, **quiet)
+        with notebook.ray_started_quietly():
+            ray.init(address=address, **quiet)
         return
     if os.environ.get("RAY_AUTH_MODE", "token") != "token":
         from gpar.errors import GparError
@@ -42,13 +45,14 @@ def connect(address: str | None = None, **local_options: Any) -> None:
             "without authentication, open to anyone who can reach this machine; unset it."
         )
     auth.private_default_token()
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        **quiet,
-        **local_options,
-    )
+    with notebook.ray_started_quietly():
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            **quiet,
+            **local_options,
+        )
 
 
 def cpu_slots() -> int:

@@ -15,7 +15,6 @@ the clock the workers stamp their progress with.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,10 +93,9 @@ class _Job:
         self.environment_ref = ray.put((environment.stream, buffers))
 
     def run(self) -> list[Any]:
-        from tqdm.auto import tqdm
+        from gpar.progress import progress_bar
 
-        with tqdm(total=len(self.items), disable=not self.progress, unit="task",
-                  file=sys.stderr, dynamic_ncols=True) as self.bar:
+        with progress_bar(len(self.items), self.progress) as self.bar:
             try:
                 self._loop()
             finally:
