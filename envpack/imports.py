@@ -72,15 +72,17 @@ def imports_reached(roots: Iterable[Any], is_callers: Callable[[str], bool]) -> 
             continue
         seen.add(id(obj))
         if isinstance(obj, types.FunctionType):
-            if is_callers(getattr(obj, "__module__", None) or "__main__"):
+            if is_callers(obj.__module__ or "__main__"):
                 found.update(dict.fromkeys(_function_imports(obj)))
                 stack.extend(_reached_from_function(obj))
+            if hasattr(obj, "__wrapped__"):  # a decorated function: the wrapper and its target
+                stack.append(obj.__wrapped__)
         elif isinstance(obj, type):
             if is_callers(obj.__module__):
                 stack.extend(_members(obj))
         elif isinstance(obj, types.ModuleType):
             continue  # a loaded module is in sys.modules: the manifest has it
-        elif is_callers(type(obj).__module__) and not isinstance(obj, type):
+        elif is_callers(type(obj).__module__):
             stack.append(type(obj))  # an instance of the caller's class: its methods run
     return tuple(found)
 
@@ -88,7 +90,8 @@ def imports_reached(roots: Iterable[Any], is_callers: Callable[[str], bool]) -> 
 def _function_imports(function: types.FunctionType) -> tuple[Import, ...]:
     """Its imports, each labelled by the function it is in (``helpers.score``, or ``fn`` in
     ``__main__``)."""
-    prefix = "" if function.__module__ == "__main__" else f"{function.__module__}."
+    module = function.__module__ or "__main__"
+    prefix = "" if module == "__main__" else f"{module}."
     return tuple(Import(found.name, prefix + found.where)
                  for found in imports_in_code(function.__code__))
 
@@ -134,8 +137,6 @@ def _unwrap(obj: Any) -> Any:
             obj = obj.func
         elif isinstance(obj, types.MethodType):
             obj = obj.__func__
-        elif isinstance(obj, types.FunctionType) and hasattr(obj, "__wrapped__"):
-            obj = obj.__wrapped__
         else:
             return obj
 

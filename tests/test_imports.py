@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
@@ -77,6 +78,21 @@ def helper_that_imports(x):
     return importlib.import_module("ep_literal").VERSION
 
 
+def logged(function):
+    @functools.wraps(function)
+    def wrapper(*args):
+        return function(*args)
+
+    return wrapper
+
+
+@logged
+def decorated_helper(x):
+    import ep_decorated
+
+    return ep_decorated.VERSION
+
+
 class Model:
     def predict(self, x):
         from ep_method import VERSION
@@ -88,10 +104,11 @@ def test_imports_of_helpers_methods_and_arguments_fn_reaches_are_found(site):
     install(site, "ep-literal", "1.0")
     install(site, "ep-method", "1.0")
     install(site, "ep-argument", "1.0")
+    install(site, "ep-decorated", "1.0")
     model = Model()
 
     def fn(x, callback):
-        return helper_that_imports(x), model.predict(x), callback()
+        return helper_that_imports(x), model.predict(x), callback(), decorated_helper(x)
 
     def callback():
         import ep_argument
@@ -99,7 +116,7 @@ def test_imports_of_helpers_methods_and_arguments_fn_reaches_are_found(site):
         return ep_argument
 
     dists = by_name(discovered(fn, callback))
-    assert {"ep-literal", "ep-method", "ep-argument"} <= dists.keys()
+    assert {"ep-literal", "ep-method", "ep-argument", "ep-decorated"} <= dists.keys()
     assert dists["ep-method"].why.startswith("imported by test_imports.Model.predict")
 
 
