@@ -6,7 +6,12 @@ connected Ray cluster lacks; ``verify`` runs on the worker before the caller's c
 
 from envpack.delta import WorkerFacts, select
 from envpack.discover import manifest
-from envpack.errors import EnvironmentMismatch, EnvpackError, LayerTooLarge
+from envpack.errors import (
+    EnvironmentMismatch,
+    EnvpackError,
+    LayerTooLarge,
+    UnresolvedImportWarning,
+)
 from envpack.layers import MAX_LAYER_BYTES, Layer, build, layer_of
 from envpack.manifest import Distribution, LocalModule, Manifest
 from envpack.verify import ImageCheck, check_of, verify
@@ -21,6 +26,7 @@ __all__ = [
     "LayerTooLarge",
     "LocalModule",
     "Manifest",
+    "UnresolvedImportWarning",
     "WorkerFacts",
     "build",
     "check_of",

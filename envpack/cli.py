@@ -2,10 +2,13 @@
 
     envpack show numpy pandas helpers        what would ship to workers that have only Ray
     envpack show --address HOST:PORT pandas  what would ship to that cluster's workers
+    envpack show --script analysis.py        what the script's code imports would ship, and why
     envpack build -o DIR numpy helpers       write the layers and manifest.json to DIR
 
 The modules are imported first, with the current directory on the path (so a script's local
-helpers count), exactly as a script that imports them would before calling gpar.apply.
+helpers count), exactly as a script that imports them would before calling gpar.apply. A script
+is read, not run: every import in its code (its functions' too) is found as gpar.apply finds
+fn's, with its directory on the path.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from envpack.delta import WorkerFacts, select
 from envpack.discover import manifest
+from envpack.imports import Import, imports_in_source
 from envpack.layers import build, layer_of
 from envpack.manifest import Distribution, LocalModule, Manifest
 
@@ -29,12 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = commands.add_parser("show", help="what the image of these modules holds and ships")
     show.add_argument("modules", nargs="*", help="modules to import first")
     show.add_argument("--address", help="a Ray cluster: show only what its workers lack")
+    show.add_argument("--script", type=Path,
+                      help="a Python script: add what its code imports (read, not run)")
     make = commands.add_parser("build", help="write the image's layers to a directory")
     make.add_argument("modules", nargs="*", help="modules to import first")
     make.add_argument("-o", "--output", required=True, type=Path, help="directory to write")
     args = parser.parse_args(argv)
     _import(args.modules)
-    image = manifest()
+    script = getattr(args, "script", None)
+    image = manifest(imports=_script_imports(script) if script else ())
     if args.command == "show":
         facts = _cluster_facts(args.address) if args.address else _bare_workers(image)
         print(describe(image, select(image, facts, "auto"), args.address))
@@ -64,6 +71,9 @@ def describe(image: Manifest, shipped: Sequence[Distribution | LocalModule],
     if present:
         lines.append("already on the workers: " + ", ".join(
             f"{d.name} {d.version}" for d in present))
+    if image.unresolved:
+        lines.append("imported but found nowhere here (the workers will lack them too): "
+                     + ", ".join(f"{name} (by {where})" for name, where in image.unresolved))
     return "\n".join(lines)
 
 
@@ -84,6 +94,14 @@ def _import(modules: Sequence[str]) -> None:
     sys.path.insert(0, os.getcwd())
     for name in modules:
         importlib.import_module(name)
+
+
+def _script_imports(script: Path) -> tuple[Import, ...]:
+    """What a script's code imports, its own directory first on the path (as when it runs)."""
+    if not script.is_file():
+        raise SystemExit(f"envpack: no such script: {script}")
+    sys.path.insert(0, str(script.resolve().parent))
+    return imports_in_source(str(script))
 
 
 def _bare_workers(image: Manifest) -> WorkerFacts:

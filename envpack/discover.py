@@ -7,6 +7,12 @@ standard library is local: the script's helpers, a package in the working tree, 
 install. Never shipped: the standard library, Ray and what Ray itself requires (the cluster runs
 Ray already), and the installer (pip, setuptools, wheel).
 
+Modules the caller's code will import but has not (``import pandas`` inside fn: imports.py finds
+them) are resolved the same way without importing them: ``find_spec`` of the top-level name
+gives the file or directory, and the site index the distribution. A local module found so is
+shipped like a loaded one, and read in turn for what it imports. A name nothing provides is
+listed as ``unresolved``, for the caller to be warned.
+
 Computing the manifest again with nothing changed costs about a millisecond: every file read is
 cached by its (path, mtime, size), and a site directory's index of distributions by its mtime,
 which changes whenever a distribution is installed, reinstalled or removed (pip replaces the
@@ -20,27 +26,32 @@ import email.message
 import email.parser
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import re
 import sys
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from envpack import _boot
+from envpack.imports import Import, imports_in_source, is_standard_library, top_level
 from envpack.manifest import Distribution, LocalModule, Manifest
 
 #: Installed with the interpreter and loaded by .pth hooks, not by the caller's code.
 INSTALLER = frozenset({"pip", "setuptools", "wheel"})
 
 
-def manifest(requested: Iterable[str] = ()) -> Manifest:
+def manifest(requested: Iterable[str] = (), imports: Iterable[Import] = (),
+             runtime: Collection[str] = ()) -> Manifest:
     """The manifest of this process as it is now, with the ``requested`` distributions (and
-    what they require) even if nothing imported them yet."""
+    what they require) even if nothing imported them yet, and what ``imports`` (found in the
+    caller's code) will load. ``runtime``: top-level modules whose own imports are not read
+    (gpar and envpack: their requirements are known)."""
     sites = site_directories()
     indexes = {site: _site_index(site) for site in sites}
     index = _installed(indexes.values())
@@ -61,6 +72,7 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
         if (not owners and name not in local
                 and (site is None or site in staged) and not _in_stdlib(path)):
             local[name] = _local_module(name, path)
+    unresolved = _add_imports(imports, sites, indexes, roots, local, set(runtime))
     distributions = tuple(
         _distribution(index[name], why) for name, why in sorted(_closure(index, roots).items())
         if name not in excluded
@@ -73,7 +85,116 @@ def manifest(requested: Iterable[str] = ()) -> Manifest:
         distributions=distributions,
         local_modules=tuple(local[name] for name in sorted(local)),
         ray_version=ray.version if ray else "",
+        unresolved=unresolved,
     )
+
+
+def callers_code(runtime: Collection[str] = ()) -> Callable[[str], bool]:
+    """A test of a module name: is that module the caller's own code, whose imports are read
+    (``__main__``, a module pickled by value, a local module), rather than installed code,
+    the standard library or the ``runtime``?"""
+    sites = site_directories()
+
+    def is_callers(name: str) -> bool:
+        top = top_level(name)
+        if top in runtime or is_standard_library(name):
+            return False
+        module = sys.modules.get(name) or sys.modules.get(top)
+        if name == "__main__" or module is None:
+            return True
+        path = getattr(module, "__file__", None)
+        return bool(path) and _site_of(path, sites) is None and not _in_stdlib(path)
+
+    return is_callers
+
+
+def _add_imports(imports: Iterable[Import], sites: tuple[str, ...],
+                 indexes: dict[str, _SiteIndex], roots: dict[str, str],
+                 local: dict[str, LocalModule], runtime: set[str]) -> tuple[tuple[str, str], ...]:
+    """Add what ``imports`` load to ``roots`` (distribution -> why) and ``local``; the local
+    modules they name are read for their own imports in turn. Returns what nothing provides,
+    (top-level name, where), once per name."""
+    staged = set(_boot.staged_paths())
+    pending, seen, read = list(imports), set(), set()
+    unresolved: dict[str, str] = {}
+    while pending:
+        found = pending.pop(0)
+        top = top_level(found.name)
+        if found.name in seen or is_standard_library(found.name) or top in runtime:
+            continue
+        seen.add(found.name)
+        path = _import_path(top)
+        if path is None:
+            unresolved.setdefault(top, found.where)
+            continue
+        if not path:  # built into the interpreter
+            continue
+        site = _site_of(path, sites)
+        owners = _import_owners(found.name, indexes[site]) if site is not None else ()
+        for dist in owners:
+            roots.setdefault(dist, f"imported by {found.where}: import {found.name}")
+        if owners or not (site is None or site in staged) or _in_stdlib(path):
+            continue
+        local.setdefault(top, _local_module(top, path))
+        if top not in read:
+            read.add(top)
+            pending.extend(_local_imports(local[top]))
+    return tuple(sorted(unresolved.items()))
+
+
+def _import_path(top: str) -> str | None:
+    """The file or package directory ``top`` would be imported from, without importing it;
+    "" for a module built into the interpreter; None if nothing provides it."""
+    module = sys.modules.get(top)
+    if module is not None:
+        path = getattr(module, "__file__", None)
+        locations = list(getattr(module, "__path__", None) or ())
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        path = spec.origin if spec.has_location else None
+        locations = list(spec.submodule_search_locations or ())
+    if path and locations:
+        return os.path.dirname(path)
+    return path or (locations[0] if locations else "")
+
+
+def _import_owners(name: str, site_index: _SiteIndex) -> tuple[str, ...]:
+    """The distributions that provide ``name``: by its second level first, for a namespace
+    package several share (``google.protobuf``)."""
+    parts = name.split(".")
+    if len(parts) > 1 and f"{parts[0]}.{parts[1]}" in site_index.owners:
+        return site_index.owners[f"{parts[0]}.{parts[1]}"]
+    return site_index.owners.get(parts[0], ())
+
+
+def _local_imports(module: LocalModule) -> list[Import]:
+    """The imports of every Python file of a local module, labelled by file."""
+    base = os.path.dirname(module.path)
+    found = []
+    for path in _source_files(module.path):
+        if path.endswith(".py"):
+            relative = os.path.relpath(path, base)
+            found.extend(Import(i.name, relative + i.where[len(path):])
+                         for i in _file_imports(path))
+    return found
+
+
+_file_import_cache: dict[str, tuple[tuple[int, int], tuple[Import, ...]]] = {}
+
+
+def _file_imports(path: str) -> tuple[Import, ...]:
+    stat = os.stat(path)
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _file_import_cache.get(path)
+    if cached is None or cached[0] != key:
+        cached = (key, imports_in_source(path))
+        _file_import_cache[path] = cached
+    return cached[1]
 
 
 def canonical(name: str) -> str:

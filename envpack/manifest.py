@@ -53,6 +53,9 @@ class Manifest:
     distributions: tuple[Distribution, ...]
     local_modules: tuple[LocalModule, ...]
     ray_version: str
+    #: (name, where) of each import found in the caller's code that nothing here provides:
+    #: the workers will lack it too. Not part of the digest.
+    unresolved: tuple[tuple[str, str], ...] = ()
 
     @cached_property
     def digest(self) -> str:

@@ -40,7 +40,8 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Collection, Sequence
+import warnings
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,9 @@ from typing import Any
 import cloudpickle
 import platformdirs  # here, not where used: a module first loaded by a job changes the next image
 
-from envpack import _boot, discover
+from envpack import _boot, discover, imports
 from envpack.delta import WorkerFacts, select
+from envpack.errors import UnresolvedImportWarning
 from envpack.layers import Layer, build, layer_of
 from envpack.verify import ImageCheck, check_of
 
@@ -105,12 +107,20 @@ def bootstrap(**ray_options: Any) -> Any:
     return _remote(tuple(sorted(ray_options.items())))
 
 
-def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()) -> StagedImage:
-    """Build what the connected cluster lacks, put it in its object store, and describe it."""
+def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = (),
+            code: Iterable[Any] = ()) -> StagedImage:
+    """Build what the connected cluster lacks, put it in its object store, and describe it.
+
+    ``code``: the caller's function and arguments: what their code imports is in the image
+    too, loaded or not (imports.py); a name nothing here provides is an
+    UnresolvedImportWarning, once per name.
+    """
     started = time.perf_counter()
     named = () if isinstance(packages, str) else packages
     facts = probe()
-    manifest = discover.manifest(requested=named)
+    found = imports.imports_reached(code, discover.callers_code(always))
+    manifest = discover.manifest(requested=named, imports=found, runtime=always)
+    _warn_unresolved(manifest.unresolved)
     items = select(manifest, facts, packages, always)
     layers = [layer_of(item) for item in items]
     shipped, refs = [], []
@@ -122,6 +132,14 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
     runtime_env = {"env_vars": {"ENVPACK_IMAGE": image}} if layers else None
     report = ImageReport(manifest.digest, tuple(shipped), time.perf_counter() - started)
     return StagedImage(tuple(refs), check_of(manifest, always), runtime_env, report)
+
+
+def _warn_unresolved(unresolved: Sequence[tuple[str, str]]) -> None:
+    for name, where in unresolved:
+        warnings.warn(
+            f"{where} imports {name!r}, which is neither installed nor a local module here, so "
+            f"the workers will not get it: install {name!r} here (gpar then ships it), or on "
+            "the cluster", UnresolvedImportWarning, stacklevel=5)  # the caller of gpar.apply
 
 
 def layers_dir() -> Path:

@@ -61,7 +61,7 @@ def verify(check: ImageCheck) -> None:
         return
     problems = mismatches(check)
     if problems:
-        raise EnvironmentMismatch(describe(problems))
+        raise EnvironmentMismatch(describe(problems), problems)
     _verified.add(check.digest)
 
 

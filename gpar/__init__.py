@@ -4,6 +4,7 @@ from gpar.api import apply
 from gpar.cluster import shutdown
 from gpar.errors import (
     AllTasksFailed,
+    ClusterConnectionError,
     DeadlineExceeded,
     EnvironmentCaptureError,
     FailureBudgetExceeded,
@@ -18,6 +19,7 @@ from gpar.results import Results, TaskFailure
 __all__ = [
     "AllTasksFailed",
     "AttemptRecord",
+    "ClusterConnectionError",
     "DeadlineExceeded",
     "EnvironmentCaptureError",
     "FailureBudgetExceeded",

@@ -19,9 +19,11 @@ from gpar.errors import (
     IncompleteResultsWarning,
     TaskError,
     TaskFailedWarning,
+    as_gpar_errors,
     describe_failure,
 )
 from gpar.policy import Policy, Rules, default_max_failures
+from gpar.progress import shown_by_default
 from gpar.report import JobReport
 from gpar.results import Results
 from gpar.split import BatchSizer
@@ -84,8 +86,9 @@ def apply(
     if overwrite and output is None:
         raise ValueError("overwrite=True only applies with output=...; there is nothing to "
                          "overwrite without it")
-    claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
-                                                          overwrite)
+    with as_gpar_errors():
+        claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
+                                                              overwrite)
     pending = items if claim is None else [items[i] for i in claim.pending]
     if len(pending) == 0:
         return _finish(Results([], JobReport(elements=0)), claim, None)
@@ -93,7 +96,7 @@ def apply(
         fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
     )
     cluster.connect(address)
-    image = _stage_image(packages)
+    image = _stage_image(packages, code=(fn, *args, *kwargs.values()))
     max_workers = max_workers or cluster.cpu_slots()
     rules = Rules(
         max_workers=max_workers,
@@ -110,7 +113,7 @@ def apply(
                        skipped_globals=captured.skipped, image=image.report)
     values = scheduler.run_job(
         pending, captured, policy,
-        progress=sys.stderr.isatty() if progress is None else progress, report=report,
+        progress=shown_by_default() if progress is None else progress, report=report,
         output=claim, image=image,
     )
     report.record_policy(policy)
@@ -125,7 +128,8 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
-        claim.commit(results, image)
+        with as_gpar_errors():
+            claim.commit(results, image)
     if policy is not None:
         _raise_if_mismatched(results)
         _raise_or_warn(results, policy)
@@ -142,23 +146,24 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
 RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
-def _stage_image(packages: str | Sequence[str]) -> StagedImage:
-    """Ship what the cluster's workers lack of the caller's packages (envpack.stage)."""
+def _stage_image(packages: str | Sequence[str], code: tuple[Any, ...]) -> StagedImage:
+    """Ship what the cluster's workers lack of the caller's packages (envpack.stage), with
+    what ``code`` (fn and its arguments) will import when it runs."""
     from envpack import stage
 
-    return stage.prepare(packages, always=RUNTIME_MODULES)
+    with as_gpar_errors():
+        return stage.prepare(packages, always=RUNTIME_MODULES, code=code)
 
 
 def _raise_if_mismatched(results: Results) -> None:
-    """No element ran because the workers' environment differs: raise envpack's
+    """No element ran because the workers' environment differs: raise the workers'
     EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
     from envpack import EnvironmentMismatch
 
-    mismatch = f"{EnvironmentMismatch.__module__}.{EnvironmentMismatch.__qualname__}"
     final = [failure for failure in results.failures if failure.reason in ("error", "system")]
     if (len(results.failures) == len(results) and final
-            and all(failure.exc_type == mismatch for failure in final)):
-        raise EnvironmentMismatch(final[0].message)
+            and all(isinstance(failure.exception, EnvironmentMismatch) for failure in final)):
+        raise final[0].exception
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:

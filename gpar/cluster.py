@@ -3,7 +3,9 @@
 The embedded cluster is quiet (no dashboard, no usage stats, no worker logs on the driver) and
 closed to strangers: Ray's servers listen on every interface even when told to use loopback, so
 Ray's token authentication, on by default for local clusters, is what keeps other processes and
-hosts out. It is never switched off here.
+hosts out. It is never switched off here, and its token file is the owner's alone (auth.py).
+A cluster given by address gets this process's token, and is checked to accept it first.
+In a Jupyter kernel, Ray is started and stopped without noise in the notebook (notebook.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+
+from gpar import auth, notebook
 
 
 def connect(address: str | None = None, **local_options: Any) -> None:
@@ -20,7 +24,8 @@ def connect(address: str | None = None, **local_options: Any) -> None:
     ``local_options`` go to ``ray.init`` when the embedded cluster is started (tests pass
     ``_temp_dir``, ``num_cpus``).
     """
-    import ray
+    with notebook.quiet_ray_import():
+        import ray
 
     if ray.is_initialized():
         return
@@ -28,7 +33,9 @@ def connect(address: str | None = None, **local_options: Any) -> None:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        auth.prepare_to_connect(address)
+        with notebook.ray_started_quietly():
+            ray.init(address=address, **quiet)
         return
     if os.environ.get("RAY_AUTH_MODE", "token") != "token":
         from gpar.errors import GparError
@@ -37,13 +44,15 @@ def connect(address: str | None = None, **local_options: Any) -> None:
             f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} would start the embedded Ray cluster "
             "without authentication, open to anyone who can reach this machine; unset it."
         )
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        **quiet,
-        **local_options,
-    )
+    auth.private_default_token()
+    with notebook.ray_started_quietly():
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            **quiet,
+            **local_options,
+        )
 
 
 def cpu_slots() -> int:

@@ -1,14 +1,31 @@
-"""Every error and warning gpar raises, as one tree.
+"""Every error and warning gpar raises, as one tree: ``except gpar.GparError`` catches whatever
+apply() raises about a job. Misuse (a wrong argument) stays a TypeError or ValueError.
 
     GparError
     ├── EnvironmentCaptureError   fn reaches what cannot be shipped; raised before any task
+    ├── ClusterConnectionError    no Ray cluster answers at the address, or it refused this
+    │                             process's token (also a ConnectionError)
+    ├── EnvironmentMismatch       the workers lack distributions at the caller's versions
+    │                             (also envpack.EnvironmentMismatch)
+    ├── LayerTooLarge             a distribution is too large to ship (also envpack.LayerTooLarge)
+    ├── OutputExistsError         output= holds another job's data (also
+    │                             reduce_sql.OutputExistsError)
+    ├── SchemaConflictError       the tasks' tables disagree on a column's type (also
+    │                             reduce_sql.SchemaConflictError)
     ├── TaskError                 one element failed for good (errors="raise", AllTasksFailed)
     ├── AllTasksFailed            every element failed; also an ExceptionGroup of TaskError
     ├── FailureBudgetExceeded     more attempts failed than max_failures; ``.partial`` results
     └── DeadlineExceeded          the deadline passed before any element finished
 
-    TaskFailedWarning (UserWarning)   one per failed element when errors="warn"
-    IncompleteResultsWarning          a deadline or quorum stopped the job with elements unrun
+    TaskFailedWarning (UserWarning)     one per failed element when errors="warn"
+    IncompleteResultsWarning            a deadline or quorum stopped the job with elements unrun
+    envpack.UnresolvedImportWarning     fn imports a name that is installed nowhere here
+
+The four errors of envpack and reduce_sql that a job can raise are *twins* here: subclasses of
+both GparError and the original, so either ``except`` catches them. envpack and reduce_sql know
+nothing of gpar (and importing reduce_sql loads pyarrow), so the twins are made on first use
+(``gpar.errors.EnvironmentMismatch``); apply raises the twin wherever envpack or reduce_sql
+raised the original (``as_gpar_errors``), and a worker sends the twin of its mismatch itself.
 
 A remote failure keeps its traceback as text: TaskError's ``__cause__`` is a RemoteTraceback whose
 message is the worker's traceback, as concurrent.futures does, so it prints under the local one.
@@ -16,7 +33,12 @@ message is the worker's traceback, as concurrent.futures does, so it prints unde
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import importlib
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gpar.results import Results, TaskFailure
@@ -28,6 +50,62 @@ class GparError(Exception):
 
 class EnvironmentCaptureError(GparError):
     """The calling environment holds something fn needs that cannot be pickled."""
+
+
+class ClusterConnectionError(GparError, ConnectionError):
+    """No Ray cluster answers at the address, or it refused this process's token."""
+
+
+#: Twin name -> (module, class) of the original it also is.
+TWINS = {
+    "EnvironmentMismatch": ("envpack.errors", "EnvironmentMismatch"),
+    "LayerTooLarge": ("envpack.errors", "LayerTooLarge"),
+    "OutputExistsError": ("reduce_sql.errors", "OutputExistsError"),
+    "SchemaConflictError": ("reduce_sql.errors", "SchemaConflictError"),
+}
+_twins_made = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """A twin, made on first use: it imports its original's package only then."""
+    if name not in TWINS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _twins_made:
+        twin = globals().get(name)
+        if twin is None:
+            module, original = TWINS[name]
+            twin = _twin(getattr(importlib.import_module(module), original))
+            globals()[name] = twin
+    return twin
+
+
+def _twin(original: type[Exception]) -> type[GparError]:
+    """A class that is both ``original`` and a GparError, named as the original is."""
+    return type(original.__name__, (GparError, original), {
+        "__module__": __name__, "__qualname__": original.__name__, "__doc__": original.__doc__})
+
+
+def twin_of(exc: BaseException) -> BaseException:
+    """``exc`` as its GparError twin (same message, attributes and traceback); ``exc`` itself
+    when it has none."""
+    for name, (module, original) in TWINS.items():
+        if type(exc) is getattr(sys.modules.get(module), original, None):
+            twin = __getattr__(name)(*exc.args)
+            twin.__dict__.update(exc.__dict__)
+            return twin.with_traceback(exc.__traceback__)
+    return exc
+
+
+@contextlib.contextmanager
+def as_gpar_errors() -> Iterator[None]:
+    """Within the block, envpack's and reduce_sql's errors about the job leave as their twins."""
+    try:
+        yield
+    except Exception as exc:
+        twin = twin_of(exc)
+        if twin is exc:
+            raise
+        raise twin from None
 
 
 class RemoteTraceback(Exception):

@@ -429,7 +429,7 @@ class Policy:
             fns_fault = error.kind == "error" or (error.kind == "output" and not error.retryable)
             reason = "error" if fns_fault else "system"
             failure = TaskFailure(index, error.exc_type, error.message, error.traceback, failed,
-                                  reason)
+                                  reason, error.exception)
             self._finalize(index, _FAILED, failure)
             self.first_failure = self.first_failure or failure
             if self.rules.errors == "raise":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,6 +16,8 @@ class TaskFailure:
     ``reason`` is "error" (fn raised, or returned what output= cannot write), "system" (the
     worker died, the result could not be pickled or written, the environment could not be
     restored), "deadline", "quorum" or "cancelled" (the job stopped before it finished).
+    ``exception`` is the worker's exception itself where the driver takes it as it is (the
+    EnvironmentMismatch of a worker that lacks the caller's packages), else None.
     """
 
     index: int
@@ -24,6 +26,7 @@ class TaskFailure:
     traceback: str
     attempts: int
     reason: str
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 class Results(list):

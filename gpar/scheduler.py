@@ -15,7 +15,6 @@ wall-clock seconds, the clock the workers stamp their progress with.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,12 +53,11 @@ def run_job(
     With ``output`` (apply(output=)), each launch writes its values where ``output.sink(launch)``
     says, and what was accepted is checkpointed every CHECKPOINT_S.
     """
-    from tqdm.auto import tqdm
+    from gpar.progress import progress_bar
 
     backend = RayBackend(items, environment, image, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
-    with tqdm(total=len(items), disable=not progress, unit="task", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with progress_bar(len(items), progress) as bar:
         loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
                        loads=cloudpickle.loads)
         return loop.run()

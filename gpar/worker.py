@@ -23,6 +23,7 @@ nested apply in fn hands its waits to run_batch's thread through ``blocking_call
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import pickle
@@ -52,13 +53,15 @@ FLUSH_S = 0.1
 class ElementError:
     """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
     be pickled), "output" (its table could not be written), "environment" (the call could not
-    be restored on this worker)."""
+    be restored on this worker). ``exception``: the exception itself, for the driver to raise
+    (an EnvironmentMismatch), else None."""
 
     exc_type: str
     message: str
     traceback: str
     kind: str
     retryable: bool
+    exception: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -240,11 +243,14 @@ class _BatchRun:
         if self.image is None:
             return True
         from envpack import EnvironmentMismatch, verify
+        from gpar.errors import twin_of
 
         try:
             verify(self.image)
         except EnvironmentMismatch as exc:
-            self._fail_every_element(_element_error(exc, "environment", retryable=False))
+            mismatch = twin_of(exc)  # a GparError too, sent as it is
+            error = _element_error(mismatch, "environment", retryable=False)
+            self._fail_every_element(dataclasses.replace(error, exception=mismatch))
             return False
         return True
 

@@ -25,8 +25,7 @@ import platformdirs
 #: Older than the project's python-dateutil (4.x): the worker must not run this one.
 OLDER_DATEUTIL = "2.9.0.post0"
 READY_LINE = "Ray runtime started"
-#: Ray's token: the cluster requires it, and a driver that connects by address sends it only
-#: with RAY_AUTH_MODE=token (Ray 2.60 enables it by itself only for clusters it finds alone).
+#: Ray's token: ``ray start`` turns token authentication on by itself when this file exists.
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 START_TIMEOUT_S = 60
 
@@ -57,18 +56,19 @@ def bare_venv() -> Path:
 
 
 @contextlib.contextmanager
-def running_cluster(venv: Path, worker_cache: Path) -> Iterator[str]:
-    """``ray start --head`` from ``venv`` on loopback, with token authentication; yields its
-    address (drivers need RAY_AUTH_MODE=token to connect); stopped by SIGTERM
-    to its own process (never ``ray stop``, which would kill every Ray on the machine)."""
+def running_cluster(venv: Path, worker_cache: Path, **env_overrides: str) -> Iterator[str]:
+    """``ray start --head`` from ``venv`` on loopback, as a user starts it: token authentication
+    on by Ray's default (a token exists; ``env_overrides`` may say otherwise); yields its
+    address; stopped by SIGTERM to its own process (never ``ray stop``, which would kill every
+    Ray on the machine)."""
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="gpar-bare-", dir="/tmp")
     log_path = Path(temp_dir) / "ray-start.log"
     env = {key: value for key, value in os.environ.items()
-           if key not in ("RAY_ADDRESS", "PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-               ENVPACK_CACHE_DIR=str(worker_cache),
-               PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+           if key not in ("RAY_ADDRESS", "PYTHONPATH", "VIRTUAL_ENV")
+           and not key.startswith("RAY_AUTH_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", ENVPACK_CACHE_DIR=str(worker_cache),
+               PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", **env_overrides)
     if not TOKEN_PATH.exists():  # a fresh machine: the first Ray of the session writes one
         subprocess.run([str(venv / "bin" / "python"), "-m", "ray.scripts.scripts",
                         "get-auth-token", "--generate"], env=env, check=True,

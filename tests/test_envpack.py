@@ -369,6 +369,20 @@ def test_cli_show_lists_what_ships_with_versions_sizes_and_why(tmp_path):
     assert not any(line.split()[:1] == ["ray"] for line in lines)
 
 
+def test_cli_show_script_lists_what_its_functions_import_without_running_it(tmp_path):
+    (tmp_path / "ep_script_helper.py").write_text("import tqdm\n")
+    (tmp_path / "analysis.py").write_text(
+        "import sys\n\n\ndef fit(x):\n    import ep_script_helper\n    import ep_nowhere\n"
+        "    return x\n\n\nsys.exit('the script ran')\n")
+    out = _envpack("show", "--script", "analysis.py", cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert "local module" in rows["ep_script_helper"]
+    assert rows["tqdm"].endswith("imported by ep_script_helper.py:top level: import tqdm")
+    assert "ep_nowhere (by analysis.py:fit)" in out.stdout.splitlines()[-1]
+
+
 def test_cli_build_writes_layers_and_the_manifest(tmp_path):
     (tmp_path / "ep_cli_helper.py").write_text("X = 1\n")
     out = _envpack("build", "-o", "image", "ep_cli_helper", cwd=tmp_path)

@@ -106,6 +106,70 @@ except EnvironmentMismatch as exc:
 """
 
 
+#: The idiom Ray's docs recommend: fn imports what it needs inside its body. The driver imports
+#: numpy, gpar and a helper; pandas (compiled), joblib (pure Python), both absent on the
+#: workers, and a local module are imported only inside fn.
+INSIDE_FN = """
+import json, os, stat, sys, time
+from pathlib import Path
+
+import numpy as np
+
+import gpar
+from helpers import scale
+
+
+def fn(x):
+    import joblib
+    import pandas as pd
+
+    import inner_helper
+
+    return [scale(int(pd.Series(np.arange(x + 1)).sum())), inner_helper.offset(),
+            joblib.__version__]
+
+
+address = os.environ["BARE_ADDRESS"]
+first = gpar.apply(range(4), fn, address=address, progress=False)
+second = gpar.apply(range(4), fn, address=address, progress=False)
+token = Path.home() / ".ray" / "auth_token"
+print(json.dumps({
+    "results": list(first), "again": list(second),
+    "shipped": [layer.name for layer in first.report.image.layers if layer.sent],
+    "second_cache_hit": second.report.image.cache_hit,
+    "pandas_loaded_here": "pandas" in sys.modules,
+    "joblib": __import__("joblib").__version__,
+    "token_mode": oct(stat.S_IMODE(token.stat().st_mode)),
+}))
+"""
+
+REFUSED = """
+import json, os, time
+import gpar
+
+started = time.monotonic()
+try:
+    gpar.apply([1], abs, address=os.environ["BARE_ADDRESS"], progress=False)
+except gpar.GparError as error:
+    print(json.dumps({"error": type(error).__name__, "message": str(error),
+                      "seconds": time.monotonic() - started}))
+"""
+
+
+def new_users_env(bare_address: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A driver's environment as a new user has it: nothing of Ray's set."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("RAY_") and key != "PYTHONPATH"}
+    return {**env, "BARE_ADDRESS": bare_address,
+            "ENVPACK_CACHE_DIR": str(tmp_path / "envpack-cache"), **overrides}
+
+
+def run_script_in(tmp_path: Path, source: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    (tmp_path / "script.py").write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def bare_address(tmp_path_factory):
     with running_cluster(bare_venv(), tmp_path_factory.mktemp("worker-cache")) as address:
@@ -119,10 +183,10 @@ def run_driver(bare_address, tmp_path):
     def run(source: str) -> dict:
         (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
         (tmp_path / "script.py").write_text(textwrap.dedent(source))
-        env = {**os.environ, "RAY_ADDRESS": bare_address, "RAY_AUTH_MODE": "token",
-               "ENVPACK_CACHE_DIR": str(tmp_path / "envpack-cache"),
-               "FN_RAN_MARKER": str(tmp_path / "fn-ran")}
-        env.pop("PYTHONPATH", None)
+        env = {key: value for key, value in os.environ.items()  # no RAY_AUTH_MODE: a new user's
+               if not key.startswith("RAY_") and key != "PYTHONPATH"}
+        env.update(RAY_ADDRESS=bare_address, ENVPACK_CACHE_DIR=str(tmp_path / "envpack-cache"),
+                   FN_RAN_MARKER=str(tmp_path / "fn-ran"))
         completed = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
@@ -187,3 +251,45 @@ def test_envpack_show_with_an_address_lists_only_what_those_workers_lack(bare_ad
     assert rows["tzdata"] == importlib.metadata.version("tzdata")  # python-dateutil needs it
     assert "ray" not in rows and "packaging" not in rows  # Ray and what it requires
     assert f"ships to the workers of {bare_address}" in completed.stdout
+
+
+def test_imports_inside_fn_reach_a_token_protected_bare_cluster_by_address(bare_address,
+                                                                          tmp_path):
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS))
+    (tmp_path / "inner_helper.py").write_text("def offset():\n    return 7\n")
+    completed = run_script_in(tmp_path, INSIDE_FN, new_users_env(bare_address, tmp_path))
+
+    assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    expected = [[2 * x * (x + 1) // 2, 7, out["joblib"]] for x in range(4)]
+    assert out["results"] == expected and out["again"] == expected
+    assert {"pandas", "joblib", "inner_helper"} <= set(out["shipped"])
+    assert out["pandas_loaded_here"] is False  # found in fn's code, never imported here
+    assert out["second_cache_hit"] is True  # the second job ships nothing new
+    assert out["token_mode"] == "0o600"  # the token gpar relied on: its owner's only
+    assert "InvalidAuthToken" not in completed.stderr
+
+
+def test_a_wrong_token_is_one_clear_error_at_once(bare_address, tmp_path):
+    env = new_users_env(bare_address, tmp_path, RAY_AUTH_TOKEN="0" * 64)
+    completed = run_script_in(tmp_path, REFUSED, env)
+
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert out["error"] == "ClusterConnectionError"
+    assert "refused the token from RAY_AUTH_TOKEN" in out["message"]
+    assert "ray get-auth-token" in out["message"]  # what to do
+    assert out["seconds"] < 15  # Ray alone retries for ~20 s
+    assert completed.stderr == ""  # not one line of Ray's retry logs
+
+
+def test_no_token_at_all_is_one_clear_error_at_once(bare_address, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    completed = run_script_in(tmp_path, REFUSED,
+                              new_users_env(bare_address, tmp_path, HOME=str(home)))
+
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert out["error"] == "ClusterConnectionError"
+    assert "requires a token, and this process has none" in out["message"]
+    assert out["seconds"] < 15
+    assert completed.stderr == ""

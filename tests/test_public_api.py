@@ -8,15 +8,16 @@ import gpar
 
 def test_public_names_are_pinned():
     assert sorted(gpar.__all__) == [
-        "AllTasksFailed", "AttemptRecord", "DeadlineExceeded", "EnvironmentCaptureError",
+        "AllTasksFailed", "AttemptRecord", "ClusterConnectionError", "DeadlineExceeded",
+        "EnvironmentCaptureError",
         "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport", "Results",
         "TaskError", "TaskFailedWarning", "TaskFailure", "apply", "shutdown",
     ]
 
 
 def test_every_error_is_a_gpar_error():
-    for name in ("AllTasksFailed", "DeadlineExceeded", "EnvironmentCaptureError",
-                 "FailureBudgetExceeded", "TaskError"):
+    for name in ("AllTasksFailed", "ClusterConnectionError", "DeadlineExceeded",
+                 "EnvironmentCaptureError", "FailureBudgetExceeded", "TaskError"):
         assert issubclass(getattr(gpar, name), gpar.GparError)
 
 

@@ -150,7 +150,8 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
     second, second_markers = driver("finish")
     assert second.communicate(timeout=120)[0].strip() == "done"
     assert ran(first_markers)[:4] == [0, 1, 2, 3]
-    assert ran(second_markers) == [4, 5, 6, 7]  # what the checkpoint held never ran again
+    # what the checkpoint held never ran again (a backup may run a straggler twice)
+    assert set(ran(second_markers)) == {4, 5, 6, 7}
     dataset = reduce_sql.Dataset(output)
     assert dataset.manifest.finished
     assert dataset.sql("SELECT task, value FROM data ORDER BY task").to_pylist() == [
