@@ -85,6 +85,7 @@ class JobLoop:
         self.values: list[Any] = [None] * policy.elements
         self.streams: dict[int, _Stream] = {}
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
+        self.finished_on: dict[str, int] = {}  # node -> element attempts finished there
 
     def run(self) -> list[Any]:
         try:
@@ -151,6 +152,7 @@ class JobLoop:
         launch = stream.launch
         previous = stream.last_finished or message.elements_started
         stream.last_finished = message.finished[-1]
+        self.finished_on[stream.node] = self.finished_on.get(stream.node, 0) + count
         values, errors = self._unpickle_values(message, count)
         first = launch.indices[message.done_from]
         failed = {position - message.done_from: (error.kind, error.message)
@@ -197,9 +199,10 @@ class JobLoop:
             self.report.add_unstarted(stopped.unstarted)
 
     def _check_avoided_nodes(self) -> None:
-        """Nothing happened for a while: if nodes were lost since some were found slow, the
-        avoided ones may be all that is left. Then count strikes anew on the cluster as it is."""
-        if not self.backend.alive_nodes() - self.slow_nodes.avoided:
+        """Nothing happened for a while: if every batch in flight straggles while work waits
+        (elements that hang wherever they run look like slow nodes), or nodes were lost since
+        some were found slow, the avoided ones are needed. Count strikes anew then."""
+        if self.policy.stuck() or not self.backend.alive_nodes() - self.slow_nodes.avoided:
             self.slow_nodes = None
             self.backend.avoid_nodes(set())
 
@@ -207,5 +210,5 @@ class JobLoop:
         """Count a straggler against its node; launch nothing more on the nodes found slow."""
         if self.slow_nodes is None:
             self.slow_nodes = SlowNodes(nodes=len(self.backend.alive_nodes()))
-        if self.slow_nodes.on_straggler(node):
+        if self.slow_nodes.on_straggler(node, self.finished_on.get(node, 0)):
             self.backend.avoid_nodes(set(self.slow_nodes.avoided))

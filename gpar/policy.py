@@ -30,12 +30,14 @@ Rules (DESIGN §3):
   simply cancelled (its element has its first attempt still, or a retry queued).
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final and nothing waits in the queue, a straggler gets a second attempt; the first to
-  finish wins and the other is cancelled. At most BACKUP_SHARE of the elements get one. At
-  the tail, when nothing is left to launch and a slot is idle, TAIL_SLOWDOWN times the median
-  is straggling enough.
-* **Slow nodes**: a node whose attempts were stragglers SLOW_NODE_STRIKES times gets no new
-  work for the rest of the job (at most half the nodes, never the last): elements that straggle
-  wherever they run are what backups are for, a node that is slow for everything is not.
+  finish wins and the others are cancelled. A backup that straggles gets one too. At most
+  BACKUP_SHARE of the elements are backed up. At the tail, when nothing is left to launch and
+  a slot is idle, TAIL_SLOWDOWN times the median is straggling enough.
+* **Slow nodes**: a node whose attempts were stragglers SLOW_NODE_STRIKES times, and at least
+  SLOW_NODE_SHARE of them, gets no new work for the rest of the job (at most half the nodes,
+  never the last): elements that straggle wherever they run are what backups are for, a node
+  that is slow for everything is not. The loop forgets them if every batch in flight straggles
+  while work waits (hangs look like slow nodes) or the nodes left are all avoided.
 * **Lost batch** (worker died): reported elements are kept. The element last seen in fn lost its
   attempt (charged, a system failure, retried alone); the elements behind it were not seen
   starting: queued again uncharged, with their attempt number unchanged. With nothing seen in
@@ -71,8 +73,12 @@ BACKUP_SHARE = 0.1
 TAIL_SLOWDOWN = 1.5
 
 #: Stragglers on one node before it gets no new work: one could be the element's fault, a
-#: second on the same node rarely is. bench/bench_stragglers.py's slow-node case measures it.
+#: second on the same node rarely is. bench/bench_stragglers.py's slow-node case measures it...
 SLOW_NODE_STRIKES = 2
+#: ...if they are also this share of its attempts: a node slow for everything straggles on
+#: nearly all, while stragglers that fall at random (2 % of attempts in bench_simulator.py's
+#: paper-scale job) put two on a quarter of 1,000 nodes, at a rate near 2 % there.
+SLOW_NODE_SHARE = 0.5
 
 #: Times one element may be preempted. Once: an element slow wherever it runs loses one
 #: straggle's worth of work, and one slow for its node's sake runs again elsewhere.
@@ -193,7 +199,7 @@ class Policy:
         self._failed_count: dict[int, int] = {}  # element -> failed attempts so far
         self._last_attempt: dict[int, int] = {}  # element -> its latest attempt run alone
         self._preempted: dict[int, int] = {}  # element -> times preempted
-        self._backed_up: set[int] = set()
+        self._backed_up: set[int] = set()  # batches whose straggler got its backup
         self._contested: set[int] = set()  # batches running an element that has a backup
         self._new_stragglers: list[int] = []
         self._durations: list[float] = []  # sorted sample of per-element times, for the median
@@ -246,6 +252,11 @@ class Policy:
         """Batches declared stragglers since the last call (so the loop can tell slow nodes)."""
         batches, self._new_stragglers = self._new_stragglers, []
         return batches
+
+    def stuck(self) -> bool:
+        """Work waits and every batch in flight straggles."""
+        return (bool(self._pending or self._parked) and bool(self._batches)
+                and all(live.straggling for live in self._batches.values()))
 
     def next_check(self, now: float) -> float:
         """Seconds until tick() could decide something new (the loop's longest wait)."""
@@ -486,9 +497,9 @@ class Policy:
                                     or self._preempted.get(index, 0) < MAX_PREEMPTIONS):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))
-            elif (backups_allowed and not self._pending and not live.backup
-                    and self.backups_launched < budget and index not in self._backed_up):
-                self._backed_up.add(index)
+            elif (backups_allowed and not self._pending and self.backups_launched < budget
+                    and batch not in self._backed_up):
+                self._backed_up.add(batch)
                 self._contested.add(batch)
                 self.backups_launched += 1
                 attempt = self._next_attempt(index, live.attempt)
@@ -621,19 +632,22 @@ _STOP_MESSAGES = {
 
 @dataclass
 class SlowNodes:
-    """Which nodes get no new work: those with SLOW_NODE_STRIKES stragglers, at most half of
-    the ``nodes`` and never the last one."""
+    """Which nodes get no new work: those with SLOW_NODE_STRIKES stragglers making at least
+    SLOW_NODE_SHARE of their attempts, at most half of the ``nodes`` and never the last one."""
 
     nodes: int
     strikes: dict[str, int] = field(default_factory=dict)
     avoided: set[str] = field(default_factory=set)
 
-    def on_straggler(self, node: str) -> bool:
-        """A straggler ran on ``node``; returns whether the node is avoided from now on."""
+    def on_straggler(self, node: str, finished_there: int) -> bool:
+        """A straggler ran on ``node``, where ``finished_there`` element attempts have finished;
+        returns whether the node is avoided from now on."""
         if not node or node in self.avoided:
             return False
-        self.strikes[node] = self.strikes.get(node, 0) + 1
-        if self.strikes[node] >= SLOW_NODE_STRIKES and len(self.avoided) < self.nodes // 2:
+        strikes = self.strikes[node] = self.strikes.get(node, 0) + 1
+        slow = (strikes >= SLOW_NODE_STRIKES
+                and strikes >= SLOW_NODE_SHARE * (strikes + finished_there))
+        if slow and len(self.avoided) < self.nodes // 2:
             self.avoided.add(node)
             return True
         return False

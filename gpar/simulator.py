@@ -110,6 +110,7 @@ class SimBackend:
         self.free = [cluster.slots] * cluster.nodes
         self.alive = [True] * cluster.nodes
         self.avoided: set[int] = set()
+        self.open = set(range(cluster.nodes))  # alive, not avoided, with a free slot
         self.waiting: deque[Launch] = deque()  # submitted, no slot yet (Ray's queue)
         self.batches: dict[int, _Running] = {}
         self.starts: dict[int, list[int]] = {}
@@ -154,6 +155,8 @@ class SimBackend:
 
     def avoid_nodes(self, nodes: set[str]) -> None:
         self.avoided = {int(node.rsplit("-", 1)[1]) for node in nodes}
+        self.open = {n for n in range(self.cluster.nodes)
+                     if self.alive[n] and self.free[n] > 0 and n not in self.avoided}
         self._place()
 
     # ------------------------------------------------------------------ events
@@ -205,6 +208,7 @@ class SimBackend:
     def _on_node_lost(self, node: int, _: int) -> Any:
         self.alive[node] = False
         self.free[node] = 0
+        self.open.discard(node)
         for batch, running in list(self.batches.items()):
             if running.node == node:
                 self._lose(batch, running)
@@ -213,24 +217,21 @@ class SimBackend:
     # ----------------------------------------------------------------- workers
 
     def _place(self) -> None:
-        while self.waiting:
-            node = self._free_node()
-            if node is None:
-                return
+        while self.waiting and self.open:
+            node = next(iter(self.open))
             launch = self.waiting.popleft()
             self.free[node] -= 1
+            if not self.free[node]:
+                self.open.discard(node)
             running = _Running(launch, node, end=len(launch.indices))
             self.batches[launch.batch] = running
             self._at(self.clock + self.cluster.worker_start_s, "start", launch.batch, 0)
 
-    def _free_node(self) -> int | None:
-        candidates = [n for n in range(self.cluster.nodes)
-                      if self.alive[n] and self.free[n] > 0 and n not in self.avoided]
-        return max(candidates, key=lambda n: self.free[n]) if candidates else None
-
     def _release(self, node: int) -> None:
         if self.alive[node]:
             self.free[node] += 1
+            if node not in self.avoided:
+                self.open.add(node)
             self._place()
 
     def _begin(self, batch: int, running: _Running) -> None:

@@ -255,18 +255,24 @@ def test_every_element_is_launched_exactly_once_without_faults(elements):
 
 def test_a_node_with_two_stragglers_gets_no_new_work_but_never_the_last_nodes():
     slow = SlowNodes(nodes=5)
-    assert not slow.on_straggler("a")  # one straggler may be the element's fault
-    assert slow.on_straggler("a") and slow.avoided == {"a"}
-    assert not slow.on_straggler("a")  # already avoided
+    assert not slow.on_straggler("a", 0)  # one straggler may be the element's fault
+    assert slow.on_straggler("a", 0) and slow.avoided == {"a"}
+    assert not slow.on_straggler("a", 0)  # already avoided
     for _ in range(2):
-        slow.on_straggler("b")
+        slow.on_straggler("b", 1)
     assert slow.avoided == {"a", "b"}
     for _ in range(2):
-        slow.on_straggler("c")
+        slow.on_straggler("c", 0)
     assert slow.avoided == {"a", "b"}  # at most half the nodes
     single = SlowNodes(nodes=1)
-    assert not single.on_straggler("only") and not single.on_straggler("only")
-    assert not single.avoided and not slow.on_straggler("")  # unknown node: nothing
+    assert not single.on_straggler("only", 0) and not single.on_straggler("only", 0)
+    assert not single.avoided and not slow.on_straggler("", 0)  # unknown node: nothing
+
+
+def test_stragglers_that_fall_at_random_do_not_make_a_node_slow():
+    slow = SlowNodes(nodes=1000)
+    assert not slow.on_straggler("n", 25) and not slow.on_straggler("n", 50)  # 2 of 52
+    assert not slow.avoided
 
 
 def test_stragglers_are_reported_once_each():

@@ -160,3 +160,12 @@ def test_the_users_quorum_scenario_returns_when_the_quick_elements_are_done(back
         i for i in range(20) if i not in (4, 9)]
     assert sim.end_s < 2 * BACKUP_MIN_S + 1  # one straggle each, then the queue moved on
     assert sim.report.preemptions == 2 and sim.report.failed_attempts == 0
+
+
+def test_a_node_slow_for_everything_gets_no_new_work():
+    cluster = SimCluster(nodes=5, slow_nodes={0: 10.0})
+    sim = simulate(400, run_times(3, median=1.0), cluster=cluster)
+    assert sim.values == list(range(400))
+    on_slow = [row for row in sim.report.attempts if row.node == "node-0"]
+    assert len(on_slow) < 10  # ~80 of 400 would run there without the rule
+    assert sim.report.failed_attempts == 0
