@@ -18,7 +18,7 @@ import gpar
 from forecasting_demo import calibration, conformal, data, evaluation
 from forecasting_demo.bootstrap import BACKTEST_WEEKS
 from forecasting_demo.errors import NonPositiveForecast, SeriesTooShort
-from forecasting_demo.models import window_length
+from forecasting_demo.models import minimum_length
 from forecasting_demo.pipeline import DemoConfig
 
 DEFAULTS = DemoConfig(out=".")
@@ -101,7 +101,7 @@ def main():
         f"origin), scored on M3's {evaluation.HORIZON} test months, in {m3_wall:.1f} s with "
         f"gpar.apply. Of {len(m3):,} series, {outcomes.get('scored', 0):,} have a band, "
         f"{outcomes.get('too short', 0):,} are shorter than "
-        f"{window_length(evaluation.PERIOD) + evaluation.HORIZON} months and "
+        f"{minimum_length(evaluation.PERIOD) + evaluation.HORIZON} months and "
         f"{outcomes.get('forecast <= 0', 0):,} forecast a value <= 0. Inside the 95 % band: "
         f"{_share(scored[0.95])}; inside the 80 % band: {_share(scored[0.8])} (± standard "
         f"errors across series). {len(scored) - len(bounded)} of the 95 % bands are unbounded "

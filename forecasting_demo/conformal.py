@@ -22,7 +22,7 @@ import numpy as np
 
 from forecasting_demo.bootstrap import Band
 from forecasting_demo.errors import NonPositiveForecast, SeriesTooShort
-from forecasting_demo.models import ensemble_forecast, window_length
+from forecasting_demo.models import ensemble_forecast, minimum_length
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +42,7 @@ def backtest(values: np.ndarray, period: float, weeks: int) -> Backtest:
     """Scores from every origin with a full fitting window. Where the ensemble forecast a value
     <= 0 the log ratio is undefined; the score is infinite, the conservative reading of such a
     miss (if more than 1 - level of the origins have one, the band is unbounded)."""
-    first = window_length(period)
+    first = minimum_length(period)
     origins = range(first, len(values) - weeks + 1)
     shape = (len(origins), weeks)  # (0, weeks), not (0,), when the series has no origin
     forecasts = np.array([ensemble_forecast(values[:origin], weeks, period)
@@ -67,7 +67,7 @@ def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tupl
     n = len(scores)
     if n == 0:
         raise SeriesTooShort(f"a {weeks}-week backtest needs at least "
-                             f"{window_length(period) + weeks} observations, got {len(history)}")
+                             f"{minimum_length(period) + weeks} observations, got {len(history)}")
     forecast = ensemble_forecast(history, weeks, period)
     if (forecast <= 0).any():
         week = int(np.argmax(forecast <= 0))
