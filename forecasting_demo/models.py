@@ -66,6 +66,8 @@ FINE_TREND = smoothing.trend_grid(np.linspace(0.05, 1.0, 12), (0.001, 0.01, 0.05
 COARSE_LEVEL = smoothing.level_grid(np.linspace(0.05, 1.0, 20))
 COARSE_TREND = smoothing.trend_grid((0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0), (0.01, 0.1),
                                     (0.9, 0.98, smoothing.HOLT_PHI))
+FINE_GRID = smoothing.joined(FINE_LEVEL, FINE_TREND)
+COARSE_GRID = smoothing.joined(COARSE_LEVEL, COARSE_TREND)
 
 Model = Callable[[np.ndarray, int, float], np.ndarray]
 
@@ -205,26 +207,21 @@ def _adjusted_cached(span: bytes, horizon: int, period: float) -> _Adjusted:
 
 
 @functools.lru_cache(maxsize=4)
-def _level_fit_cached(key: bytes, weekly: bool) -> smoothing.Fit:
-    [fit] = smoothing.fit(np.frombuffer(key), COARSE_LEVEL if weekly else FINE_LEVEL)
-    return fit
-
-
-@functools.lru_cache(maxsize=4)
-def _trend_fits_cached(key: bytes, weekly: bool) -> tuple[smoothing.Fit, smoothing.Fit]:
-    """Holt's and the damped trend's fits, from one pass over the trend grid."""
-    grid = COARSE_TREND if weekly else FINE_TREND
-    holt_fit, damped_fit = smoothing.fit(np.frombuffer(key), grid,
-                                         (grid.where_phi(damped=False), grid.where_phi(True)))
-    return holt_fit, damped_fit
+def _smoothing_fits(key: bytes, weekly: bool) -> tuple[smoothing.Fit, ...]:
+    """SES's, Holt's and the damped trend's fits to the adjusted values, from one pass over one
+    grid; keyed by their bytes, so the members of one ensemble call share it."""
+    grid = COARSE_GRID if weekly else FINE_GRID
+    return tuple(smoothing.fit(np.frombuffer(key), grid, grid.kinds))
 
 
 def _level_fit(adjusted: _Adjusted) -> smoothing.Fit:
-    return _level_fit_cached(adjusted.key, adjusted.weekly)
+    return _smoothing_fits(adjusted.key, adjusted.weekly)[0]
 
 
 def _trend_fits(adjusted: _Adjusted) -> tuple[smoothing.Fit, smoothing.Fit]:
-    return _trend_fits_cached(adjusted.key, adjusted.weekly)
+    """Holt's fit, the damped trend's."""
+    _, holt_fit, damped_fit = _smoothing_fits(adjusted.key, adjusted.weekly)
+    return holt_fit, damped_fit
 
 
 def _is_seasonal(x: np.ndarray, lag: int) -> bool:
@@ -285,12 +282,12 @@ def _fourier(time: np.ndarray, period: float) -> np.ndarray:
 
 
 def _ar_forecast(errors: np.ndarray, order: int, horizon: int) -> np.ndarray:
-    """The next ``horizon`` values of an AR(order) fitted to ``errors`` by least squares; zeros
-    if that fit is not stationary (its forecasts would grow without bound)."""
-    lagged = np.column_stack([errors[order - k - 1:len(errors) - k - 1] for k in range(order)])
-    coefficients = np.linalg.lstsq(lagged, errors[order:])[0]  # errors all 0: coefficients 0
-    if not _is_stationary(coefficients):
-        return np.zeros(horizon)
+    """The next ``horizon`` values of an AR(order) fitted to ``errors`` by Yule-Walker.
+
+    Yule-Walker (the Durbin-Levinson recursion on the sample autocovariances) always gives a
+    stationary AR, so its forecasts decay to 0 instead of growing without bound, and costs a few
+    scalar steps at every bootstrap step where a least-squares fit costs a solve."""
+    coefficients = _yule_walker(errors, order)
     recent = list(errors[::-1][:order])
     forecast = []
     for _ in range(horizon):
@@ -299,16 +296,19 @@ def _ar_forecast(errors: np.ndarray, order: int, horizon: int) -> np.ndarray:
     return np.array(forecast)
 
 
-def _is_stationary(coefficients: np.ndarray) -> bool:
-    """Are all roots of the AR polynomial 1 - a_1 z - ... - a_p z^p outside the unit circle?
-
-    The Durbin-Levinson recursion run backwards: the AR(p) is stationary when each of its
-    partial autocorrelations (a_p, then a_{p-1} of the AR(p-1) it steps down to, ...) lies in
-    (-1, 1). A few scalar steps instead of an eigenvalue solve, at every bootstrap step."""
-    a = [float(value) for value in coefficients]
-    while a:
-        last = a[-1]
-        if abs(last) >= 1:
-            return False
-        a = [(a[j] + last * a[-2 - j]) / (1 - last * last) for j in range(len(a) - 1)]
-    return True
+def _yule_walker(x: np.ndarray, order: int) -> np.ndarray:
+    """AR coefficients a_1..a_order of x_t = sum a_k x_{t-k} + e_t, by Durbin-Levinson on the
+    (biased) sample autocovariances of x around 0; zeros if x is all 0."""
+    n = len(x)
+    autocovariance = [float(x[lag:] @ x[:n - lag]) / n for lag in range(order + 1)]
+    if autocovariance[0] == 0:
+        return np.zeros(order)
+    coefficients: list[float] = []
+    variance = autocovariance[0]
+    for k in range(1, order + 1):
+        partial = (autocovariance[k] - sum(a * autocovariance[k - 1 - j]
+                                           for j, a in enumerate(coefficients))) / variance
+        coefficients = [a - partial * coefficients[k - 2 - j]
+                        for j, a in enumerate(coefficients)] + [partial]
+        variance *= 1 - partial * partial
+    return np.array(coefficients)

@@ -28,9 +28,10 @@ import numpy as np
 HOLT_PHI = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: a cache key looked up at every fit
 class Grid:
-    """Settings searched together: alpha, beta, phi per setting (beta = phi = 0 for SES)."""
+    """Settings searched together: alpha, beta, phi per setting. SES settings have beta = phi = 0
+    (their trend stays 0), Holt's phi = 1, the damped trend's 0 < phi < 1."""
 
     alpha: tuple[float, ...]
     beta: tuple[float, ...]
@@ -40,10 +41,11 @@ class Grid:
     def trended(self) -> bool:
         return any(self.phi)
 
-    def where_phi(self, damped: bool) -> np.ndarray:
-        """The settings with phi < 1 (damped) or phi = 1 (Holt)."""
+    @functools.cached_property
+    def kinds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks of the SES, Holt and damped-trend settings."""
         phi = np.array(self.phi)
-        return phi < HOLT_PHI if damped else phi == HOLT_PHI
+        return phi == 0, phi == HOLT_PHI, (0 < phi) & (phi < HOLT_PHI)
 
 
 def level_grid(alphas) -> Grid:
@@ -57,6 +59,12 @@ def trend_grid(alphas, beta_shares, phis) -> Grid:
     settings = [(a, a * share, phi) for a in alphas for share in beta_shares for phi in phis]
     alpha, beta, phi = (tuple(float(v) for v in column) for column in zip(*settings, strict=True))
     return Grid(alpha, beta, phi)
+
+
+def joined(*grids: Grid) -> Grid:
+    """One grid of all their settings: SES, Holt and damped trend fitted in one convolution."""
+    return Grid(*(sum((getattr(grid, name) for grid in grids), ()) for name in
+                  ("alpha", "beta", "phi")))
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +97,7 @@ class _Filters:
 def fit(x: np.ndarray, grid: Grid, groups: tuple[np.ndarray, ...] | None = None) -> list[Fit]:
     """For each group of settings (boolean masks over ``grid``; one group of all settings by
     default), the setting with the least squared one-step error on ``x`` and its best initial
-    state. Groups share the one convolution: Holt and damped trend are fitted together."""
+    state. Groups share the one convolution (Grid.kinds: SES, Holt and damped trend)."""
     n = len(x)
     filters = _filters(grid, n)
     size = _fft_size(n)

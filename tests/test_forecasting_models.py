@@ -81,13 +81,16 @@ def test_smoothing_fit_equals_the_textbook_recursion_with_its_best_initial_state
     assert (fit.level, fit.trend) == pytest.approx((level, trend), rel=1e-9, abs=1e-9)
 
 
-def test_holt_and_damped_are_the_best_settings_with_phi_one_and_below_one():
+def test_one_pass_over_a_joined_grid_gives_each_kinds_own_best_fit():
     x = 20 + np.cumsum(np.random.default_rng(4).normal(size=80))
-    grid = models.FINE_TREND
-    holt, damped = smoothing.fit(x, grid, (grid.where_phi(False), grid.where_phi(True)))
+    grid = models.FINE_GRID
+    ses, holt, damped = smoothing.fit(x, grid, grid.kinds)
     [overall] = smoothing.fit(x, grid)
-    assert holt.phi == 1.0 and damped.phi < 1.0
-    assert overall.sse == min(holt.sse, damped.sse)
+    assert ses.phi == 0.0 and ses.trend == 0.0 and holt.phi == 1.0 and 0 < damped.phi < 1
+    assert overall.sse == min(ses.sse, holt.sse, damped.sse)
+    assert ses.sse == pytest.approx(smoothing.fit(x, models.FINE_LEVEL)[0].sse, rel=1e-9)
+    [alone] = smoothing.fit(x, models.FINE_TREND, (models.FINE_TREND.kinds[2],))
+    assert (damped.alpha, damped.beta, damped.phi) == (alone.alpha, alone.beta, alone.phi)
     # damped trend forecasts level + (phi + ... + phi^h) trend
     steps = np.cumsum(damped.phi ** np.arange(1, 4))
     np.testing.assert_allclose(damped.forecast(3), damped.level + steps * damped.trend)
@@ -143,21 +146,25 @@ def test_weekly_smoothing_members_put_the_fourier_season_back():
                                    atol=1e-6)
 
 
-def test_stationarity_test_agrees_with_the_companion_matrix_eigenvalues():
-    rng = np.random.default_rng(6)
-    for coefficients in rng.uniform(-2, 2, size=(2000, 3)):
-        companion = np.eye(3, k=-1)
-        companion[0] = coefficients
-        expected = np.abs(np.linalg.eigvals(companion)).max() < 1
-        assert models._is_stationary(coefficients) == expected
+def test_yule_walker_solves_the_toeplitz_equations_of_the_autocovariances():
+    x = np.random.default_rng(6).normal(size=300)
+    for _ in range(2):
+        x = x + 0.6 * np.roll(x, 1)
+    gamma = np.array([x[lag:] @ x[:300 - lag] / 300 for lag in range(4)])
+    toeplitz = gamma[np.abs(np.subtract.outer(np.arange(3), np.arange(3)))]
+    np.testing.assert_allclose(models._yule_walker(x, 3), np.linalg.solve(toeplitz, gamma[1:]))
+    assert models._yule_walker(np.zeros(50), 3).tolist() == [0.0] * 3
 
 
-def test_an_explosive_ar_fit_forecasts_no_error_instead():
-    explosive = 1.1 ** np.arange(40)  # an AR(1) with coefficient 1.1 fits exactly
-    assert models._ar_forecast(explosive, 3, 5).tolist() == [0.0] * 5
-    steady = 0.5 ** np.arange(40)
-    np.testing.assert_allclose(models._ar_forecast(steady, 1, 2),
-                               steady[-1] * np.array([0.5, 0.25]))
+def test_ar_errors_forecast_by_their_coefficients_and_stay_bounded():
+    explosive = 1.1 ** np.arange(40)
+    forecast = models._ar_forecast(explosive, 3, 200)
+    assert np.abs(forecast[-1]) < np.abs(forecast[0])  # Yule-Walker: stationary, decaying
+    x = np.random.default_rng(7).normal(size=100)
+    a = models._yule_walker(x, 2)
+    one, two = models._ar_forecast(x, 2, 2)
+    assert one == pytest.approx(a[0] * x[-1] + a[1] * x[-2])
+    assert two == pytest.approx(a[0] * one + a[1] * x[-1])
 
 
 def test_weekly_and_monthly_data_have_their_own_members():
