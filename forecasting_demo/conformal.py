@@ -9,9 +9,10 @@ bootstrap's one-week factors do not.
 The backtest uses every origin the history allows. A 95 % quantile rests on the few rough years
 (a recession, an El Niño), and weekly origins less than a year apart share their errors: five
 years of origins hold about five independent paths, too few for that quantile. On the report's
-ten yearly hold-outs of each series, the last five years of origins covered 92.4 % of the weeks,
-every origin 95.2 % (chosen with those hold-outs in view; bench/bench_calibration.py also checks
-the band on the M3 monthly series, which no choice saw).
+ten yearly hold-outs of each series, with the demo's first ensemble, the last five years of
+origins covered 92.4 % of the weeks, every origin 95.2 % (chosen with those hold-outs in view;
+bench/bench_calibration.py also checks the band on the M3 quarterly series, which no choice
+saw).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from forecasting_demo.bootstrap import Band
 from forecasting_demo.errors import NonPositiveForecast, SeriesTooShort
-from forecasting_demo.models import ensemble_forecast, window_length
+from forecasting_demo.models import ensemble_forecast, minimum_length
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +43,7 @@ def backtest(values: np.ndarray, period: float, weeks: int) -> Backtest:
     """Scores from every origin with a full fitting window. Where the ensemble forecast a value
     <= 0 the log ratio is undefined; the score is infinite, the conservative reading of such a
     miss (if more than 1 - level of the origins have one, the band is unbounded)."""
-    first = window_length(period)
+    first = minimum_length(period)
     origins = range(first, len(values) - weeks + 1)
     shape = (len(origins), weeks)  # (0, weeks), not (0,), when the series has no origin
     forecasts = np.array([ensemble_forecast(values[:origin], weeks, period)
@@ -67,7 +68,7 @@ def conformal_bands(history: np.ndarray, period: float, weeks: int, levels: tupl
     n = len(scores)
     if n == 0:
         raise SeriesTooShort(f"a {weeks}-week backtest needs at least "
-                             f"{window_length(period) + weeks} observations, got {len(history)}")
+                             f"{minimum_length(period) + weeks} observations, got {len(history)}")
     forecast = ensemble_forecast(history, weeks, period)
     if (forecast <= 0).any():
         week = int(np.argmax(forecast <= 0))

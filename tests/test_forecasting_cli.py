@@ -9,7 +9,6 @@ import pytest
 
 import reduce_sql
 from forecasting_demo import cli, pipeline, report
-from forecasting_demo.models import MODELS
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -53,8 +52,13 @@ def test_report_numbers_are_the_runs(tiny_run):
     assert f"in {job.wall_s:.2f} s on {job.workers} workers" in text
     for name, row in job.report.table1().iterrows():
         assert f"| {name} | {row.mean_s:.4f} | {row.p95_s:.4f} | {row.n:.0f} |" in text
-    for model, forecast in zip(MODELS, run.members[:, 0], strict=True):
+    for model, forecast in zip(run.member_names, run.members[:, 0], strict=True):
         assert f"| {model} | {forecast:.3f} |" in text
+    for row in run.evaluation.official.itertuples():
+        assert f"| {row.model} | {row.smape:.2f} | {row.mape:.2f} |" in text
+    assert "| theta | " in text and " | 13.85 | " in text  # the published figure beside it
+    for row in run.calibration.query("level == 0.95 and weeks == 'all'").itertuples():
+        assert f"| {row.winkler_ratio:.4f} |" in text
     paper_95 = job.bands[0]
     assert f"| {paper_95.lower[0]:.3f} | {paper_95.upper[0]:.3f} |" in text
     for row in run.calibration.query("level == 0.95 and weeks == 'all'").itertuples():
