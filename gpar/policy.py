@@ -22,11 +22,12 @@ Rules (DESIGN §3):
   element given away is never started by that batch (worker.py).
 * **Stragglers** run more than BACKUP_SLOWDOWN times the median element time (and at least
   BACKUP_MIN_S); with no element finished yet, nothing is a straggler.
-* **Preemption** (no starvation): while elements wait in the queue and every slot is busy, a
-  straggling attempt is killed and its element parked; parked elements start only when the
-  queue is empty. Not charged to any budget. An element is preempted at most MAX_PREEMPTIONS
-  times: after that its attempt runs to its end (task_timeout and the deadline still bound it),
-  so a deterministic hang costs one lost straggle, never a loop. A straggling backup is
+* **Preemption** (no starvation): while elements wait (in the queue, or parked) and every slot
+  is busy, a straggling attempt is killed and its element parked; parked elements start only
+  when the queue is empty. Not charged to any budget. Each time an element is preempted, its
+  next attempt may run PREEMPT_BACKOFF times longer before it can be preempted again: an
+  element that always hangs is preempted about log2(job time / straggler time) times in all,
+  never in a loop, and what waits behind it is never stuck for good. A straggling backup is
   simply cancelled (its element has its first attempt still, or a retry queued).
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final and nothing waits in the queue, a straggler gets a second attempt; the first to
@@ -80,9 +81,9 @@ SLOW_NODE_STRIKES = 2
 #: paper-scale job) put two on a quarter of 1,000 nodes, at a rate near 2 % there.
 SLOW_NODE_SHARE = 0.5
 
-#: Times one element may be preempted. Once: an element slow wherever it runs loses one
-#: straggle's worth of work, and one slow for its node's sake runs again elsewhere.
-MAX_PREEMPTIONS = 1
+#: Each preemption of an element lets its next attempt run this many times longer before it
+#: can be preempted again: the work lost on one element is at most about twice its last run.
+PREEMPT_BACKOFF = 2.0
 
 #: Shortest time between two scans of the running attempts for stragglers and timeouts: a scan
 #: costs a few steps per straggler, and events come far more often on a large cluster.
@@ -213,6 +214,7 @@ class Policy:
     def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         decided = []
+        handoff_after_s = self._straggler_threshold(tail=False) or BACKUP_MIN_S
         while len(self._batches) < in_flight_limit and not self.finished:
             work = self._next_work()
             if work is None:
@@ -225,7 +227,6 @@ class Policy:
             self._batches[batch] = _Batch(indices, work.attempt, work.backup, len(indices))
             if work.backup:
                 self._contested.add(batch)
-            handoff_after_s = self._straggler_threshold(tail=False) or BACKUP_MIN_S
             decided.append(Launch(batch, indices, work.attempt, work.backup, handoff_after_s))
         return decided
 
@@ -254,9 +255,11 @@ class Policy:
         return batches
 
     def stuck(self) -> bool:
-        """Work waits and every batch in flight straggles."""
-        return (bool(self._pending or self._parked) and bool(self._batches)
-                and all(live.straggling for live in self._batches.values()))
+        """Work waits (queued, parked, or launched and not started) and every batch that has
+        started straggles."""
+        started = [live for live in self._batches.values() if live.running is not None]
+        waiting = self._pending or self._parked or len(started) < len(self._batches)
+        return bool(waiting and started) and all(live.straggling for live in started)
 
     def next_check(self, now: float) -> float:
         """Seconds until tick() could decide something new (the loop's longest wait)."""
@@ -388,6 +391,8 @@ class Policy:
     def _owned_parts(self, live: _Batch, start: int, stop: int, errors) -> list[range]:
         """Positions in [start, stop) still owned by the batch and without an error."""
         stop = min(stop, live.end)
+        if not errors:
+            return [range(start, stop)] if start < stop else []
         parts, begin = [], start
         for position in sorted(p for p in errors if start <= p < stop):
             if begin < position:
@@ -482,7 +487,8 @@ class Policy:
                            and self.final >= BACKUP_AFTER_DONE * self.elements)
         if backups_allowed and len(self._batches) < self.rules.max_workers:
             threshold = self._straggler_threshold(tail=True)  # the tail: slots are idle
-        may_preempt = self._queued if len(self._batches) >= self.rules.max_workers else 0
+        waiting = self._queued + len(self._parked)
+        may_preempt = waiting if len(self._batches) >= self.rules.max_workers else 0
         budget = max(1, int(BACKUP_SHARE * self.elements))
         stopped = []
         for batch, live in self._running_longer_than(now, threshold):
@@ -493,8 +499,8 @@ class Policy:
             if not live.straggling:
                 live.straggling = True
                 self._new_stragglers.append(batch)
-            if may_preempt > 0 and (live.backup
-                                    or self._preempted.get(index, 0) < MAX_PREEMPTIONS):
+            patience = threshold * PREEMPT_BACKOFF ** self._preempted.get(index, 0)
+            if may_preempt > 0 and (live.backup or now - started > patience):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))
             elif (backups_allowed and not self._pending and self.backups_launched < budget

@@ -108,10 +108,13 @@ def rows_per_task(report):
 
 
 def assert_each_run_is_reported(results, marker_dir, tasks):
-    """fn ran as often as the report has attempts of it: nothing ran twice unreported."""
+    """fn ran as often as the report has attempts of it. The one gap: an element a killed
+    batch had started since its last progress message, which the report lists as unstarted."""
     rows = rows_per_task(results.report)
-    assert {task: attempts_of(marker_dir, task) for task in tasks} == \
-        {task: rows.get(task, 0) for task in tasks}
+    unstarted = results.report.unstarted
+    for task in tasks:
+        runs, reported = attempts_of(marker_dir, task), rows.get(task, 0)
+        assert reported <= runs <= reported + unstarted.count(task), task
 
 
 @pytest.mark.parametrize("backups", [True, False])

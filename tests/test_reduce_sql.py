@@ -85,7 +85,8 @@ def test_a_retry_after_a_worker_died_mid_write_adds_and_loses_no_row(output, tmp
 
 
 def test_a_backup_racing_the_original_counts_once(output, tmp_path):
-    dataset = run(range(12), output, tmp_path, {(0, 0): ("sleep", 6)}, max_workers=2)
+    # the last element straggles: nothing waits behind it, so it gets a backup
+    dataset = run(range(12), output, tmp_path, {(11, 0): ("sleep", 6)}, max_workers=2)
     assert dataset.report.backups >= 1
     assert_exactly_once(dataset, range(12))
 
