@@ -150,7 +150,7 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
 
     second, second_markers = driver("finish")
     assert second.communicate(timeout=120)[0].strip() == "done"
-    assert ran(first_markers)[:4] == [0, 1, 2, 3]
+    assert {0, 1, 2, 3} <= set(ran(first_markers))  # a slow first write may be preempted
     # what the checkpoint held never ran again (a backup may run a straggler twice)
     assert set(ran(second_markers)) == {4, 5, 6, 7}
     dataset = reduce_sql.Dataset(output)

@@ -124,7 +124,7 @@ def hung_jobs(draw):
 @given(hung_jobs())
 def test_no_quick_element_starves_behind_hung_ones(job):
     """Every quick element finishes, soon, even when hung elements could hold every slot:
-    each holds one at most one straggle's time before it is preempted. The one exception:
+    each holds one a straggle's time, or twice that after a preemption. The one exception:
     while nothing has finished there is no median, so nothing is a straggler."""
     elements, cluster, hangs, slow_once, backups = job
     quick_s = 0.2
@@ -140,7 +140,8 @@ def test_no_quick_element_starves_behind_hung_ones(job):
     straggle_s = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * quick_s) + 2 * FLUSH_S
     quick_work_s = (elements - len(hangs)) * (quick_s + FLUSH_S) / max(1, slots - len(hangs))
     slow_s = len(slow_once) * 10 * quick_s  # a slow run may have to finish
-    assert sim.end_s <= quick_work_s + (len(hangs) + 1) * straggle_s + slow_s
+    # a hang may be preempted again, after twice as long, before the quick ones are done
+    assert sim.end_s <= quick_work_s + (3 * len(hangs) + 1) * straggle_s + slow_s
 
 
 def test_paper_shaped_job_at_small_scale_loses_nothing():
