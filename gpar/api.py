@@ -49,6 +49,7 @@ def apply(
     packages: str | Sequence[str] = "auto",
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
+    cluster_by: str | Sequence[str] | None = None,
     errors: str = "warn",
     progress: bool | None = None,
     address: str | None = None,
@@ -71,7 +72,9 @@ def apply(
     With ``output`` (a directory or s3:// URI), fn returns a table per element; workers write it
     as Parquet, exactly one attempt per element is committed, and a reduce_sql.Dataset is
     returned. Re-running the same job resumes it; another job's output is refused unless
-    ``overwrite``. See README.md for each rule.
+    ``overwrite``, and so is an output another driver is writing. ``cluster_by`` names columns
+    each file is sorted by, so queries filtering on them skip most of the data. See README.md
+    for each rule.
     """
     if not callable(fn):
         raise TypeError(
@@ -86,41 +89,46 @@ def apply(
     if overwrite and output is None:
         raise ValueError("overwrite=True only applies with output=...; there is nothing to "
                          "overwrite without it")
+    cluster_by = _column_names(cluster_by, output)
     with as_gpar_errors():
         claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
-                                                              overwrite)
-    pending = items if claim is None else [items[i] for i in claim.pending]
-    if len(pending) == 0:
-        return _finish(Results([], JobReport(elements=0)), claim, None)
-    captured = environment.capture(
-        fn, args, kwargs, sys._getframe(1).f_globals, mode=env, retry_on=retry_on
-    )
-    cluster.connect(address)
-    image = _stage_image(packages, code=(fn, *args, *kwargs.values()))
-    max_workers = max_workers or cluster.cpu_slots()
-    rules = Rules(
-        max_workers=max_workers,
-        task_retries=task_retries,
-        max_failures=default_max_failures(len(items)) if max_failures is None else max_failures,
-        deadline_at=deadline_at,
-        task_timeout_s=task_timeout,
-        quorum=quorum,
-        backups=backups,
-        errors=errors,
-    )
-    policy = Policy(len(pending), rules, BatchSizer(max_workers))
-    report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                       skipped_globals=captured.skipped, image=image.report)
-    values = scheduler.run_job(
-        pending, captured, policy,
-        progress=shown_by_default() if progress is None else progress, report=report,
-        output=claim, image=image,
-    )
-    report.record_policy(policy)
-    if claim is not None:
-        values = claim.in_input_order(values, len(items))
-        report.task_numbers = claim.pending
-    return _finish(Results(values, report), claim, policy, image)
+                                                              overwrite, cluster_by)
+    try:
+        pending = items if claim is None else [items[i] for i in claim.pending]
+        if len(pending) == 0:
+            return _finish(Results([], JobReport(elements=0)), claim, None)
+        captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
+                                       retry_on=retry_on)
+        cluster.connect(address)
+        image = _stage_image(packages, code=(fn, *args, *kwargs.values()))
+        max_workers = max_workers or cluster.cpu_slots()
+        rules = Rules(
+            max_workers=max_workers,
+            task_retries=task_retries,
+            max_failures=(default_max_failures(len(items)) if max_failures is None
+                          else max_failures),
+            deadline_at=deadline_at,
+            task_timeout_s=task_timeout,
+            quorum=quorum,
+            backups=backups,
+            errors=errors,
+        )
+        policy = Policy(len(pending), rules, BatchSizer(max_workers))
+        report = JobReport(len(pending), environment_bytes=captured.nbytes,
+                           skipped_globals=captured.skipped, image=image.report)
+        values = scheduler.run_job(
+            pending, captured, policy,
+            progress=shown_by_default() if progress is None else progress, report=report,
+            output=claim, image=image,
+        )
+        report.record_policy(policy)
+        if claim is not None:
+            values = claim.in_input_order(values, len(items))
+            report.task_numbers = claim.pending
+        return _finish(Results(values, report), claim, policy, image)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Policy | None,
@@ -195,6 +203,21 @@ def _raise_or_warn(results: Results, policy: Policy) -> None:
             f"the job's {policy.stop} ended it with {unfinished} of {len(results)} tasks "
             f"unfinished; their slots hold TaskFailure(reason={policy.stop!r})",
             IncompleteResultsWarning, stacklevel=3)
+
+
+def _column_names(names: str | Sequence[str] | None, output: Any) -> tuple[str, ...]:
+    """cluster_by as a tuple of column names."""
+    if names is None:
+        return ()
+    if output is None:
+        raise ValueError("cluster_by only applies with output=...: it orders the rows of the "
+                         "files written there")
+    names = (names,) if isinstance(names, str) else names
+    if not (isinstance(names, list | tuple) and names
+            and all(isinstance(name, str) and name for name in names)):
+        raise ValueError(f"cluster_by takes a column name or a list of them, e.g. "
+                         f'cluster_by=["horizon", "model"]; got {names!r}')
+    return tuple(names)
 
 
 def _deadline_at(deadline: float | datetime.datetime | None, now: float) -> float | None:

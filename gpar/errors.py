@@ -10,6 +10,8 @@ apply() raises about a job. Misuse (a wrong argument) stays a TypeError or Value
     ├── LayerTooLarge             a distribution is too large to ship (also envpack.LayerTooLarge)
     ├── OutputExistsError         output= holds another job's data (also
     │                             reduce_sql.OutputExistsError)
+    ├── OutputBusyError           another driver is writing output= now (also
+    │                             reduce_sql.OutputBusyError)
     ├── SchemaConflictError       the tasks' tables disagree on a column's type (also
     │                             reduce_sql.SchemaConflictError)
     ├── TaskError                 one element failed for good (errors="raise", AllTasksFailed)
@@ -21,7 +23,7 @@ apply() raises about a job. Misuse (a wrong argument) stays a TypeError or Value
     IncompleteResultsWarning            a deadline or quorum stopped the job with elements unrun
     envpack.UnresolvedImportWarning     fn imports a name that is installed nowhere here
 
-The four errors of envpack and reduce_sql that a job can raise are *twins* here: subclasses of
+The five errors of envpack and reduce_sql that a job can raise are *twins* here: subclasses of
 both GparError and the original, so either ``except`` catches them. envpack and reduce_sql know
 nothing of gpar (and importing reduce_sql loads pyarrow), so the twins are made on first use
 (``gpar.errors.EnvironmentMismatch``); apply raises the twin wherever envpack or reduce_sql
@@ -61,6 +63,7 @@ TWINS = {
     "EnvironmentMismatch": ("envpack.errors", "EnvironmentMismatch"),
     "LayerTooLarge": ("envpack.errors", "LayerTooLarge"),
     "OutputExistsError": ("reduce_sql.errors", "OutputExistsError"),
+    "OutputBusyError": ("reduce_sql.errors", "OutputBusyError"),
     "SchemaConflictError": ("reduce_sql.errors", "SchemaConflictError"),
 }
 _twins_made = threading.Lock()

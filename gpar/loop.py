@@ -195,8 +195,9 @@ class JobLoop:
                 stream.submitted, math.nan if ended.started_at is None else ended.started_at,
                 [now],
                 {0: (ended.outcome, ended.message)}))
-        if stopped.unstarted:
-            self.report.add_unstarted(stopped.unstarted)
+        for elements in stopped.unstarted:
+            if elements:
+                self.report.add_unstarted(elements)
 
     def _check_avoided_nodes(self) -> None:
         """Nothing happened for a while: if every batch in flight straggles while work waits

@@ -32,12 +32,14 @@ class OutputJob:
     previous: Any  # the reduce_sql Manifest an earlier run of this job committed, or None
     pending: list[int]  # elements of xs to run, in order
     checkpoints: bool  # False while replacing an output (overwrite=True): it stays readable
+    lease: Any  # reduce_sql.lease.Lease: this driver writes the output until release()
+    cluster_by: tuple[str, ...] = ()
 
     def sink(self, launch: Launch) -> Any:
         from reduce_sql.parts import Sink
 
         tasks = self.pending[launch.indices.start:launch.indices.stop]
-        return Sink(self.location, self.job, launch.attempt, tasks)
+        return Sink(self.location, self.job, launch.attempt, tasks, self.cluster_by)
 
     def in_input_order(self, values: list[Any], elements: int) -> list[Any]:
         """The sub-run's values placed at their elements of xs; committed earlier: None."""
@@ -59,17 +61,36 @@ class OutputJob:
         try:
             parts = _parts(values)
             if parts:
-                checkpoint(self.location, self.job, parts, self.previous)
+                checkpoint(self.location, self.job, parts, self.previous, self.lease)
         except Exception:
             pass
 
     def commit(self, values: list[Any], image: Any = None) -> Any:
         """Commit the accepted Parts; merges of small files run on the cluster through the
-        job's envpack ``image`` (on the driver when there is no cluster or one merge)."""
+        job's envpack ``image`` (on the driver when there is no cluster or one merge).
+
+        A task the commit could not take (its file also held another attempt's winner, which
+        the workers prevent) becomes a TaskFailure in ``values``: the next run writes it.
+        """
         from reduce_sql.commit import commit
+        from reduce_sql.parts import Part
 
         run_all = None if image is None else functools.partial(_on_the_cluster, image)
-        return commit(self.location, self.job, _parts(values), self.previous, run_all)
+        parts = _parts(values)
+        manifest = commit(self.location, self.job, parts, self.previous, run_all, self.lease,
+                          self.cluster_by)
+        committed = manifest.tasks
+        for position, value in enumerate(values):
+            if isinstance(value, Part) and value.task not in committed:
+                values[position] = TaskFailure(
+                    position, "OutputNotCommitted",
+                    "its rows shared a file with an attempt that lost a race, so that file "
+                    "was not committed; run the same job again to write this task", "", 1,
+                    "system")
+        return manifest
+
+    def release(self) -> None:
+        self.lease.release()
 
 
 def _parts(values: list[Any]) -> list[Any]:
@@ -112,16 +133,17 @@ def _first_values(streams: list[Any]) -> list[Any]:
 
 
 def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
-          overwrite: bool) -> OutputJob:
+          overwrite: bool, cluster_by: Sequence[str] = ()) -> OutputJob:
+    """Claim ``output`` for this job (its lease too: call release() when the job ends)."""
     from reduce_sql.commit import begin as claim
     from reduce_sql.store import locate
 
     location = locate(output)
     job = job_digest(items, fn, args, kwargs)
-    previous, replacing = claim(location, job, overwrite)
+    previous, replacing, lease = claim(location, job, overwrite)
     done = previous.tasks if previous else set()
     return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done],
-                     checkpoints=not replacing)
+                     checkpoints=not replacing, lease=lease, cluster_by=tuple(cluster_by))
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:

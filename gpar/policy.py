@@ -138,12 +138,13 @@ class Ended:
 @dataclass(frozen=True)
 class Stopped:
     """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
-    ``unstarted``: elements it owned, never seen starting, charged nothing (queued again
-    unless they were final already)."""
+    ``unstarted``: elements it owned that never reported, other than that one: not seen
+    starting, or (output=) finished but not yet written. Charged nothing; queued again unless
+    they were final already."""
 
     batch: int
     attempt: Ended | None
-    unstarted: range
+    unstarted: tuple[range, ...]
     killed: bool
 
 
@@ -340,16 +341,15 @@ class Policy:
                 self._enqueue(_Work(open_ones[half:], live.attempt, whole=True), front=True)
                 self._enqueue(_Work(open_ones[:half], live.attempt, whole=True), front=True)
             if len(open_ones) != 1:
-                return Stopped(batch, None, live.indices[live.reported:live.end], killed=False)
-        position, started = live.running or (live.indices.index(open_ones[0]), None)
-        behind = live.indices[position + 1:live.end]
-        rest = self._trim_final(behind)
-        if rest:
-            self._enqueue(_Work(rest, live.attempt, whole=False))
+                return Stopped(batch, None, (live.indices[live.reported:live.end],),
+                               killed=False)
+            live.running = (live.indices.index(open_ones[0]), None)
+        position, started = live.running
+        unstarted = self._requeue_unstarted(live)
         index = live.indices[position]
         self._attempt_failed(index, live.attempt, error)  # a retry if it is still open
         ended = Ended(index, live.attempt, started, "system", error.message)
-        return Stopped(batch, ended, behind, killed=False)
+        return Stopped(batch, ended, unstarted, killed=False)
 
     # ------------------------------------------------------------------- helpers
 
@@ -527,12 +527,17 @@ class Policy:
                       "preempted: it straggled while other tasks waited for a slot")
         return Stopped(batch, ended, rest, killed=True)
 
-    def _kill(self, batch: int, live: _Batch) -> range:
+    def _kill(self, batch: int, live: _Batch) -> tuple[range, ...]:
         """Forget a batch being killed; queue again, uncharged, what it had not started."""
         self._forget(batch)
-        rest = self._trim_final(self._behind_running(live))
-        if rest:
-            self._enqueue(_Work(rest, live.attempt, whole=False))
+        return self._requeue_unstarted(live)
+
+    def _requeue_unstarted(self, live: _Batch) -> tuple[range, ...]:
+        """Queue again, uncharged, the elements of ``live`` that never reported other than the
+        one in fn; returns them."""
+        rest = tuple(filter(None, map(self._trim_final, self._unstarted(live))))
+        for indices in rest:
+            self._enqueue(_Work(indices, live.attempt, whole=False))
         return rest
 
     def _redundant(self) -> list[Stopped]:
@@ -543,12 +548,12 @@ class Policy:
             if all(self.state[i] != _OPEN for i in live.indices[live.reported:live.end]):
                 self._forget(batch)
                 ended = self._cancelled(live, _LOST_RACE)
-                stopped.append(Stopped(batch, ended, self._behind_running(live), killed=True))
+                stopped.append(Stopped(batch, ended, self._unstarted(live), killed=True))
         return stopped
 
     def _kill_all(self, message: str) -> list[Stopped]:
         """The job is over: every batch in flight is killed, its attempt in fn cancelled."""
-        stopped = [Stopped(batch, self._cancelled(live, message), self._behind_running(live),
+        stopped = [Stopped(batch, self._cancelled(live, message), self._unstarted(live),
                            killed=True)
                    for batch, live in self._batches.items()]
         self._batches.clear()
@@ -556,10 +561,14 @@ class Policy:
         self._contested.clear()
         return stopped
 
-    def _behind_running(self, live: _Batch) -> range:
-        """The positions' elements a batch owns but was not seen starting."""
-        position = live.running[0] if live.running else live.reported - 1
-        return live.indices[position + 1:live.end]
+    def _unstarted(self, live: _Batch) -> tuple[range, ...]:
+        """The elements a batch owns that never reported, other than the one in fn: before it,
+        finished but not yet written (output=); behind it, not seen starting."""
+        if live.running is None:
+            return (live.indices[live.reported:live.end],)
+        position = live.running[0]
+        return (live.indices[live.reported:position],
+                live.indices[max(position + 1, live.reported):live.end])
 
     def _cancelled(self, live: _Batch, message: str) -> Ended | None:
         if live.running is None:

@@ -89,8 +89,8 @@ class JobReport:
         self._blocks.append(block)
 
     def add_unstarted(self, elements: range) -> None:
-        """Elements of a batch that was lost or killed, never seen starting: queued again,
-        charged nothing, and no attempt of theirs."""
+        """Elements of a batch that was lost or killed, never seen starting (or, with output=,
+        finished but not yet written): queued again, charged nothing, and no attempt of theirs."""
         self._unstarted.append(elements)
 
     @property

@@ -15,6 +15,13 @@ A batch hands back the elements queued behind one that has run longer than the d
 ``handoff_after_s``: the batch's thread decides it and the element thread checks it, under one
 lock, before it starts each element, so an element given back is never started here as well.
 
+With output=, finished elements' tables are held and written together into one file (reduce_sql's
+BatchWriter); an element counts as finished for the driver once its file is written. A file is
+written when the batch ends, when it holds a file's worth of rows, when its oldest table has
+waited HOLD_S, or when the element in fn has run WRITE_ALONE_AFTER_S; an element that ran that
+long is written in a file of its own. Only such elements can get a backup, so a file never holds
+an element another attempt may win: the commit takes each file whole.
+
 Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
 with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
 nested apply in fn hands its waits to run_batch's thread through ``blocking_call``.
@@ -47,6 +54,15 @@ if TYPE_CHECKING:
 #: Seconds between progress messages of a running batch: the delay with which the driver learns
 #: of a finished element, and the grain of per-element timing in a batch of tiny elements.
 FLUSH_S = 0.1
+
+#: With output=: an element in fn this long has the tables before it written, and its own table
+#: written alone. Below the policy's BACKUP_MIN_S, so no element that may get a backup shares a
+#: file with others (tests/test_reduce_sql.py checks the order).
+WRITE_ALONE_AFTER_S = 0.25
+
+#: With output=: the longest a finished element's table waits to be written, so the driver's
+#: quorum, deadline and progress see it soon whatever fn does next.
+HOLD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,8 @@ def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
             if request is not None and not finished:
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
+                if run.should_write():
+                    run.write_held()
                 restored = run.restored  # read first: elements_started is final once it is set
                 handed_off = handoff_after_s is not None and run.hand_off(handoff_after_s)
                 message, reported = run.snapshot(reported, node_id)
@@ -189,15 +207,19 @@ class _BatchRun:
 
     def __init__(self, stream: bytes, buffers: list[Any], items: PickledItems, sink: Any,
                  image: ImageCheck | None = None):
-        self.stream, self.buffers, self.items, self.sink = stream, buffers, items, sink
+        self.stream, self.buffers, self.items = stream, buffers, items
+        self.writer = None if sink is None else sink.open()  # a reduce_sql BatchWriter
         self.image = image
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
+        self.written = 0  # positions [0, written) are final: their tables are in files
         self.elements_started = time.time()  # set again once the environment is restored
         self.restored = False  # until then no element is in fn: say nothing about one
         self.end = len(items)  # positions from here on are not this batch's to start
         self.claim = threading.Lock()  # held to start an element and to hand elements back
+        self.settling = threading.Lock()  # held to hold a table, and to take or settle them
+        self.writing = threading.Lock()  # held while a file is written
         self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
         self.thread = threading.Thread(target=self._run, name="gpar-elements", daemon=True)
 
@@ -217,11 +239,13 @@ class _BatchRun:
                 self._run_elements(call, items)
                 del call, items
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
+            self.write_held()
             self.calls.put(_FINISHED)
 
     def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock, claim = self.values, self.finished, time.time, self.claim
+        writer = self.writer
         for position, item in enumerate(items):
             with claim:
                 if position >= self.end:
@@ -231,11 +255,12 @@ class _BatchRun:
             except BaseException as exc:  # SystemExit too: it would end this thread silently
                 self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
                 value = None
+            if writer is None:
+                values.append(value)
+                finished.append(clock())
             else:
-                if self.sink is not None:
-                    value = self._write(position, value)
-            values.append(value)
-            finished.append(clock())
+                values.append(None)  # its Part once written
+                self._hold(position, value)
 
     def _image_verified(self) -> bool:
         """Check the worker has the caller's distributions; if not, fail every element with
@@ -254,16 +279,54 @@ class _BatchRun:
             return False
         return True
 
-    def _write(self, position: int, value: Any) -> Any:
-        """fn's table written by the sink; its Part, or None with the element's error."""
+    def _hold(self, position: int, value: Any) -> None:
+        """Give fn's table to the writer and count the element finished (an element that ran
+        long goes in a file of its own); write a file once enough is held."""
         from reduce_sql.errors import OutputTypeError
 
-        try:
-            return self.sink.write(position, value)
-        except Exception as exc:  # a wrong return type is fn's to fix; storage may recover
-            wrong_type = isinstance(exc, OutputTypeError)
-            self.errors[position] = _element_error(exc, "output", retryable=not wrong_type)
-            return None
+        table = None
+        if position not in self.errors:
+            try:
+                table = self.writer.table_for(value)
+            except OutputTypeError as exc:  # fn's to fix: retrying cannot help
+                self.errors[position] = _element_error(exc, "output", retryable=False)
+        started = self.finished[-1] if self.finished else self.elements_started
+        alone = table is not None and time.time() - started > WRITE_ALONE_AFTER_S
+        if alone:
+            self.write_held()
+        with self.settling:
+            if table is not None:
+                self.writer.hold(position, table)
+            self.finished.append(time.time())
+        if alone or self.writer.full:
+            self.write_held()
+
+    def write_held(self) -> None:
+        """Write the held tables as one file; every element finished before is final then."""
+        if self.writer is None:
+            return
+        with self.writing:  # one file at a time, in order
+            with self.settling:
+                held, done = self.writer.take(), len(self.finished)
+            written = self.writer.write(held)
+            with self.settling:
+                for position, part in written:
+                    if isinstance(part, Exception):  # storage may recover: a retry may write
+                        self.errors[position] = _element_error(part, "output", retryable=True)
+                    else:
+                        self.values[position] = part
+                self.written = done
+
+    def should_write(self) -> bool:
+        """Whether the batch's main thread should write the held tables now (see the module)."""
+        if self.writer is None:
+            return False
+        held_since = self.writer.oldest_held
+        if held_since is None:
+            return self.written < len(self.finished)  # elements that failed: settle them
+        in_fn_since = self.finished[-1] if self.finished else self.elements_started
+        now = time.time()
+        return now - held_since > HOLD_S or now - in_fn_since > WRITE_ALONE_AFTER_S
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)
@@ -295,11 +358,13 @@ class _BatchRun:
             return True
 
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
-        done = len(self.finished)  # values and errors are written before finished grows
+        # values and errors are set before finished grows, or written moves
+        done = len(self.finished) if self.writer is None else self.written
         running = None
-        if done < self.end:
-            started = self.finished[done - 1] if done else self.elements_started
-            running = (done, started)
+        if done < self.end:  # the element in fn, or with output= the last one being written
+            position = min(len(self.finished), self.end - 1)
+            started = self.finished[position - 1] if position else self.elements_started
+            running = (position, started)
         # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration
         errors = {p: e for p, e in self.errors.copy().items() if reported <= p < done}
         values, errors = _pickle_values(self.values[reported:done], errors, reported)

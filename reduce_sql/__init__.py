@@ -8,20 +8,24 @@
 from reduce_sql.dataset import Dataset, query
 from reduce_sql.errors import (
     NoDatasetError,
+    OutputBusyError,
     OutputExistsError,
     OutputTypeError,
     PartialOutputWarning,
     ReduceSqlError,
     SchemaConflictError,
+    StaleDatasetError,
 )
 
 __all__ = [
     "Dataset",
     "NoDatasetError",
+    "OutputBusyError",
     "OutputExistsError",
     "OutputTypeError",
     "PartialOutputWarning",
     "ReduceSqlError",
     "SchemaConflictError",
+    "StaleDatasetError",
     "query",
 ]

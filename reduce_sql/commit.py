@@ -1,14 +1,22 @@
 """The driver's side: claim an output for a job, then commit the attempts it accepted.
 
-    begin(location, job)  ─▶ refuses another job's output (unless overwrite); says which tasks
-                              a previous run of this same job already committed (resume)
+    begin(location, job)  ─▶ takes the output's lease (one writer at a time, lease.py); refuses
+                              another job's output (unless overwrite); says which tasks a
+                              previous run of this same job already committed (resume)
     checkpoint(location, parts so far) ─▶ while the job runs: a manifest marked unfinished, so
                                 a driver that dies resumes from it; nothing compacted or deleted
     commit(location, parts) ─▶ unify schemas ─▶ compact small files ─▶ write the manifest LAST,
-                                atomically ─▶ delete files the manifest does not list
+                                atomically ─▶ delete files no reader can hold
 
 Readers read only the manifest, so a file no manifest lists (a failed, duplicate, abandoned or
-killed attempt's, or a partial one) is never read: each task's rows count exactly once.
+killed attempt's, or a partial one) is never read: each task's rows count exactly once. A file a
+task's attempt shares with other elements of its batch is committed only if every one of them is
+accepted from it (the worker makes that so: worker.py).
+
+Snapshot isolation: a reader keeps the manifest it opened. A file an earlier manifest listed and
+the new one does not (merged by compaction, or replaced with overwrite) is *retired*: the new
+manifest says since when, and it is deleted by the first commit RETAIN_S later. Files no manifest
+ever listed are deleted at once.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputExistsError, SchemaConflictError
+from reduce_sql.lease import LEASE, Lease
 from reduce_sql.parts import DATA_DIR, Part
 from reduce_sql.store import Location
 from reduce_sql.tables import ROW_GROUP_ROWS, write_table
@@ -41,6 +50,14 @@ COMPACT_ABOVE_FILES = 16
 
 #: Rows a compacted file collects before another is started (one row group each).
 COMPACT_FILE_ROWS = ROW_GROUP_ROWS
+
+#: Files with fewer rows are small: a compaction merges only these. Batches write files of up to
+#: reduce_sql.parts.FILE_ROWS; a file much smaller is mostly per-file cost to a query.
+SMALL_FILE_ROWS = ROW_GROUP_ROWS // 8
+
+#: Seconds a retired file is kept for readers that opened an older manifest (Delta Lake's
+#: VACUUM keeps 7 days by default; an analyst's session is hours, and the disk is theirs).
+RETAIN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class Manifest:
     files: tuple[CommittedFile, ...]
     empty_tasks: tuple[int, ...] = ()  # tasks that committed zero rows: no file to read
     finished: bool = True  # False: a checkpoint of a job still running, or whose driver died
+    retired: tuple[tuple[str, float], ...] = ()  # (path, since): kept for older readers
 
     @property
     def tasks(self) -> set[int]:
@@ -81,6 +99,7 @@ class Manifest:
                        "bytes": f.bytes} for f in self.files],
             "empty_tasks": _as_ranges(self.empty_tasks),
             "finished": self.finished,
+            "retired": [list(each) for each in self.retired],
         }, indent=1).encode()
 
     @classmethod
@@ -90,7 +109,8 @@ class Manifest:
         files = tuple(CommittedFile(f["path"], _from_ranges(f["tasks"]), f["rows"], f["bytes"])
                       for f in data["files"])
         return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]),
-                   data.get("finished", True))
+                   data.get("finished", True),
+                   tuple((path, since) for path, since in data.get("retired", ())))
 
 
 RunAll = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
@@ -110,17 +130,28 @@ class Claim(NamedTuple):
 
     previous: Manifest | None  # what an earlier run of this job committed
     replacing: bool  # overwrite=True over a committed output: write no checkpoint over it
+    lease: Lease  # this driver's, until it calls lease.release()
 
 
 def begin(location: Location, job: str, overwrite: bool = False) -> Claim:
-    """Claim ``location`` for ``job``.
+    """Claim ``location`` for ``job``; release ``Claim.lease`` when the job ends.
 
     Another job's output, or a non-empty location reduce_sql did not write, is refused unless
-    ``overwrite``; with it, the earlier output stays readable until this job commits.
+    ``overwrite``; with it, the earlier output stays readable until this job commits. An output
+    another driver is writing is refused (OutputBusyError).
     """
     if location.filesystem.get_file_info(location.root).type == pafs.FileType.File:
         raise OutputExistsError(f"{location.uri} is a file; output= takes a directory or an "
                                 "s3:// prefix")
+    lease = Lease.acquire(location)
+    try:
+        return _claim(location, job, overwrite, lease)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _claim(location: Location, job: str, overwrite: bool, lease: Lease) -> Claim:
     manifest = read_manifest(location)
     marker = location.read_bytes(JOB_MARKER)
     if manifest is not None:
@@ -132,45 +163,52 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Claim:
             raise OutputExistsError(
                 f"{location.uri} holds the output of another job (different input, function or "
                 "arguments); pass overwrite=True to replace it, or choose another output")
-        if owner is None and location.files():
+        if owner is None and set(location.files()) - {LEASE}:
             raise OutputExistsError(
                 f"{location.uri} is not empty and holds no gpar output; choose an empty or new "
                 "location, or pass overwrite=True (files gpar did not write are left alone)")
     location.write_atomically(JOB_MARKER, json.dumps({"job": job}).encode())
     if overwrite:
-        return Claim(None, replacing=manifest is not None)
-    return Claim(manifest if manifest is not None and manifest.job == job else None, False)
+        return Claim(None, manifest is not None, lease)
+    return Claim(manifest if manifest is not None and manifest.job == job else None, False,
+                 lease)
 
 
 def commit(location: Location, job: str, parts: Sequence[Part],
-           previous: Manifest | None = None, run_all: RunAll | None = None) -> Manifest:
+           previous: Manifest | None = None, run_all: RunAll | None = None,
+           lease: Lease | None = None, cluster_by: Sequence[str] = ()) -> Manifest:
     """Commit ``parts`` (one accepted attempt per task) on top of ``previous``; see the module.
 
     ``run_all(fn, groups)`` returns ``[fn(g) for g in groups]`` (default: here, in turn); gpar
     passes one that merges small files on the cluster, in parallel and without the rows
-    passing through the driver.
+    passing through the driver. Merged files are sorted by ``cluster_by``.
 
     A task that returned zero rows is committed without a file: its column types, which no
     value backs, never conflict with another task's (unless no task has rows). Small files
-    ``previous`` lists are merged with the new ones (a run resumed from a checkpoint has one
-    file per task).
+    ``previous`` lists are merged with the new ones (a run resumed from a checkpoint). A task
+    whose file also holds a task accepted from another attempt is not committed (the worker
+    never writes such a file; if one appears, the next run of the job writes the task again).
     """
     schema, files, empty = _accepted(parts, previous)
     if len(files) > COMPACT_ABOVE_FILES:
         try:
-            files = _compacted(location, job, files, schema, run_all or _serially)
+            files = _compacted(location, job, files, schema, run_all or _serially, cluster_by)
         except Exception:  # a merge is an optimization: commit the files as they are
             pass
-    manifest = Manifest(job, schema, tuple(files), empty)
-    location.write_atomically(MANIFEST, manifest.to_json())
-    listed = {file.path for file in manifest.files}
+    now = time.time()
+    current = read_manifest(location)  # the version readers may hold now
+    retired = _retired(current, files, now)
+    manifest = Manifest(job, schema, tuple(files), empty,
+                        retired=tuple(each for each in retired if now - each[1] < RETAIN_S))
+    _write(location, manifest, lease)
+    kept = {file.path for file in manifest.files} | {path for path, _ in manifest.retired}
     location.delete([path for path in location.files(DATA_DIR)
-                     if path not in listed and _written_by_gpar(path)])
+                     if path not in kept and _written_by_gpar(path)])
     return manifest
 
 
 def checkpoint(location: Location, job: str, parts: Sequence[Part],
-               previous: Manifest | None = None) -> Manifest:
+               previous: Manifest | None = None, lease: Lease | None = None) -> Manifest:
     """Commit the ``parts`` accepted so far, marked unfinished, while the job runs.
 
     A driver that dies then loses only what it accepted after this; the next run of the job
@@ -178,23 +216,46 @@ def checkpoint(location: Location, job: str, parts: Sequence[Part],
     yet, and the job's commit() does both at its end.
     """
     schema, files, empty = _accepted(parts, previous)
-    manifest = Manifest(job, schema, tuple(files), empty, finished=False)
-    location.write_atomically(MANIFEST, manifest.to_json())
+    retired = _retired(read_manifest(location), files, time.time())
+    manifest = Manifest(job, schema, tuple(files), empty, finished=False, retired=retired)
+    _write(location, manifest, lease)
     return manifest
+
+
+def _write(location: Location, manifest: Manifest, lease: Lease | None) -> None:
+    if lease is not None:
+        lease.check()
+    location.write_atomically(MANIFEST, manifest.to_json())
+
+
+def _retired(current: Manifest | None, files: list[CommittedFile],
+             now: float) -> tuple[tuple[str, float], ...]:
+    """``current``'s retired files, and those it lists that ``files`` does not (since now)."""
+    if current is None:
+        return ()
+    listed = {file.path for file in files}
+    return (*((path, since) for path, since in current.retired if path not in listed),
+            *((file.path, now) for file in current.files if file.path not in listed))
 
 
 def _accepted(parts: Sequence[Part], previous: Manifest | None
               ) -> tuple[pa.Schema, list[CommittedFile], tuple[int, ...]]:
-    """The schema of ``previous`` and ``parts`` unified; ``previous``'s files and one per part
-    with rows; every task committed without rows."""
+    """The schema of ``previous`` and ``parts`` unified; ``previous``'s files and each file
+    every one of whose tasks was accepted from it; every task committed without rows."""
     with_rows = [part for part in parts if part.rows] or (
         [] if previous and previous.schema.names else list(parts))
     earlier = [previous.schema] if previous and previous.schema.names else []
     # tasks mostly return one schema: read and unify each distinct one once
     distinct = dict.fromkeys(part.schema for part in with_rows)
     schemas = earlier + [pa.ipc.read_schema(pa.py_buffer(schema)) for schema in distinct]
+    by_file: dict[str, list[Part]] = {}
+    for part in parts:
+        if part.rows:
+            by_file.setdefault(part.path, []).append(part)
     files = [*(previous.files if previous else ()),
-             *(CommittedFile(p.path, (p.task,), p.rows, p.bytes) for p in parts if p.rows)]
+             *(CommittedFile(path, tuple(p.task for p in group), sum(p.rows for p in group),
+                             sum(p.bytes for p in group))
+               for path, group in by_file.items() if len(group) == group[0].file_tasks)]
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     return _unified(schemas, with_rows), files, empty
 
@@ -237,31 +298,32 @@ def _tasks_by_type(parts: Sequence[Part]) -> str:
 
 
 def _compacted(location: Location, job: str, files: list[CommittedFile], schema: pa.Schema,
-               run_all: RunAll) -> list[CommittedFile]:
+               run_all: RunAll, cluster_by: Sequence[str]) -> list[CommittedFile]:
     """Small files merged into files of about COMPACT_FILE_ROWS rows, in task order.
 
-    Files already that large stay as they are. The originals are deleted only after the
-    manifest naming the compacted files is written, so a crash here loses nothing.
+    Other files stay as they are: their rows are written once. The originals are deleted only
+    after the manifest naming the compacted files is written, so a crash here loses nothing.
     """
-    small = sorted((f for f in files if f.rows < COMPACT_FILE_ROWS // 2),
-                   key=lambda f: f.tasks)
-    kept = [f for f in files if f.rows >= COMPACT_FILE_ROWS // 2]
+    small = sorted((f for f in files if f.rows < SMALL_FILE_ROWS), key=lambda f: f.tasks)
     groups: list[list[CommittedFile]] = [[]]
     for file in small:
         if groups[-1] and sum(f.rows for f in groups[-1]) + file.rows > COMPACT_FILE_ROWS:
             groups.append([])
         groups[-1].append(file)
-    merge = functools.partial(merge_files, location, job, schema)
-    return kept + list(run_all(merge, [group for group in groups if group]))
+    groups = [group for group in groups if len(group) > 1]  # a file alone stays as it is
+    merged = {file.path for group in groups for file in group}
+    merge = functools.partial(merge_files, location, job, schema, tuple(cluster_by))
+    return ([f for f in files if f.path not in merged]
+            + list(run_all(merge, groups)))
 
 
-def merge_files(location: Location, job: str, schema: pa.Schema,
+def merge_files(location: Location, job: str, schema: pa.Schema, cluster_by: tuple[str, ...],
                 group: list[CommittedFile]) -> CommittedFile:
     """One compacted file holding ``group``'s rows, conformed to ``schema``."""
     table = pa.concat_tables(
         [_conformed(_read(location, file.path), schema) for file in group])
     path = f"{DATA_DIR}/compact-{job[:12]}-{uuid.uuid4().hex[:12]}.parquet"
-    size = write_table(table, location.path(path), location.filesystem)
+    size = write_table(table, location.path(path), location.filesystem, cluster_by)
     tasks = tuple(task for file in group for task in file.tasks)
     return CommittedFile(path, tasks, table.num_rows, size)
 

@@ -1,8 +1,10 @@
 """DuckDB SQL over committed outputs, in place: no copy, no load step.
 
-A Dataset is a view named ``data`` over exactly the files its manifest lists. Local files are read
-by DuckDB's own Parquet reader (parallel, row groups skipped by their statistics); files in an
-object store through a pyarrow dataset, into which DuckDB pushes its projections and filters.
+A Dataset is a view named ``data`` over exactly the files its manifest lists: the version it
+opened, which a job committing meanwhile leaves readable (commit.py keeps what it replaces for
+RETAIN_S). Local files are read by DuckDB's own Parquet reader (parallel, row groups skipped by
+their statistics); files in an object store through a pyarrow dataset, into which DuckDB pushes
+its projections and filters.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import warnings
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from reduce_sql.commit import Manifest, read_manifest
-from reduce_sql.errors import NoDatasetError, PartialOutputWarning
+from reduce_sql.errors import NoDatasetError, PartialOutputWarning, StaleDatasetError
 from reduce_sql.store import Location, locate
 
 
@@ -34,9 +37,9 @@ class Dataset:
             warnings.warn(PartialOutputWarning(
                 f"{self.location.uri} holds a checkpoint of a job that has not finished (still "
                 f"running, or its driver stopped): {len(manifest.tasks):,} tasks committed so "
-                "far. Queries see only those, and only until the job commits (it merges and "
-                "removes files: open the Dataset again then); if its driver stopped, run the "
-                "same job again to finish it."),
+                "far. Queries see only those (open the Dataset again once the job has "
+                "committed to see them all); if its driver stopped, run the same job again to "
+                "finish it."),
                 stacklevel=2)
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
@@ -60,10 +63,28 @@ class Dataset:
     def sql(self, query: str, params: dict[str, Any] | list[Any] | None = None) -> pa.Table:
         """Run ``query`` over this dataset as table ``data``; values go in ``params``
         (``$name`` with a dict, ``?`` with a list), never pasted into the SQL."""
+        import duckdb
+
         with self._lock:  # one connection, used by one thread at a time
             if self._database is None:  # a new DuckDB costs ~35 ms here: keep one
                 self._database = _database(data=self)
-            return self._database.sql(query, params=params).to_arrow_table()
+            try:
+                return self._database.sql(query, params=params).to_arrow_table()
+            except (duckdb.Error, OSError) as exc:
+                self._raise_if_stale(exc)
+                raise
+
+    def _raise_if_stale(self, exc: BaseException) -> None:
+        """A query that failed because the files of this version were removed (a newer
+        commit, RETAIN_S ago) says so, rather than with a file-not-found."""
+        from reduce_sql.commit import RETAIN_S
+
+        infos = self.location.filesystem.get_file_info(self.files)
+        if any(info.type == pafs.FileType.NotFound for info in infos):
+            raise StaleDatasetError(
+                f"{self.location.uri} was committed again more than {RETAIN_S:.0f} s after "
+                "this Dataset opened it, and the files of the version it read are removed: "
+                "open Dataset(...) again to query the current version") from exc
 
     def to_arrow(self) -> pa.Table:
         return self.sql("SELECT * FROM data")
@@ -98,6 +119,8 @@ def _database(**tables: Dataset) -> Any:
     import duckdb
 
     connection = duckdb.connect()
+    # a Dataset's files never change (each name is written once): keep their footers parsed
+    connection.execute("SET parquet_metadata_cache = true")
     for name, dataset in tables.items():
         _attach(connection, name, dataset)
     return connection

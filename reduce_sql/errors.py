@@ -3,8 +3,11 @@
     ReduceSqlError
     ├── OutputTypeError      fn returned something that is not a table (also a TypeError)
     ├── OutputExistsError    the output holds another job's data; overwrite=True replaces it
+    ├── OutputBusyError      another driver is writing the output now (it holds the lease)
     ├── SchemaConflictError  two tasks returned a column with types that cannot be unified
-    └── NoDatasetError       the location holds no committed output (no manifest)
+    ├── NoDatasetError       the location holds no committed output (no manifest)
+    └── StaleDatasetError    the version a Dataset opened was replaced long enough ago that
+                             its files are gone; open the Dataset again
 
     PartialOutputWarning     a Dataset opened on a checkpoint of a job that has not finished
 """
@@ -24,12 +27,20 @@ class OutputExistsError(ReduceSqlError):
     """A different job's output is already at the location."""
 
 
+class OutputBusyError(ReduceSqlError):
+    """Another driver holds the output's lease: it is writing there now."""
+
+
 class SchemaConflictError(ReduceSqlError):
     """The tasks' tables disagree on a column's type in a way no cast can reconcile."""
 
 
 class NoDatasetError(ReduceSqlError):
     """Nothing was committed at the location."""
+
+
+class StaleDatasetError(ReduceSqlError):
+    """The files of the version a Dataset opened were removed after a newer commit."""
 
 
 class PartialOutputWarning(UserWarning):

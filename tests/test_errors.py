@@ -37,6 +37,7 @@ def test_the_twins_are_the_originals_too_and_one_class_each():
     originals = {"EnvironmentMismatch": envpack.EnvironmentMismatch,
                  "LayerTooLarge": envpack.LayerTooLarge,
                  "OutputExistsError": reduce_sql.OutputExistsError,
+                 "OutputBusyError": reduce_sql.OutputBusyError,
                  "SchemaConflictError": reduce_sql.SchemaConflictError}
     assert originals.keys() == errors.TWINS.keys()
     for name, original in originals.items():

@@ -105,7 +105,7 @@ def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest(
     (stopped,) = p.tick(1.0 + timeout + 0.1)
     assert stopped.batch == launch.batch and stopped.killed
     assert (stopped.attempt.index, stopped.attempt.outcome) == (2, "timeout")
-    assert stopped.unstarted == launch.indices[3:]  # queued again, uncharged
+    assert stopped.unstarted == (launch.indices[3:],)  # queued again, uncharged
     retry = launch_all(p, limit=1)[0]
     assert list(retry.indices) == [2] and retry.attempt == 1 and p.timeouts == 1
     finish(p, retry)
@@ -205,12 +205,28 @@ def test_a_lost_batch_with_one_unreported_element_charges_it():
     assert launch_all(p)[0].attempt == 1
 
 
+def test_elements_finished_but_not_yet_written_are_requeued_uncharged_with_their_batch():
+    """With output=, a worker reports elements once their tables are in a file; those before
+    the element in fn that had not been written die with a lost batch, and run again."""
+    p = policy(200, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p.on_reported(only.batch, 0, 10, {}, 0.01, now=1.0)
+    p.on_running(only.batch, 30, started_at=1.0)  # 10..29 finished in fn, not yet written
+    stopped = p.on_lost(only.batch, CRASH)
+    assert stopped.attempt.index == 30 and p.failed_attempts == 1
+    assert stopped.unstarted == (only.indices[10:30], only.indices[31:])
+    again = sorted(i for launch in launch_all(p) for i in launch.indices)
+    assert again == list(only.indices[10:])  # 30 retried alone, the rest uncharged
+    assert p._failed_count == {30: 1}
+
+
 def test_a_lost_batch_with_nothing_seen_in_fn_is_split_uncharged():
     p = policy(100, max_workers=1)
     p.sizer.observe(10, 0.01)
     launch = launch_all(p, limit=1)[0]
     stopped = p.on_lost(launch.batch, CRASH)
-    assert stopped.attempt is None and stopped.unstarted == launch.indices
+    assert stopped.attempt is None and stopped.unstarted == (launch.indices,)
     halves = launch_all(p, limit=2)
     assert [i for h in halves for i in h.indices] == list(launch.indices)
     assert {h.attempt for h in halves} == {0}
@@ -225,7 +241,7 @@ def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
     p.on_running(only.batch, 50, started_at=1.0)
     stopped = p.on_lost(only.batch, CRASH)
     assert (stopped.attempt.index, stopped.attempt.attempt) == (50, 0)
-    assert stopped.unstarted == only.indices[51:] and p.failed_attempts == 1
+    assert stopped.unstarted == (only.indices[51:],) and p.failed_attempts == 1
     suspect = launch_all(p, limit=1)[0]
     assert list(suspect.indices) == [50] and suspect.attempt == 1  # alone, first
     rest = [i for launch in launch_all(p, limit=10) for i in launch.indices]

@@ -32,8 +32,9 @@ def test_reduce_sql_names_are_pinned_and_it_needs_neither_gpar_nor_ray():
     import reduce_sql
 
     assert sorted(reduce_sql.__all__) == [
-        "Dataset", "NoDatasetError", "OutputExistsError", "OutputTypeError",
-        "PartialOutputWarning", "ReduceSqlError", "SchemaConflictError", "query",
+        "Dataset", "NoDatasetError", "OutputBusyError", "OutputExistsError", "OutputTypeError",
+        "PartialOutputWarning", "ReduceSqlError", "SchemaConflictError", "StaleDatasetError",
+        "query",
     ]
     code = "import sys, reduce_sql; print('ray' in sys.modules, 'gpar' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -332,21 +332,36 @@ def test_names_and_values_from_tasks_are_data_never_paths(output, tmp_path):
         assert not [p for p in outside if "escape" in str(p) or "passwd" in str(p)]
 
 
-def test_many_small_outputs_are_compacted_without_losing_a_task(output, tmp_path):
+def test_a_batch_writes_its_elements_into_one_file_and_each_row_once(output, tmp_path):
     dataset = run(range(40), output, tmp_path)
-    assert len(dataset.manifest.files) == 1
     assert_exactly_once(dataset, range(40))
-    assert len(locate(output).files("data")) == 1  # the small files are gone
+    batches = dataset.report.batches
+    assert len(dataset.manifest.files) <= batches < 40  # a file per batch, not per element
+    assert set(locate(output).files("data")) == {f.path for f in dataset.manifest.files}
     resumed = run(range(40), output, tmp_path)
     assert resumed.report.elements == 0 and resumed.manifest.tasks == set(range(40))
 
 
+def test_many_small_files_are_merged_by_the_commit(tmp_path):
+    location = locate(tmp_path / "out")
+    parts = parts_of(location, [expected_table(task) for task in range(40)])
+    manifest = commit_module.commit(location, "j" * 64, parts)
+    assert len(manifest.files) == 1 and manifest.tasks == set(range(40))
+    assert_exactly_once(reduce_sql.Dataset(location), range(40))
+    assert location.files("data") == [manifest.files[0].path]  # the small files are gone
+
+
 def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, monkeypatch):
+    """Elements that each run long are written one file each (worker.py); the commit merges
+    them on the cluster, several merges at once."""
     monkeypatch.setattr(commit_module, "COMPACT_FILE_ROWS", 5 * ROWS)  # several merges
-    dataset = run(range(40), output, tmp_path)
-    assert len(dataset.manifest.files) == 8
+    monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 4)
+    slow = {(task, 0): ("sleep", 0.3) for task in range(10)}
+    dataset = run(range(10), output, tmp_path, slow)
+    assert_exactly_once(dataset, range(10))
+    assert len(dataset.manifest.files) == 2
     assert sorted(dataset.manifest.files[0].tasks) == [0, 1, 2, 3, 4]
-    assert_exactly_once(dataset, range(40))
+    assert all("compact-" in file.path for file in dataset.manifest.files)
 
 
 def test_query_joins_datasets_by_name(tmp_path):
@@ -454,10 +469,12 @@ def deeper(frames: int, call):
 
 
 def parts_of(location, tables, job="j" * 64):
+    """A Part for each table, written one file each (as elements that each ran long are)."""
     from reduce_sql.parts import Sink
 
-    sink = Sink(location, job, 0, list(range(len(tables))))
-    return [sink.write(task, table) for task, table in enumerate(tables)]
+    writer = Sink(location, job, 0, list(range(len(tables)))).open()
+    return [part for task, table in enumerate(tables)
+            for _, part in writer.write([(task, writer.table_for(table))])]
 
 
 def test_a_failed_merge_commits_the_files_as_they_are(tmp_path):
@@ -498,3 +515,160 @@ def test_an_output_without_columns_says_so_when_queried(tmp_path):
     dataset = gpar.apply([], rows_of, output=tmp_path / "none", progress=False)
     with pytest.raises(reduce_sql.NoDatasetError, match="no columns"):
         dataset.sql("SELECT count(*) FROM data")
+
+
+def test_a_reader_keeps_the_version_it_opened_while_a_job_commits(output, tmp_path, monkeypatch):
+    """An analyst opens the output while the job is still writing (a checkpoint); the job's
+    commit merges the files that version lists. The reader keeps reading what it opened; a
+    reader opened after the commit sees all of it."""
+    location = locate(output)
+    parts = parts_of(location, [expected_table(task) for task in range(40)])
+    commit_module.checkpoint(location, "j" * 64, parts[:30])
+    with pytest.warns(reduce_sql.PartialOutputWarning):
+        early = reduce_sql.Dataset(output)
+    assert_exactly_once(early, range(30))
+
+    final = commit_module.commit(location, "j" * 64, parts)
+    assert len(final.files) == 1  # the 30 files early reads were merged away...
+    assert_exactly_once(early, range(30))  # ...and early still reads them
+    assert_exactly_once(reduce_sql.Dataset(output), range(40))
+    assert {path for path, _ in final.retired} == {p.path for p in parts[:30]}
+
+    monkeypatch.setattr(commit_module, "RETAIN_S", 0.0)  # the grace period has passed
+    commit_module.commit(location, "j" * 64, [], previous=final)  # the next commit removes them
+    assert set(location.files("data")) == {final.files[0].path}
+    with pytest.raises(reduce_sql.StaleDatasetError, match="open Dataset"):
+        early.sql("SELECT count(*) FROM data")
+    assert_exactly_once(reduce_sql.Dataset(output), range(40))
+
+
+def test_a_reader_of_an_output_being_replaced_keeps_reading_it(output, tmp_path):
+    old = run(range(6), output, tmp_path)
+    reader = reduce_sql.Dataset(output)
+    replaced = gpar.apply(range(2), returns, [{"a": [1]}, {"a": [2]}], output=output,
+                          overwrite=True, progress=False)
+    assert_exactly_once(reader, range(6))
+    assert replaced.sql("SELECT sum(a) AS s FROM data").to_pylist() == [{"s": 3}]
+    assert old.manifest.files[0].path in locate(output).files("data")  # retired, kept
+
+
+WAITING_DRIVER = """
+import pathlib, sys, time
+import gpar
+
+output, release = sys.argv[1], pathlib.Path(sys.argv[2])
+
+def fn(task):
+    while not release.exists():
+        time.sleep(0.05)
+    return {"task": [task]}
+
+gpar.apply(range(4), fn, output=output, progress=False)
+print("done")
+"""
+
+
+def test_a_second_driver_is_refused_while_the_first_writes_the_output(output, tmp_path,
+                                                                      cluster):
+    (tmp_path / "job.py").write_text(WAITING_DRIVER)
+    release = tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "job.py", output, str(release)], cwd=tmp_path,
+                             env={**os.environ, "RAY_ADDRESS": cluster}, text=True,
+                             stdout=subprocess.PIPE)
+    try:
+        from reduce_sql.lease import LEASE
+
+        assert wait_until(lambda: locate(output).read_bytes(LEASE) is not None, 60)
+        with pytest.raises(gpar.GparError, match="being written by another driver") as busy:
+            run(range(3), output, tmp_path)
+        assert isinstance(busy.value, reduce_sql.OutputBusyError)
+        release.touch()
+        assert first.communicate(timeout=120)[0].strip() == "done"
+    finally:
+        first.kill()
+        first.wait()
+    dataset = run(range(3), output, tmp_path, overwrite=True)  # the lease was released
+    assert_exactly_once(dataset, range(3))
+
+
+def test_a_lease_expires_or_dies_with_its_driver_on_this_host(tmp_path):
+    import json
+    import socket
+    import time
+
+    from reduce_sql.lease import LEASE, Lease
+
+    location = locate(tmp_path / "out")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    held = {"holder": "other", "host": "elsewhere", "pid": 1, "expires_at": time.time() + 60}
+    for lease, refused in [(held, True), ({**held, "expires_at": time.time() - 1}, False),
+                           ({**held, "host": socket.gethostname(), "pid": int(dead)}, False)]:
+        location.write_atomically(LEASE, json.dumps(lease).encode())
+        if refused:
+            with pytest.raises(reduce_sql.OutputBusyError, match="elsewhere, pid 1"):
+                Lease.acquire(location)
+        else:
+            taken = Lease.acquire(location)
+            taken.check()
+            taken.release()
+            assert location.read_bytes(LEASE) is None
+    location.write_atomically(LEASE, json.dumps(held).encode())
+    lost = Lease(location)  # a driver whose lease another took after it expired
+    with pytest.raises(reduce_sql.OutputBusyError, match="lost its lease"):
+        commit_module.checkpoint(location, "j" * 64, [], lease=lost)
+
+
+def test_an_element_that_runs_long_is_written_in_a_file_of_its_own(output, tmp_path):
+    """Only an element that ran long can get a backup, and the commit takes a file whole: so
+    that element never shares a file with others."""
+    from gpar import worker
+    from gpar.policy import BACKUP_MIN_S
+
+    assert worker.WRITE_ALONE_AFTER_S < BACKUP_MIN_S
+    dataset = run(range(12), output, tmp_path, {(5, 0): ("sleep", 0.6)}, max_workers=1)
+    assert_exactly_once(dataset, range(12))
+    holding = [file for file in dataset.manifest.files if 5 in file.tasks]
+    assert [file.tasks for file in holding] == [(5,)]
+
+
+def test_a_file_is_committed_whole_or_not_at_all(tmp_path):
+    """Should a file ever hold a task whose winning attempt is elsewhere, neither it nor its
+    other tasks are committed: they are written again by the next run of the job."""
+    from reduce_sql.parts import Sink
+
+    location = locate(tmp_path / "out")
+    writer = Sink(location, "j" * 64, 0, [0, 1, 2]).open()
+    shared = [part for _, part in writer.write(
+        [(task, writer.table_for(expected_table(task))) for task in range(3)])]
+    winner = parts_of(location, [expected_table(task) for task in range(3)])[2]
+    manifest = commit_module.commit(location, "j" * 64, [*shared[:2], winner])
+    assert manifest.tasks == {2} and location.files("data") == [winner.path]
+
+
+def test_cluster_by_sorts_each_file_so_filters_skip_row_groups(output, tmp_path):
+    def rows(task):
+        return pd.DataFrame({"horizon": [h for h in range(52, 0, -1) for _ in range(3)],
+                             "series": f"s{task}", "error": 0.1 * task})
+
+    dataset = gpar.apply(range(20), rows, output=output, cluster_by=["horizon", "series"],
+                         progress=False)
+    location = locate(output)
+    for file in dataset.manifest.files:
+        with location.filesystem.open_input_file(location.path(file.path)) as stream:
+            table = pq.read_table(stream)
+        assert table.column("horizon").to_pylist() == sorted(table.column("horizon").to_pylist())
+    assert dataset.sql("SELECT count(*) AS n FROM data WHERE horizon = 52").to_pylist() == [
+        {"n": 60}]
+
+
+def test_cluster_by_needs_output_and_columns_every_table_has(tmp_path):
+    with pytest.raises(ValueError, match="cluster_by only applies with output="):
+        gpar.apply([1], abs, cluster_by="x")
+    with pytest.raises(ValueError, match="cluster_by takes a column name or a list"):
+        gpar.apply([1], abs, output=tmp_path / "a", cluster_by=[3])
+    with pytest.warns(gpar.TaskFailedWarning, match="cluster_by names \\['missing'\\]"):
+        dataset = gpar.apply([0, 1], returns, [{"a": [1]}, {"a": [2], "missing": [0]}],
+                             output=tmp_path / "b", cluster_by="missing", progress=False)
+    assert [failure.index for failure in dataset.failures] == [0]
+    assert dataset.failures[0].attempts == 1  # fn's to fix: not retried
