@@ -19,4 +19,5 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/run.py $(BENCH)

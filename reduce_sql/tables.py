@@ -22,9 +22,10 @@ ROW_GROUP_ROWS = 1_000_000
 #: columns skips most of a file, large enough not to slow a full scan; bench/bench_reduce.py.
 CLUSTERED_ROW_GROUP_ROWS = 131_072
 
-#: zstd with byte-stream-split floats: bench/bench_reduce.py (d) measured 2 M evaluation rows
-#: at 42 MB against 50 MB with pyarrow's defaults (snappy), queried ~10 % slower from local
-#: disk. Smaller wins where bytes travel (object stores), so zstd.
+#: Floats byte-stream-split and LZ4, the other columns dictionary-encoded and zstd: random
+#: floats barely compress, the rest compresses well. bench/bench_reduce.py (e) writes a million
+#: evaluation rows so against zstd everywhere and pyarrow's defaults.
+FLOAT_COMPRESSION = "lz4"
 COMPRESSION = "zstd"
 
 ACCEPTED = "a pandas DataFrame, a pyarrow Table, a dict of columns or a list of row dicts"
@@ -109,9 +110,18 @@ def write_table(table: pa.Table, path: str, filesystem: Any,
     if cluster_by:
         table = table.sort_by([(name, "ascending") for name in cluster_by])
         group_rows = CLUSTERED_ROW_GROUP_ROWS
-    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
-    others = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
     with filesystem.open_output_stream(path) as stream:
-        pq.write_table(table, stream, row_group_size=group_rows, compression=COMPRESSION,
-                       use_dictionary=others, use_byte_stream_split=floats or False)
+        pq.write_table(table, stream, row_group_size=group_rows,
+                       **parquet_options(table.schema))
         return stream.tell()
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """pyarrow.parquet.write_table's options for a table of ``schema`` (see the constants)."""
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    others = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    nested = any(pa.types.is_nested(field.type) for field in schema)
+    compression = COMPRESSION if nested else {  # per column names only top-level columns
+        name: FLOAT_COMPRESSION if name in floats else COMPRESSION for name in schema.names}
+    return {"compression": compression, "use_dictionary": others,
+            "use_byte_stream_split": floats or False}

@@ -7,6 +7,7 @@ hold on both stores.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -414,7 +415,7 @@ def test_the_cli_prints_writes_and_describes(tmp_path):
     assert (tmp_path / "r.csv").read_text().splitlines() == ['"s"', "10"]
     assert pq.read_table(tmp_path / "r.parquet").to_pylist() == [{"s": 10}]
     schema = reduce_sql_cli(str(out), "--schema")
-    assert "5 rows in 5 files" in schema.stdout and "  x: int64" in schema.stdout
+    assert re.search(r"5 rows in \d files", schema.stdout) and "  x: int64" in schema.stdout
     missing = reduce_sql_cli(str(tmp_path / "nothing"), "SELECT 1")
     assert missing.returncode == 1 and "no committed output" in missing.stderr
     typo = reduce_sql_cli(str(out), "SELEC x FROM data")
