@@ -28,7 +28,9 @@ Rules (DESIGN §3):
   next attempt may run PREEMPT_BACKOFF times longer before it can be preempted again: an
   element that always hangs is preempted about log2(job time / straggler time) times in all,
   never in a loop, and what waits behind it is never stuck for good. A straggling backup is
-  simply cancelled (its element has its first attempt still, or a retry queued).
+  simply cancelled (its element has its first attempt still, or a retry queued). A batch
+  whose elements before the straggler finished but are not yet written (output=) gets
+  PREEMPT_BACKOFF times the patience, so its worker can report them rather than lose them.
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final and nothing waits in the queue, a straggler gets a second attempt; the first to
   finish wins and the others are cancelled. A backup that straggles gets one too. At most
@@ -500,6 +502,8 @@ class Policy:
                 live.straggling = True
                 self._new_stragglers.append(batch)
             patience = threshold * PREEMPT_BACKOFF ** self._preempted.get(index, 0)
+            if position > live.reported:  # its worker is writing what finished before it
+                patience *= PREEMPT_BACKOFF
             if may_preempt > 0 and (live.backup or now - started > patience):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))

@@ -18,9 +18,10 @@ lock, before it starts each element, so an element given back is never started h
 With output=, finished elements' tables are held and written together into one file (reduce_sql's
 BatchWriter); an element counts as finished for the driver once its file is written. A file is
 written when the batch ends, when it holds a file's worth of rows, when its oldest table has
-waited HOLD_S, or when the element in fn has run WRITE_ALONE_AFTER_S; an element that ran that
-long is written in a file of its own. Only such elements can get a backup, so a file never holds
-an element another attempt may win: the commit takes each file whole.
+waited HOLD_S, or when the element in fn has run WRITE_HELD_AFTER_S (well before the driver
+could take it for a straggler and preempt the batch, losing what it held). An element that ran
+WRITE_ALONE_AFTER_S is written in a file of its own. Only such elements can get a backup, so a
+file never holds an element another attempt may win: the commit takes each file whole.
 
 Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
 with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
@@ -55,9 +56,10 @@ if TYPE_CHECKING:
 #: of a finished element, and the grain of per-element timing in a batch of tiny elements.
 FLUSH_S = 0.1
 
-#: With output=: an element in fn this long has the tables before it written, and its own table
-#: written alone. Below the policy's BACKUP_MIN_S, so no element that may get a backup shares a
-#: file with others (tests/test_reduce_sql.py checks the order).
+#: With output=: an element in fn this long has the tables held before it written...
+WRITE_HELD_AFTER_S = 0.1
+#: ...and an element that ran this long is written alone. Below the policy's BACKUP_MIN_S, so
+#: no element that may get a backup shares a file with others (tests/test_reduce_sql.py).
 WRITE_ALONE_AFTER_S = 0.25
 
 #: With output=: the longest a finished element's table waits to be written, so the driver's
@@ -326,7 +328,7 @@ class _BatchRun:
             return self.written < len(self.finished)  # elements that failed: settle them
         in_fn_since = self.finished[-1] if self.finished else self.elements_started
         now = time.time()
-        return now - held_since > HOLD_S or now - in_fn_since > WRITE_ALONE_AFTER_S
+        return now - held_since > HOLD_S or now - in_fn_since > WRITE_HELD_AFTER_S
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)

@@ -301,3 +301,22 @@ def test_stragglers_are_reported_once_each():
     assert sorted(p.take_stragglers()) == [1, 2, 3]
     p.tick(6.0)
     assert p.take_stragglers() == []
+
+
+@pytest.mark.parametrize("held", [0, 2])
+def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_later(held):
+    """With output=, the elements before a straggler may be finished but not yet written: its
+    batch gets twice the patience before preemption, so they are reported rather than lost."""
+    p = policy(100, max_workers=1)
+    p.sizer.observe(1, 0.01)
+    (only,) = launch_all(p, limit=1)  # the rest of the elements wait
+    p.on_reported(only.batch, 0, 3, {}, 0.03, now=10.0)
+    p.on_running(only.batch, 3 + held, started_at=10.0)
+    first = p.tick(10.0 + BACKUP_MIN_S + 0.1)
+    if not held:
+        assert [stopped.attempt.outcome for stopped in first] == ["preempted"]
+        return
+    assert first == []
+    (stopped,) = p.tick(10.0 + 2 * BACKUP_MIN_S + 0.1)
+    assert stopped.attempt.outcome == "preempted"
+    assert stopped.unstarted[0] == only.indices[3:3 + held]  # queued again, uncharged

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -595,7 +596,6 @@ def test_a_second_driver_is_refused_while_the_first_writes_the_output(output, tm
 def test_a_lease_expires_or_dies_with_its_driver_on_this_host(tmp_path):
     import json
     import socket
-    import time
 
     from reduce_sql.lease import LEASE, Lease
 
@@ -673,3 +673,18 @@ def test_cluster_by_needs_output_and_columns_every_table_has(tmp_path):
                              output=tmp_path / "b", cluster_by="missing", progress=False)
     assert [failure.index for failure in dataset.failures] == [0]
     assert dataset.failures[0].attempts == 1  # fn's to fix: not retried
+
+
+def test_with_output_the_quick_elements_around_hung_ones_are_written_once(output, tmp_path):
+    """The issue-11 scenario with output=: elements 4 and 9 hang. The tables an element's batch
+    held before it are written as soon as it has run long, so quorum sees them and none is
+    lost with the batch when the hung element is preempted (each quick element runs once)."""
+    hung = {(task, attempt): ("sleep", 60) for task in (4, 9) for attempt in range(5)}
+    started = time.monotonic()
+    with pytest.warns(gpar.IncompleteResultsWarning, match="quorum"):
+        dataset = run(range(20), output, tmp_path, hung, quorum=0.9)
+    assert time.monotonic() - started < 30
+    quick = [task for task in range(20) if task not in (4, 9)]
+    assert dataset.manifest.tasks == set(quick)
+    assert [attempts_of(tmp_path, task) for task in quick] == [1] * len(quick)
+    assert_exactly_once(dataset, quick)
