@@ -41,9 +41,6 @@ import gpar
 import reduce_sql
 from reduce_sql import tables
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import s3server  # noqa: E402  (the test suite's SeaweedFS launcher)
-
 TASKS = 1_000
 MODELS = ["snaive", "drift", "fourier", "ses", "theta", "stl", "damped", "ensemble"]
 ENDS, HORIZONS = 50, 52
@@ -219,6 +216,9 @@ def main() -> None:
         local = queries(dataset, None, None)
         groups = by_row_group_size(dataset, work)
         formats = by_parquet_options(dataset, work)
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import s3server  # the test suite's SeaweedFS launcher (not a global: fn ships none)
 
         with s3server.seaweedfs() as environment:
             os.environ.update(environment)

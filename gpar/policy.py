@@ -280,9 +280,13 @@ class Policy:
     # -------------------------------------------------------------------- events
 
     def on_running(self, batch: int, position: int, started_at: float) -> None:
-        """The element at ``position`` of ``batch`` entered fn at ``started_at``."""
+        """The element at ``position`` of ``batch`` entered fn at ``started_at``; a position
+        at the batch's end: none is in fn, its worker writes the last tables (output=)."""
         live = self._batches.get(batch)
-        if live is not None and position < live.end:
+        if live is not None and position >= live.end:
+            live.running = None
+            self._running.pop(batch, None)
+        elif live is not None:
             if live.running is None or live.running[0] != position:
                 live.straggling = False
             live.running = (position, started_at)

@@ -90,7 +90,8 @@ class Progress:
     values: bytes  # the pickled list of values, None where ``errors`` holds the position
     errors: dict[int, ElementError]
     finished: array  # of doubles: wall-clock time each element finished
-    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now
+    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now;
+    # ``end``: none, the last tables are being written (output=); None: the batch is done
     end: int  # positions from here on were handed back: this batch never starts them
     elements_started: float  # when the first element started, the environment restored
     node_id: str
@@ -159,7 +160,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
             if request is not None and not finished:
                 _call(*request)
             if finished or time.monotonic() >= next_flush:
-                if run.should_write():
+                if finished or run.should_write():
                     run.write_held()
                 restored = run.restored  # read first: elements_started is final once it is set
                 handed_off = handoff_after_s is not None and run.hand_off(handoff_after_s)
@@ -241,7 +242,6 @@ class _BatchRun:
                 self._run_elements(call, items)
                 del call, items
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
-            self.write_held()
             self.calls.put(_FINISHED)
 
     def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
@@ -282,8 +282,9 @@ class _BatchRun:
         return True
 
     def _hold(self, position: int, value: Any) -> None:
-        """Give fn's table to the writer and count the element finished (an element that ran
-        long goes in a file of its own); write a file once enough is held."""
+        """Give fn's table to the writer (one that ran long to go in a file of its own) and
+        count the element finished. The batch's main thread writes: this thread goes on with
+        fn, so the time the driver sees an element in fn is the time it spent there."""
         from reduce_sql.errors import OutputTypeError
 
         table = None
@@ -293,18 +294,14 @@ class _BatchRun:
             except OutputTypeError as exc:  # fn's to fix: retrying cannot help
                 self.errors[position] = _element_error(exc, "output", retryable=False)
         started = self.finished[-1] if self.finished else self.elements_started
-        alone = table is not None and time.time() - started > WRITE_ALONE_AFTER_S
-        if alone:
-            self.write_held()
         with self.settling:
             if table is not None:
-                self.writer.hold(position, table)
+                alone = time.time() - started > WRITE_ALONE_AFTER_S
+                self.writer.hold(position, table, alone)
             self.finished.append(time.time())
-        if alone or self.writer.full:
-            self.write_held()
 
     def write_held(self) -> None:
-        """Write the held tables as one file; every element finished before is final then."""
+        """Write the held tables; every element finished before is final then."""
         if self.writer is None:
             return
         with self.writing:  # one file at a time, in order
@@ -323,12 +320,13 @@ class _BatchRun:
         """Whether the batch's main thread should write the held tables now (see the module)."""
         if self.writer is None:
             return False
-        held_since = self.writer.oldest_held
+        writer, held_since = self.writer, self.writer.oldest_held
         if held_since is None:
             return self.written < len(self.finished)  # elements that failed: settle them
         in_fn_since = self.finished[-1] if self.finished else self.elements_started
         now = time.time()
-        return now - held_since > HOLD_S or now - in_fn_since > WRITE_HELD_AFTER_S
+        return (writer.full or writer.alone_held or now - held_since > HOLD_S
+                or now - in_fn_since > WRITE_HELD_AFTER_S)
 
     def _fail_all(self, exc: BaseException) -> None:
         error = _element_error(exc, "environment", retryable=False)
@@ -363,8 +361,8 @@ class _BatchRun:
         # values and errors are set before finished grows, or written moves
         done = len(self.finished) if self.writer is None else self.written
         running = None
-        if done < self.end:  # the element in fn, or with output= the last one being written
-            position = min(len(self.finished), self.end - 1)
+        if done < self.end:  # the element in fn; with output=, ``end`` while the last are written
+            position = min(len(self.finished), self.end)
             started = self.finished[position - 1] if position else self.elements_started
             running = (position, started)
         # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration

@@ -61,17 +61,20 @@ class Sink:
 
 
 class BatchWriter:
-    """The tables of a batch's finished elements, held until ``write`` puts them in one file.
+    """The tables of a batch's finished elements, held until ``write`` puts them in files: one
+    file for those held together, one of its own for each held ``alone``.
 
     Not thread-safe: the worker that runs the batch decides when to write, and serializes.
     """
 
     def __init__(self, sink: Sink):
         self.sink = sink
-        self._held: list[tuple[int, pa.Table]] = []
+        self._files: list[list[tuple[int, pa.Table]]] = []  # the tables of each file to write
+        self._shared = False  # whether the last of _files takes more tables
         self.rows = 0  # rows held
         self.nbytes = 0
         self.oldest_held: float | None = None  # when the first table held now was added
+        self.alone_held = False
 
     @property
     def full(self) -> bool:
@@ -87,30 +90,38 @@ class BatchWriter:
                 f"{table.column_names}); return them in every table or change cluster_by")
         return table
 
-    def hold(self, position: int, table: pa.Table) -> None:
-        if not self._held:
+    def hold(self, position: int, table: pa.Table, alone: bool = False) -> None:
+        if not self._files:
             self.oldest_held = time.time()
-        self._held.append((position, table))
+        if alone or not self._shared:
+            self._files.append([])
+        self._files[-1].append((position, table))
+        self._shared = not alone
+        self.alone_held = self.alone_held or alone
         self.rows += table.num_rows
         self.nbytes += table.nbytes
 
-    def take(self) -> list[tuple[int, pa.Table]]:
-        """What is held, now no longer held."""
-        held, self._held = self._held, []
+    def take(self) -> list[list[tuple[int, pa.Table]]]:
+        """What is held, file by file, now no longer held."""
+        files, self._files, self._shared = self._files, [], False
         self.rows = self.nbytes = 0
-        self.oldest_held = None
-        return held
+        self.oldest_held, self.alone_held = None, False
+        return files
 
-    def write(self, held: list[tuple[int, pa.Table]]) -> list[tuple[int, Part | Exception]]:
-        """Write ``held`` as one file: (position, its Part, or why it could not be written).
-        Tables whose schemas cannot be concatenated are written one file each."""
-        if not held:
-            return []
-        try:
-            table = pa.concat_tables([table for _, table in held], promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):  # the commit names the conflict
-            return [written for each in held for written in self._write_file([each], each[1])]
-        return self._write_file(held, table)
+    def write(self, files: list[list[tuple[int, pa.Table]]]
+              ) -> list[tuple[int, Part | Exception]]:
+        """Write each of ``files`` (from take): (position, its Part, or why it could not be
+        written). Tables whose schemas cannot be concatenated are written one file each."""
+        written = []
+        for held in files:
+            try:
+                table = pa.concat_tables([table for _, table in held],
+                                         promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):  # the commit names the conflict
+                written += [each for one in held for each in self._write_file([one], one[1])]
+            else:
+                written += self._write_file(held, table)
+        return written
 
     def _write_file(self, held: list[tuple[int, pa.Table]],
                     table: pa.Table) -> list[tuple[int, Part | Exception]]:

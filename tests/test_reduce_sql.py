@@ -476,7 +476,7 @@ def parts_of(location, tables, job="j" * 64):
 
     writer = Sink(location, job, 0, list(range(len(tables)))).open()
     return [part for task, table in enumerate(tables)
-            for _, part in writer.write([(task, writer.table_for(table))])]
+            for _, part in writer.write([[(task, writer.table_for(table))]])]
 
 
 def test_a_failed_merge_commits_the_files_as_they_are(tmp_path):
@@ -641,7 +641,7 @@ def test_a_file_is_committed_whole_or_not_at_all(tmp_path):
     location = locate(tmp_path / "out")
     writer = Sink(location, "j" * 64, 0, [0, 1, 2]).open()
     shared = [part for _, part in writer.write(
-        [(task, writer.table_for(expected_table(task))) for task in range(3)])]
+        [[(task, writer.table_for(expected_table(task))) for task in range(3)]])]
     winner = parts_of(location, [expected_table(task) for task in range(3)])[2]
     manifest = commit_module.commit(location, "j" * 64, [*shared[:2], winner])
     assert manifest.tasks == {2} and location.files("data") == [winner.path]
