@@ -47,6 +47,7 @@ def probe() -> dict:
         "host": socket.gethostname(),
         "executable": sys.executable,
         "distributions": tuple(sorted(distributions.items())),
+        "search_path": tuple(os.path.abspath(entry or os.getcwd()) for entry in installed),
     }
 
 

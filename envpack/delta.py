@@ -25,6 +25,14 @@ class WorkerFacts:
     executable: str
     distributions: tuple[tuple[str, str], ...]  # (canonical name, version)
     node_hosts: tuple[str, ...] = ()  # every live node's host: the probe saw only one
+    search_path: tuple[str, ...] = ()  # the worker's sys.path, absolute
+
+    def imports_callers_file(self, module: LocalModule) -> bool:
+        """Whether the workers import ``module`` from the caller's own file: the caller's
+        interpreter, with the module's directory on the workers' sys.path (one the caller
+        added to its own sys.path at run time is not)."""
+        directory = os.path.dirname(os.path.abspath(module.path))
+        return self.runs_callers_interpreter() and directory in self.search_path
 
     def runs_callers_interpreter(self) -> bool:
         """Same host and same interpreter: the worker imports the caller's local modules from
@@ -45,12 +53,13 @@ def select(
     always: Collection[str] = (),
 ) -> tuple[Distribution | LocalModule, ...]:
     """What to ship: distributions missing on the workers or at another version, and local
-    modules unless the workers read the caller's own files; ``packages`` is "auto" (all of
+    modules the workers would not import from the caller's own files; ``packages`` is "auto" (all of
     it), "none" (nothing) or the distributions to consider. Whatever provides a top-level
     module named in ``always`` ships in every mode when the workers lack it (the runtime that
     verifies the image on the worker)."""
     have = dict(facts.distributions)
-    local = () if facts.runs_callers_interpreter() else manifest.local_modules
+    local = [module for module in manifest.local_modules
+             if not facts.imports_callers_file(module)]
     named = {canonical(name) for name in packages} if not isinstance(packages, str) else set()
 
     def wanted(item: Distribution | LocalModule) -> bool:

@@ -103,9 +103,10 @@ def _reached_from_function(function: types.FunctionType) -> Iterator[Any]:
     names = {name for code in _nested_code(function.__code__) for name in code.co_names}
     for name in names:
         value = scope.get(name)
-        if isinstance(value, types.ModuleType):
-            yield from (getattr(value, attribute) for attribute in names
-                        if isinstance(getattr(value, attribute, None), types.FunctionType | type))
+        if isinstance(value, types.ModuleType):  # its __dict__: a module __getattr__ may warn
+            attributes = vars(value)  # (numpy's np.object) or import lazily
+            yield from (attributes[attribute] for attribute in names
+                        if isinstance(attributes.get(attribute), types.FunctionType | type))
         elif value is not None:
             yield value
     for cell in function.__closure__ or ():

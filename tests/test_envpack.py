@@ -213,9 +213,12 @@ def test_workers_of_the_callers_interpreter_get_no_local_module(local_dir, site,
     load("ep_local")
     here = socket.gethostname()
     facts = WorkerFacts("2.60.0", "3.11.7", "cpython", "linux-x86_64", here, sys.executable, (),
-                        node_hosts=(here,))
+                        node_hosts=(here,), search_path=(str(local_dir),))
     shipped = {item.name for item in select(envpack.manifest(), facts, "auto")}
     assert "ep_local" not in shipped
+    # a directory the caller put on its own sys.path at run time: the workers lack it
+    unreachable = dataclasses.replace(facts, search_path=())
+    assert "ep_local" in {item.name for item in select(envpack.manifest(), unreachable, "auto")}
     # the same interpreter named another way (`../.venv/bin/python` from a subdirectory)
     roundabout = os.path.join(os.path.dirname(sys.executable), "..", "bin",
                               os.path.basename(sys.executable))

@@ -190,3 +190,20 @@ def test_an_edited_module_that_only_fn_imports_runs_as_edited(run_script):
     """
     completed = run_script(script, {"ep_fn_helper.py": "def value():\n    return 1\n"})
     assert assert_ok(completed).strip() == "[1, 1, 1, 1] [2, 2, 2, 2]"
+
+
+def test_reading_what_fn_reaches_never_runs_a_module_getattr(monkeypatch):
+    """numpy warns when its deprecated ``np.object`` is looked up: fn naming ``object`` (as in
+    ``dtype=object``) beside ``np`` must not make apply() look it up, nor import lazily."""
+    import types
+
+    lazy = types.ModuleType("ep_lazy")
+
+    def looked_up(name):
+        raise AssertionError(f"ep_lazy.{name} was looked up")
+
+    lazy.__getattr__ = looked_up
+    monkeypatch.setitem(sys.modules, "ep_lazy", lazy)
+    namespace = {"ep_lazy": lazy}
+    exec("def fn(x):\n    return ep_lazy, object, x\n", namespace)
+    imports_reached([namespace["fn"]], lambda module: True)

@@ -168,3 +168,24 @@ def test_a_calls_large_globals_leave_the_object_store_when_the_call_ends(run_scr
         print(objects_in_store() <= before)
     """))
     assert out.strip() == "True"
+
+
+def test_a_module_from_a_directory_the_script_put_on_sys_path_reaches_the_workers(run_script):
+    """A script that extends sys.path at run time and imports its helpers from there: the
+    workers' sys.path lacks that directory, so those modules ship, used by fn or not."""
+    out = assert_ok(run_script("""
+        import os, sys, gpar
+        os.makedirs("lib", exist_ok=True)
+        with open("lib/unused_helper.py", "w") as f:
+            f.write("VALUE = 1\\n")
+        with open("lib/used_helper.py", "w") as f:
+            f.write("def double(x):\\n    return 2 * x\\n")
+        sys.path.insert(0, os.path.abspath("lib"))
+        import unused_helper, used_helper
+
+        def fn(x):
+            return used_helper.double(x)
+
+        print(gpar.apply(range(3), fn, progress=False))
+    """))
+    assert out.strip() == "[0, 2, 4]"
