@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import socket
 import sys
@@ -29,10 +30,14 @@ class WorkerFacts:
 
     def imports_callers_file(self, module: LocalModule) -> bool:
         """Whether the workers import ``module`` from the caller's own file: the caller's
-        interpreter, with the module's directory on the workers' sys.path (one the caller
-        added to its own sys.path at run time is not)."""
-        directory = os.path.dirname(os.path.abspath(module.path))
-        return self.runs_callers_interpreter() and directory in self.search_path
+        interpreter, and the module found by an import hook both share (an editable install)
+        or in a directory on the workers' sys.path (one the caller added to its own sys.path
+        at run time is not)."""
+        if not self.runs_callers_interpreter():
+            return False
+        if importlib.machinery.PathFinder.find_spec(module.name) is None:  # an import hook
+            return True
+        return os.path.dirname(os.path.abspath(module.path)) in self.search_path
 
     def runs_callers_interpreter(self) -> bool:
         """Same host and same interpreter: the worker imports the caller's local modules from
