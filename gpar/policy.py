@@ -30,7 +30,7 @@ Rules (DESIGN §3):
   never in a loop, and what waits behind it is never stuck for good. A straggling backup is
   simply cancelled (its element has its first attempt still, or a retry queued). A batch
   whose elements before the straggler finished but are not yet written (output=) gets
-  PREEMPT_BACKOFF times the patience, so its worker can report them rather than lose them.
+  WRITING_PATIENCE times the patience, so its worker can report them rather than lose them.
 * **Backups** (cubed's ``should_launch_backup``): once at least BACKUP_AFTER_DONE of the elements
   are final and nothing waits in the queue, a straggler gets a second attempt; the first to
   finish wins and the others are cancelled. A backup that straggles gets one too. At most
@@ -86,6 +86,11 @@ SLOW_NODE_SHARE = 0.5
 #: Each preemption of an element lets its next attempt run this many times longer before it
 #: can be preempted again: the work lost on one element is at most about twice its last run.
 PREEMPT_BACKOFF = 2.0
+
+#: A straggler's batch still writing the tables of elements finished before it (output=) may run
+#: this many times its patience before preemption: a write lost with the batch is work done
+#: again, and on a busy object store a file takes seconds (bench/bench_reduce.py (c)).
+WRITING_PATIENCE = 8.0
 
 #: Shortest time between two scans of the running attempts for stragglers and timeouts: a scan
 #: costs a few steps per straggler, and events come far more often on a large cluster.
@@ -507,7 +512,7 @@ class Policy:
                 self._new_stragglers.append(batch)
             patience = threshold * PREEMPT_BACKOFF ** self._preempted.get(index, 0)
             if position > live.reported:  # its worker is writing what finished before it
-                patience *= PREEMPT_BACKOFF
+                patience *= WRITING_PATIENCE
             if may_preempt > 0 and (live.backup or now - started > patience):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))

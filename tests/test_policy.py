@@ -6,6 +6,7 @@ from gpar.policy import (
     BACKUP_MIN_S,
     BACKUP_SLOWDOWN,
     TAIL_SLOWDOWN,
+    WRITING_PATIENCE,
     Policy,
     Rules,
     SlowNodes,
@@ -306,7 +307,8 @@ def test_stragglers_are_reported_once_each():
 @pytest.mark.parametrize("held", [0, 2])
 def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_later(held):
     """With output=, the elements before a straggler may be finished but not yet written: its
-    batch gets twice the patience before preemption, so they are reported rather than lost."""
+    batch gets WRITING_PATIENCE times the patience before preemption, so they are reported
+    rather than lost."""
     p = policy(100, max_workers=1)
     p.sizer.observe(1, 0.01)
     (only,) = launch_all(p, limit=1)  # the rest of the elements wait
@@ -317,6 +319,7 @@ def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_la
         assert [stopped.attempt.outcome for stopped in first] == ["preempted"]
         return
     assert first == []
-    (stopped,) = p.tick(10.0 + 2 * BACKUP_MIN_S + 0.1)
+    assert p.tick(10.0 + 2 * BACKUP_MIN_S + 0.1) == []
+    (stopped,) = p.tick(10.0 + WRITING_PATIENCE * BACKUP_MIN_S + 0.1)
     assert stopped.attempt.outcome == "preempted"
     assert stopped.unstarted[0] == only.indices[3:3 + held]  # queued again, uncharged
