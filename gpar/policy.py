@@ -99,6 +99,12 @@ SCAN_S = 0.05
 _OPEN, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
 
 
+def quorum_count(quorum: float, elements: int) -> int:
+    """Elements that make a quorum: 29/35 of 35 is 29, rounded before ceil (the product is
+    29.000000000000004)."""
+    return math.ceil(round(quorum * elements, 9))
+
+
 def default_max_failures(elements: int) -> int:
     """The total failure budget when none is given: 10, or 5 % of the elements if more."""
     return max(10, math.ceil(0.05 * elements))
@@ -631,7 +637,7 @@ class Policy:
 
     def _check_quorum(self) -> None:
         if self.stop is None and self.rules.quorum < 1.0:
-            if self.final >= math.ceil(self.rules.quorum * self.elements):
+            if self.final >= quorum_count(self.rules.quorum, self.elements):
                 self._stop("quorum")
 
     def _check_budget(self) -> None:

@@ -323,3 +323,11 @@ def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_la
     (stopped,) = p.tick(10.0 + WRITING_PATIENCE * BACKUP_MIN_S + 0.1)
     assert stopped.attempt.outcome == "preempted"
     assert stopped.unstarted[0] == only.indices[3:3 + held]  # queued again, uncharged
+
+
+def test_a_quorum_given_as_a_fraction_of_the_elements_means_that_many():
+    p = policy(35, max_workers=35, quorum=29 / 35)  # 29 / 35 * 35 == 29.000000000000004
+    p.sizer.observe(1, 0.01)
+    for launch in launch_all(p)[:29]:
+        finish(p, launch)
+    assert p.stop == "quorum"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpar.policy import BACKUP_MIN_S, BACKUP_SLOWDOWN
+from gpar.policy import BACKUP_MIN_S, BACKUP_SLOWDOWN, quorum_count
 from gpar.results import TaskFailure
 from gpar.simulator import SimCluster, simulate
 from gpar.worker import FLUSH_S
@@ -83,7 +83,7 @@ def check_invariants(elements, knobs, sim):
     # a quorum stop comes as soon as the quorum was final
     if policy.stop == "quorum":
         finished = sum(not (isinstance(v, TaskFailure) and v.reason == "quorum") for v in values)
-        assert finished >= math.ceil(knobs["quorum"] * elements)
+        assert finished >= quorum_count(knobs["quorum"], elements)
         assert sim.end_s <= max(row.finished for row in rows) + FLUSH_S + 1e-6
     # every attempt is in the report: a run the driver did not see start is the only gap
     seen, unseen = {}, {}  # rows of attempts seen starting; the rest, and unstarted marks
