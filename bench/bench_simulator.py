@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import random
+import statistics
 import time
 
 from gpar import policy
@@ -29,6 +30,7 @@ STRAGGLER_SHARE = 0.02
 SLOWDOWN = 10.0
 LOST_NODES = {node: 20.0 for node in range(0, NODES, 100)}  # 10 nodes lost 20 s in
 CPU_ELEMENTS = 1_000_000
+REPLAYS = 3  # of each recorded job, for the CPU figures: their median
 
 
 def run_times(seed, tail_share):
@@ -105,8 +107,8 @@ class _Recorder:
 class _Replay:
     """A backend that gives the answers a recorded one gave, at next to no cost."""
 
-    def __init__(self, calls):
-        self._answers = iter([result for _, _, result in calls])
+    def __init__(self, answers):
+        self._answers = iter(answers)
 
     def _answer(self, *args):
         return next(self._answers)
@@ -114,15 +116,18 @@ class _Replay:
     now = submit = cancel = wait = alive_nodes = avoid_nodes = _answer
 
 
-def _cpu(run, *args):
-    """Process time of ``run(*args)``; what was recorded before is kept out of the collector's
-    way."""
+def _cpu(replay):
+    """Median process time of REPLAYS calls of ``replay()``, and what the last one returned;
+    what was recorded is kept out of the collector's way."""
     gc.collect()
     gc.freeze()
     try:
-        started = time.process_time()
-        run(*args)
-        return time.process_time() - started
+        times = []
+        for _ in range(REPLAYS):
+            started = time.process_time()
+            result = replay()
+            times.append(time.process_time() - started)
+        return statistics.median(times), result
     finally:
         gc.unfreeze()
 
@@ -141,10 +146,43 @@ def _recorded(elements, cls, names):
 def _replay_calls(target, calls):
     for method, args, _ in calls:
         method(target, *args)
+    return target
+
+
+def _nothing(*args):
+    pass
+
+
+def _replay_nothing(calls):
+    """The replay with every method doing nothing: what the calls cost by themselves."""
+    for _, args, _ in calls:
+        _nothing(None, *args)
+
+
+def _policy_cpu(elements, new_policy, expected):
+    """Seconds of the policy's replay, and of the same calls to methods doing nothing."""
+    calls = _recorded(elements, policy.Policy, [
+        "launches", "tick", "next_check", "take_stragglers", "stuck", "on_running",
+        "on_handed_off", "on_reported", "on_lost"])
+    seconds, replayed = _cpu(lambda: _replay_calls(new_policy(), calls))
+    assert replayed.state == expected
+    bare, _ = _cpu(lambda: _replay_nothing(calls))
+    return seconds, bare
+
+
+def _driver_cpu(elements, new_policy, expected):
+    """Seconds of the driver's replay: the loop and the policy, given the simulator's answers."""
+    answers = [result for _, _, result in _recorded(elements, SimBackend, [
+        "now", "submit", "cancel", "wait", "alive_nodes", "avoid_nodes"])]
+    seconds, values = _cpu(
+        lambda: JobLoop(new_policy(), JobReport(elements), _Replay(answers)).run())
+    assert values == expected
+    return seconds
 
 
 def driver_cpu(elements):
-    """Per-element CPU (µs) of the policy, of the whole driver, and of the simulation run.
+    """Per-element CPU (µs) of the policy, of calling its methods at all, of the whole driver,
+    and of the simulation run.
 
     The job is run again, recorded: once the policy's calls, once the backend's answers.
     Replaying the calls on a new Policy times the policy alone; replaying the answers to a new
@@ -153,22 +191,16 @@ def driver_cpu(elements):
     started = time.process_time()
     sim = _job(elements)
     total = time.process_time() - started
-    rules = sim.policy.rules
-    fresh = policy.Policy(elements, rules, BatchSizer(rules.max_workers))
-    calls = _recorded(elements, policy.Policy, [
-        "launches", "tick", "next_check", "take_stragglers", "stuck", "on_running",
-        "on_handed_off", "on_reported", "on_lost"])
-    in_policy = _cpu(_replay_calls, fresh, calls)
-    assert fresh.state == sim.policy.state and fresh.final == elements
-    del calls
-    answers = _Replay(_recorded(elements, SimBackend, [
-        "now", "submit", "cancel", "wait", "alive_nodes", "avoid_nodes"]))
-    loop = JobLoop(policy.Policy(elements, rules, BatchSizer(rules.max_workers)),
-                   JobReport(elements), answers)
-    in_driver = _cpu(loop.run)
-    assert loop.values == sim.values
+    rules, state, values = sim.policy.rules, sim.policy.state, sim.values
+    del sim  # and its report, a row for each attempt: memory the recordings need
+
+    def new_policy():
+        return policy.Policy(elements, rules, BatchSizer(rules.max_workers))
+
+    in_policy, in_calls = _policy_cpu(elements, new_policy, state)
+    in_driver = _driver_cpu(elements, new_policy, values)
     per = 1e6 / elements
-    return in_policy * per, in_driver * per, total * per
+    return in_policy * per, in_calls * per, in_driver * per, total * per
 
 
 def main():
@@ -187,17 +219,18 @@ def main():
         table,
         "",
         "Driver CPU per element, with the stragglers. The job is recorded, then replayed with "
-        "nothing wrapped: the policy's calls on a new Policy (the replay's own loop, ~1 µs "
-        "per element, included), and the simulator's answers to a new JobLoop and Policy; "
-        "the loop is the difference. The whole simulation is the recorded job run plainly.",
+        "nothing wrapped: the policy's calls on a new Policy, and the simulator's answers to a "
+        f"new JobLoop and Policy (medians of {REPLAYS} replays); the loop is the difference. "
+        "\"Calls alone\": the policy's replay with methods that do nothing (included in the "
+        "policy's figure). The whole simulation: the job run plainly.",
         "",
-        "| elements | policy (µs) | loop (µs) | driver: loop + policy (µs) "
-        "| whole simulation (µs) |",
-        "|---|---|---|---|---|",
-        *(f"| {elements:,} | {policy_s:.1f} | {driver_s - policy_s:.1f} | {driver_s:.1f} "
-          f"| {total_s:.1f} |"
-          for elements, (policy_s, driver_s, total_s) in ((ELEMENTS, small),
-                                                          (CPU_ELEMENTS, large))),
+        "| elements | policy (µs) | of which calls alone (µs) | loop (µs) "
+        "| driver: loop + policy (µs) | whole simulation (µs) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {elements:,} | {policy_s:.1f} | {calls_s:.1f} | {driver_s - policy_s:.1f} "
+          f"| {driver_s:.1f} | {total_s:.1f} |"
+          for elements, (policy_s, calls_s, driver_s, total_s) in ((ELEMENTS, small),
+                                                                   (CPU_ELEMENTS, large))),
         "",
         "Target: policy at most 20 µs per element at 1,000,000 elements and 1,000 slots, and "
         "no growth with the number of elements.",
