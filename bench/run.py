@@ -28,10 +28,13 @@ def main(names: list[str]) -> None:
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
     stamp = (f"_{datetime.date.today().isoformat()}; {os.cpu_count()} cores, Python "
              f"{platform.python_version()}, {versions}._")
+    # This checkout's gpar, not the one installed in the venv (a git worktree shares it).
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     for script in chosen:
         print(f"running {script.name} ...", file=sys.stderr, flush=True)
         completed = subprocess.run([sys.executable, str(script)], cwd=ROOT, text=True,
-                                   stdout=subprocess.PIPE, check=True)
+                                   stdout=subprocess.PIPE, check=True, env=env)
         sections[script.name] = completed.stdout.strip() + "\n\n" + stamp
     header = (
         "# Benchmarks\n\n"

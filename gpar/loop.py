@@ -139,7 +139,8 @@ class JobLoop:
 
     def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
         stream.node, stream.pid = message.node_id, message.pid
-        self.policy.on_handed_off(batch, message.end)
+        if message.end < len(stream.launch.indices):  # the worker gave elements back
+            self.policy.on_handed_off(batch, message.end)
         count = len(message.finished)
         if count:
             self._take_finished(batch, stream, message, count)
@@ -156,7 +157,7 @@ class JobLoop:
         values, errors = self._unpickle_values(message, count)
         first = launch.indices[message.done_from]
         failed = {position - message.done_from: (error.kind, error.message)
-                  for position, error in errors.items()}
+                  for position, error in errors.items()} if errors else {}
         self.report.add_block(AttemptBlock(first, launch.attempt, launch.backup, stream.node,
                                            stream.pid, stream.submitted, previous,
                                            message.finished, failed))

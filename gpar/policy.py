@@ -57,6 +57,7 @@ import bisect
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
@@ -97,6 +98,8 @@ WRITING_PATIENCE = 8.0
 SCAN_S = 0.05
 
 _OPEN, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
+_DONE_BYTE = bytes([_DONE])
+_SAMPLE = 2001  # per-element times kept for the median
 
 
 def quorum_count(quorum: float, elements: int) -> int:
@@ -124,10 +127,10 @@ class Rules:
     errors: str = "warn"
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """Decision: run elements ``indices`` as batch ``batch``; the worker gives back the
-    elements queued behind one that has run ``handoff_after_s``."""
+    elements queued behind one that has run ``handoff_after_s``. A named tuple: one is made
+    for each batch, often for each element, and a frozen dataclass takes three times as long."""
 
     batch: int
     indices: range
@@ -161,15 +164,14 @@ class Stopped:
     killed: bool
 
 
-@dataclass(frozen=True)
-class _Work:
+class _Work(NamedTuple):  # a tuple, as Launch is
     indices: range
     attempt: int
     whole: bool  # dispatch as one batch, never re-cut
     backup: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     """A launched batch: which of its positions reported, which one is in fn, where it ends."""
 
@@ -217,7 +219,16 @@ class Policy:
         self._backed_up: set[int] = set()  # batches whose straggler got its backup
         self._contested: set[int] = set()  # batches running an element that has a backup
         self._new_stragglers: list[int] = []
-        self._durations: list[float] = []  # sorted sample of per-element times, for the median
+        self._durations: list[float] = []  # sorted; [_low:] is the sample of per-element times
+        self._low = 0
+        # Seconds in fn after which an attempt straggles (at the tail: _tail_threshold), from
+        # the median; None before any element finished. _check_after: after which tick() acts
+        # on it, as a straggler at the tail or at task_timeout_s.
+        self._threshold: float | None = None
+        self._tail_threshold: float | None = None
+        timeout = self.rules.task_timeout_s
+        self._timeout = math.inf if timeout is None else timeout
+        self._check_after = self._timeout
 
     # ----------------------------------------------------------------- decisions
 
@@ -228,20 +239,21 @@ class Policy:
     def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         decided = []
-        handoff_after_s = self._straggler_threshold(tail=False) or BACKUP_MIN_S
         while len(self._batches) < in_flight_limit and not self.finished:
             work = self._next_work()
             if work is None:
                 break
-            indices = self._trim_final(work.indices)
+            indices, attempt, backup = work
+            indices = self._trim_final(indices)
             if not indices:
                 continue
             batch = self._next_batch
             self._next_batch += 1
-            self._batches[batch] = _Batch(indices, work.attempt, work.backup, len(indices))
-            if work.backup:
+            self._batches[batch] = _Batch(indices, attempt, backup, len(indices))
+            if backup:
                 self._contested.add(batch)
-            decided.append(Launch(batch, indices, work.attempt, work.backup, handoff_after_s))
+            decided.append(Launch(batch, indices, attempt, backup,
+                                  self._threshold or BACKUP_MIN_S))
         return decided
 
     def tick(self, now: float) -> list[Stopped]:
@@ -270,23 +282,35 @@ class Policy:
 
     def stuck(self) -> bool:
         """Work waits (queued, parked, or launched and not started) and every batch that has
-        started straggles."""
-        started = [live for live in self._batches.values() if live.running is not None]
-        waiting = self._pending or self._parked or len(started) < len(self._batches)
-        return bool(waiting and started) and all(live.straggling for live in started)
+        started straggles. The walk stops at the first batch running at its pace: usually the
+        first one."""
+        waiting, started = bool(self._pending or self._parked), False
+        for live in self._batches.values():
+            if live.running is None:
+                waiting = True
+            elif not live.straggling:
+                return False
+            else:
+                started = True
+        return waiting and started
 
     def next_check(self, now: float) -> float:
-        """Seconds until tick() could decide something new (the loop's longest wait)."""
-        times = [1.0]
-        if self.rules.deadline_at is not None:
-            times.append(self.rules.deadline_at - now)
-        oldest = self._oldest_running()
-        if oldest is not None:
-            limits = [self._straggler_threshold(tail=True) or math.inf]
-            if self.rules.task_timeout_s is not None:
-                limits.append(self.rules.task_timeout_s)
-            times.append(max(self._next_scan, oldest + min(limits)) - now)
-        return max(0.0, min(times))
+        """Seconds until tick() could decide something new (the loop's longest wait).
+
+        Called on every turn of the loop, so it compares instead of calling min() and max(),
+        which take five times as long with two numbers.
+        """
+        wait = 1.0
+        deadline = self.rules.deadline_at
+        if deadline is not None and deadline - now < wait:
+            wait = deadline - now
+        if self._running:  # the attempt longest in fn is the first to straggle or time out
+            due = self._batches[next(iter(self._running))].running[1] + self._check_after
+            if due < self._next_scan:
+                due = self._next_scan
+            if due - now < wait:
+                wait = due - now
+        return wait if wait > 0.0 else 0.0
 
     # -------------------------------------------------------------------- events
 
@@ -334,12 +358,15 @@ class Policy:
         live.reported = first + count
         self.sizer.observe(count, seconds)
         self._sample_duration(seconds / count)
-        accepted = []
-        for part in self._owned_parts(live, first, first + count, errors):
-            accepted.extend(self._accept(live.indices[part.start:part.stop]))
-        for position, error in errors.items():
-            if position < live.end:
-                self._attempt_failed(live.indices[position], live.attempt, error)
+        if not errors:  # the usual report: accept what the batch still owns
+            accepted = self._accept(live.indices[first:min(first + count, live.end)])
+        else:
+            accepted = []
+            for part in self._owned_parts(live, first, first + count, errors):
+                accepted.extend(self._accept(live.indices[part.start:part.stop]))
+            for position, error in errors.items():
+                if position < live.end:
+                    self._attempt_failed(live.indices[position], live.attempt, error)
         if live.reported >= live.end:
             self._forget(batch)
         self._check_quorum()
@@ -370,24 +397,24 @@ class Policy:
 
     # ------------------------------------------------------------------- helpers
 
-    def _next_work(self) -> _Work | None:
-        """The next work to launch: the queue first, in order; parked elements once it is empty.
-        Re-cuttable work is cut to the size the BatchSizer asks for."""
+    def _next_work(self) -> tuple[range, int, bool] | None:
+        """The next work to launch, as (indices, attempt, backup): the queue first, in order;
+        parked elements once it is empty. Re-cuttable work is cut to the size the BatchSizer
+        asks for."""
         if self._pending:
             work = self._pending.popleft()
-            if work.whole:
-                self._queued -= len(work.indices)
-                return work
-            size = self.sizer.next_size(self._undispatched)
-            if size < len(work.indices):
-                self._pending.appendleft(_Work(work.indices[size:], work.attempt, whole=False))
-                work = _Work(work.indices[:size], work.attempt, whole=False)
-            self._undispatched -= len(work.indices)
-            self._queued -= len(work.indices)
-            return work
+            indices = work.indices
+            if not work.whole:
+                size = self.sizer.next_size(self._undispatched)
+                if size < len(indices):
+                    self._pending.appendleft(_Work(indices[size:], work.attempt, whole=False))
+                    indices = indices[:size]
+                self._undispatched -= len(indices)
+            self._queued -= len(indices)
+            return indices, work.attempt, work.backup
         if self._parked:
             index, attempt = self._parked.popleft()
-            return _Work(range(index, index + 1), attempt, whole=True)
+            return range(index, index + 1), attempt, False
         return None
 
     def _enqueue(self, work: _Work, front: bool = False) -> None:
@@ -408,8 +435,6 @@ class Policy:
     def _owned_parts(self, live: _Batch, start: int, stop: int, errors) -> list[range]:
         """Positions in [start, stop) still owned by the batch and without an error."""
         stop = min(stop, live.end)
-        if not errors:
-            return [range(start, stop)] if start < stop else []
         parts, begin = [], start
         for position in sorted(p for p in errors if start <= p < stop):
             if begin < position:
@@ -423,15 +448,16 @@ class Policy:
         """Mark open elements of ``indices`` done; return the runs that were open."""
         if not indices:
             return []
-        segment = self.state[indices.start:indices.stop]
-        if segment.count(_OPEN) == len(indices):
-            self.state[indices.start:indices.stop] = bytes([_DONE]) * len(indices)
+        start, stop = indices.start, indices.stop
+        if self.state.count(_OPEN, start, stop) == len(indices):
+            self.state[start:stop] = _DONE_BYTE * len(indices)
             self.final += len(indices)
             return [indices]
+        segment = self.state[start:stop]
         runs, begin = [], None
         for offset, value in enumerate(segment):
             if value == _OPEN:
-                self.state[indices.start + offset] = _DONE
+                self.state[start + offset] = _DONE
                 self.final += 1
                 begin = offset if begin is None else begin
             elif begin is not None:
@@ -497,13 +523,13 @@ class Policy:
 
     def _handle_stragglers(self, now: float) -> list[Stopped]:
         """Mark stragglers; preempt those holding a slot work waits for; back up the rest."""
-        threshold = self._straggler_threshold(tail=False)
+        threshold = self._threshold
         if threshold is None:
             return []
         backups_allowed = (self.rules.backups and not self._pending  # waiting work goes first
                            and self.final >= BACKUP_AFTER_DONE * self.elements)
         if backups_allowed and len(self._batches) < self.rules.max_workers:
-            threshold = self._straggler_threshold(tail=True)  # the tail: slots are idle
+            threshold = self._tail_threshold  # the tail: slots are idle
         waiting = self._queued + len(self._parked)
         may_preempt = waiting if len(self._batches) >= self.rules.max_workers else 0
         budget = max(1, int(BACKUP_SHARE * self.elements))
@@ -609,18 +635,6 @@ class Policy:
             found.append((batch, live))
         return found
 
-    def _oldest_running(self) -> float | None:
-        for batch in self._running:
-            return self._batches[batch].running[1]
-        return None
-
-    def _straggler_threshold(self, tail: bool) -> float | None:
-        """Seconds in fn after which an attempt straggles; None before any element finished."""
-        if not self._durations:
-            return None
-        median = self._durations[len(self._durations) // 2]
-        return max(BACKUP_MIN_S, (TAIL_SLOWDOWN if tail else BACKUP_SLOWDOWN) * median)
-
     def _trim_final(self, indices: range) -> range:
         """``indices`` without final elements at either end (final ones inside stay: rare)."""
         start, stop = indices.start, indices.stop
@@ -631,9 +645,24 @@ class Policy:
         return range(start, stop)
 
     def _sample_duration(self, seconds: float) -> None:
-        bisect.insort(self._durations, seconds)
-        if len(self._durations) > 2001:  # keep the sample small: drop both extremes
-            del self._durations[0], self._durations[-1]
+        """Add to the sample of per-element times; set the thresholds from its median.
+
+        The sample is kept small by dropping both extremes. The smallest is dropped by moving
+        ``_low`` on, and the dropped ones are cut off once as many as the sample: shifting the
+        sample down for each took as long as the rest of a report.
+        """
+        durations = self._durations
+        bisect.insort(durations, seconds, self._low)
+        if len(durations) - self._low > _SAMPLE:
+            durations.pop()
+            self._low += 1
+            if self._low > _SAMPLE:
+                del durations[:self._low]
+                self._low = 0
+        median = durations[(self._low + len(durations)) // 2]
+        self._threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * median)
+        self._tail_threshold = max(BACKUP_MIN_S, TAIL_SLOWDOWN * median)
+        self._check_after = min(self._tail_threshold, self._timeout)
 
     def _check_quorum(self) -> None:
         if self.stop is None and self.rules.quorum < 1.0:

@@ -34,7 +34,7 @@ class AttemptRecord:
     error: str  # the failure's message, "" when ok
 
 
-@dataclass
+@dataclass(slots=True)
 class AttemptBlock:
     """Consecutive elements of one batch reported in one message: stored as columns."""
 

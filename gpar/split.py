@@ -37,17 +37,11 @@ class BatchSizer:
         self._elements += elements
         self._seconds += max(seconds, 0.0)
 
-    @property
-    def seconds_per_element(self) -> float | None:
-        if not self._elements:
-            return None
-        return max(self._seconds / self._elements, 1e-9)
-
     def next_size(self, remaining: int) -> int:
         """Elements for the next batch, when ``remaining`` elements are still to dispatch."""
-        per_element = self.seconds_per_element
-        if remaining <= self.slots or per_element is None:
+        if remaining <= self.slots or not self._elements:
             return 1
+        per_element = max(self._seconds / self._elements, 1e-9)
         balanced = remaining / (self.slots * BATCHES_PER_SLOT)
         floor = MIN_BATCH_S / per_element
         ceiling = TARGET_BATCH_S / per_element
