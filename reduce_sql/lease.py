@@ -39,6 +39,7 @@ class Lease:
     location: Location
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _renewer: threading.Thread | None = field(default=None, repr=False)
 
     @classmethod
     def acquire(cls, location: Location) -> Lease:
@@ -54,7 +55,8 @@ class Lease:
         if lease._read_holder() != lease.holder:
             raise OutputBusyError(f"{location.uri}: another driver took the lease at the same "
                                   "time; wait for its job to end, or write to another output")
-        threading.Thread(target=lease._renew, name="gpar-lease", daemon=True).start()
+        lease._renewer = threading.Thread(target=lease._renew, name="gpar-lease", daemon=True)
+        lease._renewer.start()
         return lease
 
     def check(self) -> None:
@@ -67,6 +69,8 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
+        if self._renewer is not None:  # a renewal under way must not write after the delete
+            self._renewer.join(timeout=LEASE_S / 4)
         if self._read_holder() == self.holder:
             self.location.delete([LEASE])
 
