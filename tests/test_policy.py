@@ -331,3 +331,18 @@ def test_a_quorum_given_as_a_fraction_of_the_elements_means_that_many():
     for launch in launch_all(p)[:29]:
         finish(p, launch)
     assert p.stop == "quorum"
+
+
+def test_a_batch_writing_its_last_tables_has_no_element_in_fn_to_straggle():
+    """With output=, a worker whose elements all finished reports the batch's end as running
+    while it writes their tables: the write is not an element straggling in fn."""
+    p = policy(100, max_workers=1)
+    p.sizer.observe(1, 0.01)
+    (only,) = launch_all(p, limit=1)  # the rest of the elements wait
+    last = len(only.indices) - 1
+    p.on_reported(only.batch, 0, 3, {}, 0.03, now=10.0)
+    p.on_running(only.batch, last, started_at=10.0)  # the last element in fn...
+    p.on_running(only.batch, last + 1, started_at=10.1)  # ...finished: its tables are written
+    assert p.tick(10.0 + 100 * BACKUP_MIN_S) == []  # neither preempted nor backed up
+    finish(p, only, now=60.0)
+    assert p.final == len(only.indices)
