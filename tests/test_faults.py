@@ -230,13 +230,15 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, 
     (tmp_path / "driver.py").write_text(textwrap.dedent(script))
     shutil.copy(faults.__file__, tmp_path)  # beside the script, as a user's helper module is
     env = {**os.environ, "RAY_ADDRESS": run_script.address}
-    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as sink:  # the driver's own copy stays open
+        driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], env=env,
+                                  stdout=subprocess.PIPE, stderr=sink, text=True)
     try:
         assert wait_until(lambda: len(pids(markers)) == 2, 60)  # both CPUs busy
         workers = pids(markers)
         driver.send_signal(signal.SIGINT)
-        assert driver.stdout.readline().strip() == "interrupted"
+        assert driver.stdout.readline().strip() == "interrupted", stderr.read_text()[-3000:]
         assert wait_until(lambda: not any(alive(pid) for pid in workers), 10)
         assert driver.poll() is None  # the driver is still alive
     finally:
