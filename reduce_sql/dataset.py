@@ -143,5 +143,5 @@ def _attach(connection: Any, name: str, dataset: Dataset) -> None:
             files, schema=dataset.schema, format="parquet",
             filesystem=dataset.location.filesystem))
     else:
-        relation = connection.read_parquet(files, union_by_name=True)
+        relation = connection.read_parquet(files, union_by_name=not dataset.manifest.uniform)
         relation.create_view(name)

@@ -499,6 +499,19 @@ def test_a_zero_row_task_on_resume_never_conflicts(tmp_path):
     assert resumed.schema.field("x").type == pa.float64() and resumed.tasks == {0, 1}
 
 
+def test_files_are_read_by_column_name_unless_all_share_one_schema(tmp_path):
+    """A run resumed with a column more: its files and the first run's differ, and a query
+    still finds each column by name (the first run's rows hold nulls in the new one)."""
+    location = locate(tmp_path / "out")
+    first = commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [1], "y": [2]}]))
+    assert first.uniform
+    later = parts_of(location, [{}, {"y": [3], "z": ["new"], "x": [4]}])[1:]
+    resumed = commit_module.commit(location, "j" * 64, later, previous=first)
+    assert not resumed.uniform
+    got = reduce_sql.Dataset(location).sql("SELECT x, y, z FROM data ORDER BY x").to_pylist()
+    assert got == [{"x": 1, "y": 2, "z": None}, {"x": 4, "y": 3, "z": "new"}]
+
+
 def test_overwrite_never_deletes_files_gpar_did_not_write(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.csv").write_text("a,b\n")
