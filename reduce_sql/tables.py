@@ -1,8 +1,8 @@
 """What fn may return with output=, turned into an Arrow table, and how it is written.
 
 The Parquet options come from bench/bench_reduce.py and FACTS.md's measurements of DuckDB over
-mapper outputs: dictionary encoding only where it pays (non-float columns), BYTE_STREAM_SPLIT for
-floats, zstd, and row groups of about a million rows.
+mapper outputs: dictionary encoding and zstd only where they pay (non-float columns), floats
+plain and LZ4, and row groups of about a million rows.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ ROW_GROUP_ROWS = 1_000_000
 #: columns skips most of a file, large enough not to slow a full scan; bench/bench_reduce.py.
 CLUSTERED_ROW_GROUP_ROWS = 131_072
 
-#: Floats byte-stream-split and LZ4, the other columns dictionary-encoded and zstd: random
-#: floats barely compress, the rest compresses well. bench/bench_reduce.py (e) writes a million
-#: evaluation rows so against zstd everywhere and pyarrow's defaults.
+#: Floats plain and LZ4, the other columns dictionary-encoded and zstd: measured floats barely
+#: compress, and decoding is what a scan pays for. bench/bench_reduce.py (e) writes the 20.8 M
+#: evaluation rows so and otherwise: byte-stream-split floats, 10 % smaller, cost DuckDB 15 % and
+#: polars 80 % of a full scan; pyarrow's defaults cost both more.
 FLOAT_COMPRESSION = "lz4"
 COMPRESSION = "zstd"
 
@@ -108,7 +109,8 @@ def write_table(table: pa.Table, path: str, filesystem: Any,
     """
     group_rows = ROW_GROUP_ROWS
     if cluster_by:
-        table = table.sort_by([(name, "ascending") for name in cluster_by])
+        # one chunk first: taking rows across a batch's chunks costs 1.5 x as much
+        table = table.combine_chunks().sort_by([(name, "ascending") for name in cluster_by])
         group_rows = CLUSTERED_ROW_GROUP_ROWS
     with filesystem.open_output_stream(path) as stream:
         pq.write_table(table, stream, row_group_size=group_rows,
@@ -123,5 +125,4 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     nested = any(pa.types.is_nested(field.type) for field in schema)
     compression = COMPRESSION if nested else {  # per column names only top-level columns
         name: FLOAT_COMPRESSION if name in floats else COMPRESSION for name in schema.names}
-    return {"compression": compression, "use_dictionary": others,
-            "use_byte_stream_split": floats or False}
+    return {"compression": compression, "use_dictionary": others}
