@@ -113,15 +113,14 @@ def apply(
             backups=backups,
             errors=errors,
         )
-        policy = Policy(len(pending), rules, BatchSizer(max_workers))
         report = JobReport(len(pending), environment_bytes=captured.nbytes,
                            skipped_globals=captured.skipped, image=image.report)
+        policy = Policy(len(pending), rules, BatchSizer(max_workers), counts=report)
         values = scheduler.run_job(
             pending, captured, policy,
             progress=shown_by_default() if progress is None else progress, report=report,
             output=claim, image=image,
         )
-        report.record_policy(policy)
         if claim is not None:
             values = claim.in_input_order(values, len(items))
             report.task_numbers = claim.pending
@@ -182,7 +181,7 @@ def _raise_or_warn(results: Results, policy: Policy) -> None:
         raise TaskError(policy.first_failure)
     if policy.stop == "budget":
         raise FailureBudgetExceeded(
-            f"{policy.failed_attempts} attempts failed, more than max_failures="
+            f"{policy.counts.failed_attempts} attempts failed, more than max_failures="
             f"{policy.rules.max_failures}; the job was cancelled, finished results are in "
             ".partial. The first failure: "
             f"{describe_failure(policy.first_failure) if policy.first_failure else 'none final'}",

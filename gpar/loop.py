@@ -21,21 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gpar.policy import Launch, Policy, SlowNodes, Stopped
+from gpar.policy import Policy, SlowNodes
+from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
 from gpar.report import AttemptBlock, JobReport
-from gpar.worker import ElementError, Progress
 
 #: Longest wait for news before the loop looks at the clock again (Ctrl-C is handled between
 #: waits).
 WAIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class BatchLost:
-    """A batch's stream broke before its last message: its worker died or its node was lost."""
-
-    exc_type: str
-    message: str
 
 
 class Backend(Protocol):
@@ -115,7 +107,6 @@ class JobLoop:
                 self.checkpoint(self.values, now)
             for launch in policy.launches(policy.rules.max_workers):
                 self.streams[launch.batch] = _Stream(launch, submitted=now)
-                self.report.batches += 1
                 backend.submit(launch)
             news = backend.wait(min(WAIT_S, policy.next_check(now)))
             for batch, each in news:
@@ -144,10 +135,10 @@ class JobLoop:
         count = len(message.finished)
         if count:
             self._take_finished(batch, stream, message, count)
-        if message.running is None:  # the batch is done
+        if message.last:
             self.streams.pop(batch, None)
         else:
-            self.policy.on_running(batch, *message.running)
+            self.policy.on_running(batch, message.running)
 
     def _take_finished(self, batch: int, stream: _Stream, message: Progress, count: int) -> None:
         launch = stream.launch

@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from gpar.policy import Launch
+from gpar.records import Launch
 from gpar.results import TaskFailure
 
 

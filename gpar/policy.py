@@ -59,9 +59,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from gpar.records import Counts, ElementError, Ended, Launch, Stopped
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
-from gpar.worker import ElementError
 
 #: Backups start once this share of the elements is final...
 BACKUP_AFTER_DONE = 0.5
@@ -127,43 +127,6 @@ class Rules:
     errors: str = "warn"
 
 
-class Launch(NamedTuple):
-    """Decision: run elements ``indices`` as batch ``batch``; the worker gives back the
-    elements queued behind one that has run ``handoff_after_s``. A named tuple: one is made
-    for each batch, often for each element, and a frozen dataclass takes three times as long."""
-
-    batch: int
-    indices: range
-    attempt: int
-    backup: bool = False
-    handoff_after_s: float = BACKUP_MIN_S
-
-
-@dataclass(frozen=True)
-class Ended:
-    """An attempt that ended without its worker's report: "timeout", "system" (lost with its
-    batch; both charged), "preempted" or "cancelled" (not charged)."""
-
-    index: int
-    attempt: int
-    started_at: float | None
-    outcome: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
-    ``unstarted``: elements it owned that never reported, other than that one: not seen
-    starting, or (output=) finished but not yet written. Charged nothing; queued again unless
-    they were final already."""
-
-    batch: int
-    attempt: Ended | None
-    unstarted: tuple[range, ...]
-    killed: bool
-
-
 class _Work(NamedTuple):  # a tuple, as Launch is
     indices: range
     attempt: int
@@ -193,15 +156,10 @@ class Policy:
     sizer: BatchSizer
     state: bytearray = field(init=False)
     failures: dict[int, TaskFailure] = field(default_factory=dict)
-    failed_attempts: int = 0
+    counts: Counts = field(default_factory=Counts)  # the job's JobReport, when it has one
     stop: str | None = None  # "quorum", "deadline", "budget", "raise", or None while running
     first_failure: TaskFailure | None = None  # the first element that failed for good
     final: int = 0
-    backups_launched: int = 0
-    retries: int = 0
-    timeouts: int = 0
-    preemptions: int = 0
-    batches_split: int = 0  # lost batches re-run in halves because the culprit was unknown
 
     def __post_init__(self):
         self.state = bytearray(self.elements)
@@ -249,6 +207,7 @@ class Policy:
                 continue
             batch = self._next_batch
             self._next_batch += 1
+            self.counts.batches += 1
             self._batches[batch] = _Batch(indices, attempt, backup, len(indices))
             if backup:
                 self._contested.add(batch)
@@ -314,19 +273,21 @@ class Policy:
 
     # -------------------------------------------------------------------- events
 
-    def on_running(self, batch: int, position: int, started_at: float) -> None:
-        """The element at ``position`` of ``batch`` entered fn at ``started_at``; a position
-        at the batch's end: none is in fn, its worker writes the last tables (output=)."""
+    def on_running(self, batch: int, running: tuple[int, float] | None) -> None:
+        """The element at position ``running[0]`` of ``batch`` entered fn at ``running[1]``;
+        None: none is in fn (with output=, its worker writes the last tables)."""
         live = self._batches.get(batch)
-        if live is not None and position >= live.end:
+        if live is None:
+            return
+        if running is None:
             live.running = None
             self._running.pop(batch, None)
-        elif live is not None:
-            if live.running is None or live.running[0] != position:
-                live.straggling = False
-            live.running = (position, started_at)
-            self._running[batch] = None
-            self._running.move_to_end(batch)
+            return
+        if live.running is None or live.running[0] != running[0]:
+            live.straggling = False
+        live.running = running
+        self._running[batch] = None
+        self._running.move_to_end(batch)
 
     def on_handed_off(self, batch: int, end: int) -> None:
         """The worker of ``batch`` gave back its positions from ``end`` on: queue them again."""
@@ -380,7 +341,7 @@ class Policy:
         open_ones = self._trim_final(live.indices[live.reported:live.end])
         if live.running is None:  # nothing seen in fn
             if len(open_ones) > 1:  # which element crashed is not known: halves, uncharged
-                self.batches_split += 1
+                self.counts.batches_lost += 1
                 half = len(open_ones) // 2
                 self._enqueue(_Work(open_ones[half:], live.attempt, whole=True), front=True)
                 self._enqueue(_Work(open_ones[:half], live.attempt, whole=True), front=True)
@@ -474,14 +435,14 @@ class Policy:
         return attempt
 
     def _attempt_failed(self, index: int, attempt: int, error: ElementError) -> None:
-        self.failed_attempts += 1
+        self.counts.failed_attempts += 1
         if self.state[index] != _OPEN:
             self._check_budget()
             return
         failed = self._failed_count.get(index, 0) + 1
         self._failed_count[index] = failed
         if error.retryable and failed <= self.rules.task_retries:
-            self.retries += 1
+            self.counts.retries += 1
             retry = _Work(range(index, index + 1), self._next_attempt(index, attempt), True)
             self._enqueue(retry, front=True)
         else:
@@ -512,7 +473,7 @@ class Policy:
             if self.state[index] != _OPEN:
                 stopped.append(Stopped(batch, self._cancelled(live, _LOST_RACE), rest, True))
                 continue
-            self.timeouts += 1
+            self.counts.timeouts += 1
             error = ElementError(
                 "TimeoutError", f"the attempt ran longer than task_timeout={limit} s",
                 "", "timeout", retryable=True)
@@ -548,11 +509,11 @@ class Policy:
             if may_preempt > 0 and (live.backup or now - started > patience):
                 may_preempt -= 1
                 stopped.append(self._preempt(batch, live))
-            elif (backups_allowed and not self._pending and self.backups_launched < budget
+            elif (backups_allowed and not self._pending and self.counts.backups < budget
                     and batch not in self._backed_up):
                 self._backed_up.add(batch)
                 self._contested.add(batch)
-                self.backups_launched += 1
+                self.counts.backups += 1
                 attempt = self._next_attempt(index, live.attempt)
                 self._enqueue(_Work(range(index, index + 1), attempt, whole=True, backup=True),
                               front=True)
@@ -564,7 +525,7 @@ class Policy:
         position, started = live.running
         index = live.indices[position]
         rest = self._kill(batch, live)
-        self.preemptions += 1
+        self.counts.preemptions += 1
         if not live.backup:
             self._preempted[index] = self._preempted.get(index, 0) + 1
             self._parked.append((index, self._next_attempt(index, live.attempt)))
@@ -670,7 +631,7 @@ class Policy:
                 self._stop("quorum")
 
     def _check_budget(self) -> None:
-        if self.stop is None and self.failed_attempts > self.rules.max_failures:
+        if self.stop is None and self.counts.failed_attempts > self.rules.max_failures:
             self._stop("budget")
 
     def _stop(self, reason: str) -> None:

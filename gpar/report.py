@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpar.records import Counts
+
 
 @dataclass(frozen=True)
 class AttemptRecord:
@@ -59,31 +61,19 @@ class AttemptBlock:
 
 
 @dataclass
-class JobReport:
-    """What happened in one apply() call: attempts, what was shipped, what was left out."""
+class JobReport(Counts):
+    """What happened in one apply() call: attempts, what was shipped, what was left out, and
+    what the scheduling policy counted (it counts into the report itself)."""
 
     elements: int
     environment_bytes: int = 0
     skipped_globals: dict[str, str] = field(default_factory=dict)
     image: Any = None  # envpack's ImageReport: the layers shipped, cache hits, seconds spent
-    batches: int = 0
-    batches_lost: int = 0  # lost batches re-run in halves: which element crashed was unknown
-    retries: int = 0
-    backups: int = 0
-    timeouts: int = 0
-    preemptions: int = 0
-    failed_attempts: int = 0
     #: The element of xs each element of this run is, when a resumed output job skipped the
     #: committed ones; None: element i is xs[i].
     task_numbers: Sequence[int] | None = field(default=None, repr=False)
     _blocks: list[AttemptBlock] = field(default_factory=list, repr=False)
     _unstarted: list[range] = field(default_factory=list, repr=False)
-
-    def record_policy(self, policy: Any) -> None:
-        """Copy the job's totals from its scheduling policy."""
-        self.retries, self.backups = policy.retries, policy.backups_launched
-        self.timeouts, self.failed_attempts = policy.timeouts, policy.failed_attempts
-        self.batches_lost, self.preemptions = policy.batches_split, policy.preemptions
 
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from gpar.environment import CapturedEnvironment
-from gpar.loop import BatchLost, JobLoop
-from gpar.policy import Launch, Policy
+from gpar.loop import JobLoop
+from gpar.policy import Policy
+from gpar.records import BatchLost, Launch, Progress
 from gpar.report import JobReport
-from gpar.worker import PickledItems, Progress, blocking_call
+from gpar.worker import PickledItems, blocking_call
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
@@ -139,7 +140,7 @@ class RayBackend:
             self._forget(batch)
             return batch, BatchLost(type(exc).__qualname__, str(exc).strip())
         self.unheard.pop(batch, None)
-        if message.running is None:  # its last message
+        if message.last:
             self._forget(batch)
         return batch, message
 

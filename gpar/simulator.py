@@ -24,11 +24,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpar.loop import BatchLost, JobLoop
-from gpar.policy import Launch, Policy, Rules, default_max_failures
+from gpar.loop import JobLoop
+from gpar.policy import Policy, Rules, default_max_failures
+from gpar.records import BatchLost, ElementError, Launch, Progress
 from gpar.report import JobReport
 from gpar.split import BatchSizer
-from gpar.worker import FLUSH_S, ElementError, Progress
+from gpar.worker import FLUSH_S
 
 
 class SimulationStalled(RuntimeError):
@@ -74,11 +75,10 @@ def simulate(elements: int, run_time: Callable[[int, int], float], *,
         max_failures=default_max_failures(elements) if max_failures is None else max_failures,
         deadline_at=deadline_s, task_timeout_s=task_timeout_s, quorum=quorum,
         backups=backups, errors=errors)
-    policy = Policy(elements, rules, BatchSizer(rules.max_workers))
     report = JobReport(elements)
+    policy = Policy(elements, rules, BatchSizer(rules.max_workers), counts=report)
     backend = SimBackend(cluster, run_time, faults or {}, max_time_s)
     values = JobLoop(policy, report, backend).run()
-    report.record_policy(policy)
     return Simulation(values, report, policy, backend.clock, backend.starts)
 
 
@@ -282,8 +282,8 @@ class SimBackend:
             in_fn = (running.position, running.element_started)
         node = running.node
         return Progress(first, pickle.dumps(values), errors, running.finished[first:done],
-                        in_fn, running.end, running.started, f"node-{node}",
-                        node * 1000 + running.launch.batch % 1000)
+                        in_fn, running.end, done >= running.end, running.started,
+                        f"node-{node}", node * 1000 + running.launch.batch % 1000)
 
     def _next_flush(self, running: _Running, after: float | None = None) -> float:
         """The first flush of the batch's clock after ``after`` (default: now)."""

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from gpar import environment
+from gpar.records import ElementError, Progress
 
 if TYPE_CHECKING:
     from envpack import ImageCheck
@@ -65,37 +66,6 @@ WRITE_ALONE_AFTER_S = 0.25
 #: With output=: the longest a finished element's table waits to be written, so the driver's
 #: quorum, deadline and progress see it soon whatever fn does next.
 HOLD_S = 1.0
-
-
-@dataclass(frozen=True)
-class ElementError:
-    """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
-    be pickled), "output" (its table could not be written), "environment" (the call could not
-    be restored on this worker). ``exception``: the exception itself, for the driver to raise
-    (an EnvironmentMismatch), else None."""
-
-    exc_type: str
-    message: str
-    traceback: str
-    kind: str
-    retryable: bool
-    exception: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Elements ``done_from .. done_from + len(finished)`` of a batch finished since last time."""
-
-    done_from: int
-    values: bytes  # the pickled list of values, None where ``errors`` holds the position
-    errors: dict[int, ElementError]
-    finished: array  # of doubles: wall-clock time each element finished
-    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn now;
-    # ``end``: none, the last tables are being written (output=); None: the batch is done
-    end: int  # positions from here on were handed back: this batch never starts them
-    elements_started: float  # when the first element started, the environment restored
-    node_id: str
-    pid: int
 
 
 #: Calls the element thread of the running batch wants made on the task's main thread.
@@ -360,11 +330,9 @@ class _BatchRun:
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
         # values and errors are set before finished grows, or written moves
         done = len(self.finished) if self.writer is None else self.written
-        running = None
-        if done < self.end:  # the element in fn; with output=, ``end`` while the last are written
-            position = min(len(self.finished), self.end)
-            started = self.finished[position - 1] if position else self.elements_started
-            running = (position, started)
+        position, running = len(self.finished), None
+        if position < self.end:  # the element in fn (with output=, none while the last are written)
+            running = (position, self.finished[position - 1] if position else self.elements_started)
         # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration
         errors = {p: e for p, e in self.errors.copy().items() if reported <= p < done}
         values, errors = _pickle_values(self.values[reported:done], errors, reported)
@@ -375,6 +343,7 @@ class _BatchRun:
             finished=self.finished[reported:done],
             running=running,
             end=self.end,
+            last=done >= self.end,
             elements_started=self.elements_started,
             node_id=node_id,
             pid=os.getpid(),

@@ -12,8 +12,8 @@ from gpar.policy import (
     SlowNodes,
     default_max_failures,
 )
+from gpar.records import ElementError
 from gpar.split import BatchSizer
-from gpar.worker import ElementError
 
 CRASH = ElementError("WorkerCrashedError", "worker died", "", "system", retryable=True)
 FN_ERROR = ElementError("ValueError", "bad", "tb", "error", retryable=False)
@@ -69,7 +69,7 @@ def test_retryable_failure_is_retried_alone_until_the_element_budget_is_spent():
         launches = launch_all(p)
         if attempt < 2:
             launch = launches[0]
-    assert launches == [] and p.failures[0].attempts == 3 and p.retries == 2
+    assert launches == [] and p.failures[0].attempts == 3 and p.counts.retries == 2
 
 
 def test_total_budget_stops_the_job_when_crossed():
@@ -101,14 +101,14 @@ def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest(
     launch = launch_all(p, limit=1)[0]
     assert len(launch.indices) > 3
     p.on_reported(launch.batch, 0, 2, {}, 0.002, now=1.0)
-    p.on_running(launch.batch, 2, started_at=1.0)
+    p.on_running(launch.batch, (2, 1.0))
     assert p.tick(1.0 + timeout - 0.01) == []
     (stopped,) = p.tick(1.0 + timeout + 0.1)
     assert stopped.batch == launch.batch and stopped.killed
     assert (stopped.attempt.index, stopped.attempt.outcome) == (2, "timeout")
     assert stopped.unstarted == (launch.indices[3:],)  # queued again, uncharged
     retry = launch_all(p, limit=1)[0]
-    assert list(retry.indices) == [2] and retry.attempt == 1 and p.timeouts == 1
+    assert list(retry.indices) == [2] and retry.attempt == 1 and p.counts.timeouts == 1
     finish(p, retry)
     rest = []
     while not p.finished:
@@ -136,7 +136,7 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
         finish(p, launch, now=1.0, seconds=0.2)
     slow = launches[9]
     threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * 0.2)  # the median element took 0.2 s
-    p.on_running(slow.batch, 0, started_at=0.0)
+    p.on_running(slow.batch, (0, 0.0))
     p.tick(threshold - 0.05)
     assert launch_all(p) == []  # not slow enough yet
     p.tick(threshold + 0.05)
@@ -146,7 +146,7 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
     (loser,) = p.tick(2.1)
     assert loser.batch == slow.batch and loser.attempt.outcome == "cancelled"
     assert finish(p, slow, now=3.0) == []  # and its late result is never accepted twice
-    assert p.finished and p.backups_launched == 1
+    assert p.finished and p.counts.backups == 1
 
 
 def test_at_the_tail_a_shorter_straggle_earns_a_backup():
@@ -155,7 +155,7 @@ def test_at_the_tail_a_shorter_straggle_earns_a_backup():
         launches = launch_all(p)
         for launch in launches[:9]:
             finish(p, launch, now=1.0, seconds=1.0)
-        p.on_running(launches[9].batch, 0, started_at=0.0)
+        p.on_running(launches[9].batch, (0, 0.0))
         return p
 
     tail = TAIL_SLOWDOWN * 1.0 + 0.05
@@ -175,13 +175,13 @@ def test_elements_a_worker_hands_back_are_queued_again_uncharged():
     (only,) = launch_all(p, limit=1)
     assert only.handoff_after_s == BACKUP_MIN_S  # what the worker is told: 3x a tiny median
     p.on_reported(only.batch, 0, 10, {}, 0.01, now=1.0)
-    p.on_running(only.batch, 10, started_at=1.0)
+    p.on_running(only.batch, (10, 1.0))
     p.on_handed_off(only.batch, 11)  # the worker gives back what is behind element 10
     launches = launch_all(p, limit=10)
     handed_off = [i for launch in launches for i in launch.indices]
     assert handed_off[:len(only.indices) - 11] == list(only.indices[11:])
     assert {launch.attempt for launch in launches} == {0}  # never started: not an attempt
-    assert p.failed_attempts == 0 and not any(launch.backup for launch in launches)
+    assert p.counts.failed_attempts == 0 and not any(launch.backup for launch in launches)
     rest = len(only.indices) - 10  # a report past the batch's end accepts only what it kept
     assert p.on_reported(only.batch, 10, rest, {}, 0.5, now=2.0) == [range(10, 11)]
     assert only.batch not in p._batches
@@ -192,7 +192,7 @@ def test_no_backups_when_turned_off():
     launches = launch_all(p)
     for launch in launches[:9]:
         finish(p, launch, seconds=0.1)
-    p.on_running(launches[9].batch, 0, started_at=0.0)
+    p.on_running(launches[9].batch, (0, 0.0))
     p.tick(100.0)
     assert launch_all(p) == []
 
@@ -202,7 +202,7 @@ def test_a_lost_batch_with_one_unreported_element_charges_it():
     launch = launch_all(p)[0]
     stopped = p.on_lost(launch.batch, CRASH)
     assert (stopped.attempt.index, stopped.attempt.outcome) == (0, "system")
-    assert not stopped.killed and p.failed_attempts == 1
+    assert not stopped.killed and p.counts.failed_attempts == 1
     assert launch_all(p)[0].attempt == 1
 
 
@@ -213,9 +213,9 @@ def test_elements_finished_but_not_yet_written_are_requeued_uncharged_with_their
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(only.batch, 0, 10, {}, 0.01, now=1.0)
-    p.on_running(only.batch, 30, started_at=1.0)  # 10..29 finished in fn, not yet written
+    p.on_running(only.batch, (30, 1.0))  # 10..29 finished in fn, not yet written
     stopped = p.on_lost(only.batch, CRASH)
-    assert stopped.attempt.index == 30 and p.failed_attempts == 1
+    assert stopped.attempt.index == 30 and p.counts.failed_attempts == 1
     assert stopped.unstarted == (only.indices[10:30], only.indices[31:])
     again = sorted(i for launch in launch_all(p) for i in launch.indices)
     assert again == list(only.indices[10:])  # 30 retried alone, the rest uncharged
@@ -231,7 +231,7 @@ def test_a_lost_batch_with_nothing_seen_in_fn_is_split_uncharged():
     halves = launch_all(p, limit=2)
     assert [i for h in halves for i in h.indices] == list(launch.indices)
     assert {h.attempt for h in halves} == {0}
-    assert p._failed_count == {} and p.failed_attempts == 0 and p.batches_split == 1
+    assert p._failed_count == {} and p.counts.failed_attempts == 0 and p.counts.batches_lost == 1
 
 
 def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
@@ -239,10 +239,10 @@ def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(only.batch, 0, 50, {}, 0.01, now=1.0)
-    p.on_running(only.batch, 50, started_at=1.0)
+    p.on_running(only.batch, (50, 1.0))
     stopped = p.on_lost(only.batch, CRASH)
     assert (stopped.attempt.index, stopped.attempt.attempt) == (50, 0)
-    assert stopped.unstarted == (only.indices[51:],) and p.failed_attempts == 1
+    assert stopped.unstarted == (only.indices[51:],) and p.counts.failed_attempts == 1
     suspect = launch_all(p, limit=1)[0]
     assert list(suspect.indices) == [50] and suspect.attempt == 1  # alone, first
     rest = [i for launch in launch_all(p, limit=10) for i in launch.indices]
@@ -296,7 +296,7 @@ def test_stragglers_are_reported_once_each():
     p = policy(4, max_workers=4)
     launches = p.launches(4)
     for launch in launches:
-        p.on_running(launch.batch, 0, 0.0)
+        p.on_running(launch.batch, (0, 0.0))
     p.on_reported(launches[0].batch, 0, 1, {}, 0.1, 0.1)
     p.tick(5.0)
     assert sorted(p.take_stragglers()) == [1, 2, 3]
@@ -313,7 +313,7 @@ def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_la
     p.sizer.observe(1, 0.01)
     (only,) = launch_all(p, limit=1)  # the rest of the elements wait
     p.on_reported(only.batch, 0, 3, {}, 0.03, now=10.0)
-    p.on_running(only.batch, 3 + held, started_at=10.0)
+    p.on_running(only.batch, (3 + held, 10.0))
     first = p.tick(10.0 + BACKUP_MIN_S + 0.1)
     if not held:
         assert [stopped.attempt.outcome for stopped in first] == ["preempted"]
@@ -334,15 +334,15 @@ def test_a_quorum_given_as_a_fraction_of_the_elements_means_that_many():
 
 
 def test_a_batch_writing_its_last_tables_has_no_element_in_fn_to_straggle():
-    """With output=, a worker whose elements all finished reports the batch's end as running
-    while it writes their tables: the write is not an element straggling in fn."""
+    """With output=, a worker whose elements all finished reports no element in fn while it
+    writes their tables: the write is not an element straggling in fn."""
     p = policy(100, max_workers=1)
     p.sizer.observe(1, 0.01)
     (only,) = launch_all(p, limit=1)  # the rest of the elements wait
     last = len(only.indices) - 1
     p.on_reported(only.batch, 0, 3, {}, 0.03, now=10.0)
-    p.on_running(only.batch, last, started_at=10.0)  # the last element in fn...
-    p.on_running(only.batch, last + 1, started_at=10.1)  # ...finished: its tables are written
+    p.on_running(only.batch, (last, 10.0))  # the last element in fn...
+    p.on_running(only.batch, None)  # ...finished: its tables are written
     assert p.tick(10.0 + 100 * BACKUP_MIN_S) == []  # neither preempted nor backed up
     finish(p, only, now=60.0)
     assert p.final == len(only.indices)

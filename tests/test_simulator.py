@@ -73,9 +73,9 @@ def check_invariants(elements, knobs, sim):
     assert len(policy.failures) + sum(not isinstance(v, TaskFailure) for v in values) == elements
     # every failed attempt is a row of the report, and a crossed budget aborts
     rows = report.attempts
-    assert sum(row.outcome in CHARGED for row in rows) == policy.failed_attempts
+    assert sum(row.outcome in CHARGED for row in rows) == policy.counts.failed_attempts
     max_failures = knobs["max_failures"]
-    if max_failures is not None and policy.failed_attempts > max_failures:
+    if max_failures is not None and policy.counts.failed_attempts > max_failures:
         assert policy.stop is not None  # "budget", or the job had stopped already
     # the deadline holds in simulated time
     if knobs["deadline_s"] is not None:

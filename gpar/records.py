@@ -1,0 +1,106 @@
+"""The records that cross a boundary of the driver loop, in one place every side imports.
+
+    policy ──Launch──▶ loop ──▶ backend (Ray or the simulator) ──▶ worker
+    worker ──Progress (ElementError per failed element)──▶ backend ──▶ loop ──▶ policy
+    backend ──BatchLost──▶ loop;  policy ──Stopped (Ended)──▶ loop ──▶ report
+    policy ──counts──▶ Counts, which the JobReport is
+
+Plain data only: no behaviour, and nothing here imports the modules that use them.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Launch(NamedTuple):
+    """Decision: run elements ``indices`` as batch ``batch``; the worker gives back the
+    elements queued behind one that has run ``handoff_after_s``. A named tuple: one is made
+    for each batch, often for each element, and a frozen dataclass takes three times as long."""
+
+    batch: int
+    indices: range
+    attempt: int
+    backup: bool
+    handoff_after_s: float
+
+
+@dataclass(frozen=True)
+class ElementError:
+    """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
+    be pickled), "output" (its table could not be written), "environment" (the call could not
+    be restored on this worker), "system" (lost with its batch). ``exception``: the exception
+    itself, for the driver to raise (an EnvironmentMismatch), else None."""
+
+    exc_type: str
+    message: str
+    traceback: str
+    kind: str
+    retryable: bool
+    exception: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A batch's news: elements ``done_from .. done_from + len(finished)`` finished since its
+    last message, and what it does now."""
+
+    done_from: int
+    values: bytes  # the pickled list of values, None where ``errors`` holds the position
+    errors: dict[int, ElementError]
+    finished: array  # of doubles: wall-clock time each element finished
+    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn;
+    # None: none is (with output=, the last tables are being written), or the batch is done
+    end: int  # positions from here on were handed back: this batch never starts them
+    last: bool  # the batch's last message: every element it kept has reported
+    elements_started: float  # when the first element started, the environment restored
+    node_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class BatchLost:
+    """A batch's stream broke before its last message: its worker died or its node was lost."""
+
+    exc_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An attempt that ended without its worker's report: "timeout", "system" (lost with its
+    batch; both charged), "preempted" or "cancelled" (not charged)."""
+
+    index: int
+    attempt: int
+    started_at: float | None
+    outcome: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
+    ``unstarted``: elements it owned that never reported, other than that one: not seen
+    starting, or (output=) finished but not yet written. Charged nothing; queued again unless
+    they were final already."""
+
+    batch: int
+    attempt: Ended | None
+    unstarted: tuple[range, ...]
+    killed: bool
+
+
+@dataclass(kw_only=True)
+class Counts:
+    """What a job's policy counts as it decides; a JobReport is one, so nothing is copied."""
+
+    batches: int = 0  # batches launched
+    batches_lost: int = 0  # lost batches re-run in halves: which element crashed was unknown
+    retries: int = 0
+    backups: int = 0
+    timeouts: int = 0
+    preemptions: int = 0
+    failed_attempts: int = 0
