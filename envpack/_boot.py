@@ -185,7 +185,8 @@ def _unpack(archive: bytes, root: str, path: str) -> None:
 
 
 def cache_root() -> str:
-    """ENVPACK_CACHE_DIR, else the user's cache directory (XDG on Linux)."""
+    """ENVPACK_CACHE_DIR, else the user's cache directory (XDG's): the driver's built archives
+    and the workers' unpacked layers. Here, as _boot is all a worker has before its image."""
     configured = os.environ.get("ENVPACK_CACHE_DIR")
     if configured:
         return configured

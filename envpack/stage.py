@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import time
 import warnings
 from collections.abc import Collection, Iterable, Sequence
@@ -47,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import platformdirs  # here, not where used: a module first loaded by a job changes the next image
 
 from envpack import _boot, discover, imports
 from envpack.delta import WorkerFacts, select
@@ -143,9 +141,8 @@ def _warn_unresolved(unresolved: Sequence[tuple[str, str]]) -> None:
 
 
 def layers_dir() -> Path:
-    """Where built archives are kept: ENVPACK_CACHE_DIR, else the user's cache directory."""
-    root = os.environ.get("ENVPACK_CACHE_DIR") or platformdirs.user_cache_dir("envpack")
-    return Path(root) / "layers"
+    """Where built archives are kept: beside the layers a worker on this host unpacks."""
+    return Path(_boot.cache_root()) / "layers"
 
 
 _facts: dict[str, WorkerFacts] = {}

@@ -25,10 +25,6 @@ from gpar.policy import Policy, SlowNodes
 from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
 from gpar.report import AttemptBlock, JobReport
 
-#: Longest wait for news before the loop looks at the clock again (Ctrl-C is handled between
-#: waits).
-WAIT_S = 1.0
-
 
 class Backend(Protocol):
     """Where batches run: Ray, or the simulator."""
@@ -108,7 +104,7 @@ class JobLoop:
             for launch in policy.launches(policy.rules.max_workers):
                 self.streams[launch.batch] = _Stream(launch, submitted=now)
                 backend.submit(launch)
-            news = backend.wait(min(WAIT_S, policy.next_check(now)))
+            news = backend.wait(policy.next_check(now))
             for batch, each in news:
                 if batch in self.streams:
                     self._on_news(batch, each)

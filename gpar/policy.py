@@ -93,6 +93,9 @@ PREEMPT_BACKOFF = 2.0
 #: again, and on a busy object store a file takes seconds (bench/bench_reduce.py (c)).
 WRITING_PATIENCE = 8.0
 
+#: Longest the loop waits for news before it asks again (Ctrl-C is handled between waits).
+MAX_WAIT_S = 1.0
+
 #: Shortest time between two scans of the running attempts for stragglers and timeouts: a scan
 #: costs a few steps per straggler, and events come far more often on a large cluster.
 SCAN_S = 0.05
@@ -254,12 +257,13 @@ class Policy:
         return waiting and started
 
     def next_check(self, now: float) -> float:
-        """Seconds until tick() could decide something new (the loop's longest wait).
+        """Seconds until tick() could decide something new: the loop waits that long for news,
+        at most MAX_WAIT_S.
 
         Called on every turn of the loop, so it compares instead of calling min() and max(),
         which take five times as long with two numbers.
         """
-        wait = 1.0
+        wait = MAX_WAIT_S
         deadline = self.rules.deadline_at
         if deadline is not None and deadline - now < wait:
             wait = deadline - now
