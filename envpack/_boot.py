@@ -51,12 +51,14 @@ def probe() -> dict:
     }
 
 
-def run_staged(layers, target, refs, payload):
+def run_staged(layers, target, refs, raw, payload):
     """Stage ``layers`` ((digest, ObjectRef) pairs), then yield from ``target(*ray.get(refs),
-    *pickle.loads(payload))``, ``target`` being "module:function".
+    *raw, *pickle.loads(payload))``, ``target`` being "module:function".
 
     The caller's arguments travel as opaque bytes and references: Ray would otherwise unpickle
     them before this function starts, when the packages their classes need are not there yet.
+    ``raw``: bytes the target unpickles itself, when it can (a batch's elements: once its image
+    is verified); passed as they are, never pickled again inside ``payload``.
     """
     import ray
 
@@ -67,7 +69,7 @@ def run_staged(layers, target, refs, payload):
         pass
     module, _, name = target.partition(":")
     function = getattr(importlib.import_module(module), name)
-    yield from function(*ray.get(list(refs)), *pickle.loads(payload))
+    yield from function(*ray.get(list(refs)), *raw, *pickle.loads(payload))
 
 
 #: Layers staged into this worker process, digest -> ObjectRef: a nested call reuses them.

@@ -89,15 +89,16 @@ class StagedImage:
     report: ImageReport
 
     def submit(self, remote: Any, target: str, refs: Sequence[Any], args: tuple,
-               **ray_options: Any) -> Any:
+               raw: tuple[bytes, ...] = (), **ray_options: Any) -> Any:
         """Call ``target`` ("module:function") on a worker through ``remote`` (from
-        ``bootstrap``) with the values of ``refs`` and then ``args``; ``ray_options`` go to
-        Ray's ``.options`` (which can be applied once) with the image's runtime_env."""
+        ``bootstrap``) with the values of ``refs``, the ``raw`` bytes as they are, then
+        ``args``; ``ray_options`` go to Ray's ``.options`` (which can be applied once) with the
+        image's runtime_env."""
         if self.runtime_env is not None:
             ray_options["runtime_env"] = self.runtime_env
         if ray_options:
             remote = remote.options(**ray_options)
-        return remote.remote(self.layers, target, list(refs), cloudpickle.dumps(args))
+        return remote.remote(self.layers, target, list(refs), raw, cloudpickle.dumps(args))
 
 
 def bootstrap(**ray_options: Any) -> Any:

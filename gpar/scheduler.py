@@ -15,6 +15,7 @@ wall-clock seconds, the clock the workers stamp their progress with.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from gpar.loop import JobLoop
 from gpar.policy import Policy
 from gpar.records import BatchLost, Launch, Progress
 from gpar.report import JobReport
-from gpar.worker import PickledItems, blocking_call
+from gpar.worker import blocking_call
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
@@ -87,9 +88,10 @@ class RayBackend:
     def submit(self, launch: Launch) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.output is None else self.output.sink(launch)
+        items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
         ref = self.image.submit(
             self.remote, RUN_BATCH, [self.environment_ref],
-            (PickledItems.of(chunk), sink, self.image.check, launch.handoff_after_s),
+            (len(chunk), sink, self.image.check, launch.handoff_after_s), raw=(items,),
             **self.placement)
         self.streams[launch.batch] = ref
         self.batch_of[ref] = launch.batch

@@ -42,7 +42,6 @@ import traceback
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -82,39 +81,22 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return future.result()
 
 
-@dataclass(frozen=True)
-class PickledItems:
-    """A batch's elements, unpickled on the worker only once its image is verified: an
-    element whose class comes from a distribution the worker lacks must not fail before the
-    mismatch can be reported."""
-
-    count: int
-    pickled: bytes
-
-    @classmethod
-    def of(cls, items: Sequence[Any]) -> PickledItems:
-        return cls(len(items), cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def load(self) -> Sequence[Any]:
-        return pickle.loads(self.pickled)
-
-    def __len__(self) -> int:
-        return self.count
-
-
-def run_batch(environment: tuple[bytes, list[Any]], items: PickledItems,
+def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
               sink: Any = None, image: ImageCheck | None = None,
               handoff_after_s: float | None = None) -> Iterator[Progress]:
-    """Yield Progress messages while fn runs over ``items``; see the module docstring.
+    """Yield Progress messages while fn runs over the ``count`` pickled ``items``; see the
+    module docstring.
 
-    ``environment`` is the captured call: its stream and out-of-band buffers. With a ``sink``
+    ``environment`` is the captured call: its stream and out-of-band buffers. The items are
+    unpickled once the image is verified: an element whose class comes from a distribution the
+    worker lacks must not fail before the mismatch can be reported. With a ``sink``
     (a reduce_sql Sink), each value is written there and its Part is reported instead.
     ``image`` is what this worker must have before fn runs (envpack). The elements behind one
     that has run ``handoff_after_s`` are handed back.
     """
     global _main_thread_calls
     node_id = _node_id()
-    run = _BatchRun(*environment, items, sink, image)
+    run = _BatchRun(*environment, items, count, sink, image)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -178,9 +160,9 @@ def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -
 class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
-    def __init__(self, stream: bytes, buffers: list[Any], items: PickledItems, sink: Any,
+    def __init__(self, stream: bytes, buffers: list[Any], items: bytes, count: int, sink: Any,
                  image: ImageCheck | None = None):
-        self.stream, self.buffers, self.items = stream, buffers, items
+        self.stream, self.buffers, self.items, self.count = stream, buffers, items, count
         self.writer = None if sink is None else sink.open()  # a reduce_sql BatchWriter
         self.image = image
         self.values: list[Any] = []
@@ -189,7 +171,7 @@ class _BatchRun:
         self.written = 0  # positions [0, written) are final: their tables are in files
         self.elements_started = time.time()  # set again once the environment is restored
         self.restored = False  # until then no element is in fn: say nothing about one
-        self.end = len(items)  # positions from here on are not this batch's to start
+        self.end = count  # positions from here on are not this batch's to start
         self.claim = threading.Lock()  # held to start an element and to hand elements back
         self.settling = threading.Lock()  # held to hold a table, and to take or settle them
         self.writing = threading.Lock()  # held while a file is written
@@ -203,7 +185,7 @@ class _BatchRun:
             with _cycles_collected(enabled=bool(self.buffers)):
                 try:
                     call = environment.restore(self.stream, self.buffers)
-                    items = self.items.load()
+                    items = pickle.loads(self.items)
                 except BaseException as exc:
                     self._fail_all(exc)
                     return
@@ -309,7 +291,7 @@ class _BatchRun:
 
     def _fail_every_element(self, error: ElementError) -> None:
         now = time.time()
-        for position in range(len(self.items)):
+        for position in range(self.count):
             self.errors[position] = error
             self.values.append(None)
             self.finished.append(now)
