@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -76,65 +77,63 @@ def apply(
     each file is sorted by, so queries filtering on them skip most of the data. See README.md
     for each rule.
     """
-    if not callable(fn):
-        raise TypeError(
-            f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
-        )
     started = time.time()
-    items = _materialize(xs)
-    retry_on = _exception_types(retry_on)
-    _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env, packages,
-                   errors)
+    _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
+                   packages, errors, output, overwrite)
+    items = _materialize(xs)  # a generator is consumed only once the options are sound
+    retry_on, cluster_by = _exception_types(retry_on), _column_names(cluster_by, output)
     deadline_at = _deadline_at(deadline, started)
-    if overwrite and output is None:
-        raise ValueError("overwrite=True only applies with output=...; there is nothing to "
-                         "overwrite without it")
-    cluster_by = _column_names(cluster_by, output)
-    with as_gpar_errors():
-        claim = None if output is None else gpar_output.begin(output, items, fn, args, kwargs,
-                                                              overwrite, cluster_by)
-    try:
+    captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
+                                   retry_on=retry_on)
+    with _claimed(output, items, fn, args, kwargs, overwrite, cluster_by) as claim:
         pending = items if claim is None else [items[i] for i in claim.pending]
-        if len(pending) == 0:
-            return _finish(Results([], JobReport(elements=0)), claim, None)
-        captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
-                                       retry_on=retry_on)
-        cluster.connect(address)
-        image = _stage_image(packages, code=(fn, *args, *kwargs.values()))
-        max_workers = max_workers or cluster.cpu_slots()
-        rules = Rules(
-            max_workers=max_workers,
-            task_retries=task_retries,
-            max_failures=(default_max_failures(len(items)) if max_failures is None
-                          else max_failures),
-            deadline_at=deadline_at,
-            task_timeout_s=task_timeout,
-            quorum=quorum,
-            backups=backups,
-            errors=errors,
-        )
+        if len(pending) == 0:  # an earlier run of this job committed every element
+            return _collected(Results([], JobReport(elements=0)), claim)
+        image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
         report = JobReport(len(pending), environment_bytes=captured.nbytes,
                            skipped_globals=captured.skipped, image=image.report)
-        policy = Policy(len(pending), rules, BatchSizer(max_workers), counts=report)
+        slots = max_workers or cluster.cpu_slots()
+        rules = Rules(max_workers=slots, task_retries=task_retries,
+                      max_failures=(default_max_failures(len(items)) if max_failures is None
+                                    else max_failures),
+                      deadline_at=deadline_at, task_timeout_s=task_timeout, quorum=quorum,
+                      backups=backups, errors=errors)
+        policy = Policy(len(pending), rules, BatchSizer(slots), counts=report)
         values = scheduler.run_job(
-            pending, captured, policy,
-            progress=shown_by_default() if progress is None else progress, report=report,
-            output=claim, image=image,
-        )
-        if claim is not None:
-            values = claim.in_input_order(values, len(items))
-            report.task_numbers = claim.pending
-        return _finish(Results(values, report), claim, policy, image)
-    finally:
-        if claim is not None:
-            claim.release()
+            pending, captured, policy, report=report, image=image, output=claim,
+            progress=shown_by_default() if progress is None else progress)
+        return _collected(Results(values, report), claim, policy, image)
 
 
-def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Policy | None,
-            image: StagedImage | None = None) -> Results | Dataset:
+def _claimed(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
+             overwrite: bool, cluster_by: tuple[str, ...]
+             ) -> contextlib.AbstractContextManager[gpar_output.OutputJob | None]:
+    """The output claimed for this job while it runs (which elements are left to run, where
+    they write); nothing without output=."""
+    if output is None:
+        return contextlib.nullcontext()
+    with as_gpar_errors():
+        return gpar_output.begin(output, items, fn, args, kwargs, overwrite, cluster_by)
+
+
+def _staged_image(address: str | None, packages: str | Sequence[str],
+                  code: tuple[Any, ...]) -> StagedImage:
+    """Connect, then ship what the cluster's workers lack of the caller's packages
+    (envpack.stage), with what ``code`` (fn and its arguments) will import when it runs."""
+    from envpack import stage
+
+    cluster.connect(address)
+    with as_gpar_errors():
+        return stage.prepare(packages, always=RUNTIME_MODULES, code=code)
+
+
+def _collected(results: Results, claim: gpar_output.OutputJob | None,
+               policy: Policy | None = None, image: StagedImage | None = None
+               ) -> Results | Dataset:
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
+        results = claim.in_input_order(results)
         with as_gpar_errors():
             claim.commit(results, image)
     if policy is not None:
@@ -151,15 +150,6 @@ def _finish(results: Results, claim: gpar_output.OutputJob | None, policy: Polic
 #: shipped when the workers lack them, whatever ``packages`` says, and never dropped by the
 #: check as edited local modules are.
 RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
-
-
-def _stage_image(packages: str | Sequence[str], code: tuple[Any, ...]) -> StagedImage:
-    """Ship what the cluster's workers lack of the caller's packages (envpack.stage), with
-    what ``code`` (fn and its arguments) will import when it runs."""
-    from envpack import stage
-
-    with as_gpar_errors():
-        return stage.prepare(packages, always=RUNTIME_MODULES, code=code)
 
 
 def _raise_if_mismatched(results: Results) -> None:
@@ -257,8 +247,15 @@ def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
     return kinds
 
 
-def _check_options(max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors) -> None:
+def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
+                   packages, errors, output, overwrite) -> None:
+    if not callable(fn):
+        raise TypeError(
+            f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
+        )
+    if overwrite and output is None:
+        raise ValueError("overwrite=True only applies with output=...; there is nothing to "
+                         "overwrite without it")
     if max_workers is not None and not (isinstance(max_workers, int) and max_workers >= 1):
         raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
     if not (isinstance(task_retries, int) and task_retries >= 0):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -168,6 +168,30 @@ class _Checkpoints:
         took = time.time() - now
         self.due, self.final = now + max(CHECKPOINT_S, CHECKPOINT_SPACING * took), \
             self.policy.final
+
+
+def run_each(image: StagedImage, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` as Ray tasks started through the job's image (the workers
+    may lack gpar and reduce_sql): an output's commit merges files so, beside the data and in
+    parallel."""
+    from envpack.stage import bootstrap
+
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    remote = bootstrap(num_returns="streaming", max_retries=2)
+    streams = [image.submit(remote, "gpar.scheduler:call", [], (fn, item)) for item in items]
+    return blocking_call(_first_values, streams)
+
+
+def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
+    """Yield ``fn(item)``: what a task of run_each runs (staged tasks stream what they return)."""
+    yield fn(item)
+
+
+def _first_values(streams: list[Any]) -> list[Any]:
+    import ray
+
+    return [ray.get(next(stream)) for stream in streams]
 
 
 #: The task each batch runs, named rather than pickled: the worker imports it once the image's

@@ -425,7 +425,7 @@ def test_the_cli_prints_writes_and_describes(tmp_path):
 
 DIGEST_SCRIPT = """
 import dataclasses
-from gpar.output import job_digest
+from gpar.jobid import job_digest
 
 @dataclasses.dataclass(frozen=True)
 class Draw:
@@ -453,7 +453,7 @@ class Node:
 
 
 def test_a_job_with_other_set_members_is_another_job():
-    from gpar.output import job_digest
+    from gpar.jobid import job_digest
 
     def digest(columns):
         return job_digest([1, 2], abs, (), {"columns": columns})
