@@ -67,7 +67,7 @@ def imports_reached(roots: Iterable[Any], is_callers: Callable[[str], bool]) -> 
     seen: set[int] = set()
     stack = list(roots)
     while stack:
-        obj = _unwrap(stack.pop())
+        obj = unwrap(stack.pop())
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -132,7 +132,8 @@ def _members(cls: type) -> Iterator[Any]:
                 yield member
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap(obj: Any) -> Any:
+    """The function under partials and bound methods: whose code and globals a call runs."""
     while True:
         if isinstance(obj, functools.partial):
             obj = obj.func

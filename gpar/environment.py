@@ -15,7 +15,6 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 
 from __future__ import annotations
 
-import functools
 import pickle
 import re
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import cloudpickle
 
+from envpack.imports import unwrap
 from gpar.errors import EnvironmentCaptureError
 
 #: Notebook and REPL internals: never shipped.
@@ -81,7 +81,7 @@ def capture(
         return _dump(Call(fn, args, kwargs, retry_on, namespace, anchor), skipped={})
     except Exception:  # any pickling error: find the culprit below
         pass
-    scope = getattr(_unwrap(fn), "__globals__", caller_globals)
+    scope = getattr(unwrap(fn), "__globals__", caller_globals)
     # fn of an importable module goes by reference: none of its module's globals are shipped
     reached = reached_globals(fn, scope) if _pickled_by_value(scope) else set()
     candidates = {**namespace, **{name: scope[name] for name in reached}}
@@ -177,8 +177,8 @@ def _probe(values: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
 
 def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Name the argument or closure variable that stops fn from being pickled."""
-    free_names = getattr(getattr(_unwrap(fn), "__code__", None), "co_freevars", ())
-    cells = getattr(_unwrap(fn), "__closure__", None) or ()
+    free_names = getattr(getattr(unwrap(fn), "__code__", None), "co_freevars", ())
+    cells = getattr(unwrap(fn), "__closure__", None) or ()
     parts = {
         **{f"argument {i} of apply's *args": arg for i, arg in enumerate(args)},
         **{f"keyword argument {key!r}": value for key, value in kwargs.items()},
@@ -195,7 +195,7 @@ def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 
 def _code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
-    obj = _unwrap(obj)
+    obj = unwrap(obj)
     if isinstance(obj, types.FunctionType):
         yield from _nested_code(obj.__code__)
     elif isinstance(obj, type) and obj.__module__ == scope.get("__name__"):
@@ -215,7 +215,7 @@ def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 def _closure_values(obj: Any) -> list[Any]:
-    cells = getattr(_unwrap(obj), "__closure__", None) or ()
+    cells = getattr(unwrap(obj), "__closure__", None) or ()
     return [cell.cell_contents for cell in cells if _cell_is_set(cell)]
 
 
@@ -225,16 +225,6 @@ def _cell_is_set(cell: types.CellType) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _unwrap(obj: Any) -> Any:
-    while True:
-        if isinstance(obj, functools.partial):
-            obj = obj.func
-        elif isinstance(obj, types.MethodType):
-            obj = obj.__func__
-        else:
-            return obj
 
 
 def _type_name(value: Any) -> str:
