@@ -180,12 +180,12 @@ def by_parquet_options(dataset: reduce_sql.Dataset, work: Path) -> dict[str, tup
     others = [name for name in schema.names if name not in floats]
     chosen = tables.parquet_options(schema)
     options = {
-        "reduce_sql: floats plain + LZ4, the rest dictionary + zstd": chosen,
-        "floats byte-stream-split + LZ4, the rest dictionary + zstd":
-            {**chosen, "use_byte_stream_split": floats},
-        "floats plain, uncompressed; the rest dictionary + zstd": dict(
-            chosen, compression={name: "none" if name in floats else "zstd"
+        "reduce_sql: floats plain, uncompressed; the rest dictionary + zstd": chosen,
+        "floats plain + LZ4, the rest dictionary + zstd": dict(
+            chosen, compression={name: "lz4" if name in floats else "zstd"
                                  for name in schema.names}),
+        "floats byte-stream-split, uncompressed; the rest dictionary + zstd":
+            {**chosen, "use_byte_stream_split": floats},
         "everything zstd, floats byte-stream-split": dict(
             compression="zstd", use_dictionary=others, use_byte_stream_split=floats),
         "pyarrow's defaults (snappy, dictionary everywhere)": {},

@@ -2,7 +2,7 @@
 
 The Parquet options come from bench/bench_reduce.py and FACTS.md's measurements of DuckDB over
 mapper outputs: dictionary encoding and zstd only where they pay (non-float columns), floats
-plain and LZ4, and row groups of about a million rows.
+plain and uncompressed, and row groups of about a million rows.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ ROW_GROUP_ROWS = 1_000_000
 #: columns skips most of a file, large enough not to slow a full scan; bench/bench_reduce.py.
 CLUSTERED_ROW_GROUP_ROWS = 131_072
 
-#: Floats plain and LZ4, the other columns dictionary-encoded and zstd: measured floats barely
-#: compress, and decoding is what a scan pays for. bench/bench_reduce.py (e) writes the 20.8 M
-#: evaluation rows so and otherwise: byte-stream-split floats, 10 % smaller, cost DuckDB 15 % and
-#: polars 80 % of a full scan; pyarrow's defaults cost both more.
-FLOAT_COMPRESSION = "lz4"
+#: Floats plain and uncompressed, the other columns dictionary-encoded and zstd: measured floats
+#: do not compress, and decoding is what a scan pays for. bench/bench_reduce.py (e) writes the
+#: 20.8 M evaluation rows so and otherwise: in three runs this was the fastest for DuckDB and
+#: polars alike; LZ4 on the floats saved no space and cost 5-25 %, byte-stream-split (10 %
+#: smaller) more, pyarrow's defaults most.
+FLOAT_COMPRESSION = "none"
 COMPRESSION = "zstd"
 
 ACCEPTED = "a pandas DataFrame, a pyarrow Table, a dict of columns or a list of row dicts"
