@@ -87,7 +87,8 @@ def test_band_is_bit_for_bit_the_same_whatever_workers_batching_retries_or_backu
     table = {(3, 0): "exit", (1017, 0): "exit", (20, 0): ("sleep", 5)}
     retried = gpar.apply(bootstrap.draws(len(scenarios), realizations), flaky_simulate, table,
                          str(tmp_path), scenarios, WEEKS, SEED, progress=False)
-    assert attempts_of(tmp_path, 3) == 2 and attempts_of(tmp_path, 1017) == 2
+    # each crashed draw ran again (on a loaded machine its slow retry may also get a backup)
+    assert attempts_of(tmp_path, 3) >= 2 and attempts_of(tmp_path, 1017) >= 2
     assert attempts_of(tmp_path, 20) >= 2
     assert retried.report.backups + retried.report.preemptions >= 1
     for paths in (one_worker, np.stack(reversed_paths), np.stack(retried)):
