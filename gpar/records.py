@@ -54,10 +54,14 @@ class Progress:
     running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn;
     # None: none is (with output=, the last tables are being written), or the batch is done
     end: int  # positions from here on were handed back: this batch never starts them
-    last: bool  # the batch's last message: every element it kept has reported
     elements_started: float  # when the first element started, the environment restored
     node_id: str
     pid: int
+
+    @property
+    def last(self) -> bool:
+        """The batch's last message: every element it kept has reported."""
+        return self.done_from + len(self.finished) >= self.end
 
 
 @dataclass(frozen=True)

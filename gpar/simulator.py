@@ -282,8 +282,8 @@ class SimBackend:
             in_fn = (running.position, running.element_started)
         node = running.node
         return Progress(first, pickle.dumps(values), errors, running.finished[first:done],
-                        in_fn, running.end, done >= running.end, running.started,
-                        f"node-{node}", node * 1000 + running.launch.batch % 1000)
+                        in_fn, running.end, running.started, f"node-{node}",
+                        node * 1000 + running.launch.batch % 1000)
 
     def _next_flush(self, running: _Running, after: float | None = None) -> float:
         """The first flush of the batch's clock after ``after`` (default: now)."""

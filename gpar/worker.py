@@ -325,7 +325,6 @@ class _BatchRun:
             finished=self.finished[reported:done],
             running=running,
             end=self.end,
-            last=done >= self.end,
             elements_started=self.elements_started,
             node_id=node_id,
             pid=os.getpid(),

@@ -6,6 +6,7 @@ hold on both stores.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -674,6 +675,25 @@ def test_cluster_by_sorts_each_file_so_filters_skip_row_groups(output, tmp_path)
         assert table.column("horizon").to_pylist() == sorted(table.column("horizon").to_pylist())
     assert dataset.sql("SELECT count(*) AS n FROM data WHERE horizon = 52").to_pylist() == [
         {"n": 60}]
+
+
+def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path):
+    """A batch's file is sorted a row group at a time: the order must hold across the groups,
+    so each group covers its own narrow range of the key."""
+    from reduce_sql.tables import CLUSTERED_ROW_GROUP_ROWS, write_table
+
+    rows = 3 * CLUSTERED_ROW_GROUP_ROWS
+    elements = [pa.table({"horizon": [(i * 7919) % 52 for i in range(start, start + rows // 4)],
+                          "value": list(range(start, start + rows // 4))})
+                for start in range(0, rows, rows // 4)]  # one chunk per element, keys mixed
+    path = tmp_path / "clustered.parquet"
+    write_table(pa.concat_tables(elements), str(path), pa.fs.LocalFileSystem(), ["horizon"])
+    written = pq.ParquetFile(path)
+    horizons = written.read().column("horizon").to_pylist()
+    assert horizons == sorted(horizons) and written.read().num_rows == rows
+    ranges = [(group.column(0).statistics.min, group.column(0).statistics.max)
+              for group in map(written.metadata.row_group, range(written.num_row_groups))]
+    assert len(ranges) == 3 and all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
 
 
 def test_cluster_by_needs_output_and_columns_every_table_has(tmp_path):
