@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from envpack.stage import StagedImage
     from reduce_sql import Dataset
 
+#: Import names a worker needs before it can verify anything (reduce_sql: output='s Sink):
+#: shipped when the workers lack them, whatever ``packages`` says, and never dropped by the
+#: check as edited local modules are.
+RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
+
 
 def apply(
     xs: Iterable[Any],
@@ -144,12 +149,6 @@ def _collected(results: Results, claim: gpar_output.OutputJob | None,
     from reduce_sql import Dataset
 
     return Dataset(claim.location, report=results.report, failures=results.failures)
-
-
-#: Import names a worker needs before it can verify anything (reduce_sql: output='s Sink):
-#: shipped when the workers lack them, whatever ``packages`` says, and never dropped by the
-#: check as edited local modules are.
-RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
 def _raise_if_mismatched(results: Results) -> None:
