@@ -71,3 +71,11 @@ def test_embedded_start_refuses_to_switch_authentication_off(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(gpar.GparError, match="without authentication"):
         gpar_cluster.connect()
+
+
+def test_the_embedded_clusters_workers_run_at_the_callers_niceness(cluster):
+    """Not Ray's 15 below it: any other busy process would starve the job."""
+    def niceness(_):
+        return os.nice(0)
+
+    assert gpar.apply(range(2), niceness, progress=False) == [os.nice(0)] * 2
