@@ -145,8 +145,8 @@ class JobLoop:
         first = launch.indices[message.done_from]
         failed = {position - message.done_from: (error.kind, error.message)
                   for position, error in errors.items()} if errors else {}
-        self.report.add_block(AttemptBlock(first, launch.attempt, launch.backup, stream.node,
-                                           stream.pid, stream.submitted, previous,
+        self.report.add_block(AttemptBlock(batch, first, launch.attempt, launch.backup,
+                                           stream.node, stream.pid, stream.submitted, previous,
                                            message.finished, failed))
         accepted = self.policy.on_reported(batch, message.done_from, count, errors,
                                            message.finished[-1] - previous, self.backend.now())
@@ -179,9 +179,9 @@ class JobLoop:
         ended = stopped.attempt
         if ended is not None:
             self.report.add_block(AttemptBlock(
-                ended.index, ended.attempt, stream.launch.backup, stream.node, stream.pid,
-                stream.submitted, math.nan if ended.started_at is None else ended.started_at,
-                [now],
+                stopped.batch, ended.index, ended.attempt, stream.launch.backup, stream.node,
+                stream.pid, stream.submitted,
+                math.nan if ended.started_at is None else ended.started_at, [now],
                 {0: (ended.outcome, ended.message)}))
         for elements in stopped.unstarted:
             if elements:

@@ -40,6 +40,7 @@ class AttemptRecord:
 class AttemptBlock:
     """Consecutive elements of one batch reported in one message: stored as columns."""
 
+    batch: int  # the launch: one per batch attempt, backups included
     first_task: int
     attempt: int
     backup: bool
@@ -105,13 +106,15 @@ class JobReport(Counts):
 
     def startup_times(self) -> list[float]:
         """Seconds from submission to first element start, one value per batch attempt."""
-        first_start: dict[tuple[float, int], float] = {}
+        submitted: dict[int, float] = {}
+        first_start: dict[int, float] = {}
         for block in self._blocks:
             if math.isnan(block.first_started):  # lost before it said anything started
                 continue
-            key = (block.submitted, block.pid)
-            first_start[key] = min(first_start.get(key, block.first_started), block.first_started)
-        return [max(0.0, started - submitted) for (submitted, _), started in first_start.items()]
+            submitted[block.batch] = block.submitted
+            first_start[block.batch] = min(first_start.get(block.batch, block.first_started),
+                                           block.first_started)
+        return [max(0.0, started - submitted[batch]) for batch, started in first_start.items()]
 
     def run_times(self) -> list[float]:
         """Seconds in fn, one value per element attempt seen starting."""

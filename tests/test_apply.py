@@ -254,6 +254,19 @@ def test_progress_false_is_silent(capsys):
 
 
 
+def test_each_batch_has_its_startup_time_when_one_worker_ran_two_sent_together():
+    """Two batches launched in the same turn of the loop may run one after the other in one
+    worker process: the same submission time and pid, still two startups."""
+    from gpar.report import AttemptBlock, JobReport
+
+    report = JobReport(elements=2)
+    for batch in (0, 1):
+        report.add_block(AttemptBlock(batch, batch, 0, False, "node", 4242, 100.0,
+                                      100.5 + batch, [101.0 + batch], {}))
+    assert sorted(report.startup_times()) == [0.5, 1.5]
+    assert report.table1().loc["startup", "n"] == 2
+
+
 def test_report_table1_and_cdf_plot(tmp_path):
     results = gpar.apply(range(30), square, max_workers=2, progress=False)
     table = results.report.table1()
