@@ -712,7 +712,7 @@ def test_with_output_the_quick_elements_around_hung_ones_are_written_once(output
     """The issue-11 scenario with output=: elements 4 and 9 hang. The tables an element's batch
     held before it are written as soon as it has run long, so quorum sees them and none is
     lost with the batch when the hung element is preempted (each quick element runs once)."""
-    hung = {(task, attempt): ("sleep", 60) for task in (4, 9) for attempt in range(5)}
+    hung = {(task, attempt): ("sleep", 60) for task in (4, 9) for attempt in range(100)}
     started = time.monotonic()
     with pytest.warns(gpar.IncompleteResultsWarning, match="quorum"):
         dataset = run(range(20), output, tmp_path, hung, quorum=0.9)
