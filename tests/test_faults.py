@@ -247,12 +247,17 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, 
         workers = pids(markers)
         driver.send_signal(signal.SIGINT)
         answered = select.select([driver.stdout], [], [], 30)[0]
-        if not answered:  # say where the driver is, rather than wait out its 120 s
+        line = driver.stdout.readline().strip() if answered else "(nothing in 30 s)"
+        if not answered:  # say where the driver is, and whether a second Ctrl-C reaches it
             driver.send_signal(signal.SIGUSR1)
             wait_until(lambda: "File" in stderr.read_text(), 10)
-        line = driver.stdout.readline().strip() if answered else "(nothing in 30 s)"
+            driver.send_signal(signal.SIGINT)
+            again = select.select([driver.stdout], [], [], 10)[0]
+            line += "; after a second SIGINT: " + (
+                driver.stdout.readline().strip() if again else "(nothing in 10 s)")
         assert line == "interrupted", (
-            f"exit code {driver.poll()}; the driver's stderr:\n{stderr.read_text()[-10_000:]}")
+            f"{line}; exit code {driver.poll()}; the driver's stderr:\n"
+            f"{stderr.read_text()[-10_000:]}")
         assert wait_until(lambda: not any(alive(pid) for pid in workers), 10)
         assert driver.poll() is None  # the driver is still alive
     finally:
