@@ -221,6 +221,9 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, 
         import faulthandler, signal, sys, time, gpar
         from faults import faulty
         faulthandler.register(signal.SIGUSR1)  # the test's question: where are you?
+        # Ctrl-C raises KeyboardInterrupt, as in a script started from a terminal: in full runs
+        # the test process has handed its children SIGINT ignored, and Python keeps that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             gpar.apply(range(2), faulty, {{(0, 0): ("sleep", 120), (1, 0): ("sleep", 120)}},
                        {str(markers)!r}, max_workers=2, progress=False)
