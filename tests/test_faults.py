@@ -251,13 +251,9 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_leaves_no_worker_running(run_script, 
         driver.send_signal(signal.SIGINT)
         answered = select.select([driver.stdout], [], [], 30)[0]
         line = driver.stdout.readline().strip() if answered else "(nothing in 30 s)"
-        if not answered:  # say where the driver is, and whether a second Ctrl-C reaches it
+        if not answered:  # say where the driver is, rather than wait out its 120 s
             driver.send_signal(signal.SIGUSR1)
             wait_until(lambda: "File" in stderr.read_text(), 10)
-            driver.send_signal(signal.SIGINT)
-            again = select.select([driver.stdout], [], [], 10)[0]
-            line += "; after a second SIGINT: " + (
-                driver.stdout.readline().strip() if again else "(nothing in 10 s)")
         assert line == "interrupted", (
             f"{line}; exit code {driver.poll()}; the driver's stderr:\n"
             f"{stderr.read_text()[-10_000:]}")
