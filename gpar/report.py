@@ -106,15 +106,13 @@ class JobReport(Counts):
 
     def startup_times(self) -> list[float]:
         """Seconds from submission to first element start, one value per batch attempt."""
-        submitted: dict[int, float] = {}
-        first_start: dict[int, float] = {}
+        startup: dict[int, float] = {}  # batch -> its earliest element start after submission
         for block in self._blocks:
             if math.isnan(block.first_started):  # lost before it said anything started
                 continue
-            submitted[block.batch] = block.submitted
-            first_start[block.batch] = min(first_start.get(block.batch, block.first_started),
-                                           block.first_started)
-        return [max(0.0, started - submitted[batch]) for batch, started in first_start.items()]
+            seconds = block.first_started - block.submitted
+            startup[block.batch] = min(startup.get(block.batch, seconds), seconds)
+        return [max(0.0, seconds) for seconds in startup.values()]
 
     def run_times(self) -> list[float]:
         """Seconds in fn, one value per element attempt seen starting."""
