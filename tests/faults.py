@@ -59,6 +59,19 @@ def perform(action, task: int, attempt: int) -> None:
             raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
 
 
+#: How long a hung element sleeps: far longer than any job here may take, however loaded the
+#: machine (a worker started after a preemption took 15 s under load), so a job that ends
+#: sooner did not wait for it.
+HANG_S = 600
+
+
+def hanging(tasks) -> dict:
+    """A table in which ``tasks`` hang whenever they run. Every attempt, not the first few:
+    waiting elements preempt hung ones in turn, and backups are attempts too, so a job re-runs
+    each of them every few seconds."""
+    return {(task, attempt): ("sleep", HANG_S) for task in tasks for attempt in range(100)}
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

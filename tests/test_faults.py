@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from faults import alive, attempts_of, faulty, pids, wait_until
+from faults import HANG_S, alive, attempts_of, faulty, hanging, pids, wait_until
 
 import gpar
 
@@ -97,14 +97,8 @@ def test_deadline_with_nothing_finished_raises(tmp_path):
     assert [f.reason for f in caught.value.partial] == ["deadline", "deadline"]
 
 
-#: How long a hung element sleeps: far longer than any job here may take, however loaded the
-#: machine (a worker started after a preemption took 15 s under load), so a job that ends
-#: sooner did not wait for it.
-HANG_S = 600
-
-#: Two of twenty elements hang whenever they run, the rest are quick. Every attempt: waiting
-#: elements preempt hung ones in turn, so a job re-runs each of them every few seconds.
-HUNG = {(task, attempt): ("sleep", HANG_S) for task in (4, 9) for attempt in range(100)}
+#: Two of twenty elements hang whenever they run, the rest are quick.
+HUNG = hanging((4, 9))
 
 
 def rows_per_task(report):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3server
-from faults import attempts_of, wait_until
+from faults import attempts_of, hanging, wait_until
 from outputs import ROWS, expected_table, mapper, write_late
 
 import gpar
@@ -712,10 +712,9 @@ def test_with_output_the_quick_elements_around_hung_ones_are_written_once(output
     """The issue-11 scenario with output=: elements 4 and 9 hang. The tables an element's batch
     held before it are written as soon as it has run long, so quorum sees them and none is
     lost with the batch when the hung element is preempted (each quick element runs once)."""
-    hung = {(task, attempt): ("sleep", 60) for task in (4, 9) for attempt in range(100)}
     started = time.monotonic()
     with pytest.warns(gpar.IncompleteResultsWarning, match="quorum"):
-        dataset = run(range(20), output, tmp_path, hung, quorum=0.9)
+        dataset = run(range(20), output, tmp_path, hanging((4, 9)), quorum=0.9)
     assert time.monotonic() - started < 30
     quick = [task for task in range(20) if task not in (4, 9)]
     assert dataset.manifest.tasks == set(quick)
