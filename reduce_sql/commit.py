@@ -25,6 +25,7 @@ import base64
 import dataclasses
 import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -270,11 +271,16 @@ def _accepted(job: str, parts: Sequence[Part], previous: Manifest | None) -> Man
     return Manifest(job, schema, tuple(files), empty, uniform=uniform)
 
 
+#: The names gpar gives files under data/: a task attempt's part (parts.py), a merge (below).
+#: pyarrow and polars also write part-0.parquet and the like, so a prefix is not enough.
+GPAR_FILE_NAME = re.compile(
+    r"(part-[0-9a-z]{12}-\d{9,}-a\d+-[0-9a-f]{8}|compact-[0-9a-z]{12}-[0-9a-f]{12})\.parquet")
+
+
 def _written_by_gpar(path: str) -> bool:
-    """Files under data/ that gpar names (a task attempt's part, a merge): the only ones a
-    commit deletes, so a user's own files in an output directory are never touched."""
-    name = path.rsplit("/", 1)[-1]
-    return name.startswith(("part-", "compact-")) and name.endswith(".parquet")
+    """Files under data/ that gpar named: the only ones a commit deletes, so a user's own files
+    in an output directory are never touched."""
+    return GPAR_FILE_NAME.fullmatch(path.rsplit("/", 1)[-1]) is not None
 
 
 def _unified(schemas: list[pa.Schema], parts: Sequence[Part]) -> pa.Schema:

@@ -30,7 +30,8 @@ def mapper(task: int, table: dict, marker_dir: str, location) -> pd.DataFrame:
         whole = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pandas(expected_table(task)), whole)
         content = whole.getvalue().to_pybytes()
-        name = location.path(f"{DATA_DIR}/part-killed-{task:09d}-a{attempt}-x.parquet")
+        name = location.path(
+            f"{DATA_DIR}/part-killedkilled-{task:09d}-a{attempt}-00000000.parquet")
         location.filesystem.create_dir(location.path(DATA_DIR), recursive=True)
         with location.filesystem.open_output_stream(name) as stream:
             stream.write(content[: len(content) // 2])
@@ -41,8 +42,9 @@ def mapper(task: int, table: dict, marker_dir: str, location) -> pd.DataFrame:
 
 def write_late(location, task: int) -> str:
     """Write, after the commit, the whole file an abandoned attempt of ``task`` (say, on a node
-    cut off from the cluster, which Ray cannot kill) would write late; return its name."""
-    name = f"{DATA_DIR}/part-late-{task:09d}-a0-x.parquet"
+    cut off from the cluster, which Ray cannot kill) would write late, named as gpar names
+    parts; return its name."""
+    name = f"{DATA_DIR}/part-latelatelate-{task:09d}-a0-00000000.parquet"
     table = pa.table({"task": [-1] * 999, "k": list(range(999)), "value": [1.0] * 999})
     with location.filesystem.open_output_stream(location.path(name)) as stream:
         pq.write_table(table, stream)

@@ -514,10 +514,14 @@ def test_files_are_read_by_column_name_unless_all_share_one_schema(tmp_path):
 
 
 def test_overwrite_never_deletes_files_gpar_did_not_write(tmp_path):
+    """Not even Parquet files named as pyarrow's and polars' writers name theirs."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.csv").write_text("a,b\n")
+    pq.write_to_dataset(pa.table({"mine": [1, 2]}), tmp_path / "data",
+                        basename_template="part-{i}.parquet")
     gpar.apply([1, 2], rows_of, output=tmp_path, overwrite=True, progress=False)
     assert (tmp_path / "data" / "mine.csv").read_text() == "a,b\n"
+    assert pq.read_table(tmp_path / "data" / "part-0.parquet")["mine"].to_pylist() == [1, 2]
 
 
 def test_a_frame_arrow_cannot_convert_is_an_output_type_error():
