@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import difflib
+import inspect
+import numbers
 import os
 import sys
 import time
@@ -84,10 +87,14 @@ def apply(
     """
     started = time.time()
     _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite)
-    items = _materialize(xs)  # a generator is consumed only once the options are sound
+                   packages, errors, output, overwrite, backups, progress)
+    _check_arguments(fn, args, kwargs)
     retry_on, cluster_by = _exception_types(retry_on), _column_names(cluster_by, output)
     deadline_at = _deadline_at(deadline, started)
+    if output is not None and isinstance(xs, set | frozenset):
+        raise TypeError("with output=, xs needs an order a re-run repeats, and a set's order "
+                        "changes from one process to the next: pass sorted(xs)")
+    items = _materialize(xs)  # a generator is consumed only once the options are sound
     captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
                                    retry_on=retry_on)
     with _claimed(output, items, fn, args, kwargs, overwrite, cluster_by) as claim:
@@ -97,12 +104,13 @@ def apply(
         image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
         report = JobReport(len(pending), environment_bytes=captured.nbytes,
                            skipped_globals=captured.skipped, image=image.report)
-        slots = max_workers or cluster.cpu_slots()
-        rules = Rules(max_workers=slots, task_retries=task_retries,
+        slots = int(max_workers or cluster.cpu_slots())  # int(): numpy's ints are accepted
+        rules = Rules(max_workers=slots, task_retries=int(task_retries),
                       max_failures=(default_max_failures(len(items)) if max_failures is None
-                                    else max_failures),
-                      deadline_at=deadline_at, task_timeout_s=task_timeout, quorum=quorum,
-                      backups=backups, errors=errors)
+                                    else int(max_failures)),
+                      deadline_at=deadline_at,
+                      task_timeout_s=None if task_timeout is None else float(task_timeout),
+                      quorum=float(quorum), backups=backups, errors=errors)
         policy = Policy(len(pending), rules, BatchSizer(slots), counts=report)
         values = scheduler.run_job(
             pending, captured, policy, report=report, image=image, output=claim,
@@ -215,7 +223,7 @@ def _deadline_at(deadline: float | datetime.datetime | None, now: float) -> floa
         if deadline.tzinfo is None:
             deadline = deadline.astimezone()  # a naive datetime is local time
         return deadline.timestamp()
-    if isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0:
+    if _is_number(deadline) and deadline > 0:
         return now + float(deadline)
     raise ValueError(
         f"deadline must be seconds from now (> 0) or a datetime, got {deadline!r}")
@@ -247,25 +255,29 @@ def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
 
 
 def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite) -> None:
+                   packages, errors, output, overwrite, backups, progress) -> None:
     if not callable(fn):
         raise TypeError(
             f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
         )
+    for name, flag in (("overwrite", overwrite), ("backups", backups), ("progress", progress)):
+        if not (isinstance(flag, bool) or (name == "progress" and flag is None)):
+            raise TypeError(f"{name} takes True or False, got {flag!r}")
+    if output is not None and not isinstance(output, str | os.PathLike):
+        raise TypeError(f"output takes a directory path or an s3:// URI (a str or a "
+                        f"pathlib.Path), got {type(output).__qualname__} {output!r}")
     if overwrite and output is None:
         raise ValueError("overwrite=True only applies with output=...; there is nothing to "
                          "overwrite without it")
-    if max_workers is not None and not (isinstance(max_workers, int) and max_workers >= 1):
+    if max_workers is not None and not (_is_integer(max_workers) and max_workers >= 1):
         raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
-    if not (isinstance(task_retries, int) and task_retries >= 0):
+    if not (_is_integer(task_retries) and task_retries >= 0):
         raise ValueError(f"task_retries must be an int >= 0, got {task_retries!r}")
-    if max_failures is not None and not (isinstance(max_failures, int) and max_failures >= 0):
+    if max_failures is not None and not (_is_integer(max_failures) and max_failures >= 0):
         raise ValueError(f"max_failures must be an int >= 0 or None, got {max_failures!r}")
-    if task_timeout is not None and not (
-        isinstance(task_timeout, int | float) and task_timeout > 0
-    ):
+    if task_timeout is not None and not (_is_number(task_timeout) and task_timeout > 0):
         raise ValueError(f"task_timeout must be seconds (> 0) or None, got {task_timeout!r}")
-    if not (isinstance(quorum, int | float) and 0 < quorum <= 1):
+    if not (_is_number(quorum) and 0 < quorum <= 1):
         raise ValueError(f"quorum must be a fraction in (0, 1], got {quorum!r}")
     if env not in ("full", "referenced"):
         raise ValueError(f'env must be "full" or "referenced", got {env!r}')
@@ -277,3 +289,33 @@ def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, qu
         raise ValueError(
             f'packages must be "auto", "none" or a list of distribution names, got {packages!r}'
         )
+
+
+def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
+    """fn must take (x, *args, **kwargs): else every element would fail the same way, after
+    the launch. A misspelt option of apply's lands in kwargs: name the option meant."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and ufuncs may have none: let them run
+        return
+    try:
+        signature.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        options = [name for name, parameter in inspect.signature(apply).parameters.items()
+                   if parameter.kind is parameter.KEYWORD_ONLY]
+        meant = [close for name in kwargs
+                 for close in difflib.get_close_matches(name, options, n=1)]
+        hint = (f"; did you mean apply's option {meant[0]}=?" if meant else
+                "; apply passes each element first, then its own *args and **kwargs")
+        raise TypeError(f"fn cannot be called as fn(x, *args, **kwargs) with what apply was "
+                        f"given: {exc}{hint}") from None
+
+
+def _is_integer(value: Any) -> bool:
+    """An int, numpy's too; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, numpy's too; not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -68,13 +68,44 @@ def test_not_iterable_xs_is_a_type_error():
     "options",
     [{"max_workers": 0}, {"task_retries": -1}, {"env": "all"}, {"errors": "ignore"},
      {"packages": "everything"}, {"packages": None}, {"packages": ["numpy", 3]},
-     {"retry_on": "ValueError"}, {"deadline": -1},
+     {"retry_on": "ValueError"}, {"retry_on": [ValueError]}, {"deadline": -1},
      {"deadline": "soon"}, {"task_timeout": 0}, {"quorum": 0}, {"quorum": 1.5},
-     {"max_failures": -1}],
+     {"max_failures": -1}, {"backups": "no"}, {"progress": "no"}, {"output": 123},
+     {"cluster_by": "x"}, {"overwrite": True}],
 )
-def test_bad_options_say_what_is_accepted(options):
+def test_bad_options_say_what_is_accepted_and_leave_a_generator_unread(options):
+    xs = (x for x in [1, 2])
     with pytest.raises((ValueError, TypeError)):
-        gpar.apply([1], square, **options)
+        gpar.apply(xs, square, **options)
+    assert list(xs) == [1, 2]  # the call with the option mended still has every element
+
+
+def test_a_yes_or_no_option_takes_only_a_bool(tmp_path):
+    with pytest.raises(TypeError, match="overwrite takes True or False, got 'no'"):
+        gpar.apply([1], square, output=tmp_path / "out", overwrite="no")
+
+
+def test_numpy_numbers_are_accepted_as_options():
+    results = gpar.apply([1, 2], square, max_workers=np.int64(2), task_retries=np.int32(1),
+                         task_timeout=np.float64(60), quorum=np.float64(1.0), progress=False)
+    assert results == [1, 4]
+
+
+def scaled(x, factor=1):
+    return x * factor
+
+
+def test_a_misspelt_option_is_named_before_anything_runs():
+    with pytest.raises(TypeError, match="did you mean apply's option max_workers="):
+        gpar.apply([1, 2], scaled, max_worker=2)
+    with pytest.raises(TypeError, match="fn cannot be called as fn\\(x, \\*args"):
+        gpar.apply([1, 2], scaled, 3, 4)
+    assert gpar.apply([1, 2], scaled, factor=3, progress=False) == [3, 6]
+
+
+def test_a_set_is_refused_with_output_since_its_order_is_not_repeatable(tmp_path):
+    with pytest.raises(TypeError, match="pass sorted\\(xs\\)"):
+        gpar.apply({"apple", "pear"}, len, output=tmp_path / "out")
 
 
 def fails_on_odd(x):
