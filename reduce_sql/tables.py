@@ -50,7 +50,7 @@ def _converted(value: Any) -> pa.Table:
         if isinstance(value, pa.RecordBatch):
             return pa.Table.from_batches([value])
         if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
-            return pa.Table.from_pandas(value, preserve_index=False)
+            return pa.Table.from_pandas(_named_index_as_columns(value), preserve_index=False)
         if isinstance(value, dict):
             return pa.table(value)
         if isinstance(value, list) and all(isinstance(row, dict) for row in value):
@@ -61,6 +61,19 @@ def _converted(value: Any) -> pa.Table:
     raise OutputTypeError(
         f"with output=, fn must return {ACCEPTED}; it returned "
         f"{type(value).__qualname__} {_preview(value)}")
+
+
+def _named_index_as_columns(frame: Any) -> Any:
+    """A frame whose named index levels (set_index("week"), groupby keys) are columns: they
+    are data. Unnamed levels are row numbers (a RangeIndex, what a filter leaves): dropped."""
+    named = [name for name in frame.index.names if name is not None]
+    if not named:
+        return frame
+    clashing = [name for name in named if name in frame.columns]
+    if clashing:
+        raise ValueError(f"index level {clashing[0]!r} has the name of a column; rename one "
+                         "(df.rename_axis(...)) or drop the index (df.reset_index(drop=True))")
+    return frame.reset_index(level=named)
 
 
 def _decoded(table: pa.Table) -> pa.Table:

@@ -524,6 +524,29 @@ def test_overwrite_never_deletes_files_gpar_did_not_write(tmp_path):
     assert pq.read_table(tmp_path / "data" / "part-0.parquet")["mine"].to_pylist() == [1, 2]
 
 
+def weekly_means(task):
+    frame = pd.DataFrame({"week": pd.date_range("2024-01-07", periods=3, freq="W").repeat(2),
+                          "y": [task, 1, 2, 3, 4, 5]})
+    return frame[frame.y > 0].groupby("week").y.mean().to_frame()  # indexed by week
+
+
+def test_a_frames_named_index_is_written_as_a_column(tmp_path):
+    """A groupby's keys (or set_index's) are data; an unnamed index is row numbers."""
+    dataset = gpar.apply([0, 7], weekly_means, output=tmp_path / "o", progress=False)
+    assert dataset.schema.names == ["week", "y"]
+    got = dataset.sql("SELECT strftime(week, '%m-%d') AS week, y FROM data ORDER BY y, week")
+    assert list(zip(*got.to_pydict().values(), strict=True)) == [
+        ("01-07", 1.0), ("01-14", 2.5), ("01-14", 2.5), ("01-07", 4.0), ("01-21", 4.5),
+        ("01-21", 4.5)]
+    from reduce_sql.tables import as_table
+
+    filtered = pd.DataFrame({"v": [1, 2, 3]}).query("v > 1")
+    assert as_table(filtered).column_names == ["v"]
+    clash = pd.DataFrame({"k": [1]}, index=pd.Index([5], name="k"))
+    with pytest.raises(reduce_sql.OutputTypeError, match="index level 'k' has the name of a"):
+        as_table(clash)
+
+
 def test_a_frame_arrow_cannot_convert_is_an_output_type_error():
     from reduce_sql.tables import as_table
 
