@@ -145,12 +145,12 @@ def reached_globals(fn: Any, scope: dict[str, Any]) -> set[str]:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        for code in _code_objects(obj, scope):
+        for code in code_objects(obj, scope):
             for name in code.co_names:
                 if name in scope and name not in reached:
                     reached.add(name)
                     stack.append(scope[name])
-        stack.extend(_closure_values(obj))
+        stack.extend(closure_values(obj))
     return reached
 
 
@@ -194,17 +194,17 @@ def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             )
 
 
-def _code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
+def code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
     obj = unwrap(obj)
     if isinstance(obj, types.FunctionType):
         yield from _nested_code(obj.__code__)
     elif isinstance(obj, type) and obj.__module__ == scope.get("__name__"):
         for member in vars(obj).values():
-            yield from _code_objects(member, scope)
+            yield from code_objects(member, scope)
     elif isinstance(obj, staticmethod | classmethod):
-        yield from _code_objects(obj.__func__, scope)
+        yield from code_objects(obj.__func__, scope)
     elif callable(obj) and type(obj).__module__ == scope.get("__name__"):
-        yield from _code_objects(type(obj), scope)
+        yield from code_objects(type(obj), scope)
 
 
 def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -214,7 +214,7 @@ def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _nested_code(const)
 
 
-def _closure_values(obj: Any) -> list[Any]:
+def closure_values(obj: Any) -> list[Any]:
     cells = getattr(unwrap(obj), "__closure__", None) or ()
     return [cell.cell_contents for cell in cells if _cell_is_set(cell)]
 

@@ -1,7 +1,10 @@
 """What makes two runs of apply() the same job: resuming an output (output.py) rests on it.
 
-A digest of xs, fn's code and the extra arguments, equal in any process that makes the same
-call; values fn reads from globals are not part of it.
+A digest of xs, fn's code, the extra arguments and what fn reads: the globals its code names
+(following the functions and classes it names, their code too) and its closure. Equal in any
+process that makes the same call; a changed constant or helper makes another job, whose
+results an earlier run's output must not stand in for. Globals reached only through
+``globals()[name]`` are not seen.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 import cloudpickle
 
+from envpack.imports import unwrap
+from gpar.environment import closure_values, code_objects, reached_globals
+
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
     """The job's digest (hex).
@@ -27,8 +33,30 @@ def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) ->
     code = getattr(fn, "__code__", None)
     digest.update(_code_fingerprint(code) if code is not None else _stable_pickle(fn))
     digest.update(_stable_pickle((args, kwargs)))
+    digest.update(_what_fn_reads(fn))
     digest.update(_stable_pickle(list(items)))
     return digest.hexdigest()
+
+
+def _what_fn_reads(fn: Callable) -> bytes:
+    """fn's defaults, the globals its code reaches, by name, and its closure's values:
+    functions and classes by their code (and defaults), anything else by value."""
+    scope = getattr(unwrap(fn), "__globals__", {})
+    named = [("", unwrap(fn))]
+    named += [(name, scope[name]) for name in sorted(reached_globals(fn, scope))]
+    enclosed = [("", value) for value in closure_values(fn)]
+    return b"".join(name.encode() + b"=" + _fingerprint(value, scope) + b";"
+                    for name, value in named + enclosed)
+
+
+def _fingerprint(value: Any, scope: dict[str, Any]) -> bytes:
+    codes = list(code_objects(value, scope))
+    defaults = (getattr(value, "__defaults__", None), getattr(value, "__kwdefaults__", None))
+    try:
+        return b"|".join([*map(_code_fingerprint, codes), _stable_pickle(defaults)]
+                         if codes else [_stable_pickle(value)])
+    except Exception:  # a library function's unpicklable default: its code still counts
+        return b"|".join([*map(_code_fingerprint, codes), type(value).__qualname__.encode()])
 
 
 def _code_fingerprint(code: Any) -> bytes:
@@ -41,12 +69,22 @@ def _code_fingerprint(code: Any) -> bytes:
 
 
 def _stable_pickle(value: Any) -> bytes:
-    buffer = io.BytesIO()
+    """Large buffers (arrays, frames' columns) enter as their hashes, never copied."""
+    buffer, hashes = io.BytesIO(), []
+
+    def out_of_band(view: pickle.PickleBuffer) -> None:
+        try:
+            hashes.append(hashlib.sha256(view.raw()).digest())
+        except BufferError:  # not contiguous
+            hashes.append(hashlib.sha256(memoryview(view).tobytes()).digest())
+
     try:
-        _SortedSetPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
+        _SortedSetPickler(buffer, 5, buffer_callback=out_of_band).dump(value)
     except Exception:  # lambdas, local classes: by value, stable within one process only
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return buffer.getvalue()
+        hashes.clear()
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band) + b"".join(
+            hashes)
+    return buffer.getvalue() + b"".join(hashes)
 
 
 class _SortedSetPickler(pickle.Pickler):

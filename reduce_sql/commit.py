@@ -168,8 +168,9 @@ def _claim(location: Location, job: str, overwrite: bool, lease: Lease) -> Claim
     if not overwrite:
         if owner is not None and owner != job:
             raise OutputExistsError(
-                f"{location.uri} holds the output of another job (different input, function or "
-                "arguments); pass overwrite=True to replace it, or choose another output")
+                f"{location.uri} holds the output of another job (different input, function, "
+                "arguments, or globals and helpers fn reads); pass overwrite=True to replace "
+                "it, or choose another output")
         if owner is None and set(location.files()) - {LEASE}:
             raise OutputExistsError(
                 f"{location.uri} is not empty and holds no gpar output; choose an empty or new "

@@ -110,11 +110,11 @@ import gpar, gpar.scheduler, reduce_sql.commit
 
 gpar.scheduler.CHECKPOINT_S = 0.2
 reduce_sql.commit.COMPACT_ABOVE_FILES = 2  # the last commit merges all eight tasks' files
-output, markers, mode = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+output, markers = sys.argv[1], pathlib.Path(sys.argv[2])
 
-def fn(task):
+def fn(task):  # the same job in both runs: the flag is a file, not a global fn reads
     (markers / f"{task}-{time.time_ns()}").touch()
-    if task >= 4 and mode == "hang":
+    if task >= 4 and (markers.parent / "hang").exists():
         time.sleep(300)
     return {"task": [task], "value": [task * 10.0]}
 
@@ -127,21 +127,23 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
     (tmp_path / "job.py").write_text(CHECKPOINTED_JOB)
     env = {**os.environ, "RAY_ADDRESS": cluster}
 
-    def driver(mode: str) -> tuple[subprocess.Popen, Path]:
-        markers = tmp_path / mode
-        markers.mkdir()
-        command = [sys.executable, "job.py", output, str(markers), mode]
-        return subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
-                                stdout=subprocess.PIPE), markers
+    markers = tmp_path / "markers"
+    markers.mkdir()
 
-    def ran(markers: Path) -> list[int]:
-        return sorted(int(marker.name.split("-")[0]) for marker in markers.iterdir())
+    def driver() -> subprocess.Popen:
+        command = [sys.executable, "job.py", output, str(markers)]
+        return subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE)
+
+    def ran(names: set[str]) -> list[int]:
+        return sorted(int(name.split("-")[0]) for name in names)
 
     def checkpointed() -> set[int]:
         manifest = commit_module.read_manifest(locate(output))
         return manifest.tasks if manifest is not None else set()
 
-    first, first_markers = driver("hang")  # tasks 0-3 finish, 4-7 hang
+    (tmp_path / "hang").touch()
+    first = driver()  # tasks 0-3 finish, 4-7 hang
     try:
         assert wait_until(lambda: checkpointed() == {0, 1, 2, 3}, 60)
     finally:
@@ -150,12 +152,15 @@ def test_a_driver_killed_mid_job_resumes_from_its_last_checkpoint(output, tmp_pa
         first.stdout.close()
     with pytest.warns(reduce_sql.PartialOutputWarning, match="4 tasks committed so far"):
         assert reduce_sql.Dataset(output).num_rows == 4
+    first_run = {marker.name for marker in markers.iterdir()}
+    (tmp_path / "hang").unlink()  # the second run's attempts of 4-7 return
 
-    second, second_markers = driver("finish")
+    second = driver()
     assert second.communicate(timeout=120)[0].strip() == "done"
-    assert {0, 1, 2, 3} <= set(ran(first_markers))  # a slow first write may be preempted
+    second_run = {marker.name for marker in markers.iterdir()} - first_run
+    assert {0, 1, 2, 3} <= set(ran(first_run))  # a slow first write may be preempted
     # what the checkpoint held never ran again (a backup may run a straggler twice)
-    assert set(ran(second_markers)) == {4, 5, 6, 7}
+    assert set(ran(second_run)) == {4, 5, 6, 7}
     dataset = reduce_sql.Dataset(output)
     assert dataset.manifest.finished
     assert dataset.sql("SELECT task, value FROM data ORDER BY task").to_pylist() == [
@@ -432,8 +437,13 @@ from gpar.jobid import job_digest
 class Draw:
     realization: int
 
+KEPT = {"a", "b", "c"}  # a global fn reads, also iterated in an order set by string hashes
+
+def kept(draw):
+    return draw.realization in KEPT
+
 def fn(draw, scale=2):
-    return draw.realization * scale if draw.realization in {1, 2, 3} else 0
+    return draw.realization * scale if draw.realization in {1, 2, 3} and kept(draw) else 0
 
 columns = {f"column_{i}" for i in range(10)}  # iterated in an order set by string hashes
 print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3, "columns": columns,
@@ -447,6 +457,46 @@ def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
                               text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
                               ).stdout for seed in ("1", "2")}
     assert len(digests) == 1  # so a re-run in a new process resumes
+
+
+SCALE = 1
+
+
+def helper(x):
+    return x * 10
+
+
+def reads_globals(x):
+    return {"x": [helper(x) * SCALE]}
+
+
+def test_a_changed_global_or_helper_fn_reads_is_another_job(monkeypatch, tmp_path):
+    """Resuming rests on the digest: an output computed with SCALE = 1 must not stand in for
+    a run with SCALE = 10."""
+    from gpar.jobid import job_digest
+
+    def digest(fn=reads_globals):
+        return job_digest([1, 2], fn, (), {})
+
+    before = digest()
+    monkeypatch.setitem(globals(), "SCALE", 10)
+    after_scale = digest()
+    monkeypatch.setitem(globals(), "helper", lambda x: x + 10)
+    after_helper = digest()
+    assert len({before, after_scale, after_helper}) == 3
+    assert digest() == after_helper  # and the same call is the same job
+
+    offset = 3
+    closure = lambda x: x + offset  # noqa: E731
+    first = digest(closure)
+    offset = 4
+    assert digest(closure) != first
+
+    monkeypatch.setitem(globals(), "SCALE", 1)
+    gpar.apply([1, 2], reads_globals, output=tmp_path / "out", progress=False)
+    monkeypatch.setitem(globals(), "SCALE", 2)
+    with pytest.raises(reduce_sql.OutputExistsError, match="another job"):
+        gpar.apply([1, 2], reads_globals, output=tmp_path / "out", progress=False)
 
 
 class Node:
