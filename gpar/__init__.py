@@ -10,6 +10,7 @@ from gpar.errors import (
     FailureBudgetExceeded,
     GparError,
     IncompleteResultsWarning,
+    SharedRandomStateWarning,
     TaskError,
     TaskFailedWarning,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "IncompleteResultsWarning",
     "JobReport",
     "Results",
+    "SharedRandomStateWarning",
     "TaskError",
     "TaskFailedWarning",
     "TaskFailure",

@@ -21,6 +21,7 @@ from gpar.errors import (
     DeadlineExceeded,
     FailureBudgetExceeded,
     IncompleteResultsWarning,
+    SharedRandomStateWarning,
     TaskError,
     TaskFailedWarning,
     as_gpar_errors,
@@ -97,6 +98,12 @@ def apply(
     items = _materialize(xs)  # a generator is consumed only once the options are sound
     captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
                                    retry_on=retry_on)
+    for source in environment.random_states(fn, args, kwargs):
+        warnings.warn(SharedRandomStateWarning(
+            f"fn draws from the random generator {source}: every batch of elements gets a "
+            "copy of it in the state it had at this call, so batches draw the same numbers. "
+            "Make one per element inside fn from a seed and the element, e.g. "
+            "rng = np.random.default_rng([SEED, x])"), stacklevel=2)
     with _claimed(output, items, fn, args, kwargs, overwrite, cluster_by) as claim:
         pending = items if claim is None else [items[i] for i in claim.pending]
         if len(pending) == 0:  # an earlier run of this job committed every element

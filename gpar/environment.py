@@ -107,6 +107,27 @@ def restore(stream: bytes, buffers: list[Any]) -> Call:
     return call
 
 
+#: Random generators whose copies repeat one another's draws (random.SystemRandom, which
+#: draws from the OS, does not).
+RANDOM_STATES = frozenset({"numpy.random._generator.Generator", "numpy.random.mtrand.RandomState",
+                           "numpy.random.bit_generator.BitGenerator", "random.Random"})
+
+
+def random_states(fn: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> list[str]:
+    """What fn draws random numbers from that it does not make itself: random generators among
+    the globals its code names, its closure and its arguments, each as "name (type)"."""
+    scope = getattr(unwrap(fn), "__globals__", {})
+    candidates = {
+        **{f"global {name!r}": scope[name] for name in sorted(reached_globals(fn, scope))},
+        **_call_parts(fn, args, kwargs),
+    }
+    return [f"{label} ({_type_name(value)})" for label, value in candidates.items()
+            if not isinstance(value, type) and type(value).__name__ != "SystemRandom"
+            and any(f"{kind.__module__}.{kind.__qualname__}" in RANDOM_STATES
+                    for kind in type(value).__mro__)]
+
+
 def shippable_globals(caller_globals: dict[str, Any]) -> dict[str, Any]:
     """The caller's globals minus dunders, notebook internals and the __main__ module itself.
 
@@ -175,17 +196,22 @@ def _probe(values: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
             yield name, None
 
 
-def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Name the argument or closure variable that stops fn from being pickled."""
+def _call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """fn, its arguments and its closure's variables, each labelled as the caller knows it."""
     free_names = getattr(getattr(unwrap(fn), "__code__", None), "co_freevars", ())
     cells = getattr(unwrap(fn), "__closure__", None) or ()
-    parts = {
+    return {
         **{f"argument {i} of apply's *args": arg for i, arg in enumerate(args)},
         **{f"keyword argument {key!r}": value for key, value in kwargs.items()},
         **{f"variable {name!r} captured by fn's closure": cell.cell_contents
            for name, cell in zip(free_names, cells, strict=True) if _cell_is_set(cell)},
         "fn": fn,
     }
+
+
+def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Name the argument or closure variable that stops fn from being pickled."""
+    parts = _call_parts(fn, args, kwargs)
     for label, error in _probe(parts):
         if error is not None:
             raise EnvironmentCaptureError(

@@ -170,6 +170,11 @@ class IncompleteResultsWarning(UserWarning):
     """A deadline or quorum ended the job early; unfinished slots hold TaskFailures."""
 
 
+class SharedRandomStateWarning(UserWarning):
+    """fn draws from a random generator of the caller's: every batch starts from a copy of it
+    in one state, so batches draw the same numbers."""
+
+
 def describe_failure(failure: TaskFailure) -> str:
     attempts = "attempt" if failure.attempts == 1 else "attempts"
     return (

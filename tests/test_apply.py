@@ -309,3 +309,26 @@ def test_report_table1_and_cdf_plot(tmp_path):
     path = tmp_path / "cdf.png"
     results.report.plot_cdf(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SAMPLE = np.arange(100.0)
+SHARED_RNG = np.random.default_rng(0)
+
+
+def bootstrap_mean_from_shared_rng(replicate):
+    return float(SHARED_RNG.choice(SAMPLE, size=SAMPLE.size).mean())
+
+
+def bootstrap_mean_seeded_per_replicate(replicate):
+    rng = np.random.default_rng([0, replicate])
+    return float(rng.choice(SAMPLE, size=SAMPLE.size).mean())
+
+
+def test_a_random_generator_of_the_callers_is_warned_about_since_batches_repeat_its_draws():
+    with pytest.warns(gpar.SharedRandomStateWarning, match="global 'SHARED_RNG'.*default_rng"):
+        means = gpar.apply(range(40), bootstrap_mean_from_shared_rng, progress=False)
+    assert len(set(means)) < 40  # the trap is real: two batches drew the same replicates
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gpar.SharedRandomStateWarning)
+        means = gpar.apply(range(40), bootstrap_mean_seeded_per_replicate, progress=False)
+    assert len(set(means)) == 40

@@ -134,3 +134,29 @@ def test_an_importable_fn_is_not_blamed_for_its_own_modules_globals(monkeypatch)
     caller["log"] = threading.Lock()  # the caller's unpicklable global: skipped, not fatal
     captured = capture(library.work, (), {}, caller, mode="full", retry_on=())
     assert captured.skipped == {"log": "_thread.lock"}
+
+
+def test_random_generators_fn_draws_from_are_named_wherever_they_come_from():
+    import random
+
+    from gpar.environment import random_states
+
+    namespace = main_namespace("""
+        import random
+        import numpy as np
+        legacy = np.random.RandomState(1)
+        secure = random.SystemRandom()
+        def draw(x, *args, **kwargs):
+            return legacy.rand() + secure.random()
+    """)
+    rng = np.random.default_rng(0)
+
+    def closure(x):
+        return rng.random()
+
+    assert random_states(namespace["draw"], (random.Random(2),), {"bits": np.random.PCG64()}) == [
+        "global 'legacy' (numpy.random.mtrand.RandomState)",
+        "argument 0 of apply's *args (random.Random)",
+        "keyword argument 'bits' (numpy.random._pcg64.PCG64)"]
+    assert random_states(closure, (), {}) == [
+        "variable 'rng' captured by fn's closure (numpy.random._generator.Generator)"]
