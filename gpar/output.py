@@ -60,7 +60,8 @@ class OutputJob:
         try:
             parts = _parts(values)
             if parts:
-                checkpoint(self.location, self.job, parts, self.previous, self.lease)
+                checkpoint(self.location, self.job, parts, self.previous, self.lease,
+                           self.elements)
         except Exception:
             pass
 
@@ -77,7 +78,7 @@ class OutputJob:
         run_all = None if image is None else functools.partial(run_each, image)
         parts = _parts(values)
         manifest = commit(self.location, self.job, parts, self.previous, run_all, self.lease,
-                          self.cluster_by)
+                          self.cluster_by, self.elements)
         committed = manifest.tasks
         for position, value in enumerate(values):
             if isinstance(value, Part) and value.task not in committed:

@@ -85,6 +85,7 @@ class Manifest:
     #: every file holds exactly ``schema``'s columns, in its order: a reader need not match
     #: them by name, which costs DuckDB ~2 ms a query (bench/bench_reduce.py)
     uniform: bool = False
+    elements: int | None = None  # the job's tasks (len(xs)); None in manifests before it
 
     @property
     def tasks(self) -> set[int]:
@@ -106,6 +107,7 @@ class Manifest:
             "finished": self.finished,
             "retired": [list(each) for each in self.retired],
             "uniform": self.uniform,
+            "elements": self.elements,
         }, indent=1).encode()
 
     @classmethod
@@ -117,7 +119,7 @@ class Manifest:
         return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]),
                    data.get("finished", True),
                    tuple((path, since) for path, since in data.get("retired", ())),
-                   data.get("uniform", False))
+                   data.get("uniform", False), data.get("elements"))
 
 
 RunAll = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
@@ -184,7 +186,8 @@ def _claim(location: Location, job: str, overwrite: bool, lease: Lease) -> Claim
 
 def commit(location: Location, job: str, parts: Sequence[Part],
            previous: Manifest | None = None, run_all: RunAll | None = None,
-           lease: Lease | None = None, cluster_by: Sequence[str] = ()) -> Manifest:
+           lease: Lease | None = None, cluster_by: Sequence[str] = (),
+           elements: int | None = None) -> Manifest:
     """Commit ``parts`` (one accepted attempt per task) on top of ``previous``; see the module.
 
     ``run_all(fn, groups)`` returns ``[fn(g) for g in groups]`` (default: here, in turn); gpar
@@ -196,8 +199,9 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     ``previous`` lists are merged with the new ones (a run resumed from a checkpoint). A task
     whose file also holds a task accepted from another attempt is not committed (the worker
     never writes such a file; if one appears, the next run of the job writes the task again).
+    ``elements``, the job's task count, lets a reader tell a partial output from a whole one.
     """
-    manifest = _accepted(job, parts, previous)
+    manifest = _accepted(job, parts, previous, elements)
     if len(manifest.files) > COMPACT_ABOVE_FILES:
         try:
             manifest = dataclasses.replace(manifest, files=_compacted(
@@ -217,14 +221,15 @@ def commit(location: Location, job: str, parts: Sequence[Part],
 
 
 def checkpoint(location: Location, job: str, parts: Sequence[Part],
-               previous: Manifest | None = None, lease: Lease | None = None) -> Manifest:
+               previous: Manifest | None = None, lease: Lease | None = None,
+               elements: int | None = None) -> Manifest:
     """Commit the ``parts`` accepted so far, marked unfinished, while the job runs.
 
     A driver that dies then loses only what it accepted after this; the next run of the job
     resumes from here. Nothing is merged or deleted: files of running attempts are not listed
     yet, and the job's commit() does both at its end.
     """
-    manifest = _accepted(job, parts, previous)
+    manifest = _accepted(job, parts, previous, elements)
     retired = _retired(read_manifest(location), manifest.files, time.time())
     manifest = dataclasses.replace(manifest, finished=False, retired=retired)
     _write(location, manifest, lease)
@@ -247,7 +252,8 @@ def _retired(current: Manifest | None, files: Sequence[CommittedFile],
             *((file.path, now) for file in current.files if file.path not in listed))
 
 
-def _accepted(job: str, parts: Sequence[Part], previous: Manifest | None) -> Manifest:
+def _accepted(job: str, parts: Sequence[Part], previous: Manifest | None,
+              elements: int | None = None) -> Manifest:
     """The manifest committing ``parts`` on top of ``previous``: their schemas unified;
     ``previous``'s files and each file every one of whose tasks was accepted from it; every
     task committed without rows."""
@@ -269,7 +275,7 @@ def _accepted(job: str, parts: Sequence[Part], previous: Manifest | None) -> Man
     schema = _unified(schemas, with_rows)
     uniform = (all(each.equals(schema, check_metadata=False) for each in schemas)
                and (not previous or not previous.files or previous.uniform))
-    return Manifest(job, schema, tuple(files), empty, uniform=uniform)
+    return Manifest(job, schema, tuple(files), empty, uniform=uniform, elements=elements)
 
 
 #: The names gpar gives files under data/: a task attempt's part (parts.py), a merge (below).

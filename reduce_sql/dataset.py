@@ -41,6 +41,12 @@ class Dataset:
                 "committed to see them all); if its driver stopped, run the same job again to "
                 "finish it."),
                 stacklevel=2)
+        elif report is None and len(manifest.tasks) < (manifest.elements or 0):
+            warnings.warn(PartialOutputWarning(  # apply warned its caller as the job ended
+                f"{self.location.uri} holds the output of {len(manifest.tasks):,} of its job's "
+                f"{manifest.elements:,} tasks: the others failed, or a deadline or quorum cut "
+                "them off. Queries see only these; run the same job again to write the rest."),
+                stacklevel=2)
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
         self.failures = failures or []  # TaskFailures of that job's tasks with no output

@@ -44,4 +44,5 @@ class StaleDatasetError(ReduceSqlError):
 
 
 class PartialOutputWarning(UserWarning):
-    """The output is a checkpoint: its job is still running, or its driver died mid-job."""
+    """The output lacks tasks of its job: a checkpoint (the job still runs, or its driver
+    died), or a job some of whose tasks failed or were cut off by a deadline or quorum."""

@@ -597,6 +597,20 @@ def test_a_frames_named_index_is_written_as_a_column(tmp_path):
         as_table(clash)
 
 
+def no_output_for_task_2(task):
+    if task == 2:
+        raise ValueError("no data for this series")
+    return {"task": [task]}
+
+
+def test_an_output_missing_tasks_says_so_to_whoever_opens_it_later(tmp_path):
+    with pytest.warns(gpar.TaskFailedWarning) as caught:
+        gpar.apply(range(4), no_output_for_task_2, output=tmp_path / "o", progress=False)
+    assert not [w for w in caught if w.category is reduce_sql.PartialOutputWarning]
+    with pytest.warns(reduce_sql.PartialOutputWarning, match="3 of its job's 4 tasks"):
+        assert reduce_sql.Dataset(tmp_path / "o").num_rows == 3
+
+
 def test_a_frame_arrow_cannot_convert_is_an_output_type_error():
     from reduce_sql.tables import as_table
 
