@@ -88,7 +88,7 @@ def apply(
     """
     started = time.time()
     _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite, backups, progress)
+                   packages, errors, output, overwrite, backups, progress, address)
     _check_arguments(fn, args, kwargs)
     retry_on, cluster_by = _exception_types(retry_on), _column_names(cluster_by, output)
     deadline_at = _deadline_at(deadline, started)
@@ -262,7 +262,7 @@ def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
 
 
 def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite, backups, progress) -> None:
+                   packages, errors, output, overwrite, backups, progress, address) -> None:
     if not callable(fn):
         raise TypeError(
             f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
@@ -270,6 +270,8 @@ def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, qu
     for name, flag in (("overwrite", overwrite), ("backups", backups), ("progress", progress)):
         if not (isinstance(flag, bool) or (name == "progress" and flag is None)):
             raise TypeError(f"{name} takes True or False, got {flag!r}")
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f'address takes "host:port" of a Ray cluster, got {address!r}')
     if output is not None and not isinstance(output, str | os.PathLike):
         raise TypeError(f"output takes a directory path or an s3:// URI (a str or a "
                         f"pathlib.Path), got {type(output).__qualname__} {output!r}")

@@ -35,6 +35,7 @@ def connect(address: str | None = None, **local_options: Any) -> None:
         import ray
 
     if ray.is_initialized():
+        _refuse_another(address, ray.get_runtime_context())
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -62,6 +63,21 @@ def connect(address: str | None = None, **local_options: Any) -> None:
             **quiet,
             **local_options,
         )
+
+
+def _refuse_another(address: str | None, context: Any) -> None:
+    """A driver already attached to one cluster was given another's ``host:port``: say so
+    rather than run there. Ports tell clusters apart (hosts have several names); a nested
+    apply runs on its worker's cluster, whatever it is given."""
+    if not address or context.get_task_id() is not None or address.count(":") != 1:
+        return
+    current = context.gcs_address
+    if address.rsplit(":", 1)[1] != current.rsplit(":", 1)[1]:
+        from gpar.errors import ClusterConnectionError
+
+        raise ClusterConnectionError(
+            f"this process is attached to the Ray cluster at {current}, not {address}: call "
+            "gpar.shutdown() first to use another")
 
 
 def cpu_slots() -> int:

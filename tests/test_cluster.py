@@ -50,6 +50,16 @@ def test_later_calls_reuse_the_running_cluster(cluster):
     assert ray.get_runtime_context().get_node_id() == node_before
 
 
+def test_another_clusters_address_is_refused_while_attached(cluster):
+    host, port = cluster.rsplit(":", 1)
+    other = f"{host}:{int(port) + 1}"
+    with pytest.raises(gpar.ClusterConnectionError, match=f"not {other}: call gpar.shutdown"):
+        gpar.apply([1], abs, address=other)
+    assert gpar.apply([-1], abs, address=f"127.0.0.1:{port}", progress=False) == [1]
+    with pytest.raises(TypeError, match="address takes"):
+        gpar.apply([1], abs, address=int(port))
+
+
 def test_shutdown_detaches_and_the_next_call_reconnects(run_script):
     completed = run_script("""
         import ray, gpar
