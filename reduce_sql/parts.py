@@ -88,6 +88,12 @@ class BatchWriter:
             raise OutputTypeError(
                 f"cluster_by names {missing}, which fn's table lacks (its columns: "
                 f"{table.column_names}); return them in every table or change cluster_by")
+        unsortable = [field for field in table.schema
+                      if field.name in self.sink.cluster_by and pa.types.is_nested(field.type)]
+        if unsortable:
+            raise OutputTypeError(
+                f"cluster_by names {unsortable[0].name!r}, whose values ({unsortable[0].type}) "
+                "cannot be sorted: cluster by columns of numbers, text or dates")
         return table
 
     def hold(self, position: int, table: pa.Table, alone: bool = False) -> None:

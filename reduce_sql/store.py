@@ -101,9 +101,9 @@ class Location:
 
 def locate(uri: str | os.PathLike) -> Location:
     """The Location of ``uri``: a local path (relative to the working directory) or s3://."""
-    text = os.fspath(uri)
+    text = os.fspath(uri) if isinstance(uri, str | os.PathLike) else None
     if not isinstance(text, str) or not text or "\0" in text:
-        raise ValueError(f"output must be a directory path or an s3:// URI, got {uri!r}")
+        raise ValueError(f"an output is a directory path or an s3:// URI, got {uri!r}")
     if text.startswith("s3://"):
         bucket_and_prefix = text[len("s3://"):].strip("/")
         if not bucket_and_prefix:
@@ -115,7 +115,11 @@ def locate(uri: str | os.PathLike) -> Location:
     if "://" in text:
         raise ValueError(
             f"{text!r}: only local directories and s3:// URIs are supported as outputs")
-    return Location(text, Path(text).expanduser().resolve().as_posix())
+    path = Path(text).expanduser().resolve()
+    if path.is_file():
+        raise ValueError(f"{text!r} is a file; an output is a directory (gpar writes Parquet "
+                         "files and a manifest in it)")
+    return Location(text, path.as_posix())
 
 
 @functools.lru_cache(maxsize=8)

@@ -52,6 +52,13 @@ def _converted(value: Any) -> pa.Table:
         if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
             return pa.Table.from_pandas(_named_index_as_columns(value), preserve_index=False)
         if isinstance(value, dict):
+            single = [name for name, column in value.items() if isinstance(column, str | bytes)
+                      or not hasattr(column, "__len__")]
+            if single:
+                raise ValueError(
+                    f"a dict of columns maps each name to a list of values, but "
+                    f"{single[0]!r} holds one value ({value[single[0]]!r}): for one row, "
+                    f"return {{{single[0]!r}: [{value[single[0]]!r}], ...}}")
             return pa.table(value)
         if isinstance(value, list) and all(isinstance(row, dict) for row in value):
             return pa.Table.from_pylist(value)

@@ -797,6 +797,27 @@ def test_cluster_by_needs_output_and_columns_every_table_has(tmp_path):
                              output=tmp_path / "b", cluster_by="missing", progress=False)
     assert [failure.index for failure in dataset.failures] == [0]
     assert dataset.failures[0].attempts == 1  # fn's to fix: not retried
+    with pytest.warns(gpar.TaskFailedWarning, match="'tags', whose values .* cannot be sorted"):
+        dataset = gpar.apply([0, 1], returns, [{"tags": [["a", "b"]]}, {"tags": [None]}],
+                             output=tmp_path / "c", cluster_by="tags", progress=False)
+    assert [(failure.index, failure.attempts) for failure in dataset.failures] == [(0, 1)]
+
+
+def test_a_dict_of_single_values_says_how_to_make_one_row():
+    from reduce_sql.tables import as_table
+
+    with pytest.raises(reduce_sql.OutputTypeError, match="'x' holds one value .*\\{'x': \\[1\\]"):
+        as_table({"x": 1, "y": [2]})
+
+
+def test_an_output_that_is_a_file_or_not_a_path_is_refused(tmp_path):
+    (tmp_path / "results.csv").write_text("a\n")
+    with pytest.raises(ValueError, match="is a file; an output is a directory"):
+        gpar.apply([1], abs, output=tmp_path / "results.csv")
+    with pytest.raises(ValueError, match="is a file; an output is a directory"):
+        reduce_sql.Dataset(tmp_path / "results.csv")
+    with pytest.raises(ValueError, match="an output is a directory path or an s3:// URI"):
+        reduce_sql.Dataset(123)
 
 
 def test_with_output_the_quick_elements_around_hung_ones_are_written_once(output, tmp_path):
