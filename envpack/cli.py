@@ -93,7 +93,11 @@ def write(image: Manifest, directory: Path) -> str:
 def _import(modules: Sequence[str]) -> None:
     sys.path.insert(0, os.getcwd())
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise SystemExit(f"envpack: cannot import {name!r} here: {exc}. Name modules "
+                             "as `import` does (sklearn, not scikit-learn)") from None
 
 
 def _script_imports(script: Path) -> tuple[Import, ...]:

@@ -57,7 +57,10 @@ def manifest(requested: Iterable[str] = (), imports: Iterable[Import] = (),
     index = _installed(indexes.values())
     excluded = _closure(index, {"ray": "ray"}).keys() | INSTALLER
     local: dict[str, LocalModule] = {}
-    roots = {canonical(name): "named in packages=" for name in requested}
+    if isinstance(requested, str):
+        raise TypeError(f"packages= takes a list of distribution names, e.g. [{requested!r}]")
+    roots = {_distribution_named(name, index, indexes.values()): "named in packages="
+             for name in requested}
     unknown = sorted(name for name in roots if name not in index)
     if unknown:
         raise ValueError(f"packages= names distributions not installed here: {unknown}")
@@ -195,6 +198,16 @@ def _file_imports(path: str) -> tuple[Import, ...]:
         cached = (key, imports_in_source(path))
         _file_import_cache[path] = cached
     return cached[1]
+
+
+def _distribution_named(name: str, index: Collection[str],
+                        site_indexes: Iterable[_SiteIndex]) -> str:
+    """The distribution ``name`` means: itself, or the one installing the import name
+    (packages=["yaml"] means PyYAML, ["sklearn"] scikit-learn)."""
+    if canonical(name) in index:
+        return canonical(name)
+    owners = {dist for site_index in site_indexes for dist in site_index.owners.get(name, ())}
+    return owners.pop() if len(owners) == 1 else canonical(name)
 
 
 def canonical(name: str) -> str:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputExistsError, SchemaConflictError
@@ -149,7 +148,7 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Claim:
     ``overwrite``; with it, the earlier output stays readable until this job commits. An output
     another driver is writing is refused (OutputBusyError).
     """
-    if location.filesystem.get_file_info(location.root).type == pafs.FileType.File:
+    if location.is_file:
         raise OutputExistsError(f"{location.uri} is a file; output= takes a directory or an "
                                 "s3:// prefix")
     lease = Lease.acquire(location)

@@ -28,6 +28,9 @@ class Dataset:
     def __init__(self, uri: str | os.PathLike | Location, *, report: Any = None,
                  failures: list | None = None):
         self.location = uri if isinstance(uri, Location) else locate(uri)
+        if self.location.is_file:
+            raise NoDatasetError(f"{self.location.uri} is a file; a Dataset is the directory "
+                                 "(or s3:// prefix) an apply(output=...) wrote")
         manifest = read_manifest(self.location)
         if manifest is None:
             raise NoDatasetError(
@@ -112,6 +115,9 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
     evals="out/evals", other="s3://bucket/other")``."""
     if not tables:
         raise ValueError('name at least one table: query(sql, data="path/or/s3://uri")')
+    if isinstance(params, str | os.PathLike | Dataset):
+        raise TypeError("params= holds the values of the query's $name or ? placeholders, so "
+                        "no table can be named params: name it otherwise")
     database = _database(**{name: source if isinstance(source, Dataset) else Dataset(source)
                             for name, source in tables.items()})
     try:

@@ -46,6 +46,11 @@ class Location:
     def filesystem(self) -> pafs.FileSystem:
         return _filesystem(self.s3_options) if self.is_s3 else pafs.LocalFileSystem()
 
+    @property
+    def is_file(self) -> bool:
+        """Whether the root is a file (or an S3 object), which can be no output."""
+        return self.filesystem.get_file_info(self.root).type == pafs.FileType.File
+
     def path(self, relative: str) -> str:
         """The full path of ``relative``, a name reduce_sql made, under the root."""
         return f"{self.root}/{relative}"
@@ -115,11 +120,7 @@ def locate(uri: str | os.PathLike) -> Location:
     if "://" in text:
         raise ValueError(
             f"{text!r}: only local directories and s3:// URIs are supported as outputs")
-    path = Path(text).expanduser().resolve()
-    if path.is_file():
-        raise ValueError(f"{text!r} is a file; an output is a directory (gpar writes Parquet "
-                         "files and a manifest in it)")
-    return Location(text, path.as_posix())
+    return Location(text, Path(text).expanduser().resolve().as_posix())
 
 
 @functools.lru_cache(maxsize=8)

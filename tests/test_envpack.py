@@ -124,6 +124,13 @@ def test_reinstalling_a_distribution_changes_the_digest(site, load):
 def test_packages_naming_an_uninstalled_distribution_is_an_error():
     with pytest.raises(ValueError, match="not-installed-anywhere"):
         envpack.manifest(requested=["not-installed-anywhere"])
+    with pytest.raises(TypeError, match="a list of distribution names, e.g. \\['numpy'\\]"):
+        envpack.manifest(requested="numpy")
+
+
+def test_packages_may_name_a_distribution_by_what_it_imports_as():
+    named = {d.name: d.why for d in envpack.manifest(requested=["dateutil"]).distributions}
+    assert named["python-dateutil"] == "named in packages="
 
 
 def test_a_layer_holds_the_distribution_and_is_built_once(site, tmp_path, load):
@@ -370,6 +377,12 @@ def test_cli_show_lists_what_ships_with_versions_sizes_and_why(tmp_path):
     assert any(line.split()[:2] == ["ep_cli_helper", "local"] and
                str(tmp_path / "ep_cli_helper.py") in line for line in lines)
     assert not any(line.split()[:1] == ["ray"] for line in lines)
+
+
+def test_cli_show_of_a_module_that_is_not_there_says_so_in_one_line(tmp_path):
+    out = _envpack("show", "scikit-learn", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot import 'scikit-learn' here" in out.stderr
 
 
 def test_cli_show_script_lists_what_its_functions_import_without_running_it(tmp_path):

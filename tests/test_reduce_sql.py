@@ -394,6 +394,8 @@ def test_bad_locations_and_names_are_clear_errors(tmp_path):
     gpar.apply([1], rows_of, output=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="identifiers"):
         reduce_sql.query("SELECT 1", **{"x; DROP": str(tmp_path / "d")})
+    with pytest.raises(TypeError, match="no table can be named params"):
+        reduce_sql.query("SELECT 1", data=str(tmp_path / "d"), params=str(tmp_path / "d"))
 
 
 def test_output_accepts_a_path_object(tmp_path):
@@ -810,11 +812,9 @@ def test_a_dict_of_single_values_says_how_to_make_one_row():
         as_table({"x": 1, "y": [2]})
 
 
-def test_an_output_that_is_a_file_or_not_a_path_is_refused(tmp_path):
+def test_a_dataset_on_a_file_or_not_a_path_is_refused(tmp_path):
     (tmp_path / "results.csv").write_text("a\n")
-    with pytest.raises(ValueError, match="is a file; an output is a directory"):
-        gpar.apply([1], abs, output=tmp_path / "results.csv")
-    with pytest.raises(ValueError, match="is a file; an output is a directory"):
+    with pytest.raises(reduce_sql.NoDatasetError, match="is a file; a Dataset is the directory"):
         reduce_sql.Dataset(tmp_path / "results.csv")
     with pytest.raises(ValueError, match="an output is a directory path or an s3:// URI"):
         reduce_sql.Dataset(123)
