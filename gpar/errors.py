@@ -21,6 +21,8 @@ apply() raises about a job. Misuse (a wrong argument) stays a TypeError or Value
 
     TaskFailedWarning (UserWarning)     one per failed element when errors="warn"
     IncompleteResultsWarning            a deadline or quorum stopped the job with elements unrun
+    SharedRandomStateWarning            fn draws from the caller's random generator: every batch
+                                        gets a copy in one state and repeats its draws
     envpack.UnresolvedImportWarning     fn imports a name that is installed nowhere here
 
 The five errors of envpack and reduce_sql that a job can raise are *twins* here: subclasses of

@@ -4,33 +4,37 @@
     action: "exit" | "raise" | "hang" | ("sleep", s) | ("raise_after", s)
 
 A task learns its attempt number by claiming the next marker file in a shared directory
-(O_EXCL, so concurrent attempts of one task, e.g. a backup, get different numbers). It writes
-its pid beside the marker, so a test can kill it or check that it is gone.
+(a link fails if the name exists, so concurrent attempts of one task, e.g. a backup, get
+different numbers). The marker holds the attempt's pid, so a test can kill it or check that
+it is gone.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 
 def claim_attempt(marker_dir: str, task: int) -> int:
+    """The next attempt number of ``task``. Its marker appears with the pid already in it
+    (written aside, then linked into place), so a test never reads one empty."""
+    staged = Path(marker_dir) / f"staging-{task}-{os.getpid()}-{threading.get_ident()}"
+    staged.write_text(str(os.getpid()))
     attempt = 0
     while True:
         try:
-            descriptor = os.open(Path(marker_dir) / f"{task}.{attempt}", os.O_CREAT | os.O_EXCL
-                                 | os.O_WRONLY)
+            os.link(staged, Path(marker_dir) / f"{task}.{attempt}")  # fails if it exists
         except FileExistsError:
             attempt += 1
             continue
-        os.write(descriptor, str(os.getpid()).encode())
-        os.close(descriptor)
+        staged.unlink()
         return attempt
 
 
 def pids(marker_dir: str) -> list[int]:
-    return [int(p.read_text()) for p in Path(marker_dir).glob("*.*") if p.read_text()]
+    return [int(p.read_text()) for p in Path(marker_dir).glob("*.*")]
 
 
 def attempts_of(marker_dir: str, task: int) -> int:

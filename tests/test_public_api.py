@@ -11,7 +11,8 @@ def test_public_names_are_pinned():
         "AllTasksFailed", "AttemptRecord", "ClusterConnectionError", "DeadlineExceeded",
         "EnvironmentCaptureError",
         "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport", "Results",
-        "TaskError", "TaskFailedWarning", "TaskFailure", "apply", "shutdown",
+        "SharedRandomStateWarning", "TaskError", "TaskFailedWarning", "TaskFailure", "apply",
+        "shutdown",
     ]
 
 
