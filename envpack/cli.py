@@ -95,9 +95,11 @@ def _import(modules: Sequence[str]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise SystemExit(f"envpack: cannot import {name!r} here: {exc}. Name modules "
-                             "as `import` does (sklearn, not scikit-learn)") from None
+        except ModuleNotFoundError as exc:
+            if not (name == exc.name or name.startswith(f"{exc.name}.")):
+                raise  # the module is there; something it imports is not
+            raise SystemExit(f"envpack: no module {name!r} here. Name modules as `import` "
+                             "does (sklearn, not scikit-learn)") from None
 
 
 def _script_imports(script: Path) -> tuple[Import, ...]:

@@ -303,8 +303,8 @@ def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, qu
 def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
     """fn must take (x, *args, **kwargs): else every element would fail the same way, after
     the launch. A misspelt option of apply's lands in kwargs: name the option meant."""
-    try:
-        signature = inspect.signature(fn)
+    try:  # the signature of what is called: a decorator's wrapper may fill arguments in
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # builtins and ufuncs may have none: let them run
         return
     try:
@@ -312,7 +312,7 @@ def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
     except TypeError as exc:
         options = [name for name, parameter in inspect.signature(apply).parameters.items()
                    if parameter.kind is parameter.KEYWORD_ONLY]
-        meant = [close for name in kwargs
+        meant = [close for name in kwargs if name not in signature.parameters
                  for close in difflib.get_close_matches(name, options, n=1)]
         hint = (f"; did you mean apply's option {meant[0]}=?" if meant else
                 "; apply passes each element first, then its own *args and **kwargs")

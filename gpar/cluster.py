@@ -69,7 +69,9 @@ def _refuse_another(address: str | None, context: Any) -> None:
     """A driver already attached to one cluster was given another's ``host:port``: say so
     rather than run there. Ports tell clusters apart (hosts have several names); a nested
     apply runs on its worker's cluster, whatever it is given."""
-    if not address or context.get_task_id() is not None or address.count(":") != 1:
+    import ray
+
+    if not address or context.worker.mode == ray.WORKER_MODE or address.count(":") != 1:
         return
     current = context.gcs_address
     if address.rsplit(":", 1)[1] != current.rsplit(":", 1)[1]:

@@ -15,6 +15,7 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 
 from __future__ import annotations
 
+import dis
 import pickle
 import re
 import sys
@@ -119,7 +120,8 @@ def random_states(fn: Callable[..., Any], args: tuple[Any, ...],
     the globals its code names, its closure and its arguments, each as "name (type)"."""
     scope = getattr(unwrap(fn), "__globals__", {})
     candidates = {
-        **{f"global {name!r}": scope[name] for name in sorted(reached_globals(fn, scope))},
+        **{f"global {name!r}": scope[name]
+           for name in sorted(reached_globals(fn, scope, attributes=False))},
         **_call_parts(fn, args, kwargs),
     }
     return [f"{label} ({_type_name(value)})" for label, value in candidates.items()
@@ -152,11 +154,12 @@ def _pickled_by_value(module_globals: dict[str, Any]) -> bool:
     return name == "__main__" or name not in sys.modules
 
 
-def reached_globals(fn: Any, scope: dict[str, Any]) -> set[str]:
+def reached_globals(fn: Any, scope: dict[str, Any], attributes: bool = True) -> set[str]:
     """Names of ``scope`` that fn's code can reach, following functions and classes it names.
 
-    An over-approximation (attribute names count too): it decides which unpicklable globals are
-    fatal, and a false alarm there is better than a NameError on a worker.
+    With ``attributes``, an over-approximation (``self.rng`` counts as the global ``rng``): it
+    decides which unpicklable globals are fatal, and a false alarm there is better than a
+    NameError on a worker. Without, only the names the code loads as globals.
     """
     reached: set[str] = set()
     seen: set[int] = set()
@@ -167,12 +170,18 @@ def reached_globals(fn: Any, scope: dict[str, Any]) -> set[str]:
             continue
         seen.add(id(obj))
         for code in code_objects(obj, scope):
-            for name in code.co_names:
+            names = code.co_names if attributes else _globals_loaded(code)
+            for name in names:
                 if name in scope and name not in reached:
                     reached.add(name)
                     stack.append(scope[name])
         stack.extend(closure_values(obj))
     return reached
+
+
+def _globals_loaded(code: types.CodeType) -> list[str]:
+    return [instruction.argval for instruction in dis.get_instructions(code)
+            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
 
 
 def _dump(call: Call, skipped: dict[str, str]) -> CapturedEnvironment:

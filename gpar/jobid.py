@@ -1,25 +1,28 @@
 """What makes two runs of apply() the same job: resuming an output (output.py) rests on it.
 
-A digest of xs, fn's code, the extra arguments and what fn reads: the globals its code names
-(following the functions and classes it names, their code too) and its closure. Equal in any
-process that makes the same call; a changed constant or helper makes another job, whose
-results an earlier run's output must not stand in for. Globals reached only through
-``globals()[name]`` are not seen.
+A digest of xs, the extra arguments, fn and what fn reads: the globals its code loads,
+following the functions and classes it names. Functions count by their code, defaults and
+closure; a bound method or a partial with what it is bound to; a class of the caller's module
+by its members; anything else by value. Equal in any process that makes the same call; a
+changed constant or helper makes another job, whose results an earlier run's output must not
+stand in for. Globals reached only through ``globals()[name]`` are not seen.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
 import threading
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from envpack.imports import unwrap
-from gpar.environment import closure_values, code_objects, reached_globals
+from gpar.environment import closure_values, reached_globals
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
@@ -30,33 +33,55 @@ def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) ->
     """
     digest = hashlib.sha256()
     digest.update(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode())
-    code = getattr(fn, "__code__", None)
-    digest.update(_code_fingerprint(code) if code is not None else _stable_pickle(fn))
     digest.update(_stable_pickle((args, kwargs)))
-    digest.update(_what_fn_reads(fn))
+    scope = getattr(unwrap(fn), "__globals__", {})
+    fingerprint = _Fingerprint(scope.get("__name__"))
+    digest.update(fingerprint(fn))
+    for name in sorted(reached_globals(fn, scope, attributes=False)):
+        digest.update(f";{name}=".encode() + fingerprint(scope[name]))
     digest.update(_stable_pickle(list(items)))
     return digest.hexdigest()
 
 
-def _what_fn_reads(fn: Callable) -> bytes:
-    """fn's defaults, the globals its code reaches, by name, and its closure's values:
-    functions and classes by their code (and defaults), anything else by value."""
-    scope = getattr(unwrap(fn), "__globals__", {})
-    named = [("", unwrap(fn))]
-    named += [(name, scope[name]) for name in sorted(reached_globals(fn, scope))]
-    enclosed = [("", value) for value in closure_values(fn)]
-    return b"".join(name.encode() + b"=" + _fingerprint(value, scope) + b";"
-                    for name, value in named + enclosed)
+class _Fingerprint:
+    """Bytes that change when what a value does can change; each object once (cycles)."""
 
+    def __init__(self, module: str | None):
+        self.module = module  # the caller's: its classes count by their members
+        self.seen: dict[int, Any] = {}  # the values too: an id is unique while they live
 
-def _fingerprint(value: Any, scope: dict[str, Any]) -> bytes:
-    codes = list(code_objects(value, scope))
-    defaults = (getattr(value, "__defaults__", None), getattr(value, "__kwdefaults__", None))
-    try:
-        return b"|".join([*map(_code_fingerprint, codes), _stable_pickle(defaults)]
-                         if codes else [_stable_pickle(value)])
-    except Exception:  # a library function's unpicklable default: its code still counts
-        return b"|".join([*map(_code_fingerprint, codes), type(value).__qualname__.encode()])
+    def __call__(self, value: Any) -> bytes:
+        if id(value) in self.seen:
+            return b"<again>"
+        self.seen[id(value)] = value
+        try:
+            return self._of(value)
+        except Exception:  # cannot be pickled: its type still counts
+            return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
+
+    def _of(self, value: Any) -> bytes:
+        if isinstance(value, types.MethodType):
+            return self(value.__func__) + b"@" + self(value.__self__)
+        if isinstance(value, functools.partial):
+            return self(value.func) + _stable_pickle((value.args, value.keywords))
+        if isinstance(value, types.FunctionType):
+            return b"|".join([_code_fingerprint(value.__code__),
+                              _stable_pickle((value.__defaults__, value.__kwdefaults__)),
+                              *map(self, closure_values(value)),
+                              self(getattr(value, "__wrapped__", None))])
+        if hasattr(value, "__wrapped__") and callable(value):  # functools.lru_cache and kin
+            return self(value.__wrapped__)
+        if isinstance(value, staticmethod | classmethod):
+            return self(value.__func__)
+        if isinstance(value, property):
+            return self(value.fget) + self(value.fset)
+        if isinstance(value, type) and value.__module__ == self.module:
+            return b"|".join(name.encode() + b"=" + self(member)
+                             for name, member in sorted(vars(value).items())
+                             if not name.startswith("__") or callable(member))
+        if type(value).__module__ == self.module:  # an instance of the caller's class
+            return self(type(value)) + _stable_pickle(value)
+        return _stable_pickle(value)
 
 
 def _code_fingerprint(code: Any) -> bytes:
@@ -98,6 +123,9 @@ class _SortedSetPickler(pickle.Pickler):
         expanding = _expanding.ids
         if id(obj) in expanding:  # an element refers back to an enclosing set: say which
             return "cycle", len(expanding) - expanding.index(id(obj))
+        kinds = {type(element) for element in obj}
+        if len(kinds) == 1 and kinds <= {str, bytes, int, float}:  # most sets: fast
+            return type(obj).__name__, sorted(obj)
         expanding.append(id(obj))
         try:
             return type(obj).__name__, sorted(map(_stable_pickle, obj))

@@ -7,7 +7,7 @@ plain and uncompressed, and row groups of about a million rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -53,7 +53,7 @@ def _converted(value: Any) -> pa.Table:
             return pa.Table.from_pandas(_named_index_as_columns(value), preserve_index=False)
         if isinstance(value, dict):
             single = [name for name, column in value.items() if isinstance(column, str | bytes)
-                      or not hasattr(column, "__len__")]
+                      or not isinstance(column, Iterable)]
             if single:
                 raise ValueError(
                     f"a dict of columns maps each name to a list of values, but "
@@ -74,13 +74,14 @@ def _named_index_as_columns(frame: Any) -> Any:
     """A frame whose named index levels (set_index("week"), groupby keys) are columns: they
     are data. Unnamed levels are row numbers (a RangeIndex, what a filter leaves): dropped."""
     named = [name for name in frame.index.names if name is not None]
-    if not named:
-        return frame
-    clashing = [name for name in named if name in frame.columns]
+    copies = [name for name in named if name in frame.columns  # set_index(..., drop=False)
+              and frame[[name]].set_index(name).index.equals(frame.index.get_level_values(name))]
+    clashing = [name for name in named if name in frame.columns and name not in copies]
     if clashing:
         raise ValueError(f"index level {clashing[0]!r} has the name of a column; rename one "
                          "(df.rename_axis(...)) or drop the index (df.reset_index(drop=True))")
-    return frame.reset_index(level=named)
+    kept = [name for name in named if name not in copies]
+    return frame.reset_index(level=kept) if kept else frame
 
 
 def _decoded(table: pa.Table) -> pa.Table:

@@ -1,5 +1,6 @@
 """apply() semantics on the session's embedded cluster: inputs, order, failures, retries."""
 
+import functools
 import os
 import warnings
 
@@ -95,9 +96,28 @@ def scaled(x, factor=1):
     return x * factor
 
 
+def retried(x, retries, scale):
+    return x * retries * scale
+
+
+def with_factor_three(f):
+    @functools.wraps(f)
+    def wrapper(x):
+        return f(x, factor=3)
+    return wrapper
+
+
+@with_factor_three
+def decorated(x, factor):
+    return x * factor
+
+
 def test_a_misspelt_option_is_named_before_anything_runs():
     with pytest.raises(TypeError, match="did you mean apply's option max_workers="):
         gpar.apply([1, 2], scaled, max_worker=2)
+    with pytest.raises(TypeError, match="argument: 'scale'; apply passes each element first"):
+        gpar.apply([1, 2], retried, retries=3)  # fn's own retries= is no misspelt option
+    assert gpar.apply([1, 2], decorated, progress=False) == [3, 6]  # the wrapper's signature
     with pytest.raises(TypeError, match="fn cannot be called as fn\\(x, \\*args"):
         gpar.apply([1, 2], scaled, 3, 4)
     assert gpar.apply([1, 2], scaled, factor=3, progress=False) == [3, 6]
@@ -324,6 +344,21 @@ def bootstrap_mean_seeded_per_replicate(replicate):
     return float(rng.choice(SAMPLE, size=SAMPLE.size).mean())
 
 
+class Simulation:
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)  # an attribute, not the global rng below
+
+    def mean(self):
+        return float(self.rng.choice(SAMPLE, size=SAMPLE.size).mean())
+
+
+rng = np.random.default_rng(0)  # the caller's: draws xs, never reached by fn
+
+
+def simulated_mean(replicate):
+    return Simulation([0, replicate]).mean()
+
+
 def test_a_random_generator_of_the_callers_is_warned_about_since_batches_repeat_its_draws():
     with pytest.warns(gpar.SharedRandomStateWarning, match="global 'SHARED_RNG'.*default_rng"):
         means = gpar.apply(range(40), bootstrap_mean_from_shared_rng, progress=False)
@@ -331,4 +366,5 @@ def test_a_random_generator_of_the_callers_is_warned_about_since_batches_repeat_
     with warnings.catch_warnings():
         warnings.simplefilter("error", gpar.SharedRandomStateWarning)
         means = gpar.apply(range(40), bootstrap_mean_seeded_per_replicate, progress=False)
-    assert len(set(means)) == 40
+        assert len(set(means)) == 40
+        assert len(set(gpar.apply(rng.permutation(40), simulated_mean, progress=False))) == 40

@@ -433,6 +433,7 @@ def test_the_cli_prints_writes_and_describes(tmp_path):
 
 DIGEST_SCRIPT = """
 import dataclasses
+import functools
 from gpar.jobid import job_digest
 
 @dataclasses.dataclass(frozen=True)
@@ -441,11 +442,23 @@ class Draw:
 
 KEPT = {"a", "b", "c"}  # a global fn reads, also iterated in an order set by string hashes
 
+class Weights:
+    NAMES = {"x", "y"}
+    def __init__(self, k):
+        self.k = k
+    def weigh(self, value):
+        return value * self.k
+
+weigh = Weights(2).weigh  # a bound method: the instance it is bound to counts
+
+@functools.lru_cache
 def kept(draw):
     return draw.realization in KEPT
 
 def fn(draw, scale=2):
-    return draw.realization * scale if draw.realization in {1, 2, 3} and kept(draw) else 0
+    if draw.realization in {1, 2, 3} and kept(draw):
+        return weigh(draw.realization * scale)
+    return 0
 
 columns = {f"column_{i}" for i in range(10)}  # iterated in an order set by string hashes
 print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3, "columns": columns,
@@ -472,6 +485,18 @@ def reads_globals(x):
     return {"x": [helper(x) * SCALE]}
 
 
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        return {"x": [x * self.k]}
+
+
+def make_scaler(k):
+    return lambda x: x * k
+
+
 def test_a_changed_global_or_helper_fn_reads_is_another_job(monkeypatch, tmp_path):
     """Resuming rests on the digest: an output computed with SCALE = 1 must not stand in for
     a run with SCALE = 10."""
@@ -493,6 +518,11 @@ def test_a_changed_global_or_helper_fn_reads_is_another_job(monkeypatch, tmp_pat
     first = digest(closure)
     offset = 4
     assert digest(closure) != first
+    assert digest(Scaler(1).apply) != digest(Scaler(2).apply)  # the instance counts
+    monkeypatch.setitem(globals(), "helper", make_scaler(1))  # a helper a factory made
+    first = digest()
+    monkeypatch.setitem(globals(), "helper", make_scaler(2))
+    assert digest() != first
 
     monkeypatch.setitem(globals(), "SCALE", 1)
     gpar.apply([1, 2], reads_globals, output=tmp_path / "out", progress=False)
@@ -594,6 +624,8 @@ def test_a_frames_named_index_is_written_as_a_column(tmp_path):
 
     filtered = pd.DataFrame({"v": [1, 2, 3]}).query("v > 1")
     assert as_table(filtered).column_names == ["v"]
+    kept_too = pd.DataFrame({"k": [1.0, None], "v": [3, 4]}).set_index("k", drop=False)
+    assert as_table(kept_too).column_names == ["k", "v"]
     clash = pd.DataFrame({"k": [1]}, index=pd.Index([5], name="k"))
     with pytest.raises(reduce_sql.OutputTypeError, match="index level 'k' has the name of a"):
         as_table(clash)
