@@ -16,6 +16,7 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 from __future__ import annotations
 
 import dis
+import inspect
 import pickle
 import re
 import sys
@@ -123,11 +124,21 @@ def random_states(fn: Callable[..., Any], args: tuple[Any, ...],
         **{f"global {name!r}": scope[name]
            for name in sorted(reached_globals(fn, scope, attributes=False))},
         **_call_parts(fn, args, kwargs),
+        **{f"the default of fn's parameter {name!r}": value
+           for name, value in _defaults(fn).items()},
     }
     return [f"{label} ({_type_name(value)})" for label, value in candidates.items()
             if not isinstance(value, type) and type(value).__name__ != "SystemRandom"
             and any(f"{kind.__module__}.{kind.__qualname__}" in RANDOM_STATES
                     for kind in type(value).__mro__)]
+
+
+def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        parameters = inspect.signature(fn, follow_wrapped=False).parameters.values()
+    except (TypeError, ValueError):  # builtins and ufuncs may have none
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
 
 
 def shippable_globals(caller_globals: dict[str, Any]) -> dict[str, Any]:

@@ -160,3 +160,9 @@ def test_random_generators_fn_draws_from_are_named_wherever_they_come_from():
         "keyword argument 'bits' (numpy.random._pcg64.PCG64)"]
     assert random_states(closure, (), {}) == [
         "variable 'rng' captured by fn's closure (numpy.random._generator.Generator)"]
+
+    def with_default(x, noise=np.random.default_rng(1)):  # noqa: B008 - the trap itself
+        return noise.random()
+
+    assert random_states(with_default, (), {}) == [
+        "the default of fn's parameter 'noise' (numpy.random._generator.Generator)"]
