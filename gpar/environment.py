@@ -180,7 +180,7 @@ def reached_globals(fn: Any, scope: dict[str, Any], attributes: bool = True) -> 
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        for code in code_objects(obj, scope):
+        for code in _code_objects(obj, scope):
             names = code.co_names if attributes else _globals_loaded(code)
             for name in names:
                 if name in scope and name not in reached:
@@ -240,17 +240,17 @@ def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             )
 
 
-def code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
+def _code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
     obj = unwrap(obj)
     if isinstance(obj, types.FunctionType):
         yield from _nested_code(obj.__code__)
     elif isinstance(obj, type) and obj.__module__ == scope.get("__name__"):
         for member in vars(obj).values():
-            yield from code_objects(member, scope)
+            yield from _code_objects(member, scope)
     elif isinstance(obj, staticmethod | classmethod):
-        yield from code_objects(obj.__func__, scope)
+        yield from _code_objects(obj.__func__, scope)
     elif callable(obj) and type(obj).__module__ == scope.get("__name__"):
-        yield from code_objects(type(obj), scope)
+        yield from _code_objects(type(obj), scope)
 
 
 def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:

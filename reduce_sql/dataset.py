@@ -28,10 +28,13 @@ class Dataset:
     def __init__(self, uri: str | os.PathLike | Location, *, report: Any = None,
                  failures: list | None = None):
         self.location = uri if isinstance(uri, Location) else locate(uri)
-        if self.location.is_file:
+        try:
+            manifest = read_manifest(self.location)
+        except NotADirectoryError:  # a local file: said below
+            manifest = None
+        if manifest is None and self.location.is_file:
             raise NoDatasetError(f"{self.location.uri} is a file; a Dataset is the directory "
                                  "(or s3:// prefix) an apply(output=...) wrote")
-        manifest = read_manifest(self.location)
         if manifest is None:
             raise NoDatasetError(
                 f"{self.location.uri} holds no committed output (no manifest): write one with "
