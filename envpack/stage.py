@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
@@ -88,17 +88,39 @@ class StagedImage:
     runtime_env: dict[str, Any] | None
     report: ImageReport
 
-    def submit(self, remote: Any, target: str, refs: Sequence[Any], args: tuple,
-               raw: tuple[bytes, ...] = (), **ray_options: Any) -> Any:
-        """Call ``target`` ("module:function") on a worker through ``remote`` (from
-        ``bootstrap``) with the values of ``refs``, the ``raw`` bytes as they are, then
-        ``args``; ``ray_options`` go to Ray's ``.options`` (which can be applied once) with the
-        image's runtime_env."""
-        if self.runtime_env is not None:
-            ray_options["runtime_env"] = self.runtime_env
-        if ray_options:
-            remote = remote.options(**ray_options)
-        return remote.remote(self.layers, target, list(refs), raw, cloudpickle.dumps(args))
+    def call(self, target: str, refs: Sequence[Any], args: tuple,
+             raw: tuple[bytes, ...] = ()) -> StagedCall:
+        """A call of ``target`` ("module:function") on a worker through the image, with the
+        values of ``refs``, the ``raw`` bytes as they are, then ``args``: what ``start``
+        submits, plain data that can be handed to another process to submit."""
+        return StagedCall(self.layers, self.runtime_env, target, tuple(refs), raw,
+                          cloudpickle.dumps(args))
+
+
+@dataclass(frozen=True)
+class StagedCall:
+    """One task through a job's image, ready to submit (see ``start``)."""
+
+    layers: tuple[tuple[str, Any], ...]
+    runtime_env: dict[str, Any] | None
+    target: str
+    refs: tuple[Any, ...]
+    raw: tuple[bytes, ...]
+    payload: bytes
+
+
+def start(call: StagedCall, options: dict[str, Any], placement: dict[str, Any] | None = None
+          ) -> Any:
+    """Submit ``call`` as a task of ``bootstrap(**options)``, placed by ``placement`` (Ray's
+    per-task options, such as a scheduling strategy); returns its reference (a streaming
+    generator with ``num_returns="streaming"``). Runs where Ray is attached."""
+    remote = bootstrap(**options)
+    per_task = dict(placement or {})
+    if call.runtime_env is not None:
+        per_task["runtime_env"] = call.runtime_env
+    if per_task:
+        remote = remote.options(**per_task)
+    return remote.remote(call.layers, call.target, list(call.refs), call.raw, call.payload)
 
 
 def bootstrap(**ray_options: Any) -> Any:
@@ -106,17 +128,32 @@ def bootstrap(**ray_options: Any) -> Any:
     return _remote(tuple(sorted(ray_options.items())))
 
 
+class Cluster(Protocol):
+    """Where the image goes: the Ray cluster this process is attached to (``Attached``), or
+    one a long-lived driver holds for this process (gpar's local cluster server)."""
+
+    connection_id: str  # object references live as long as this connection
+
+    def probe(self) -> WorkerFacts:
+        """What the cluster's workers have; asked once per connection."""
+
+    def put(self, data: bytes) -> Any:
+        """Store ``data`` in the cluster's object store; a reference to pass in a call."""
+
+
 def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = (),
-            code: Iterable[Any] = ()) -> StagedImage:
-    """Build what the connected cluster lacks, put it in its object store, and describe it.
+            code: Iterable[Any] = (), cluster: Cluster | None = None) -> StagedImage:
+    """Build what ``cluster`` (default: the one this process is attached to) lacks, put it
+    in its object store, and describe it.
 
     ``code``: the caller's function and arguments: what their code imports is in the image
     too, loaded or not (imports.py); a name nothing here provides is an
     UnresolvedImportWarning, once per name.
     """
     started = time.perf_counter()
+    cluster = cluster or Attached()
     named = () if isinstance(packages, str) else packages
-    facts = probe()
+    facts = cluster.probe()
     found = imports.imports_reached(code, discover.callers_code(always))
     manifest = discover.manifest(requested=named, imports=found, runtime=always)
     _warn_unresolved(manifest.unresolved)
@@ -124,7 +161,7 @@ def prepare(packages: str | Sequence[str] = "auto", always: Collection[str] = ()
     layers = [layer_of(item) for item in items]
     shipped, refs = [], []
     for layer in layers:
-        ref, archive_bytes, built, sent = _ship(layer)
+        ref, archive_bytes, built, sent = _ship(layer, cluster)
         refs.append((layer.digest, ref))
         shipped.append(ShippedLayer(layer.name, layer.version, archive_bytes, built, sent))
     image = hashlib.sha256(" ".join(layer.digest for layer in layers).encode()).hexdigest()[:16]
@@ -146,15 +183,33 @@ def layers_dir() -> Path:
     return Path(_boot.cache_root()) / "layers"
 
 
+class Attached:
+    """The Ray cluster this process is attached to (``ray.init`` done, or a Ray worker)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        context = ray.get_runtime_context()
+        self.connection_id = f"{context.gcs_address}/{context.get_job_id()}"
+
+    def probe(self) -> WorkerFacts:
+        return probe()
+
+    def put(self, data: bytes) -> Any:
+        import ray
+
+        return ray.put(data)
+
+
 _facts: dict[str, WorkerFacts] = {}
 _refs: dict[tuple[str, str], Any] = {}
 
 
 def probe() -> WorkerFacts:
-    """What the connected cluster's workers have; asked once per connection."""
+    """What the attached cluster's workers have; asked once per connection."""
     import ray
 
-    key = _connection()
+    key = Attached().connection_id
     if key not in _facts:
         _ship_boot_by_value()
         remote = ray.remote(num_cpus=0, max_retries=1)(_boot.probe)
@@ -164,13 +219,11 @@ def probe() -> WorkerFacts:
     return _facts[key]
 
 
-def _ship(layer: Layer) -> tuple[Any, int, bool, bool]:
-    """The layer's ObjectRef, its archive's size, whether it was built and whether it was sent
-    now. A layer this connection sent before, or that this worker process was staged with (a
-    nested call), is neither built nor sent again."""
-    import ray
-
-    key = (_connection(), layer.digest)
+def _ship(layer: Layer, cluster: Cluster) -> tuple[Any, int, bool, bool]:
+    """The layer's reference, its archive's size, whether it was built and whether it was
+    sent now. A layer this connection sent before, or that this worker process was staged
+    with (a nested call), is neither built nor sent again."""
+    key = (cluster.connection_id, layer.digest)
     if key not in _refs and layer.digest in _boot.STAGED:
         _refs[key] = (_boot.STAGED[layer.digest], 0)
     if key in _refs:
@@ -178,16 +231,8 @@ def _ship(layer: Layer) -> tuple[Any, int, bool, bool]:
         return ref, size, False, False
     path, built = build(layer, layers_dir())
     archive = path.read_bytes()
-    _refs[key] = (ray.put(archive), len(archive))
+    _refs[key] = (cluster.put(archive), len(archive))
     return _refs[key][0], len(archive), built, True
-
-
-def _connection() -> str:
-    """This driver's connection: object references and probe answers live as long as it."""
-    import ray
-
-    context = ray.get_runtime_context()
-    return f"{context.gcs_address}/{context.get_job_id()}"
 
 
 @functools.cache

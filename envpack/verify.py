@@ -72,10 +72,21 @@ def _forget_edited(local_modules: tuple[tuple[str, str], ...]) -> None:
     unpickling fn imports the files as they are now. (Shipped modules never change under a
     process: each image runs in processes of its own.)"""
     if any(_local_contents.get(name, content) != content for name, content in local_modules):
-        names = {name for name, _ in local_modules}
-        for loaded in [m for m in sys.modules if m.partition(".")[0] in names]:
-            del sys.modules[loaded]
+        _drop({name for name, _ in local_modules})
     _local_contents.update(local_modules)
+
+
+def forget_local_modules(local_modules: tuple[tuple[str, str], ...] = ()) -> None:
+    """Drop every local module this process loaded for earlier checks, and ``local_modules``:
+    a worker that outlives a script then runs the next script's code from its files, with
+    none of the last script's module state."""
+    _drop(set(_local_contents) | {name for name, _ in local_modules})
+    _local_contents.clear()
+
+
+def _drop(names: set[str]) -> None:
+    for loaded in [m for m in sys.modules if m.partition(".")[0] in names]:
+        del sys.modules[loaded]
 
 
 def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import difflib
+import functools
 import inspect
 import numbers
 import os
@@ -108,21 +109,23 @@ def apply(
         pending = items if claim is None else [items[i] for i in claim.pending]
         if len(pending) == 0:  # an earlier run of this job committed every element
             return _collected(Results([], JobReport(elements=0)), claim)
-        image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
-        report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                           skipped_globals=captured.skipped, image=image.report)
-        slots = int(max_workers or cluster.cpu_slots())  # int(): numpy's ints are accepted
-        rules = Rules(max_workers=slots, task_retries=int(task_retries),
-                      max_failures=(default_max_failures(len(items)) if max_failures is None
-                                    else int(max_failures)),
-                      deadline_at=deadline_at,
-                      task_timeout_s=None if task_timeout is None else float(task_timeout),
-                      quorum=float(quorum), backups=backups, errors=errors)
-        policy = Policy(len(pending), rules, BatchSizer(slots), counts=report)
-        values = scheduler.run_job(
-            pending, captured, policy, report=report, image=image, output=claim,
-            progress=shown_by_default() if progress is None else progress)
-        return _collected(Results(values, report), claim, policy, image)
+        tasks, image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
+        with contextlib.closing(tasks):
+            report = JobReport(len(pending), environment_bytes=captured.nbytes,
+                               skipped_globals=captured.skipped, image=image.report)
+            slots = int(max_workers or tasks.cpus())  # int(): numpy's ints are accepted
+            rules = Rules(max_workers=slots, task_retries=int(task_retries),
+                          max_failures=(default_max_failures(len(items)) if max_failures is None
+                                        else int(max_failures)),
+                          deadline_at=deadline_at,
+                          task_timeout_s=None if task_timeout is None else float(task_timeout),
+                          quorum=float(quorum), backups=backups, errors=errors)
+            policy = Policy(len(pending), rules, BatchSizer(slots), counts=report)
+            values = scheduler.run_job(
+                pending, captured, policy, report=report, image=image, tasks=tasks,
+                output=claim, progress=shown_by_default() if progress is None else progress)
+            run_all = functools.partial(scheduler.run_each, image, tasks)
+            return _collected(Results(values, report), claim, policy, run_all)
 
 
 def _claimed(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
@@ -137,25 +140,26 @@ def _claimed(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwarg
 
 
 def _staged_image(address: str | None, packages: str | Sequence[str],
-                  code: tuple[Any, ...]) -> StagedImage:
-    """Connect, then ship what the cluster's workers lack of the caller's packages
-    (envpack.stage), with what ``code`` (fn and its arguments) will import when it runs."""
+                  code: tuple[Any, ...]) -> tuple[Any, StagedImage]:
+    """Connect (cluster.connect: the tasks a job runs on), then ship what the cluster's
+    workers lack of the caller's packages (envpack.stage), with what ``code`` (fn and its
+    arguments) will import when it runs."""
     from envpack import stage
 
-    cluster.connect(address)
+    tasks = cluster.connect(address)
     with as_gpar_errors():
-        return stage.prepare(packages, always=RUNTIME_MODULES, code=code)
+        return tasks, stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
 
 
 def _collected(results: Results, claim: gpar_output.OutputJob | None,
-               policy: Policy | None = None, image: StagedImage | None = None
+               policy: Policy | None = None, run_all: Callable | None = None
                ) -> Results | Dataset:
     """Commit what was accepted (even when the job then raises: nothing finished is lost),
     then raise or warn as the job ended, and return the results or the committed Dataset."""
     if claim is not None:
         results = claim.in_input_order(results)
         with as_gpar_errors():
-            claim.commit(results, image)
+            claim.commit(results, run_all)
     if policy is not None:
         _raise_if_mismatched(results)
         _raise_or_warn(results, policy)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from gpar import auth, notebook
@@ -24,34 +25,57 @@ from gpar import auth, notebook
 WORKER_NICENESS = 0
 
 
-def connect(address: str | None = None, **local_options: Any) -> None:
-    """Attach this process to Ray: ``address``, else RAY_ADDRESS, else an embedded cluster.
+def connect(address: str | None = None, **local_options: Any) -> Any:
+    """The cluster a job runs on, as a tasks.RayTasks (or the local server's stand-in).
 
-    Inside a Ray task (a nested apply) the worker is already attached, and that is the cluster.
-    ``local_options`` go to ``ray.init`` when the embedded cluster is started (tests pass
-    ``_temp_dir``, ``num_cpus``).
+    In order: the cluster this process is attached to (inside a Ray task, a nested apply,
+    that is its worker's); ``address``, else RAY_ADDRESS ("local": a cluster of this process
+    alone, Ray's convention, as is GPAR_CLUSTER=process); else the user's local cluster, which
+    outlives the script (client.py). ``local_options`` (tests: ``_temp_dir``, ``num_cpus``)
+    start a cluster of this process alone with them.
     """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        _refuse_another(address, ray.get_runtime_context())
+        return _attached()
+    address = address or os.environ.get("RAY_ADDRESS")
+    per_process = (address == "local" or local_options
+                   or os.environ.get("GPAR_CLUSTER", "").lower() == "process")
+    if address and address != "local":
+        with notebook.quiet_ray_import():
+            import ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        auth.prepare_to_connect(address)
+        with notebook.ray_started_quietly():
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        return _attached()
+    if per_process:
+        start_embedded(**local_options)
+        return _attached()
+    from gpar import client
+
+    return client.attach()
+
+
+def _attached() -> Any:
+    from gpar.tasks import RayTasks
+
+    return RayTasks()
+
+
+def start_embedded(**local_options: Any) -> None:
+    """Start a local Ray cluster owned by this process: quiet, token-protected, its workers at
+    this process's niceness. ``local_options`` go to ``ray.init``."""
     with notebook.quiet_ray_import():
         import ray
 
-    if ray.is_initialized():
-        _refuse_another(address, ray.get_runtime_context())
-        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        auth.prepare_to_connect(address)
-        with notebook.ray_started_quietly():
-            ray.init(address=address, **quiet)
-        return
     if os.environ.get("RAY_AUTH_MODE", "token") != "token":
-        from gpar.errors import GparError
+        from gpar.errors import ClusterConnectionError
 
-        raise GparError(
+        raise ClusterConnectionError(
             f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} would start the embedded Ray cluster "
-            "without authentication, open to anyone who can reach this machine; unset it."
-        )
+            "without authentication, open to anyone who can reach this machine; unset it.")
     auth.private_default_token()
     system_config = {"worker_niceness": WORKER_NICENESS, **local_options.pop("_system_config", {})}
     with notebook.ray_started_quietly():
@@ -60,7 +84,8 @@ def connect(address: str | None = None, **local_options: Any) -> None:
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             _system_config=system_config,
-            **quiet,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
             **local_options,
         )
 
@@ -82,17 +107,13 @@ def _refuse_another(address: str | None, context: Any) -> None:
             "gpar.shutdown() first to use another")
 
 
-def cpu_slots() -> int:
-    """CPUs of the cluster now: the default cap on tasks in flight."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def shutdown() -> None:
-    """Stop the embedded cluster, or detach from the one given; the next apply() reconnects."""
-    import sys
-
+    """Stop the cluster of this process, or detach from the one given; with neither, stop
+    the user's local cluster of this Python environment. The next apply() reconnects."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+        return
+    from gpar import client
+
+    client.stop()

@@ -9,7 +9,6 @@ Ray: the commit is handed the Ray backend's run_each to merge small files on the
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from gpar.jobid import job_digest
 from gpar.records import Launch
 from gpar.results import Results, TaskFailure
-from gpar.scheduler import run_each
 
 
 @dataclass(frozen=True)
@@ -65,9 +63,11 @@ class OutputJob:
         except Exception:
             pass
 
-    def commit(self, values: list[Any], image: Any = None) -> Any:
-        """Commit the accepted Parts; merges of small files run on the cluster through the
-        job's envpack ``image`` (on the driver when there is no cluster or one merge).
+    def commit(self, values: list[Any],
+               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+               ) -> Any:
+        """Commit the accepted Parts; merges of small files run through ``run_all`` (the
+        cluster's, scheduler.run_each; on the driver without one, or for one merge).
 
         A task the commit could not take (its file also held another attempt's winner, which
         the workers prevent) becomes a TaskFailure in ``values``: the next run writes it.
@@ -75,7 +75,6 @@ class OutputJob:
         from reduce_sql.commit import commit
         from reduce_sql.parts import Part
 
-        run_all = None if image is None else functools.partial(run_each, image)
         parts = _parts(values)
         manifest = commit(self.location, self.job, parts, self.previous, run_all, self.lease,
                           self.cluster_by, self.elements)

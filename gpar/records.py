@@ -43,6 +43,18 @@ class ElementError:
 
 
 @dataclass(frozen=True)
+class CallerContext:
+    """A script's place, for workers that outlive it (the local cluster's server): its
+    sys.path, working directory and environment variables, which each batch adopts, so fn
+    runs as in the script; ``session`` tells one script run from the next."""
+
+    session: str
+    sys_path: tuple[str, ...]
+    cwd: str
+    environ: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Progress:
     """A batch's news: elements ``done_from .. done_from + len(finished)`` finished since its
     last message, and what it does now."""

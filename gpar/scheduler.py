@@ -1,7 +1,8 @@
 """The Ray backend of the driver loop: batches as Ray streaming tasks.
 
-    run_job ─▶ ray.put(environment) once
-            ─▶ JobLoop (loop.py) with RayBackend:
+    run_job ─▶ put(environment) once
+            ─▶ JobLoop (loop.py) with RayBackend, over tasks.RayTasks (here or in the
+               local cluster's server):
                  submit ─▶ run_batch stream (a Ray streaming task, started through the job's
                            image: envpack stages what the worker lacks first)
                  wait   ─▶ ray.wait on the streams ─▶ the next Progress, or BatchLost
@@ -24,10 +25,9 @@ import cloudpickle
 
 from gpar.environment import CapturedEnvironment
 from gpar.loop import JobLoop
-from gpar.policy import Policy
+from gpar.policy import MAX_WAIT_S, Policy
 from gpar.records import BatchLost, Launch, Progress
 from gpar.report import JobReport
-from gpar.worker import blocking_call
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
@@ -48,16 +48,18 @@ def run_job(
     progress: bool,
     report: JobReport,
     image: StagedImage,
+    tasks: Any,
     output: OutputJob | None = None,
 ) -> list[Any]:
-    """Run fn over ``items`` under ``policy``; failed or unfinished slots hold TaskFailures.
+    """Run fn over ``items`` under ``policy`` on ``tasks`` (a tasks.RayTasks, or the local
+    cluster's server standing in for one); failed or unfinished slots hold TaskFailures.
 
     With ``output`` (apply(output=)), each launch writes its values where ``output.sink(launch)``
     says, and what was accepted is checkpointed every CHECKPOINT_S.
     """
     from gpar.progress import progress_bar
 
-    backend = RayBackend(items, environment, image, output)
+    backend = RayBackend(items, environment, image, tasks, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
     with progress_bar(len(items), progress) as bar:
         loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
@@ -69,18 +71,13 @@ class RayBackend:
     """Batches as Ray streaming tasks of ``run_batch``; see loop.Backend."""
 
     def __init__(self, items: Sequence[Any], environment: CapturedEnvironment,
-                 image: StagedImage, output: OutputJob | None):
-        import ray
-
-        self.ray = ray
-        self.items, self.image, self.output = items, image, output
-        self.remote = _remote_run_batch()
+                 image: StagedImage, tasks: Any, output: OutputJob | None):
+        self.items, self.image, self.tasks, self.output = items, image, tasks, output
         self.placement: dict[str, Any] = {}  # Ray options that keep batches off slow nodes
-        self.streams: dict[int, Any] = {}  # batch -> its ObjectRefGenerator
-        self.batch_of: dict[Any, int] = {}
         self.unheard: dict[int, Launch] = {}  # batches that have not said anything yet
+        self.running: set[int] = set()
         buffers = [_as_array(buffer) for buffer in environment.buffers]
-        self.environment_ref = ray.put((environment.stream, buffers))
+        self.environment_ref = tasks.put((environment.stream, buffers, tasks.caller_context()))
 
     def now(self) -> float:
         return time.time()
@@ -89,69 +86,43 @@ class RayBackend:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.output is None else self.output.sink(launch)
         items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
-        ref = self.image.submit(
-            self.remote, RUN_BATCH, [self.environment_ref],
-            (len(chunk), sink, self.image.check, launch.handoff_after_s), raw=(items,),
-            **self.placement)
-        self.streams[launch.batch] = ref
-        self.batch_of[ref] = launch.batch
+        call = self.image.call(RUN_BATCH, [self.environment_ref],
+                               (len(chunk), sink, self.image.check, launch.handoff_after_s),
+                               raw=(items,))
+        self.tasks.submit(launch.batch, call, RUN_BATCH_OPTIONS, self.placement)
+        self.running.add(launch.batch)
         self.unheard[launch.batch] = launch
 
     def cancel(self, batch: int) -> None:
-        ref = self._forget(batch)
-        if ref is None:
-            return
-        try:
-            self.ray.cancel(ref, force=True)
-        except Exception:  # already finished, or its worker already gone
-            pass
+        self._forget(batch)
+        self.tasks.cancel(batch)
 
     def wait(self, timeout_s: float) -> list[tuple[int, Progress | BatchLost]]:
-        if not self.streams:
+        if not self.running:
             time.sleep(timeout_s)  # nothing runs: the clock alone can change something
             return []
-        ready, _ = blocking_call(self.ray.wait, list(self.batch_of), num_returns=1,
-                                 timeout=timeout_s)
-        return [self._read(self.batch_of[ref]) for ref in ready]
+        news = self.tasks.wait(timeout_s)
+        for batch, message in news:
+            self.unheard.pop(batch, None)
+            if isinstance(message, BatchLost) or message.last:
+                self._forget(batch)
+        return news
 
     def alive_nodes(self) -> set[str]:
-        return {node["NodeID"] for node in self.ray.nodes()
-                if node["Alive"] and node["Resources"].get("CPU")}
+        return self.tasks.alive_nodes()
 
     def avoid_nodes(self, nodes: set[str]) -> None:
-        from ray.util.scheduling_strategies import NodeLabelSchedulingStrategy, NotIn
-
         if not nodes:  # the nodes left may all have been avoided: place the waiting anew
             self.placement = {}
             for batch, launch in list(self.unheard.items()):
                 self.cancel(batch)
                 self.submit(launch)
             return
-        avoided = NotIn(*nodes)  # Ray labels each node with its id
-        strategy = NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})
-        self.placement = {"scheduling_strategy": strategy}
+        self.placement = {"avoid_nodes": tuple(sorted(nodes))}
 
-    def _read(self, batch: int) -> tuple[int, Progress | BatchLost]:
-        try:
-            message = self.ray.get(next(self.streams[batch]))
-        except StopIteration:
-            self._forget(batch)
-            return batch, BatchLost("BatchLost", "the batch ended without reporting every "
-                                    "element")
-        except self.ray.exceptions.RayError as exc:
-            self._forget(batch)
-            return batch, BatchLost(type(exc).__qualname__, str(exc).strip())
+    def _forget(self, batch: int) -> None:
         self.unheard.pop(batch, None)
-        if message.last:
-            self._forget(batch)
-        return batch, message
-
-    def _forget(self, batch: int) -> Any:
-        self.unheard.pop(batch, None)
-        ref = self.streams.pop(batch, None)
-        if ref is not None:
-            del self.batch_of[ref]
-        return ref
+        self.running.discard(batch)
 
 
 class _Checkpoints:
@@ -170,17 +141,23 @@ class _Checkpoints:
             self.policy.final
 
 
-def run_each(image: StagedImage, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[fn(x) for x in items]`` as Ray tasks started through the job's image (the workers
-    may lack gpar and reduce_sql): an output's commit merges files so, beside the data and in
-    parallel."""
-    from envpack.stage import bootstrap
-
+def run_each(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
+             items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` as tasks started through the job's image (the workers may
+    lack gpar and reduce_sql): an output's commit merges files so, beside the data and in
+    parallel. Ray's retries (2) are enough for these: nothing of the user's runs in them."""
     if len(items) <= 1:
         return [fn(item) for item in items]
-    remote = bootstrap(num_returns="streaming", max_retries=2)
-    streams = [image.submit(remote, "gpar.scheduler:call", [], (fn, item)) for item in items]
-    return blocking_call(_first_values, streams)
+    for key, item in enumerate(items):
+        tasks.submit(("run_each", key), image.call("gpar.scheduler:call", [], (fn, item)),
+                     RUN_EACH_OPTIONS, single=True)
+    values: dict[Any, Any] = {}
+    while len(values) < len(items):
+        for key, value in tasks.wait(MAX_WAIT_S):
+            if isinstance(value, BatchLost):
+                raise RuntimeError(f"a merge of the output's files failed: {value.message}")
+            values[key] = value
+    return [values[("run_each", key)] for key in range(len(items))]
 
 
 def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
@@ -188,22 +165,14 @@ def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
     yield fn(item)
 
 
-def _first_values(streams: list[Any]) -> list[Any]:
-    import ray
-
-    return [ray.get(next(stream)) for stream in streams]
-
-
 #: The task each batch runs, named rather than pickled: the worker imports it once the image's
 #: layers are staged (gpar itself may be one of them).
 RUN_BATCH = "gpar.worker:run_batch"
 
 
-def _remote_run_batch() -> Any:
-    """run_batch as a Ray streaming task, with Ray's retries off (the policy owns retries)."""
-    from envpack.stage import bootstrap
-
-    return bootstrap(num_returns="streaming", max_retries=0, retry_exceptions=False)
+#: Ray's own retries are off for batches: the policy owns them.
+RUN_BATCH_OPTIONS = {"num_returns": "streaming", "max_retries": 0, "retry_exceptions": False}
+RUN_EACH_OPTIONS = {"num_returns": "streaming", "max_retries": 2}
 
 
 def _as_array(buffer: Any) -> Any:

@@ -33,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import importlib
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from gpar import environment
-from gpar.records import ElementError, Progress
+from gpar.records import CallerContext, ElementError, Progress
 
 if TYPE_CHECKING:
     from envpack import ImageCheck
@@ -87,7 +89,8 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     """Yield Progress messages while fn runs over the ``count`` pickled ``items``; see the
     module docstring.
 
-    ``environment`` is the captured call: its stream and out-of-band buffers. The items are
+    ``environment`` is the captured call: its stream, out-of-band buffers and the caller's
+    context (a script's, for workers that outlive it; else None). The items are
     unpickled once the image is verified: an element whose class comes from a distribution the
     worker lacks must not fail before the mismatch can be reported. With a ``sink``
     (a reduce_sql Sink), each value is written there and its Part is reported instead.
@@ -96,7 +99,9 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     """
     global _main_thread_calls
     node_id = _node_id()
-    run = _BatchRun(*environment, items, count, sink, image)
+    stream, buffers, context = environment
+    _adopt(context, image)
+    run = _BatchRun(stream, buffers, items, count, sink, image)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -124,6 +129,46 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
                 next_flush = time.monotonic() + FLUSH_S
     finally:
         _main_thread_calls = None
+
+
+#: The script context this process last adopted, and its own sys.path and environment
+#: variables from before the first: each batch starts from those, not from the last script's.
+_adopted: CallerContext | None = None
+_own: tuple[list[str], dict[str, str]] | None = None
+
+
+def adopted_context() -> CallerContext | None:
+    """The script context this worker's batch runs in: a nested call's batches adopt it too."""
+    return _adopted
+
+
+def _adopt(context: CallerContext | None, image: ImageCheck | None) -> None:
+    """Run this batch in the script's place: its sys.path first (after staged layers), its
+    working directory, its environment variables over this process's own (Ray's RAY_* kept).
+    A batch of another script run first drops the local modules earlier ones loaded."""
+    global _adopted, _own
+    if context is None or context == _adopted:
+        return
+    from envpack import _boot
+    from envpack.verify import forget_local_modules
+
+    if _own is None:
+        _own = (list(sys.path), dict(os.environ))
+    if _adopted is None or _adopted.session != context.session:
+        forget_local_modules(image.local_modules if image is not None else ())
+    staged = _boot.staged_paths()
+    sys.path[:] = [*staged, *(entry for entry in context.sys_path if entry not in staged),
+                   *(entry for entry in _own[0] if entry not in context.sys_path
+                     and entry not in staged)]
+    importlib.invalidate_caches()
+    with contextlib.suppress(OSError):
+        os.chdir(context.cwd)
+    environ = {**_own[1], **{name: value for name, value in context.environ.items()
+                              if not name.startswith("RAY_")}}
+    if environ != os.environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    _adopted = context
 
 
 _FINISHED = object()

@@ -459,11 +459,13 @@ class _RecordingRemote:
         return self.applied
 
 
-def test_a_submission_applies_the_image_and_placement_options_in_one_call():
-    from envpack.stage import ImageReport, StagedImage
+def test_a_submission_applies_the_image_and_placement_options_in_one_call(monkeypatch):
+    from envpack import stage
 
-    image = StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "d"}}, ImageReport("d", (), 0))
-    applied = image.submit(_RecordingRemote(), "m:f", [], (), scheduling_strategy="spread")
+    image = stage.StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "d"}},
+                              stage.ImageReport("d", (), 0))
+    monkeypatch.setattr(stage, "bootstrap", lambda **options: _RecordingRemote())
+    applied = stage.start(image.call("m:f", [], ()), {}, {"scheduling_strategy": "spread"})
     assert applied == {"runtime_env": {"env_vars": {"ENVPACK_IMAGE": "d"}},
                        "scheduling_strategy": "spread"}
 

@@ -1,0 +1,333 @@
+"""A script's way to the user's local cluster: find the server, start it if needed, talk to it.
+
+    script (never imports Ray)                 server (server.py: a Ray driver that outlives
+    apply ─▶ attach(): state file ─▶ socket ──▶ scripts, one per user and Python environment)
+           ServerTasks.put/submit/wait/... ───▶ RayTasks on the embedded cluster
+
+Why a server: a script that is itself a Ray driver pays Ray's start (~3.5 s), or at least its
+import and connection and a new job's worker start (~2.5 s), on every run; one that hands its
+batches to a driver that is already attached, with workers already warm, pays a socket (see
+README, "The local cluster").
+
+The server is found through a state file readable by its owner only (the socket's path, a
+key that authenticates both ends of every connection, its pid and start time, and the stamp of
+what it runs): like jupyter's connection files. A server whose stamp differs (another version
+of Python, Ray, cloudpickle or gpar, or packages installed since) is replaced, never used; a
+dead one is replaced without an error; a lock makes scripts that start at once share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Client
+from pathlib import Path
+from typing import Any
+
+from gpar.errors import ClusterConnectionError
+from gpar.records import CallerContext
+
+#: How long a server may take to start (Ray's start is ~3.5 s on 2 idle cores).
+START_TIMEOUT_S = 120.0
+#: How long a server asked to stop has before it is sent SIGTERM, then SIGKILL.
+STOP_PATIENCE_S = 10.0
+#: Default idle time after which the server stops itself (GPAR_IDLE_S overrides it).
+IDLE_S = 300.0
+
+#: This script run: batches of another session drop the local modules this one loaded.
+SESSION = uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the state file says of a running server."""
+
+    pid: int
+    started: float  # time.time() at its start
+    process_start: str  # the kernel's start time of ``pid``: a reused pid has another
+    socket: str
+    key: str  # hex; both ends of a connection prove they know it
+    stamp: str
+    slot: str
+    ray_temp_dir: str
+    idle_s: float
+    num_cpus: int
+
+
+def state_dir() -> Path:
+    """Where state files live: GPAR_STATE_DIR, else the user's cache directory."""
+    named = os.environ.get("GPAR_STATE_DIR")
+    if named:
+        return Path(named)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "gpar" / "clusters"
+
+
+def slot() -> str:
+    """This Python environment's name among the user's servers: its interpreter and prefix."""
+    where = f"{os.path.abspath(sys.executable)}\0{sys.prefix}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def stamp() -> str:
+    """What a server must share with the script to run its code as the script would: the
+    versions of Python, Ray, cloudpickle and gpar, gpar's own source files, and the
+    site-packages directories (a package installed or removed changes them)."""
+    import importlib.metadata
+
+    import cloudpickle
+
+    import gpar
+
+    parts = [sys.version, cloudpickle.__version__]
+    for name in ("ray", "gpar"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            parts.append(f"{name}={importlib.metadata.version(name)}")
+    source_roots = [Path(gpar.__file__).parent.parent / name
+                    for name in ("gpar", "envpack", "reduce_sql")]
+    for root in source_roots:
+        for path in sorted(root.glob("*.py")):
+            info = path.stat()
+            parts.append(f"{path}:{info.st_mtime_ns}:{info.st_size}")
+    for entry in sys.path:
+        if entry.endswith("-packages") and os.path.isdir(entry):
+            parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def paths() -> tuple[Path, Path, Path]:
+    """This environment's state file, start lock and server log."""
+    directory = state_dir()
+    name = slot()
+    return directory / f"{name}.json", directory / f"{name}.lock", directory / f"{name}.log"
+
+
+def read_state() -> ServerState | None:
+    state_file, _, _ = paths()
+    try:
+        return ServerState(**json.loads(state_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (None if there is none): with the pid, it
+    names one process, where a pid alone may have been reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(state: ServerState) -> bool:
+    return process_start(state.pid) == state.process_start
+
+
+def attach(start: bool = True) -> ServerTasks:
+    """A connection for one job to this environment's server, started if none runs."""
+    state = read_state()
+    if state is not None and state.stamp == stamp():
+        tasks = _connect(state)
+        if tasks is not None:
+            return tasks
+    if not start:
+        raise ClusterConnectionError("no local gpar cluster runs for this Python environment")
+    with _start_lock():
+        state = read_state()
+        if state is not None and state.stamp == stamp():
+            tasks = _connect(state)
+            if tasks is not None:
+                return tasks
+        if state is not None:
+            stop(state)
+        state = _start_server()
+        tasks = _connect(state)
+        if tasks is None:
+            raise ClusterConnectionError(f"the local gpar cluster started (pid {state.pid}) "
+                                         f"but does not answer; its log: {paths()[2]}")
+        return tasks
+
+
+def _connect(state: ServerState) -> ServerTasks | None:
+    if not alive(state):
+        return None
+    try:
+        return ServerTasks(state)
+    except (OSError, EOFError):  # the socket is gone, or the server is stopping
+        return None
+
+
+@contextlib.contextmanager
+def _start_lock():
+    """Held while a server is checked and started: scripts that start at once share one."""
+    import fcntl
+
+    _, lock_file, _ = paths()
+    lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _start_server(idle_s: float | None = None, num_cpus: int | None = None) -> ServerState:
+    """Start this environment's server, detached from the script (its own session: a Ctrl-C
+    in the script's terminal does not reach it), and wait until it answers."""
+    state_file, _, log_file = paths()
+    state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_file.parent, 0o700)
+    if idle_s is None:
+        idle_s = float(os.environ.get("GPAR_IDLE_S", IDLE_S))
+    command = [sys.executable, "-m", "gpar.server", "--state", str(state_file),
+               "--stamp", stamp(), "--idle-s", str(idle_s)]
+    if num_cpus is not None:
+        command += ["--num-cpus", str(num_cpus)]
+    with open(log_file, "w") as log:
+        os.chmod(log_file, 0o600)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True, close_fds=True, cwd="/")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = read_state()
+        if state is not None and state.pid == process.pid:
+            return state
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    tail = log_file.read_text(errors="replace")[-2000:]
+    raise ClusterConnectionError(
+        f"the local gpar cluster did not start (exit code {process.poll()}); the end of its "
+        f"log {log_file}:\n{tail}")
+
+
+def start(idle_s: float | None = None, num_cpus: int | None = None) -> ServerState:
+    """Start this environment's server unless one of this stamp runs; its state."""
+    with _start_lock():
+        state = read_state()
+        if state is not None and state.stamp == stamp() and _connect(state) is not None:
+            return state
+        if state is not None:
+            stop(state)
+        return _start_server(idle_s, num_cpus)
+
+
+def stop(state: ServerState | None = None) -> bool:
+    """Stop the server (this environment's, by default): asked first, then by its own pid and
+    process group, SIGTERM then SIGKILL. Whether one was running."""
+    state = state or read_state()
+    if state is None:
+        return False
+    running = alive(state)
+    if running:
+        with contextlib.suppress(OSError, EOFError, ClusterConnectionError):
+            ServerTasks(state)._call("stop")
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and alive(state):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state.pid, sig)
+            if _exited(state, STOP_PATIENCE_S):
+                break
+    _remove_state(state)
+    return running
+
+
+def _exited(state: ServerState, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while alive(state):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _remove_state(state: ServerState) -> None:
+    """Remove the state file if it is still this server's, and what it left behind."""
+    import shutil
+
+    if read_state() == state:
+        with contextlib.suppress(OSError):
+            paths()[0].unlink()
+    shutil.rmtree(os.path.dirname(state.socket), ignore_errors=True)
+    shutil.rmtree(state.ray_temp_dir, ignore_errors=True)
+
+
+def status() -> dict[str, Any] | None:
+    """What the server says of itself (None when none runs for this environment)."""
+    state = read_state()
+    if state is None or not alive(state):
+        return None
+    try:
+        answer = ServerTasks(state)._call("status")
+    except (OSError, EOFError):
+        return None
+    return {**answer, "current": state.stamp == stamp()}
+
+
+class ServerTasks:
+    """tasks.RayTasks's methods, run by the server on one connection (one job): the server
+    cancels whatever the connection started when it closes, a script that dies included."""
+
+    def __init__(self, state: ServerState):
+        self.conn = Client(state.socket, family="AF_UNIX", authkey=bytes.fromhex(state.key))
+        self.connection_id = f"{state.socket}/{uuid.uuid4().hex}"
+        self.broken = False
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.broken:
+            raise ClusterConnectionError("the connection to the local gpar cluster was cut "
+                                         "off mid-call")
+        self.broken = True  # until the answer is read whole
+        self.conn.send((method, args))
+        ok, value = self.conn.recv()
+        self.broken = False
+        if not ok:
+            raise value
+        return value
+
+    def probe(self) -> Any:
+        """The workers' facts, seen from this script: its batches adopt its sys.path."""
+        facts = self._call("probe")
+        search_path = tuple(os.path.abspath(entry or os.getcwd()) for entry in sys.path)
+        return dataclasses.replace(facts, search_path=search_path)
+
+    def put(self, data: Any) -> Any:
+        return self._call("put", data)
+
+    def caller_context(self) -> CallerContext:
+        return CallerContext(SESSION, tuple(os.path.abspath(entry or os.getcwd())
+                                            for entry in sys.path),
+                             os.getcwd(), dict(os.environ))
+
+    def cpus(self) -> int:
+        return self._call("cpus")
+
+    def alive_nodes(self) -> set[str]:
+        return self._call("alive_nodes")
+
+    def submit(self, key: Any, call: Any, options: dict[str, Any],
+               placement: dict[str, Any] | None = None, single: bool = False) -> None:
+        self._call("submit", key, call, options, placement, single)
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        return self._call("wait", timeout_s)
+
+    def cancel(self, key: Any) -> None:
+        if not self.broken:  # else the server cancels it as the connection closes
+            self._call("cancel", key)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,263 @@
+"""The user's local cluster: a Ray driver that outlives scripts (``python -m gpar.server``).
+
+    start ─▶ embedded Ray (cluster.start_embedded), workers warmed
+          ─▶ socket in a private directory; state file written last (client.py reads it)
+    each connection (one job of a script) ─▶ a thread with its own tasks.RayTasks:
+          put / submit / wait / cancel / ... ; closed ─▶ what it started is cancelled
+    no connection for idle_s, "stop", or SIGTERM ─▶ Ray shut down, state removed, exit
+
+Started by client.attach() on a script's first apply; see client.py for how it is found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import asdict, replace
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from pathlib import Path
+from typing import Any
+
+from gpar import client, cluster
+from gpar.tasks import RayTasks
+
+#: How often the accept loop looks at the idle clock and the stop flag.
+TICK_S = 0.5
+
+
+class Server:
+    """Connections in, RayTasks out; counts what runs to know when it is idle."""
+
+    def __init__(self, state: client.ServerState):
+        self.state = state
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.jobs = 0
+        self.last_active = time.time()
+
+    def serve(self, listener: socket.socket) -> None:
+        listener.settimeout(TICK_S)
+        while not self.stopping.is_set():
+            with self.lock:
+                idle = self.connections == 0 and time.time() - self.last_active > \
+                    self.state.idle_s
+            if idle:
+                return
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(None)
+            threading.Thread(target=self._session, args=(connection,), daemon=True).start()
+
+    def _session(self, sock: socket.socket) -> None:
+        conn = Connection(sock.detach())
+        key = bytes.fromhex(self.state.key)
+        try:
+            deliver_challenge(conn, key)
+            answer_challenge(conn, key)
+        except Exception:  # not one of ours: a wrong key, or not a gpar client at all
+            conn.close()
+            return
+        with self.lock:
+            self.connections += 1
+            self.jobs += 1
+        session = Session(self)
+        try:
+            session.run(conn)
+        finally:
+            session.tasks.cancel_all()
+            conn.close()
+            with self.lock:
+                self.connections -= 1
+                self.last_active = time.time()
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {"pid": self.state.pid, "started": self.state.started,
+                    "slot": self.state.slot, "stamp": self.state.stamp,
+                    "idle_s": self.state.idle_s, "num_cpus": self.state.num_cpus,
+                    "connections": self.connections - 1,  # not the one asking
+                    "jobs_served": self.jobs - 1, "last_active": self.last_active,
+                    "memory_bytes": tree_memory(os.getpid())}
+
+
+class Session:
+    """One connection: a job's RayTasks, and the object references it put, by number."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.tasks = RayTasks()
+        self.refs: dict[int, Any] = {}
+        self.numbers = itertools.count()
+
+    def run(self, conn: Connection) -> None:
+        while True:
+            try:
+                method, args = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                answer = (True, getattr(self, f"do_{method}")(*args))
+            except Exception as exc:
+                answer = (False, exc)
+            try:
+                conn.send(answer)
+            except Exception as exc:  # the exception itself would not pickle
+                conn.send((False, RuntimeError(f"{type(answer[1]).__qualname__}: {exc}")))
+            if method == "stop":
+                self.server.stopping.set()
+
+    def do_probe(self) -> Any:
+        return self.tasks.probe()
+
+    def do_put(self, data: Any) -> int:
+        number = next(self.numbers)
+        self.refs[number] = self.tasks.put(data)
+        return number
+
+    def do_cpus(self) -> int:
+        return self.tasks.cpus()
+
+    def do_alive_nodes(self) -> set[str]:
+        return self.tasks.alive_nodes()
+
+    def do_submit(self, key: Any, call: Any, options: dict, placement: Any,
+                  single: bool) -> None:
+        call = replace(call, layers=tuple((digest, self.refs[number])
+                                          for digest, number in call.layers),
+                       refs=tuple(self.refs[number] for number in call.refs))
+        self.tasks.submit(key, call, options, placement, single)
+
+    def do_wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        return self.tasks.wait(timeout_s)
+
+    def do_cancel(self, key: Any) -> None:
+        self.tasks.cancel(key)
+
+    def do_status(self) -> dict[str, Any]:
+        return self.server.status()
+
+    def do_stop(self) -> None:
+        return None
+
+
+def tree_memory(pid: int) -> int | None:
+    """Resident bytes of ``pid`` and every process below it (Ray's), from /proc."""
+    children: dict[int, list[int]] = {}
+    resident: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        resident[int(entry)] = int(fields[21]) * page
+    if pid not in resident:
+        return None
+    total, stack = 0, [pid]
+    while stack:
+        each = stack.pop()
+        total += resident.get(each, 0)
+        stack.extend(children.get(each, []))
+    return total
+
+
+def warm_up(tasks: RayTasks) -> None:
+    """Run a trivial batch on each CPU, so a script's first batch finds workers that have
+    imported what a batch needs."""
+    import cloudpickle
+
+    from envpack.stage import StagedCall
+    from gpar.scheduler import RUN_EACH_OPTIONS
+
+    count = tasks.cpus()
+    for key in range(count):
+        tasks.submit(key, StagedCall((), None, "gpar.server:warm", (), (),
+                                     cloudpickle.dumps(())), RUN_EACH_OPTIONS, single=True)
+    answered = 0
+    while answered < count:
+        answered += len(tasks.wait(1.0))
+
+
+def warm():
+    """What a warm-up task runs on a worker: the modules every batch imports."""
+    import gpar.worker  # noqa: F401
+    import reduce_sql  # noqa: F401
+
+    yield os.getpid()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gpar.server")
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--stamp", required=True)
+    parser.add_argument("--idle-s", type=float, default=client.IDLE_S)
+    parser.add_argument("--num-cpus", type=int)
+    options = parser.parse_args(argv)
+
+    private = tempfile.mkdtemp(prefix="gpar-")  # 0700: the socket and Ray's session files
+    os.environ.pop("RAY_ADDRESS", None)
+    ray_options = {"_temp_dir": os.path.join(private, "ray")}
+    if options.num_cpus:
+        ray_options["num_cpus"] = options.num_cpus
+    cluster.start_embedded(**ray_options)
+    tasks = RayTasks()
+    threading.Thread(target=warm_up, args=(tasks,), daemon=True).start()
+    socket_path = os.path.join(private, "socket")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(64)
+    state = client.ServerState(
+        pid=os.getpid(), started=time.time(), process_start=client.process_start(os.getpid()),
+        socket=socket_path, key=secrets.token_hex(32), stamp=options.stamp,
+        slot=options.state.stem, ray_temp_dir=private, idle_s=options.idle_s,
+        num_cpus=tasks.cpus())
+    _write_private(options.state, json.dumps(asdict(state)))
+    server = Server(state)
+    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
+    try:
+        server.serve(listener)
+    finally:
+        listener.close()
+        _remove_state_file(options.state, state)
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole, readable by its owner only, under its final name at once."""
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _remove_state_file(path: Path, state: client.ServerState) -> None:
+    """Remove the state file if it still names this server (a replacement may have written
+    its own)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == state.pid:
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()

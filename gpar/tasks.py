@@ -1,0 +1,124 @@
+"""The Ray side of a job: the few operations the driver loop needs from a Ray cluster.
+
+    RayBackend (scheduler.py) ──▶ RayTasks: put, submit, wait, cancel, alive_nodes, cpus
+                                  in this process when it is attached to Ray, or in the
+                                  local cluster's server for a script (server.py), reached
+                                  through the same methods over its socket (client.py)
+
+Streams are named by keys the caller chooses (batch numbers). What a stream yields comes back
+as it is (a batch's Progress, run_each's values); a stream that breaks comes back as a
+BatchLost, and is forgotten, as is one whose value says it was the ``last``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpar.records import BatchLost
+
+
+class RayTasks:
+    """Staged calls as Ray tasks of the cluster this process is attached to."""
+
+    def __init__(self) -> None:
+        import ray
+
+        from envpack.stage import Attached
+
+        self.ray = ray
+        self.attached = Attached()
+        self.connection_id = self.attached.connection_id
+        self.streams: dict[Any, Any] = {}  # key -> its ObjectRefGenerator
+        self.key_of: dict[Any, Any] = {}  # stream -> key
+        self.single: set[Any] = set()  # keys whose stream yields one value
+
+    def probe(self) -> Any:
+        return self.attached.probe()
+
+    def put(self, data: Any) -> Any:
+        return self.ray.put(data)
+
+    def caller_context(self) -> Any:
+        """What a nested call's batches adopt: the script's context this worker runs in, if
+        any (none on a driver attached to Ray: its workers inherit its own)."""
+        from gpar.worker import adopted_context
+
+        return adopted_context()
+
+    def cpus(self) -> int:
+        """CPUs of the cluster now: the default cap on tasks in flight."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def alive_nodes(self) -> set[str]:
+        return {node["NodeID"] for node in self.ray.nodes()
+                if node["Alive"] and node["Resources"].get("CPU")}
+
+    def submit(self, key: Any, call: Any, options: dict[str, Any],
+               placement: dict[str, Any] | None = None, single: bool = False) -> None:
+        """Start ``call`` (an envpack StagedCall) as stream ``key``."""
+        from envpack.stage import start
+
+        stream = start(call, options, _ray_placement(placement))
+        self.streams[key] = stream
+        self.key_of[stream] = key
+        if single:
+            self.single.add(key)
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
+        """(key, value or BatchLost) of the streams that have news, waiting at most
+        ``timeout_s`` for the first; [] at once when nothing runs."""
+        from gpar.worker import blocking_call
+
+        if not self.key_of:
+            return []
+        ready, _ = blocking_call(self.ray.wait, list(self.key_of), num_returns=1,
+                                 timeout=timeout_s)
+        return [self._read(self.key_of[stream]) for stream in ready]
+
+    def cancel(self, key: Any) -> None:
+        """Kill the stream's worker; nothing more is heard from it."""
+        stream = self._forget(key)
+        if stream is None:
+            return
+        try:
+            self.ray.cancel(stream, force=True)
+        except Exception:  # already finished, or its worker already gone
+            pass
+
+    def close(self) -> None:
+        """Nothing to close: this process stays attached to its cluster."""
+
+    def cancel_all(self) -> None:
+        for key in list(self.streams):
+            self.cancel(key)
+
+    def _read(self, key: Any) -> tuple[Any, Any]:
+        try:
+            value = self.ray.get(next(self.streams[key]))
+        except StopIteration:
+            self._forget(key)
+            return key, BatchLost("BatchLost", "the batch ended without reporting every "
+                                  "element")
+        except self.ray.exceptions.RayError as exc:
+            self._forget(key)
+            return key, BatchLost(type(exc).__qualname__, str(exc).strip())
+        if key in self.single or getattr(value, "last", False):
+            self._forget(key)
+        return key, value
+
+    def _forget(self, key: Any) -> Any:
+        self.single.discard(key)
+        stream = self.streams.pop(key, None)
+        if stream is not None:
+            del self.key_of[stream]
+        return stream
+
+
+def _ray_placement(placement: dict[str, Any] | None) -> dict[str, Any]:
+    """Ray's per-task options for a placement given as plain data (nodes to avoid)."""
+    if not placement or not placement.get("avoid_nodes"):
+        return {}
+    from ray.util.scheduling_strategies import NodeLabelSchedulingStrategy, NotIn
+
+    avoided = NotIn(*placement["avoid_nodes"])  # Ray labels each node with its id
+    return {"scheduling_strategy": NodeLabelSchedulingStrategy(hard={"ray.io/node-id": avoided})}

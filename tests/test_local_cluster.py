@@ -1,0 +1,284 @@
+"""The local cluster scripts share: scripts run as a user runs them, in fresh processes with no
+address, against a server of their own state directory (GPAR_STATE_DIR), stopped by its test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gpar import client
+
+pytestmark = pytest.mark.slow
+
+#: Bounds for polls: a server start is ~4 s on idle cores, far more on a loaded machine.
+BOUND_S = 180
+
+
+class Scripts:
+    """Runs scripts in fresh interpreters with one state directory; stops its server."""
+
+    def __init__(self, directory: Path, **env: str):
+        self.directory = directory
+        self.state_dir = directory / "state"
+        self.env = {key: value for key, value in os.environ.items()
+                    if key not in ("RAY_ADDRESS", "GPAR_CLUSTER")}
+        self.env.update(GPAR_STATE_DIR=str(self.state_dir), **env)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.directory / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def start(self, source: str, python: str = sys.executable, **env: str) -> subprocess.Popen:
+        script = self.write("script.py", source) if "\n" in source else self.directory / source
+        return subprocess.Popen([python, str(script)], cwd=self.directory,
+                                env={**self.env, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def run(self, source: str, **kwargs) -> str:
+        process = self.start(source, **kwargs)
+        out, err = process.communicate(timeout=BOUND_S)
+        assert process.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+        return out
+
+    def gpar(self, *args: str) -> str:
+        completed = subprocess.run([sys.executable, "-m", "gpar.cli", *args], env=self.env,
+                                   capture_output=True, text=True, timeout=BOUND_S)
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
+
+    def state(self) -> dict | list | None:
+        files = list(self.state_dir.glob("*.json"))
+        states = [json.loads(path.read_text()) for path in files]
+        return states[0] if len(states) == 1 else None if not states else states
+
+    def stop(self) -> None:
+        self.gpar("cluster", "stop")
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    runner = Scripts(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+SHOW = """
+    import os, sys, gpar
+    from gpar import client
+    pids = gpar.apply(range(4), lambda x: os.getpid(), progress=False)
+    print(client.read_state().pid, "ray" in sys.modules, sorted(set(pids)))
+"""
+
+
+def gone(pid: int) -> bool:
+    deadline = time.monotonic() + BOUND_S
+    while client.process_start(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_two_scripts_one_after_the_other_share_one_cluster_and_its_workers(scripts):
+    first = scripts.run(SHOW).split(maxsplit=2)
+    second = scripts.run(SHOW).split(maxsplit=2)
+
+    assert first[0] == second[0]  # one server
+    assert first[1] == second[1] == "False"  # the script never became a Ray driver
+    assert set(eval(second[2])) <= set(eval(first[2])) | warm_workers(scripts)
+
+
+def warm_workers(scripts: Scripts) -> set[int]:
+    """Worker processes of the server (children of its raylet)."""
+    server = scripts.state()["pid"]
+    below, found = [server], set()
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    while below:
+        pid = below.pop()
+        found.add(pid)
+        below.extend(children.get(pid, []))
+    return found
+
+
+def test_each_script_sees_its_own_files_environment_and_module_state(scripts):
+    scripts.write("helpers.py", """
+        SEEN = []
+        VALUE = 1
+        def note(x):
+            SEEN.append(x)
+            return VALUE, len(SEEN)
+    """)
+    source = """
+        import os, gpar
+        from helpers import note
+        def fn(x):
+            return note(x), os.environ.get("GREETING"), open("data.txt").read(), os.getcwd()
+        print(gpar.apply([0], fn, progress=False)[0])
+    """
+    (scripts.directory / "data.txt").write_text("first")
+    first = eval(scripts.run(source, GREETING="hello"))
+    time.sleep(0.01)  # a new modification time for the edited module, even on coarse clocks
+    scripts.write("helpers.py", """
+        SEEN = []
+        VALUE = 2
+        def note(x):
+            SEEN.append(x)
+            return VALUE, len(SEEN)
+    """)
+    (scripts.directory / "data.txt").write_text("second")
+    second = eval(scripts.run(source, GREETING="bonjour"))
+
+    assert first == ((1, 1), "hello", "first", str(scripts.directory))
+    assert second == ((2, 1), "bonjour", "second", str(scripts.directory))
+
+
+def test_module_state_of_one_script_does_not_reach_the_next_even_unedited(scripts):
+    scripts.write("tokens.py", """
+        SEEN = set()
+        def seen(x, token):
+            SEEN.add(token)
+            return sorted(SEEN)
+    """)
+    source = """
+        import os, gpar
+        from tokens import seen
+        print(os.getpid(), gpar.apply(range(8), seen, os.getpid(), progress=False))
+    """
+    for _ in range(2):
+        token, results = scripts.run(source).split(maxsplit=1)
+        assert all(result == [int(token)] for result in eval(results))
+
+
+def test_a_script_of_another_python_environment_gets_its_own_cluster(scripts, tmp_path):
+    other = other_environment(tmp_path / "venv2")
+    here = scripts.run(SHOW).split()[0]
+    there = scripts.run(SHOW, python=str(other)).split()[0]
+
+    assert here != there
+    states = list(scripts.state_dir.glob("*.json"))
+    assert len(states) == 2
+    stop_other = subprocess.run([str(other), "-m", "gpar.cli", "cluster", "stop"],
+                                env=scripts.env, capture_output=True, text=True,
+                                timeout=BOUND_S)
+    assert stop_other.stdout.strip() == "stopped", stop_other.stderr
+    assert gone(int(there))
+
+
+def other_environment(path: Path) -> Path:
+    """A second virtualenv that sees this one's packages (a .pth file): another interpreter
+    path and prefix, the same code."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
+                   timeout=BOUND_S)
+    import site
+
+    purelib = next(Path(path).glob("lib/python*/site-packages"))
+    source_root = Path(__file__).parent.parent
+    (purelib / "here.pth").write_text("\n".join([*site.getsitepackages(), str(source_root)]))
+    return path / "bin" / "python"
+
+
+def test_scripts_started_at_once_end_up_on_one_cluster(scripts):
+    processes = [scripts.start(SHOW) for _ in range(3)]
+    outs = [process.communicate(timeout=BOUND_S) for process in processes]
+
+    assert all(process.returncode == 0 for process in processes), outs
+    assert len({out.split()[0] for out, _ in outs}) == 1
+    assert isinstance(scripts.state(), dict)  # one state file
+
+
+def test_a_cluster_whose_processes_were_killed_is_replaced(scripts):
+    first = int(scripts.run(SHOW).split()[0])
+    os.killpg(first, signal.SIGKILL)  # the server and Ray's processes: its own group
+    assert gone(first)
+
+    second = int(scripts.run(SHOW).split()[0])
+    assert second != first
+
+
+def test_a_stale_state_file_is_replaced_without_an_error(scripts):
+    scripts.run(SHOW)
+    state_file = next(scripts.state_dir.glob("*.json"))
+    state = json.loads(state_file.read_text())
+    scripts.stop()
+    state_file.write_text(json.dumps(state))  # left behind, as by a reboot
+
+    assert int(scripts.run(SHOW).split()[0]) != state["pid"]
+
+
+def test_the_cluster_stops_by_itself_when_idle(tmp_path):
+    scripts = Scripts(tmp_path, GPAR_IDLE_S="3")
+    try:
+        pid = int(scripts.run(SHOW).split()[0])
+        assert gone(pid)
+        assert scripts.state() is None
+    finally:
+        scripts.stop()
+
+
+def test_cluster_status_and_stop_from_the_shell(scripts):
+    assert scripts.gpar("cluster", "status").startswith("not running")
+    pid = int(scripts.run(SHOW).split()[0])
+    status = scripts.gpar("cluster", "status")
+    assert f"running: pid {pid} since" in status
+    assert "MiB resident" in status and "key: " in status
+    members = warm_workers(scripts)
+
+    assert scripts.gpar("cluster", "stop").strip() == "stopped"
+    assert all(gone(member) for member in members)  # Ray's processes too
+    assert scripts.gpar("cluster", "status").startswith("not running")
+
+
+def test_only_the_owner_can_reach_the_cluster(scripts):
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    scripts.run(SHOW)
+    state_file = next(scripts.state_dir.glob("*.json"))
+    assert state_file.stat().st_mode & 0o077 == 0
+    assert scripts.state_dir.stat().st_mode & 0o077 == 0
+    socket_path = scripts.state()["socket"]
+    assert Path(socket_path).parent.stat().st_mode & 0o077 == 0
+
+    with pytest.raises(AuthenticationError):
+        Client(socket_path, family="AF_UNIX", authkey=b"0" * 32)
+    assert scripts.run(SHOW)  # and the server goes on serving its owner
+
+
+def test_ctrl_c_cancels_the_scripts_tasks_and_leaves_the_cluster_up(scripts):
+    pid_file = scripts.directory / "worker.pid"
+    process = scripts.start(f"""
+        import os, time, gpar
+        def hang(x):
+            with open({str(pid_file)!r}, "w") as handle:
+                handle.write(str(os.getpid()))
+            time.sleep(600)
+        gpar.apply([1], hang, progress=False)
+    """)
+    deadline = time.monotonic() + BOUND_S
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=BOUND_S)
+
+    assert "KeyboardInterrupt" in err
+    assert gone(int(pid_file.read_text()))  # the task's worker was killed
+    assert "jobs: 0 running" in scripts.gpar("cluster", "status")
