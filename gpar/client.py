@@ -79,19 +79,14 @@ def slot() -> str:
 
 
 def stamp() -> str:
-    """What a server must share with the script to run its code as the script would: the
-    versions of Python, Ray, cloudpickle and gpar, gpar's own source files, and the
-    site-packages directories (a package installed or removed changes them)."""
-    import importlib.metadata
-
+    """What a server must share with the script to run its code as the script would: Python,
+    cloudpickle, gpar's own source files, and the site-packages directories (installing,
+    upgrading or removing a package, Ray included, changes their modification time)."""
     import cloudpickle
 
     import gpar
 
     parts = [sys.version, cloudpickle.__version__]
-    for name in ("ray", "gpar"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            parts.append(f"{name}={importlib.metadata.version(name)}")
     source_roots = [Path(gpar.__file__).parent.parent / name
                     for name in ("gpar", "envpack", "reduce_sql")]
     for root in source_roots:

@@ -17,6 +17,33 @@ import gpar
 from gpar import cluster as gpar_cluster
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_clusters():
+    """Scripts that run with no address start the user's local cluster: in tests, one of a
+    state directory of the session's own, and every one started there is stopped at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="gpar-state-"))
+    os.environ["GPAR_STATE_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        stop_local_clusters(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop_local_clusters(state_dir: Path) -> None:
+    """Stop every local cluster whose state file is in ``state_dir``, each by its own pid."""
+    import json
+
+    from gpar import client
+
+    for state_file in state_dir.glob("*.json"):
+        try:
+            state = client.ServerState(**json.loads(state_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        client.stop(state)
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """The embedded cluster (2 CPUs, private temp dir); yields its address for subprocesses.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from bare_cluster import running_cluster
+from conftest import stop_local_clusters
 
 from gpar import auth
 
@@ -48,10 +49,14 @@ def mode_of(path: Path) -> int:
 def test_the_embedded_clusters_new_token_is_readable_by_its_owner_only(tmp_path, ray_tmpdir):
     home = tmp_path / "home"
     home.mkdir()
-    completed = run("""
-        import gpar
-        print(list(gpar.apply([-1, 2], abs, progress=False)))
-    """, driver_env(home, RAY_TMPDIR=ray_tmpdir), tmp_path)
+    state_dir = tmp_path / "state"  # a local cluster of this test's own, started by this HOME
+    try:
+        completed = run("""
+            import gpar
+            print(list(gpar.apply([-1, 2], abs, progress=False)))
+        """, driver_env(home, RAY_TMPDIR=ray_tmpdir, GPAR_STATE_DIR=str(state_dir)), tmp_path)
+    finally:
+        stop_local_clusters(state_dir)
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[1, 2]"
