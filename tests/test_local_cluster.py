@@ -66,7 +66,18 @@ class Scripts:
 
 @pytest.fixture
 def scripts(tmp_path):
+    """A local cluster of the test's own, for tests that stop, kill or replace it."""
     runner = Scripts(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One local cluster for the tests that leave it running, as a user's is."""
+    runner = Scripts(tmp_path_factory.mktemp("shared"))
     try:
         yield runner
     finally:
@@ -90,13 +101,13 @@ def gone(pid: int) -> bool:
     return True
 
 
-def test_two_scripts_one_after_the_other_share_one_cluster_and_its_workers(scripts):
-    first = scripts.run(SHOW).split(maxsplit=2)
-    second = scripts.run(SHOW).split(maxsplit=2)
+def test_two_scripts_one_after_the_other_share_one_cluster_and_its_workers(shared):
+    first = shared.run(SHOW).split(maxsplit=2)
+    second = shared.run(SHOW).split(maxsplit=2)
 
     assert first[0] == second[0]  # one server
     assert first[1] == second[1] == "False"  # the script never became a Ray driver
-    assert set(eval(second[2])) <= set(eval(first[2])) | warm_workers(scripts)
+    assert set(eval(second[2])) <= set(eval(first[2])) | warm_workers(shared)
 
 
 def warm_workers(scripts: Scripts) -> set[int]:
@@ -118,8 +129,8 @@ def warm_workers(scripts: Scripts) -> set[int]:
     return found
 
 
-def test_each_script_sees_its_own_files_environment_and_module_state(scripts):
-    scripts.write("helpers.py", """
+def test_each_script_sees_its_own_files_environment_and_module_state(shared):
+    shared.write("helpers.py", """
         SEEN = []
         VALUE = 1
         def note(x):
@@ -133,25 +144,25 @@ def test_each_script_sees_its_own_files_environment_and_module_state(scripts):
             return note(x), os.environ.get("GREETING"), open("data.txt").read(), os.getcwd()
         print(gpar.apply([0], fn, progress=False)[0])
     """
-    (scripts.directory / "data.txt").write_text("first")
-    first = eval(scripts.run(source, GREETING="hello"))
+    (shared.directory / "data.txt").write_text("first")
+    first = eval(shared.run(source, GREETING="hello"))
     time.sleep(0.01)  # a new modification time for the edited module, even on coarse clocks
-    scripts.write("helpers.py", """
+    shared.write("helpers.py", """
         SEEN = []
         VALUE = 2
         def note(x):
             SEEN.append(x)
             return VALUE, len(SEEN)
     """)
-    (scripts.directory / "data.txt").write_text("second")
-    second = eval(scripts.run(source, GREETING="bonjour"))
+    (shared.directory / "data.txt").write_text("second")
+    second = eval(shared.run(source, GREETING="bonjour"))
 
-    assert first == ((1, 1), "hello", "first", str(scripts.directory))
-    assert second == ((2, 1), "bonjour", "second", str(scripts.directory))
+    assert first == ((1, 1), "hello", "first", str(shared.directory))
+    assert second == ((2, 1), "bonjour", "second", str(shared.directory))
 
 
-def test_module_state_of_one_script_does_not_reach_the_next_even_unedited(scripts):
-    scripts.write("tokens.py", """
+def test_module_state_of_one_script_does_not_reach_the_next_even_unedited(shared):
+    shared.write("tokens.py", """
         SEEN = set()
         def seen(x, token):
             SEEN.add(token)
@@ -163,7 +174,7 @@ def test_module_state_of_one_script_does_not_reach_the_next_even_unedited(script
         print(os.getpid(), gpar.apply(range(8), seen, os.getpid(), progress=False))
     """
     for _ in range(2):
-        token, results = scripts.run(source).split(maxsplit=1)
+        token, results = shared.run(source).split(maxsplit=1)
         assert all(result == [int(token)] for result in eval(results))
 
 
@@ -246,25 +257,25 @@ def test_cluster_status_and_stop_from_the_shell(scripts):
     assert scripts.gpar("cluster", "status").startswith("not running")
 
 
-def test_only_the_owner_can_reach_the_cluster(scripts):
+def test_only_the_owner_can_reach_the_cluster(shared):
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client
 
-    scripts.run(SHOW)
-    state_file = next(scripts.state_dir.glob("*.json"))
+    shared.run(SHOW)
+    state_file = next(shared.state_dir.glob("*.json"))
     assert state_file.stat().st_mode & 0o077 == 0
-    assert scripts.state_dir.stat().st_mode & 0o077 == 0
-    socket_path = scripts.state()["socket"]
+    assert shared.state_dir.stat().st_mode & 0o077 == 0
+    socket_path = shared.state()["socket"]
     assert Path(socket_path).parent.stat().st_mode & 0o077 == 0
 
     with pytest.raises(AuthenticationError):
         Client(socket_path, family="AF_UNIX", authkey=b"0" * 32)
-    assert scripts.run(SHOW)  # and the server goes on serving its owner
+    assert shared.run(SHOW)  # and the server goes on serving its owner
 
 
-def test_ctrl_c_cancels_the_scripts_tasks_and_leaves_the_cluster_up(scripts):
-    pid_file = scripts.directory / "worker.pid"
-    process = scripts.start(f"""
+def test_ctrl_c_cancels_the_scripts_tasks_and_leaves_the_cluster_up(shared):
+    pid_file = shared.directory / "worker.pid"
+    process = shared.start(f"""
         import os, time, gpar
         def hang(x):
             with open({str(pid_file)!r}, "w") as handle:
@@ -281,4 +292,36 @@ def test_ctrl_c_cancels_the_scripts_tasks_and_leaves_the_cluster_up(scripts):
 
     assert "KeyboardInterrupt" in err
     assert gone(int(pid_file.read_text()))  # the task's worker was killed
-    assert "jobs: 0 running" in scripts.gpar("cluster", "status")
+    assert "jobs: 0 running" in shared.gpar("cluster", "status")
+
+
+def test_a_nested_apply_runs_in_the_scripts_place_too(shared):
+    shared.write("inner.py", """
+        def square(x):
+            return x * x
+    """)
+    out = shared.run("""
+        import gpar
+        from inner import square
+        def outer(n):
+            return sum(gpar.apply(range(n), square, progress=False))
+        print(list(gpar.apply([3, 4], outer, progress=False)))
+    """)
+    assert out.strip() == "[5, 14]"
+
+
+def test_an_output_written_through_the_local_cluster_resumes_there(shared):
+    marker = shared.directory / "fail-once"
+    marker.write_text("")
+    source = f"""
+        import os, gpar, reduce_sql
+        def table(x):
+            if x == 2 and os.path.exists({str(marker)!r}):
+                raise ValueError("not yet")
+            return {{"x": [x], "square": [x * x]}}
+        gpar.apply(range(5), table, output="out", progress=False, errors="warn")
+        print(reduce_sql.Dataset("out").sql("SELECT count(*) AS n FROM data").column("n")[0])
+    """
+    assert shared.run(source).strip() == "4"  # a relative path: the script's directory
+    marker.unlink()
+    assert shared.run(source).strip() == "5"  # the same job: only element 2 ran again

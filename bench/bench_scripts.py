@@ -1,0 +1,150 @@
+"""Whole scripts, as an analyst runs them again and again: gpar on the local cluster against
+joblib, multiprocessing and plain Ray, each a fresh interpreter applying a trivial fn to 4
+elements and exiting.
+
+(f) the whole process's wall time, rounds interleaving the methods (medians); gpar's first
+script (no local cluster running: its start included) apart; a one-element call and 100,000
+trivial items inside a script on the warm local cluster; the idle cluster's memory and CPU.
+The local cluster is one of a private state directory, stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROUNDS = 5
+ELEMENTS = 4
+TRIVIAL_ITEMS = 100_000
+IDLE_WINDOW_S = 10.0
+
+SCRIPTS = {
+    "gpar, local cluster running": """
+import gpar
+print(list(gpar.apply(range(4), abs, progress=False)))
+""",
+    "joblib (loky, 2 jobs)": """
+from joblib import Parallel, delayed
+print(Parallel(n_jobs=2)(delayed(abs)(x) for x in range(4)))
+""",
+    "multiprocessing.Pool(2).map": """
+import multiprocessing
+if __name__ == "__main__":
+    with multiprocessing.Pool(2) as pool:
+        print(pool.map(abs, range(4)))
+""",
+    "plain Ray (ray.init, 4 tasks)": """
+import ray
+ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+print(ray.get([ray.remote(abs).remote(x) for x in range(4)]))
+""",
+}
+
+INSIDE = """
+import time, gpar
+gpar.apply([1], abs, progress=False)
+one = []
+for _ in range(20):
+    started = time.perf_counter()
+    gpar.apply([1], abs, progress=False)
+    one.append(time.perf_counter() - started)
+items = list(range(ITEMS))
+started = time.perf_counter()
+assert gpar.apply(items, abs, progress=False) == items
+many = time.perf_counter() - started
+import statistics
+print(statistics.median(one), many / len(items))
+""".replace("ITEMS", str(TRIVIAL_ITEMS))
+
+
+def run(source: str, env: dict[str, str]) -> float:
+    """Wall seconds of one fresh interpreter running ``source``."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", source], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def stop(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "gpar.cli", "cluster", "stop"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and the processes below it."""
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        each = stack.pop()
+        total += used.get(each, 0.0)
+        stack.extend(children.get(each, []))
+    return total
+
+
+def main() -> None:
+    from gpar import client
+
+    state_dir = tempfile.mkdtemp(prefix="gpar-bench-state-")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RAY_ADDRESS", "GPAR_CLUSTER")}
+    env.update(GPAR_STATE_DIR=state_dir, RAY_USAGE_STATS_ENABLED="0")
+    os.environ["GPAR_STATE_DIR"] = state_dir
+    times: dict[str, list[float]] = {name: [] for name in ["gpar, first script", *SCRIPTS]}
+    try:
+        for _ in range(ROUNDS):
+            stop(env)
+            times["gpar, first script"].append(run(SCRIPTS["gpar, local cluster running"], env))
+            for name, source in SCRIPTS.items():
+                times[name].append(run(source, env))
+        inside = subprocess.run([sys.executable, "-c", INSIDE], env=env, check=True,
+                                capture_output=True, text=True).stdout.split()
+        one_s, per_item_s = float(inside[0]), float(inside[1])
+        pid = client.read_state().pid
+        time.sleep(2.0)  # the last script's tasks wind down
+        cpu_before = tree_cpu_s(pid)
+        time.sleep(IDLE_WINDOW_S)
+        idle_cpu = (tree_cpu_s(pid) - cpu_before) / IDLE_WINDOW_S
+        memory = client.status()["memory_bytes"]
+    finally:
+        stop(env)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    joblib_s = medians["joblib (loky, 2 jobs)"]
+    lines = [
+        "## Scripts, start to exit (`bench/bench_scripts.py`)",
+        "",
+        f"### (f) a script applying a trivial fn to {ELEMENTS} elements, whole process",
+        "",
+        f"Medians of {ROUNDS} interleaved rounds; each round first stops the local cluster, so "
+        "gpar's first script starts it.",
+        "",
+        "| method | seconds | × joblib's whole run |",
+        "|---|---|---|",
+    ]
+    for name, seconds in medians.items():
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / joblib_s:.2f} |")
+    lines += [
+        "",
+        f"Inside a script on the warm local cluster: a one-element call {one_s * 1e3:.1f} ms "
+        f"(median of 20); {TRIVIAL_ITEMS:,} trivial items {per_item_s * 1e6:.1f} µs per item.",
+        f"The idle local cluster (server and Ray's processes): {memory / 2**20:.0f} MiB "
+        f"resident, {idle_cpu:.1%} of one core over {IDLE_WINDOW_S:.0f} s.",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
