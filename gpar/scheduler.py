@@ -16,6 +16,7 @@ wall-clock seconds, the clock the workers stamp their progress with.
 from __future__ import annotations
 
 import pickle
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 #: comes CHECKPOINT_SPACING times its own duration later, if that is longer.
 CHECKPOINT_S = 60.0
 CHECKPOINT_SPACING = 10
+
+#: The longest the loop waits for a lost batch's note from another node (notes.py) before it
+#: takes the element as unknown; a node that is gone fails the read at once once Ray knows.
+NOTE_READ_S = 5.0
 
 
 def run_job(
@@ -79,6 +84,10 @@ class RayBackend:
         self.streams: dict[int, Any] = {}  # batch -> its ObjectRefGenerator
         self.batch_of: dict[Any, int] = {}
         self.unheard: dict[int, Launch] = {}  # batches that have not said anything yet
+        self.node_of: dict[int, str] = {}  # batch -> the node it said it runs on
+        self.job = secrets.randbits(62)  # the batches' names in their workers' notes
+        self.own_node = ray.get_runtime_context().get_node_id()
+        self.note_reader: Any = None
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = ray.put((environment.stream, buffers))
 
@@ -91,7 +100,8 @@ class RayBackend:
         items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
         ref = self.image.submit(
             self.remote, RUN_BATCH, [self.environment_ref],
-            (len(chunk), sink, self.image.check, launch.handoff_after_s), raw=(items,),
+            (len(chunk), sink, self.image.check, launch.handoff_after_s,
+             (self.job, launch.batch)), raw=(items,),
             **self.placement)
         self.streams[launch.batch] = ref
         self.batch_of[ref] = launch.batch
@@ -135,19 +145,61 @@ class RayBackend:
         try:
             message = self.ray.get(next(self.streams[batch]))
         except StopIteration:
-            self._forget(batch)
-            return batch, BatchLost("BatchLost", "the batch ended without reporting every "
-                                    "element")
+            return self._lost(batch, "BatchLost", "the batch ended without reporting every "
+                              "element")
         except self.ray.exceptions.RayError as exc:
-            self._forget(batch)
-            return batch, BatchLost(type(exc).__qualname__, str(exc).strip())
+            return self._lost(batch, type(exc).__qualname__, str(exc).strip())
         self.unheard.pop(batch, None)
+        self.node_of[batch] = message.node_id
         if message.last:
             self._forget(batch)
         return batch, message
 
+    def _lost(self, batch: int, exc_type: str, message: str) -> tuple[int, BatchLost]:
+        node = self.node_of.get(batch)
+        self._forget(batch)
+        return batch, BatchLost(exc_type, message, self._where(batch, node))
+
+    def _where(self, batch: int, node: str | None) -> int | None:
+        """Where a lost batch's worker was (notes.py): read here if it ran on this node, else
+        by a task pinned to its node, or to every node while it had not said which."""
+        from gpar import notes
+
+        nodes = [node] if node else sorted(self.alive_nodes() | {self.own_node})
+        if self.own_node in nodes:
+            at = notes.read(self.job, batch)
+            if at is not None:
+                return at
+            nodes.remove(self.own_node)
+        return self._read_notes(batch, nodes) if nodes else None
+
+    def _read_notes(self, batch: int, nodes: list[str]) -> int | None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from envpack.stage import bootstrap
+
+        if self.note_reader is None:
+            self.note_reader = bootstrap(num_returns="streaming", max_retries=0, num_cpus=0)
+        streams = [self.image.submit(
+            self.note_reader, READ_NOTE, [], (self.job, batch),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            for node in nodes]
+        ready, late = blocking_call(self.ray.wait, streams, num_returns=len(streams),
+                                    timeout=NOTE_READ_S)
+        for stream in late:
+            self.ray.cancel(stream, force=True)
+        for stream in ready:
+            try:
+                at = self.ray.get(next(stream))
+            except (StopIteration, self.ray.exceptions.RayError):  # its node is gone
+                continue
+            if at is not None:
+                return at
+        return None
+
     def _forget(self, batch: int) -> Any:
         self.unheard.pop(batch, None)
+        self.node_of.pop(batch, None)
         ref = self.streams.pop(batch, None)
         if ref is not None:
             del self.batch_of[ref]
@@ -197,6 +249,7 @@ def _first_values(streams: list[Any]) -> list[Any]:
 #: The task each batch runs, named rather than pickled: the worker imports it once the image's
 #: layers are staged (gpar itself may be one of them).
 RUN_BATCH = "gpar.worker:run_batch"
+READ_NOTE = "gpar.notes:read_here"
 
 
 def _remote_run_batch() -> Any:
