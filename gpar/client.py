@@ -314,8 +314,9 @@ class ServerTasks:
         return self._call("alive_nodes")
 
     def submit(self, key: Any, call: Any, options: dict[str, Any],
-               placement: dict[str, Any] | None = None, single: bool = False) -> None:
-        self._call("submit", key, call, options, placement, single)
+               placement: dict[str, Any] | None = None, single: bool = False,
+               note: tuple[int, int, Any] | None = None) -> None:
+        self._call("submit", key, call, options, placement, single, note)
 
     def wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
         return self._call("wait", timeout_s)

@@ -25,6 +25,9 @@ from gpar.policy import Policy, SlowNodes
 from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
 from gpar.report import AttemptBlock, JobReport
 
+#: The report row of an element that finished in a batch lost before it reported it.
+_LOST = ("lost", "it finished, but its value was lost with its worker: run again, uncharged")
+
 
 class Backend(Protocol):
     """Where batches run: Ray, or the simulator."""
@@ -116,7 +119,7 @@ class JobLoop:
         if isinstance(news, BatchLost):
             error = ElementError(news.exc_type, news.message.splitlines()[0] if news.message
                                  else news.exc_type, news.message, "system", retryable=True)
-            stopped = self.policy.on_lost(batch, error)
+            stopped = self.policy.on_lost(batch, error, news.at)
             if stopped is not None:
                 self._stopped(stopped, self.backend.now())
             self.streams.pop(batch, None)
@@ -186,6 +189,12 @@ class JobLoop:
         for elements in stopped.unstarted:
             if elements:
                 self.report.add_unstarted(elements)
+        for elements in stopped.ran:  # times unknown: they died with the worker
+            if elements:
+                self.report.add_block(AttemptBlock(
+                    stopped.batch, elements.start, stream.launch.attempt, stream.launch.backup,
+                    stream.node, stream.pid, stream.submitted, math.nan,
+                    [math.nan] * len(elements), dict.fromkeys(range(len(elements)), _LOST)))
 
     def _check_avoided_nodes(self) -> None:
         """Nothing happened for a while: if every batch in flight straggles while work waits

@@ -41,11 +41,14 @@ Rules (DESIGN §3):
   never the last): elements that straggle wherever they run are what backups are for, a node
   that is slow for everything is not. The loop forgets them if every batch in flight straggles
   while work waits (hangs look like slow nodes) or the nodes left are all avoided.
-* **Lost batch** (worker died): reported elements are kept. The element last seen in fn lost its
-  attempt (charged, a system failure, retried alone); the elements behind it were not seen
-  starting: queued again uncharged, with their attempt number unchanged. With nothing seen in
-  fn, a lone element is charged; several are re-run uncharged in two halves, so a crash is
-  charged only to the element that caused it.
+* **Lost batch** (worker died): reported elements are kept. The worker's note (worker.py) says
+  where it was: the element in fn lost its attempt (charged, a system failure, retried alone);
+  those before it finished, their values lost with the worker: queued again uncharged, as new
+  attempts; those behind it never started: queued again uncharged, attempt number unchanged.
+  With no element in fn (it died before the first, or between elements), what ran and what did
+  not are re-run apart, or one part in two halves, uncharged; a lone element is charged, so a
+  crash that repeats ends. With no note (its node was lost), the element last seen in fn is
+  charged, the rest queued again uncharged; with none seen, the same halves.
 
 Every attempt the policy ends or sees lost comes back as a ``Stopped`` record, so the report has
 a row for each attempt, however it ended.
@@ -54,6 +57,7 @@ a row for each attempt, however it ended.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -337,28 +341,102 @@ class Policy:
         self._check_quorum()
         return accepted
 
-    def on_lost(self, batch: int, error: ElementError) -> Stopped | None:
-        """The batch's stream broke before every element it owns reported (worker died)."""
+    def on_lost(self, batch: int, error: ElementError, at: int | None = None) -> Stopped | None:
+        """The batch's stream broke before every element it owns reported (worker died).
+        ``at``: where its worker's note says it was (records.BatchLost); None: unread."""
         live = self._forget(batch)
         if live is None or live.reported >= live.end:
             return None
-        open_ones = self._trim_final(live.indices[live.reported:live.end])
-        if live.running is None:  # nothing seen in fn
-            if len(open_ones) > 1:  # which element crashed is not known: halves, uncharged
-                self.counts.batches_lost += 1
-                half = len(open_ones) // 2
-                self._enqueue(_Work(open_ones[half:], live.attempt, whole=True), front=True)
-                self._enqueue(_Work(open_ones[:half], live.attempt, whole=True), front=True)
+        if at is None or 0 <= at < live.reported:  # no note, or not this batch's
+            return self._lost_unread(batch, live, error)
+        if 0 <= at < live.end:  # the element in fn killed its worker
+            started = live.running[1] if live.running and live.running[0] == at else None
+            live.running = (at, started)
+            ran = live.indices[live.reported:at]
+            self._rerun(ran, live.attempt)
+            behind = self._requeue(live.indices[at + 1:live.end], live.attempt)
+            return self._charge_lost(batch, live, error, behind, (ran,))
+        done = live.end if at >= 0 else min(max(~at, live.reported), live.end)
+        return self._lost_outside_fn(batch, live, error, done)
+
+    def _lost_unread(self, batch: int, live: _Batch, error: ElementError) -> Stopped:
+        """No note: charge the element last seen in fn (the others were not seen starting);
+        with none seen, split the batch in halves, uncharged, or charge a lone element."""
+        error = dataclasses.replace(error, message=error.message + _UNREAD)
+        if live.running is None:
+            open_ones = self._trim_final(live.indices[live.reported:live.end])
             if len(open_ones) != 1:
+                self._split(open_ones, live.attempt)
                 return Stopped(batch, None, (live.indices[live.reported:live.end],),
                                killed=False)
             live.running = (live.indices.index(open_ones[0]), None)
+        return self._charge_lost(batch, live, error, self._requeue_unstarted(live))
+
+    def _lost_outside_fn(self, batch: int, live: _Batch, error: ElementError,
+                         done: int) -> Stopped:
+        """The worker died with no element in fn, those before position ``done`` finished:
+        which part killed it is not known. Re-run what ran and what did not apart, or a
+        single part in halves, uncharged; a lone element is charged (a crash may repeat)."""
+        ran = live.indices[live.reported:done]
+        ran_open, rest = self._trim_final(ran), self._trim_final(live.indices[done:live.end])
+        if len(ran_open) + len(rest) == 1:
+            index = (ran_open or rest)[0]
+            live.running = (live.indices.index(index), None)
+            others = (range(ran.start, index), range(index + 1, ran.stop)) if index in ran \
+                else (ran,)
+            others = tuple(filter(None, others))
+            return self._charge_lost(batch, live, error, (), others)
+        attempt = self._rerun_attempt(ran_open, live.attempt) if ran_open else live.attempt
+        if ran_open and rest:
+            self.counts.batches_lost += 1
+            self._enqueue(_Work(rest, live.attempt, whole=True), front=True)
+            self._enqueue(_Work(ran_open, attempt, whole=True), front=True)
+        else:
+            self._split(ran_open, attempt)
+            self._split(rest, live.attempt)
+        return Stopped(batch, None, (live.indices[done:live.end],), killed=False, ran=(ran,))
+
+    def _charge_lost(self, batch: int, live: _Batch, error: ElementError,
+                     unstarted: tuple[range, ...], ran: tuple[range, ...] = ()) -> Stopped:
+        """The lost attempt of the element at ``live.running``: charged, retried alone."""
         position, started = live.running
-        unstarted = self._requeue_unstarted(live)
         index = live.indices[position]
         self._attempt_failed(index, live.attempt, error)  # a retry if it is still open
         ended = Ended(index, live.attempt, started, "system", error.message)
-        return Stopped(batch, ended, unstarted, killed=False)
+        return Stopped(batch, ended, unstarted, killed=False, ran=ran)
+
+    def _split(self, indices: range, attempt: int) -> None:
+        """Queue several elements lost together in two halves, first: a crash that repeats
+        is found in one of them."""
+        if len(indices) > 1:
+            self.counts.batches_lost += 1
+            half = len(indices) // 2
+            self._enqueue(_Work(indices[half:], attempt, whole=True), front=True)
+            self._enqueue(_Work(indices[:half], attempt, whole=True), front=True)
+
+    def _rerun(self, ran: range, attempt: int) -> None:
+        """Queue again, uncharged, elements that finished as ``attempt`` in a lost batch."""
+        ran = self._trim_final(ran)
+        if ran:
+            self._enqueue(_Work(ran, self._rerun_attempt(ran, attempt), whole=False),
+                          front=True)
+
+    def _requeue(self, indices: range, attempt: int) -> tuple[range, ...]:
+        """Queue again, uncharged, elements never started; returns them if any is open."""
+        indices = self._trim_final(indices)
+        if indices:
+            self._enqueue(_Work(indices, attempt, whole=False))
+        return (indices,) if indices else ()
+
+    def _rerun_attempt(self, indices: range, attempt: int) -> int:
+        """The attempt number of a re-run of ``indices``, which ran as ``attempt``: past
+        every attempt any of them has had (backups)."""
+        last = self._last_attempt
+        rerun = max([attempt, *(last[i] for i in indices if i in last)]) + 1
+        for index in indices:
+            if index in last:
+                last[index] = rerun
+        return rerun
 
     # ------------------------------------------------------------------- helpers
 
@@ -650,6 +728,8 @@ class Policy:
 
 
 _LOST_RACE = "another attempt of this task finished first"
+_UNREAD = ("; which element was in fn is not known (its node could not be asked): charged "
+           "to the one last seen in fn")
 _STOP_MESSAGES = {
     "deadline": "the job's deadline passed before this task finished",
     "quorum": "the job's quorum was reached before this task finished",

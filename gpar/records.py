@@ -78,10 +78,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class BatchLost:
-    """A batch's stream broke before its last message: its worker died or its node was lost."""
+    """A batch's stream broke before its last message: its worker died or its node was lost.
+
+    ``at``: where the worker's note (worker.py) says it was when it died: the position of the
+    element in fn, or ``~n`` when its first n elements had finished and none was in fn; None
+    when the note could not be read (its node was gone)."""
 
     exc_type: str
     message: str
+    at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,14 @@ class Stopped:
     """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
     ``unstarted``: elements it owned that never reported, other than that one: not seen
     starting, or (output=) finished but not yet written. Charged nothing; queued again unless
-    they were final already."""
+    they were final already. ``ran``: elements of a lost batch its worker's note says finished
+    in fn, their values lost with it: not charged, queued again as new attempts."""
 
     batch: int
     attempt: Ended | None
     unstarted: tuple[range, ...]
     killed: bool
+    ran: tuple[range, ...] = ()
 
 
 @dataclass(kw_only=True)
@@ -114,7 +121,7 @@ class Counts:
     """What a job's policy counts as it decides; a JobReport is one, so nothing is copied."""
 
     batches: int = 0  # batches launched
-    batches_lost: int = 0  # lost batches re-run in halves: which element crashed was unknown
+    batches_lost: int = 0  # lost batches re-run in halves: no element was known to be in fn
     retries: int = 0
     backups: int = 0
     timeouts: int = 0

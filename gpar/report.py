@@ -27,11 +27,12 @@ class AttemptRecord:
     node: str
     pid: int
     submitted: float
-    started: float  # NaN: its worker died before it said the element started
+    started: float  # NaN: its worker died before it reported the element's times
     finished: float
     #: "ok"; charged failures: "error", "result", "output", "environment", "system" (also an
     #: attempt lost with its batch), "timeout"; not charged: "preempted", "cancelled" (the job
-    #: stopped, or another attempt finished first)
+    #: stopped, or another attempt finished first), "lost" (it finished, but its worker died
+    #: before it sent the value; started and finished NaN)
     outcome: str
     error: str  # the failure's message, "" when ok
 

@@ -17,6 +17,7 @@ wall-clock seconds, the clock the workers stamp their progress with.
 from __future__ import annotations
 
 import pickle
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ class RayBackend:
         self.placement: dict[str, Any] = {}  # Ray options that keep batches off slow nodes
         self.unheard: dict[int, Launch] = {}  # batches that have not said anything yet
         self.running: set[int] = set()
+        self.job = secrets.randbits(62)  # the batches' names in their workers' notes
         buffers = [_as_array(buffer) for buffer in environment.buffers]
         self.environment_ref = tasks.put((environment.stream, buffers, tasks.caller_context()))
 
@@ -87,9 +89,11 @@ class RayBackend:
         sink = None if self.output is None else self.output.sink(launch)
         items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
         call = self.image.call(RUN_BATCH, [self.environment_ref],
-                               (len(chunk), sink, self.image.check, launch.handoff_after_s),
-                               raw=(items,))
-        self.tasks.submit(launch.batch, call, RUN_BATCH_OPTIONS, self.placement)
+                               (len(chunk), sink, self.image.check, launch.handoff_after_s,
+                                (self.job, launch.batch)), raw=(items,))
+        reader = self.image.call(READ_NOTE, [], (self.job, launch.batch))
+        self.tasks.submit(launch.batch, call, RUN_BATCH_OPTIONS, self.placement,
+                          note=(self.job, launch.batch, reader))
         self.running.add(launch.batch)
         self.unheard[launch.batch] = launch
 
@@ -168,6 +172,7 @@ def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
 #: The task each batch runs, named rather than pickled: the worker imports it once the image's
 #: layers are staged (gpar itself may be one of them).
 RUN_BATCH = "gpar.worker:run_batch"
+READ_NOTE = "gpar.notes:read_here"
 
 
 #: Ray's own retries are off for batches: the policy owns them.

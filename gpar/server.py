@@ -134,11 +134,16 @@ class Session:
         return self.tasks.alive_nodes()
 
     def do_submit(self, key: Any, call: Any, options: dict, placement: Any,
-                  single: bool) -> None:
-        call = replace(call, layers=tuple((digest, self.refs[number])
+                  single: bool, note: Any) -> None:
+        if note is not None:
+            note = (*note[:2], self._resolved(note[2]))
+        self.tasks.submit(key, self._resolved(call), options, placement, single, note)
+
+    def _resolved(self, call: Any) -> Any:
+        """``call`` with this session's references where the script has their numbers."""
+        return replace(call, layers=tuple((digest, self.refs[number])
                                           for digest, number in call.layers),
                        refs=tuple(self.refs[number] for number in call.refs))
-        self.tasks.submit(key, call, options, placement, single)
 
     def do_wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
         return self.tasks.wait(timeout_s)

@@ -9,8 +9,10 @@ elements behind one that ran ``handoff_after_s`` handed back at a flush, a final
 
 ``run_time(element, run)`` gives seconds; ``run`` counts the times the element has started, as
 the marker files of the tests' fault tables do. Actions: "exit" (the worker dies as the element
-starts), "raise" (fn raises after its run time), "hang" (never ends), ("slow", factor). Nodes
-may be slow (a factor on every run time there), be lost at a time, and start workers late.
+starts), ("exit", seconds) (it dies that long into the element), "raise" (fn raises after its
+run time), "hang" (never ends), ("slow", factor). Nodes may be slow (a factor on every run time
+there), be lost at a time, and start workers late. A worker that dies leaves its note (where it
+was) for the driver to read; a node lost takes its workers' notes with it.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ class SimCluster:
 @dataclass
 class Simulation:
     """What a simulated job returned, and what really ran: ``starts[element]`` holds the batch
-    of each time the element entered fn."""
+    of each time the element entered fn; ``attempts[batch]``, its attempt number; ``blind``,
+    the batches the driver killed or lost with their node, whose last elements it never
+    heard of."""
 
     values: list[Any]
     report: JobReport
     policy: Policy
     end_s: float
     starts: dict[int, list[int]]
+    attempts: dict[int, int]
+    blind: set[int]
 
 
 def simulate(elements: int, run_time: Callable[[int, int], float], *,
@@ -79,7 +85,8 @@ def simulate(elements: int, run_time: Callable[[int, int], float], *,
     policy = Policy(elements, rules, BatchSizer(rules.max_workers), counts=report)
     backend = SimBackend(cluster, run_time, faults or {}, max_time_s)
     values = JobLoop(policy, report, backend).run()
-    return Simulation(values, report, policy, backend.clock, backend.starts)
+    return Simulation(values, report, policy, backend.clock, backend.starts,
+                      backend.attempts, backend.blind)
 
 
 @dataclass
@@ -114,7 +121,9 @@ class SimBackend:
         self.waiting: deque[Launch] = deque()  # submitted, no slot yet (Ray's queue)
         self.batches: dict[int, _Running] = {}
         self.starts: dict[int, list[int]] = {}
-        self.lost: set[int] = set()  # batches whose worker died, the news not yet given
+        self.attempts: dict[int, int] = {}
+        self.blind: set[int] = set()
+        self.lost: dict[int, int | None] = {}  # batch -> its note, the news not yet given
         self.events: list[tuple[float, int, str, int, int]] = []
         self.sequence = 0
         for node, at in cluster.lost_nodes.items():
@@ -126,6 +135,7 @@ class SimBackend:
         return self.clock
 
     def submit(self, launch: Launch) -> None:
+        self.attempts[launch.batch] = launch.attempt
         self.waiting.append(launch)
         self._place()
 
@@ -133,6 +143,7 @@ class SimBackend:
         running = self.batches.pop(batch, None)
         if running is not None:
             running.alive = False
+            self.blind.add(batch)
             self._release(running.node)
         else:
             self.waiting = deque(w for w in self.waiting if w.batch != batch)
@@ -202,8 +213,14 @@ class SimBackend:
     def _on_lost(self, batch: int, _: int) -> Any:
         if batch not in self.lost:
             return None
-        self.lost.discard(batch)
-        return batch, BatchLost("WorkerCrashedError", "the simulated worker died")
+        return batch, BatchLost("WorkerCrashedError", "the simulated worker died",
+                                self.lost.pop(batch))
+
+    def _on_exit(self, batch: int, position: int) -> Any:
+        running = self.batches.get(batch)
+        if running is not None and running.position == position:
+            self._lose(batch, running, at=position)
+        return None
 
     def _on_node_lost(self, node: int, _: int) -> Any:
         self.alive[node] = False
@@ -211,7 +228,8 @@ class SimBackend:
         self.open.discard(node)
         for batch, running in list(self.batches.items()):
             if running.node == node:
-                self._lose(batch, running)
+                self.blind.add(batch)
+                self._lose(batch, running, at=None)
         return None
 
     # ----------------------------------------------------------------- workers
@@ -242,11 +260,14 @@ class SimBackend:
         runs.append(batch)
         running.element_started = self.clock
         if action == "exit":
-            self._lose(batch, running)
+            self._lose(batch, running, at=running.position)
             return
         seconds = self.run_time(element, len(runs) - 1)
         seconds *= self.cluster.slow_nodes.get(running.node, 1.0)
         if action == "hang":
+            seconds = math.inf
+        elif isinstance(action, tuple) and action[0] == "exit":
+            self._at(self.clock + action[1], "exit", batch, running.position)
             seconds = math.inf
         elif isinstance(action, tuple) and action[0] == "slow":
             seconds *= action[1]
@@ -262,11 +283,11 @@ class SimBackend:
             if check < self.clock + seconds:
                 self._at(check, "handoff", batch, running.position)
 
-    def _lose(self, batch: int, running: _Running) -> None:
-        """The batch's worker dies now: its stream breaks."""
+    def _lose(self, batch: int, running: _Running, at: int | None) -> None:
+        """The batch's worker dies now, its note saying ``at``: its stream breaks."""
         running.alive = False
         del self.batches[batch]
-        self.lost.add(batch)
+        self.lost[batch] = at
         self._release(running.node)
         self._at(self.clock, "lost", batch, 0)
 

@@ -7,7 +7,9 @@
 
 Streams are named by keys the caller chooses (batch numbers). What a stream yields comes back
 as it is (a batch's Progress, run_each's values); a stream that breaks comes back as a
-BatchLost, and is forgotten, as is one whose value says it was the ``last``.
+BatchLost, and is forgotten, as is one whose value says it was the ``last``. A batch's BatchLost
+says where its worker was when it died, from the worker's note (notes.py), read here when the
+batch ran on this node, else by a task pinned to its node: that needs Ray, so it is done here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from gpar.records import BatchLost
+
+#: The longest a lost batch's note from another node is waited for (notes.py) before the
+#: element is taken as unknown; a node that is gone fails the read at once once Ray knows.
+NOTE_READ_S = 5.0
 
 
 class RayTasks:
@@ -31,6 +37,9 @@ class RayTasks:
         self.streams: dict[Any, Any] = {}  # key -> its ObjectRefGenerator
         self.key_of: dict[Any, Any] = {}  # stream -> key
         self.single: set[Any] = set()  # keys whose stream yields one value
+        self.notes: dict[Any, tuple[int, int, Any]] = {}  # key -> (job, batch, its reader)
+        self.node_of: dict[Any, str] = {}  # key -> the node its stream said it runs on
+        self.own_node = ray.get_runtime_context().get_node_id()
 
     def probe(self) -> Any:
         return self.attached.probe()
@@ -54,8 +63,10 @@ class RayTasks:
                 if node["Alive"] and node["Resources"].get("CPU")}
 
     def submit(self, key: Any, call: Any, options: dict[str, Any],
-               placement: dict[str, Any] | None = None, single: bool = False) -> None:
-        """Start ``call`` (an envpack StagedCall) as stream ``key``."""
+               placement: dict[str, Any] | None = None, single: bool = False,
+               note: tuple[int, int, Any] | None = None) -> None:
+        """Start ``call`` (an envpack StagedCall) as stream ``key``. ``note``: (job, batch,
+        the StagedCall of notes.read_here for it): how to find where its worker died."""
         from envpack.stage import start
 
         stream = start(call, options, _ray_placement(placement))
@@ -63,6 +74,8 @@ class RayTasks:
         self.key_of[stream] = key
         if single:
             self.single.add(key)
+        if note is not None:
+            self.notes[key] = note
 
     def wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
         """(key, value or BatchLost) of the streams that have news, waiting at most
@@ -96,18 +109,63 @@ class RayTasks:
         try:
             value = self.ray.get(next(self.streams[key]))
         except StopIteration:
-            self._forget(key)
-            return key, BatchLost("BatchLost", "the batch ended without reporting every "
-                                  "element")
+            return self._lost(key, "BatchLost", "the batch ended without reporting every "
+                              "element")
         except self.ray.exceptions.RayError as exc:
-            self._forget(key)
-            return key, BatchLost(type(exc).__qualname__, str(exc).strip())
+            return self._lost(key, type(exc).__qualname__, str(exc).strip())
+        node = getattr(value, "node_id", None)
+        if node:
+            self.node_of[key] = node
         if key in self.single or getattr(value, "last", False):
             self._forget(key)
         return key, value
 
+    def _lost(self, key: Any, exc_type: str, message: str) -> tuple[Any, BatchLost]:
+        note, node = self.notes.get(key), self.node_of.get(key)
+        self._forget(key)
+        return key, BatchLost(exc_type, message, None if note is None else self._where(note, node))
+
+    def _where(self, note: tuple[int, int, Any], node: str | None) -> int | None:
+        """Where a lost batch's worker was (notes.py): read here if it ran on this node, else
+        by a task pinned to its node, or to every node while it had not said which."""
+        from gpar import notes
+
+        job, batch, _ = note
+        nodes = [node] if node else sorted(self.alive_nodes() | {self.own_node})
+        if self.own_node in nodes:
+            at = notes.read(job, batch)
+            if at is not None:
+                return at
+            nodes.remove(self.own_node)
+        return self._read_notes(note, nodes) if nodes else None
+
+    def _read_notes(self, note: tuple[int, int, Any], nodes: list[str]) -> int | None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from envpack.stage import start
+        from gpar.worker import blocking_call
+
+        options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": 0}
+        streams = [start(note[2], options, {"scheduling_strategy":
+                                            NodeAffinitySchedulingStrategy(node, soft=False)})
+                   for node in nodes]
+        ready, late = blocking_call(self.ray.wait, streams, num_returns=len(streams),
+                                    timeout=NOTE_READ_S)
+        for stream in late:
+            self.ray.cancel(stream, force=True)
+        for stream in ready:
+            try:
+                at = self.ray.get(next(stream))
+            except (StopIteration, self.ray.exceptions.RayError):  # its node is gone
+                continue
+            if at is not None:
+                return at
+        return None
+
     def _forget(self, key: Any) -> Any:
         self.single.discard(key)
+        self.notes.pop(key, None)
+        self.node_of.pop(key, None)
         stream = self.streams.pop(key, None)
         if stream is not None:
             del self.key_of[stream]

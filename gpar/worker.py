@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from gpar import environment
+from gpar import environment, notes
 from gpar.records import CallerContext, ElementError, Progress
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
               sink: Any = None, image: ImageCheck | None = None,
-              handoff_after_s: float | None = None) -> Iterator[Progress]:
+              handoff_after_s: float | None = None,
+              note: tuple[int, int] | None = None) -> Iterator[Progress]:
     """Yield Progress messages while fn runs over the ``count`` pickled ``items``; see the
     module docstring.
 
@@ -95,13 +96,14 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     worker lacks must not fail before the mismatch can be reported. With a ``sink``
     (a reduce_sql Sink), each value is written there and its Part is reported instead.
     ``image`` is what this worker must have before fn runs (envpack). The elements behind one
-    that has run ``handoff_after_s`` are handed back.
+    that has run ``handoff_after_s`` are handed back. ``note``: (job, batch), the batch's
+    name in this worker's note of the element in fn (notes.py).
     """
     global _main_thread_calls
     node_id = _node_id()
     stream, buffers, context = environment
     _adopt(context, image)
-    run = _BatchRun(stream, buffers, items, count, sink, image)
+    run = _BatchRun(stream, buffers, items, count, sink, image, note)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -206,10 +208,11 @@ class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
     def __init__(self, stream: bytes, buffers: list[Any], items: bytes, count: int, sink: Any,
-                 image: ImageCheck | None = None):
+                 image: ImageCheck | None = None, note: tuple[int, int] | None = None):
         self.stream, self.buffers, self.items, self.count = stream, buffers, items, count
         self.writer = None if sink is None else sink.open()  # a reduce_sql BatchWriter
         self.image = image
+        self.note = notes.begin(*note) if note else notes.scratch()  # [2]: where fn is
         self.values: list[Any] = []
         self.errors: dict[int, ElementError] = {}
         self.finished = array("d")
@@ -244,11 +247,13 @@ class _BatchRun:
     def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock, claim = self.values, self.finished, time.time, self.claim
-        writer = self.writer
+        writer, note = self.writer, self.note
         for position, item in enumerate(items):
             with claim:
                 if position >= self.end:
+                    note[2] = ~position
                     return
+            note[2] = position
             try:
                 value = fn(item, *args, **kwargs)
             except BaseException as exc:  # SystemExit too: it would end this thread silently
@@ -260,6 +265,7 @@ class _BatchRun:
             else:
                 values.append(None)  # its Part once written
                 self._hold(position, value)
+        note[2] = ~len(items)
 
     def _image_verified(self) -> bool:
         """Check the worker has the caller's distributions; if not, fail every element with

@@ -153,23 +153,51 @@ def test_elements_behind_a_straggler_run_once(tmp_path, backups):
     assert all(attempts_of(tmp_path, task) == 1 for task in range(300) if task != 30)
 
 
+def assert_every_run_is_a_row(report, marker_dir, tasks):
+    rows = rows_per_task(report)
+    assert {task: rows.get(task, 0) for task in tasks} == {
+        task: attempts_of(marker_dir, task) for task in tasks}
+
+
+def outcomes_of(report, task):
+    return [(row.attempt, row.outcome) for row in report.attempts if row.task == task]
+
+
+def test_a_worker_that_dies_as_element_2_of_5_starts_is_charged_to_it(tmp_path):
+    """The crash comes before any progress message: the worker's note names the element."""
+    results = run(range(5), {(2, 0): "exit"}, tmp_path, task_retries=2)
+    assert results == list(range(5))
+    report = results.report
+    assert outcomes_of(report, 2) == [(0, "system"), (1, "ok")]
+    assert report.failed_attempts == 1 and report.batches_lost == 0
+    assert_every_run_is_a_row(report, tmp_path, range(5))
+    for task in (0, 1, 3, 4):  # what ran before it is "lost" and ran again, uncharged
+        assert outcomes_of(report, task) in ([(0, "ok")], [(0, "lost"), (1, "ok")])
+
+
 def test_a_crashed_batch_reports_its_lost_attempt_and_charges_no_bystander(tmp_path):
     table = {(150, 0): "exit"}  # os._exit inside a batch of many tiny elements
     results = run(range(300), table, tmp_path, work_s=0.001)
     assert results == list(range(300))
     report = results.report
-    lost = [row for row in report.attempts if row.outcome == "system"]
-    assert len(lost) == report.failed_attempts  # one charged row per lost attempt
-    unstarted = set(report.unstarted)  # behind the element last seen in fn: uncharged
-    # the element last seen in fn lost its attempt; with none seen, the batch was re-run in
-    # halves, uncharged, all of it marked unstarted
-    assert (len(lost) == 1 and 150 in unstarted | {lost[0].task}) or (
-        report.batches_lost == 1 and 150 in unstarted and not lost)
-    rows = rows_per_task(report)
-    for task in range(300):  # a run the driver did not see start is the only gap
-        assert rows[task] <= attempts_of(tmp_path, task) <= rows[task] + (task in unstarted)
-    failed = {row.task for row in lost}
-    assert all(rows[task] == 1 for task in range(300) if task not in failed)
+    assert outcomes_of(report, 150) == [(0, "system"), (1, "ok")]
+    assert report.failed_attempts == 1 and report.batches_lost == 0
+    assert_every_run_is_a_row(report, tmp_path, range(300))
+    assert {row.outcome for row in report.attempts if row.task != 150} <= {"ok", "lost"}
+
+
+def test_an_element_that_kills_its_worker_every_time_fails_and_is_charged(tmp_path):
+    table = {(2, attempt): "exit" for attempt in range(3)}
+    with pytest.warns(gpar.TaskFailedWarning, match="task 2 failed after 3 attempts"):
+        results = run(range(5), table, tmp_path, task_retries=2)
+    failure = results[2]
+    assert isinstance(failure, gpar.TaskFailure)
+    assert (failure.reason, failure.attempts) == ("system", 3)
+    assert outcomes_of(results.report, 2) == [(0, "system"), (1, "system"), (2, "system")]
+    assert [results[i] for i in (0, 1, 3, 4)] == [0, 1, 3, 4]
+    (tmp_path / "again").mkdir()
+    with pytest.raises(gpar.FailureBudgetExceeded):
+        run(range(5), table, tmp_path / "again", task_retries=2, max_failures=2)
 
 
 def test_raise_mode_cancels_the_rest(tmp_path):

@@ -38,6 +38,7 @@ SCRIPT = """
 
     remover = threading.Thread(target=remove_a_node_mid_job)
     remover.start()
+    started = time.monotonic()
     # task 5's first attempt runs until its node goes: the removal always finds it running
     results = gpar.apply(range(20), faulty, {(5, 0): "hang"}, markers, 1.0,
                          address=cluster.address, max_workers=2, progress=False, backups=False)
@@ -47,6 +48,8 @@ SCRIPT = """
     print("RESULT", sorted({a.outcome for a in rows}))
     print("RESULT", len({a.node for a in rows}))
     print("RESULT", sum(a.outcome == "ok" for a in rows))
+    print("RESULT", [(a.task, a.error) for a in rows if a.outcome == "system"])
+    print("job took", time.monotonic() - started, file=sys.stderr)
     gpar.shutdown()
     cluster.shutdown()
 """
@@ -64,8 +67,10 @@ def test_removing_a_node_mid_job_loses_and_duplicates_nothing(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = [line[len("RESULT "):] for line in completed.stdout.splitlines()
              if line.startswith("RESULT ")]
-    equal, outcomes, nodes, oks = lines
+    equal, outcomes, nodes, oks, lost = lines
     assert equal == "True"
     assert outcomes == "['ok', 'system']"  # the lost attempts are in the report
     assert nodes == "2"
     assert oks == "20"  # each element accepted once
+    # its note went with the node: the row says the element in fn is not known
+    assert lost.startswith("[(5, ") and "which element was in fn is not known" in lost

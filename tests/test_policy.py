@@ -250,6 +250,73 @@ def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
     assert p._failed_count == {50: 1}  # the never-started elements are charged nothing
 
 
+def test_a_lost_batch_charges_the_element_its_note_names_even_unseen_in_fn():
+    """Element 2 of 5 killed its worker before any progress message: the note names it."""
+    p = policy(5, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    assert list(only.indices) == [0, 1, 2, 3, 4]
+    stopped = p.on_lost(only.batch, CRASH, at=2)
+    assert (stopped.attempt.index, stopped.attempt.outcome) == (2, "system")
+    assert stopped.attempt.started_at is None  # never seen in fn: its start is not known
+    assert stopped.ran == (range(0, 2),) and stopped.unstarted == (range(3, 5),)
+    assert p.counts.failed_attempts == 1 and p._failed_count == {2: 1}
+    assert p.counts.batches_lost == 0
+    again = {i: launch.attempt for launch in launch_all(p) for i in launch.indices}
+    assert again == {2: 1, 0: 1, 1: 1, 3: 0, 4: 0}  # what ran runs as a new attempt
+
+
+def test_a_lost_batch_keeps_the_start_the_driver_saw():
+    p = policy(200, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p.on_reported(only.batch, 0, 50, {}, 0.01, now=1.0)
+    p.on_running(only.batch, (50, 1.5))
+    stopped = p.on_lost(only.batch, CRASH, at=50)
+    assert (stopped.attempt.index, stopped.attempt.started_at) == (50, 1.5)
+    assert stopped.ran == (range(50, 50),) and stopped.unstarted == (only.indices[51:],)
+
+
+def test_a_rerun_after_a_lost_batch_is_numbered_past_a_backup():
+    p = policy(3, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p._next_attempt(1, only.attempt)  # element 1 got a backup: attempt 1
+    p.on_lost(only.batch, CRASH, at=2)
+    attempts = {i: launch.attempt for launch in launch_all(p) for i in launch.indices}
+    assert attempts == {2: 1, 0: 2, 1: 2}
+
+
+def test_a_worker_lost_between_elements_splits_what_ran_from_the_rest_uncharged():
+    p = policy(6, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    stopped = p.on_lost(only.batch, CRASH, at=~3)  # 0..2 finished, none in fn
+    assert stopped.attempt is None and p.counts.failed_attempts == 0
+    assert stopped.ran == (range(0, 3),) and stopped.unstarted == (range(3, 6),)
+    launches = launch_all(p)
+    assert [(list(w.indices), w.attempt) for w in launches] == [([0, 1, 2], 1), ([3, 4, 5], 0)]
+    assert p.counts.batches_lost == 1
+
+
+def test_a_lone_element_lost_after_it_finished_is_charged():
+    """A crash outside fn that repeats (a value whose pickling kills the worker) must end."""
+    p = policy(1)
+    (only,) = launch_all(p)
+    stopped = p.on_lost(only.batch, CRASH, at=~1)
+    assert (stopped.attempt.index, stopped.attempt.outcome) == (0, "system")
+    assert stopped.ran == () and p.counts.failed_attempts == 1
+
+
+def test_a_batch_lost_with_its_node_says_its_element_is_not_known():
+    p = policy(200, max_workers=1)
+    p.sizer.observe(1, 1e-6)
+    (only,) = launch_all(p, limit=1)
+    p.on_running(only.batch, (7, 1.0))
+    stopped = p.on_lost(only.batch, CRASH, at=None)
+    assert stopped.attempt.index == 7 and "not known" in stopped.attempt.message
+
+
 def test_errors_raise_stops_at_the_first_final_failure():
     p = policy(3, max_workers=3, errors="raise")
     a, b, c = launch_all(p)

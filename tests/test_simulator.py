@@ -3,6 +3,7 @@ simulated workers and clock. Every job hypothesis draws must keep the invariants
 
 import math
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -28,7 +29,7 @@ def run_times(seed, median=0.2, tail_share=0.0, slowdown=10.0):
     return run_time
 
 
-actions = st.sampled_from(["exit", "raise", "hang", ("slow", 10.0)])
+actions = st.sampled_from(["exit", ("exit", 0.05), "raise", "hang", ("slow", 10.0)])
 
 
 @st.composite
@@ -85,16 +86,18 @@ def check_invariants(elements, knobs, sim):
         finished = sum(not (isinstance(v, TaskFailure) and v.reason == "quorum") for v in values)
         assert finished >= quorum_count(knobs["quorum"], elements)
         assert sim.end_s <= max(row.finished for row in rows) + FLUSH_S + 1e-6
-    # every attempt is in the report: a run the driver did not see start is the only gap
-    seen, unseen = {}, {}  # rows of attempts seen starting; the rest, and unstarted marks
-    for row in rows:
-        counts = unseen if math.isnan(row.started) else seen  # NaN: lost before any news
-        counts[row.task] = counts.get(row.task, 0) + 1
-    for index in report.unstarted:
-        unseen[index] = unseen.get(index, 0) + 1
-    for index in range(elements):
-        started = len(sim.starts.get(index, []))
-        assert seen.get(index, 0) <= started <= seen.get(index, 0) + unseen.get(index, 0), index
+    # every attempt is in the report: each time an element entered fn is the row of its
+    # attempt, however soon its worker died, except in batches the driver killed or lost with
+    # their node: their last elements may have started since their last message
+    ran = Counter((index, sim.attempts[batch]) for index, batches in sim.starts.items()
+                  for batch in batches)
+    heard = Counter((index, sim.attempts[batch]) for index, batches in sim.starts.items()
+                    for batch in batches if batch not in sim.blind)
+    reported = {(row.task, row.attempt) for row in rows}
+    for attempt, times in heard.items():
+        assert times == 1 and attempt in reported, attempt
+    for row in rows:  # and each row is a run (NaN: a lost lone element, maybe never run)
+        assert math.isnan(row.started) and row.outcome != "lost" or ran[row.task, row.attempt]
     assert len({(row.task, row.attempt) for row in rows}) == len(rows)  # attempts are distinct
 
 
@@ -187,3 +190,26 @@ def test_a_slow_first_element_sets_the_first_median_and_the_hang_still_yields():
                    faults=faults, quorum=2 / 3, backups=False, max_time_s=10_000)
     assert [sim.values[0], sim.values[2]] == [0, 2]
     assert sim.end_s <= 2.0 + BACKUP_SLOWDOWN * 2.0 + 2 * FLUSH_S + 2 * 0.2 + 1
+
+
+@pytest.mark.parametrize("fault", ["exit", ("exit", 0.05)])
+def test_a_worker_dying_in_an_element_is_charged_to_it_wherever_it_was(fault):
+    """Element 150 of a batch of tiny ones kills its worker, at once or a while in."""
+    sim = simulate(300, lambda element, run: 0.001, cluster=SimCluster(nodes=1),
+                   faults={(150, 0): fault})
+    assert sim.values == list(range(300))
+    rows = sim.report.attempts
+    assert [(row.attempt, row.outcome) for row in rows if row.task == 150] == [
+        (0, "system"), (1, "ok")]
+    assert sim.report.failed_attempts == 1 and sim.report.batches_lost == 0
+    # what finished since its batch's last message ran again: reported "lost", uncharged
+    assert all(row.task < 150 for row in rows if row.outcome == "lost")
+    assert all(row.task != 150 or row.attempt == 1 for row in rows if row.outcome == "ok")
+
+
+def test_a_node_lost_with_its_notes_charges_the_element_last_seen_in_fn():
+    sim = simulate(4, lambda element, run: 10.0, cluster=SimCluster(nodes=2, lost_nodes={1: 5.0}),
+                   backups=False)
+    assert sim.values == list(range(4))
+    (lost,) = [row for row in sim.report.attempts if row.outcome == "system"]
+    assert "not known" in lost.error and lost.node == "node-1"
