@@ -192,7 +192,8 @@ def _start_server(idle_s: float | None = None, num_cpus: int | None = None) -> S
     with open(log_file, "w") as log:
         os.chmod(log_file, 0o600)
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True, close_fds=True, cwd="/")
+                                   start_new_session=True, close_fds=True,
+                                   cwd=state_file.parent)  # Ray puts it on workers' sys.path
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         state = read_state()
@@ -267,7 +268,7 @@ def status() -> dict[str, Any] | None:
         return None
     try:
         answer = ServerTasks(state)._call("status")
-    except (OSError, EOFError):
+    except (OSError, EOFError, ClusterConnectionError):
         return None
     return {**answer, "current": state.stamp == stamp()}
 
@@ -286,8 +287,14 @@ class ServerTasks:
             raise ClusterConnectionError("the connection to the local gpar cluster was cut "
                                          "off mid-call")
         self.broken = True  # until the answer is read whole
-        self.conn.send((method, args))
-        ok, value = self.conn.recv()
+        try:
+            self.conn.send((method, args))
+            ok, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise ClusterConnectionError(
+                "the local gpar cluster stopped while this script was using it (stopped by "
+                "`gpar cluster stop` or gpar.shutdown() elsewhere, or killed); run the script "
+                "again to start a new one") from exc
         self.broken = False
         if not ok:
             raise value
