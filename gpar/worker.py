@@ -26,11 +26,17 @@ file never holds an element another attempt may win: the commit takes each file 
 Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
 with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
 nested apply in fn hands its waits to run_batch's thread through ``blocking_call``.
+
+A call's large globals stay in Ray's object store while anything in a worker refers to them,
+and what does is left in reference cycles (restored globals: fn -> globals -> fn; Ray's own
+objects for the task). An idle worker may never run the full collection that frees them: each
+call kept its environment pinned (tests/test_scripts.py). So a batch whose call shipped buffers
+out of band ends with a full collection, after its last message so the driver does not wait for
+it (it took ~40 ms in a worker with pandas and statsmodels loaded).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import os
@@ -124,30 +130,11 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
                 next_flush = time.monotonic() + FLUSH_S
     finally:
         _main_thread_calls = None
+    if run.buffers:  # after the last message: the driver does not wait for it
+        gc.collect()
 
 
 _FINISHED = object()
-
-
-@contextlib.contextmanager
-def _cycles_collected(enabled: bool) -> Iterator[None]:
-    """Collect the reference cycles the block made when it ends.
-
-    Restored globals are a cycle (fn -> globals -> fn) that pins the environment's buffers in
-    the object store until the next collection, which in an idle worker may never come: without
-    this, each call leaks its large globals. What existed before the block is frozen meanwhile,
-    so the collection scans only the batch's own objects: a full one took ~40 ms per batch in a
-    worker with pandas and statsmodels loaded, delaying every batch's last report by as much.
-    """
-    if not enabled:
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.collect()
-        gc.unfreeze()
 
 
 def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -182,17 +169,15 @@ class _BatchRun:
         try:
             if not self._image_verified():
                 return
-            with _cycles_collected(enabled=bool(self.buffers)):
-                try:
-                    call = environment.restore(self.stream, self.buffers)
-                    items = pickle.loads(self.items)
-                except BaseException as exc:
-                    self._fail_all(exc)
-                    return
-                self.elements_started = time.time()
-                self.restored = True
-                self._run_elements(call, items)
-                del call, items
+            try:
+                call = environment.restore(self.stream, self.buffers)
+                items = pickle.loads(self.items)
+            except BaseException as exc:
+                self._fail_all(exc)
+                return
+            self.elements_started = time.time()
+            self.restored = True
+            self._run_elements(call, items)
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
             self.calls.put(_FINISHED)
 
