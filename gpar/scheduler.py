@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from gpar import pickled
 from gpar.environment import CapturedEnvironment
 from gpar.loop import JobLoop
 from gpar.policy import Policy
@@ -60,8 +61,7 @@ def run_job(
     backend = RayBackend(items, environment, image, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
     with progress_bar(len(items), progress) as bar:
-        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
-                       loads=cloudpickle.loads)
+        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint)
         return loop.run()
 
 
@@ -88,7 +88,7 @@ class RayBackend:
     def submit(self, launch: Launch) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.output is None else self.output.sink(launch)
-        items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
+        items, _ = pickled.dumps(chunk, (cloudpickle.Pickler,), pickle.HIGHEST_PROTOCOL)
         ref = self.image.submit(
             self.remote, RUN_BATCH, [self.environment_ref],
             (len(chunk), sink, self.image.check, launch.handoff_after_s), raw=(items,),

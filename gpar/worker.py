@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from gpar import environment
+from gpar import environment, pickled
 from gpar.records import ElementError, Progress
 
 if TYPE_CHECKING:
@@ -171,17 +171,20 @@ class _BatchRun:
                 return
             try:
                 call = environment.restore(self.stream, self.buffers)
-                items = pickle.loads(self.items)
+                items, unloaded = pickled.loads(self.items)
             except BaseException as exc:
                 self._fail_all(exc)
                 return
             self.elements_started = time.time()
             self.restored = True
-            self._run_elements(call, items)
+            self._run_elements(call, items, {position: _input_error(failure)
+                                             for position, failure in unloaded.items()})
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
             self.calls.put(_FINISHED)
 
-    def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
+    def _run_elements(self, call: environment.Call, items: Sequence[Any],
+                      unloaded: dict[int, ElementError]) -> None:
+        """fn on each item, in order; the ``unloaded`` items never reached this worker."""
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock, claim = self.values, self.finished, time.time, self.claim
         writer = self.writer
@@ -189,11 +192,15 @@ class _BatchRun:
             with claim:
                 if position >= self.end:
                     return
-            try:
-                value = fn(item, *args, **kwargs)
-            except BaseException as exc:  # SystemExit too: it would end this thread silently
-                self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
-                value = None
+            if position in unloaded:
+                self.errors[position], value = unloaded[position], None
+            else:
+                try:
+                    value = fn(item, *args, **kwargs)
+                except BaseException as exc:  # SystemExit too: it would end this thread
+                    self.errors[position] = _element_error(exc, "error",
+                                                           isinstance(exc, retry_on))
+                    value = None
             if writer is None:
                 values.append(value)
                 finished.append(clock())
@@ -317,6 +324,12 @@ class _BatchRun:
         return message, done
 
 
+#: Values go back with pickle protocol 4: protocol 5 rebuilds a read-only array read-only, and
+#: a value that is a view of a global or an argument is one (fn receives large arrays
+#: read-only, environment.py); the caller gets ordinary writable arrays, as from a for loop.
+VALUES_PROTOCOL = 4
+
+
 def _pickle_values(
     values: list[Any], errors: dict[int, ElementError], done_from: int
 ) -> tuple[bytes, dict[int, ElementError]]:
@@ -326,25 +339,26 @@ def _pickle_values(
     object (~10 ms for 20,000 ints here); cloudpickle only for what pickle refuses (__main__
     classes, lambdas).
     """
-    for dumps in (pickle.dumps, cloudpickle.dumps):
-        try:
-            return dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
-        except Exception:  # find which values fail, below
-            pass
-    values, errors = list(values), dict(errors)
-    for offset, value in enumerate(values):
-        try:
-            cloudpickle.dumps(value)
-        except Exception as exc:
-            error = _element_error(exc, "result", retryable=True)
-            message = f"fn returned a {type(value).__qualname__} that cannot be pickled: " + (
-                error.message
-            )
-            errors[done_from + offset] = ElementError(
-                error.exc_type, message, error.traceback, "result", True
-            )
-            values[offset] = None
-    return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
+    data, refused = pickled.dumps(values, (pickle.Pickler, cloudpickle.Pickler),
+                                  VALUES_PROTOCOL)
+    if not refused:
+        return data, errors
+    return data, {**errors, **{done_from + position: ElementError(
+        failure.exc_type,
+        f"fn returned a {failure.value_type} that cannot be pickled: {failure.message}",
+        "", "result", True) for position, failure in refused.items()}}
+
+
+def _input_error(failure: pickled.Failure) -> ElementError:
+    """Why an element never reached fn: the caller's value, so retrying cannot help."""
+    if failure.stage == "pickle":
+        message = (f"the element, a {failure.value_type}, cannot be pickled to send it to a "
+                   f"worker: {failure.message}. Pass elements that pickle: make files, locks "
+                   "and connections inside fn from plain values")
+    else:
+        message = (f"the element could not be unpickled on the worker: {failure.message}. "
+                   "Is the module its class comes from importable there?")
+    return ElementError(failure.exc_type, message, "", "input", retryable=False)
 
 
 def _element_error(exc: BaseException, kind: str, retryable: bool) -> ElementError:
