@@ -129,6 +129,30 @@ def test_unpicklable_global_fn_does_not_reach_is_skipped_and_reported(run_script
     assert out.strip() == "{'lock': '_thread.lock'}"
 
 
+def test_a_global_that_cannot_be_unpickled_on_the_workers_breaks_only_what_uses_it(run_script):
+    out = assert_ok(run_script("""
+        import os, gpar
+        DRIVER = os.getpid()
+        def reopen(path):
+            if os.getpid() != DRIVER:
+                raise ConnectionError(f"cannot reopen {path} on a worker")
+            return Connection()
+        class Connection:
+            def __reduce__(self):
+                return reopen, ("db.sqlite",)
+        unused = Connection()
+        print(gpar.apply(range(3), lambda x: x + 1, progress=False))
+        used = Connection()
+        try:
+            gpar.apply(range(2), lambda x: used, progress=False)
+        except gpar.AllTasksFailed as failed:
+            print(failed.exceptions[0].failure.message)
+    """))
+    lines = out.splitlines()
+    assert lines[0] == "[1, 2, 3]"
+    assert "fn uses the global 'used'" in lines[1] and "cannot reopen db.sqlite" in lines[1]
+
+
 def test_an_exception_class_defined_in_main_still_reports_type_and_message(run_script):
     out = assert_ok(run_script("""
         import warnings, gpar
