@@ -29,7 +29,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
@@ -93,13 +93,14 @@ def capture(
     broken = {names[position - 1]: f"{failure.exc_type}: {failure.message}"
               for position, failure in refused.items() if 0 < position <= len(names)}
     if len(names) + 1 in refused:  # the call itself: find the culprit
-        _raise_for_call(fn, args, kwargs, caller_globals, broken)
+        _raise_for_call(fn, args, kwargs, caller_globals, broken, refused[len(names) + 1])
     skipped = {name: _type_name(namespace[name]) for name in broken}
     return dataclasses.replace(captured, skipped=skipped)
 
 
 def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    caller_globals: dict[str, Any], broken: dict[str, str]) -> None:
+                    caller_globals: dict[str, Any], broken: dict[str, str],
+                    failure: pickled.Failure) -> NoReturn:
     """Name the global, argument or closure variable that stops fn's call from pickling."""
     scope = getattr(unwrap(fn), "__globals__", caller_globals)
     # fn of an importable module goes by reference: none of its module's globals are shipped
@@ -114,7 +115,9 @@ def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
             "there), or pass the data it holds instead."
         )
     _check_call_parts(fn, args, kwargs)
-    raise EnvironmentCaptureError(f"fn's call cannot be pickled: {broken}")
+    raise EnvironmentCaptureError(
+        f"fn and its arguments cannot be pickled: {failure.exc_type}: {failure.message}. Pass "
+        "picklable data and create resources such as files inside fn.")
 
 
 def restore(stream: bytes, buffers: list[Any]) -> Call:

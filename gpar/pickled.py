@@ -129,8 +129,9 @@ def _loads_each(body: memoryview, header: _Header,
         try:
             values.append(unpickler.load())
         except Exception as exc:  # unpickling raises anything
+            shared_with = exc.position if isinstance(exc, _SharedWithFailed) else -1
             failures[position] = Failure("unpickle", type(exc).__name__, str(exc),
-                                         shared_with=getattr(exc, "position", -1))
+                                         shared_with=shared_with)
             values.append(None)
             unpickler = _resumed(unpickler, body, starts[segment], start, end, position,
                                  _after(buffers, buffer_starts, position),
