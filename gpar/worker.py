@@ -30,9 +30,9 @@ nested apply in fn hands its waits to run_batch's thread through ``blocking_call
 A call's large globals stay in Ray's object store while anything in a worker refers to them,
 and what does is left in reference cycles (restored globals: fn -> globals -> fn; Ray's own
 objects for the task). An idle worker may never run the full collection that frees them: each
-call kept its environment pinned (tests/test_scripts.py). So a batch whose call shipped buffers
-out of band ends with a full collection, after its last message so the driver does not wait for
-it (it took ~40 ms in a worker with pandas and statsmodels loaded).
+call kept its environment pinned (tests/test_scripts.py). So a worker that ran a batch whose
+call shipped buffers out of band runs a full collection once it has been idle IDLE_COLLECT_S:
+not after every batch, as one took ~40 ms in a worker with pandas and statsmodels loaded.
 """
 
 from __future__ import annotations
@@ -73,8 +73,15 @@ WRITE_ALONE_AFTER_S = 0.25
 HOLD_S = 1.0
 
 
+#: Seconds a worker waits idle, after a batch whose call shipped buffers out of band, before
+#: its full garbage collection (see the module docstring).
+IDLE_COLLECT_S = 1.0
+
 #: Calls the element thread of the running batch wants made on the task's main thread.
 _main_thread_calls: queue.SimpleQueue | None = None
+
+#: The full collection armed by the last batch; a batch that starts first disarms it.
+_idle_collection: threading.Timer | None = None
 
 
 def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -101,6 +108,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     that has run ``handoff_after_s`` are handed back.
     """
     global _main_thread_calls
+    _collect_when_idle(False)
     node_id = _node_id()
     run = _BatchRun(*environment, items, count, sink, image)
     _main_thread_calls = run.calls
@@ -130,11 +138,22 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
                 next_flush = time.monotonic() + FLUSH_S
     finally:
         _main_thread_calls = None
-    if run.buffers:  # after the last message: the driver does not wait for it
-        gc.collect()
+    _collect_when_idle(bool(run.buffers))
 
 
 _FINISHED = object()
+
+
+def _collect_when_idle(arm: bool) -> None:
+    """Disarm the pending idle collection; with ``arm``, set a new one."""
+    global _idle_collection
+    if _idle_collection is not None:
+        _idle_collection.cancel()
+        _idle_collection = None
+    if arm:
+        _idle_collection = threading.Timer(IDLE_COLLECT_S, gc.collect)
+        _idle_collection.daemon = True
+        _idle_collection.start()
 
 
 def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
