@@ -219,6 +219,6 @@ def _resumed(failed: Any, body: memoryview, segment_start: int, start: int, end:
     half_built = {id(each) for each in again.stack}
     half_built.update(id(each) for frame in again.metastack for each in frame)
     finished = {index: value for index, value in dict.items(again.memo)
-                if id(value) not in half_built}
+                if index < before or id(value) not in half_built}  # earlier ones are whole
     return _Resumed(io.BytesIO(body[end:]), finished, before + _memoized(body[start:end]),
                     later_buffers, position)

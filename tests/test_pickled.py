@@ -40,7 +40,8 @@ def round_trip(values, buffers=None):
 
 def test_each_element_fails_alone_and_shared_objects_stay_shared():
     shared = {"rows": [1, 2]}
-    values = [(0, shared), NotRebuilt(), (2, shared), NotPickled(), (4, shared), lambda: 5]
+    values = [(0, shared), (shared, NotRebuilt()), (2, shared), NotPickled(), (4, shared),
+              lambda: 5]
     loaded, failures, refused = round_trip(values)
     assert loaded[0] == (0, shared) and loaded[2][1] is loaded[0][1]
     assert loaded[4] == (4, shared) and loaded[5]() == 5
