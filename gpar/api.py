@@ -247,12 +247,13 @@ def _materialize(xs: Iterable[Any]) -> Sequence[Any]:
     if type(xs).__module__ == "numpy" and type(xs).__name__ == "ndarray" and xs.ndim > 0:
         return xs
     try:
-        return list(xs)
+        iterator = iter(xs)
     except TypeError:
         raise TypeError(
             f"xs must be iterable (a list, range, array, generator ...), got "
             f"{type(xs).__qualname__}"
         ) from None
+    return list(iterator)  # what the iteration itself raises is the caller's to see
 
 
 def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:

@@ -7,6 +7,11 @@ fn reads its globals from. Filling it with the captured namespace (env="full") m
 fn reaches only through ``globals()[name]`` or ``eval`` resolve; cloudpickle's own closure
 analysis (env="referenced") ships only the names fn's code mentions.
 
+The stream is written part by part (gpar/pickled.py): the names of the shipped globals, each
+global's value, then the call, by one Pickler, so objects are still shared across parts. A
+global that cannot be unpickled on a worker (its module missing there, a connection that
+cannot reopen) is then left out, and breaks only a call that uses it, which names it.
+
 Large buffers (numpy arrays, pandas columns) leave the stream out of band (pickle protocol 5):
 they are stored once in Ray's object store and every task on a node maps them in place,
 read-only (joblib memory-maps large arrays read-only by default for the same reason).
@@ -15,6 +20,7 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 
 from __future__ import annotations
 
+import dataclasses
 import dis
 import inspect
 import pickle
@@ -23,11 +29,12 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
 from envpack.imports import unwrap
+from gpar import pickled
 from gpar.errors import EnvironmentCaptureError
 
 #: Notebook and REPL internals: never shipped.
@@ -79,34 +86,62 @@ def capture(
     """
     namespace = shippable_globals(caller_globals) if mode == "full" else {}
     anchor = _anchor(caller_globals) if namespace else None
-    try:
-        return _dump(Call(fn, args, kwargs, retry_on, namespace, anchor), skipped={})
-    except Exception:  # any pickling error: find the culprit below
-        pass
+    captured, refused = _dump(Call(fn, args, kwargs, retry_on, namespace, anchor))
+    if not refused:
+        return captured
+    names = list(namespace)
+    broken = {names[position - 1]: f"{failure.exc_type}: {failure.message}"
+              for position, failure in refused.items() if 0 < position <= len(names)}
+    if len(names) + 1 in refused:  # the call itself: find the culprit
+        _raise_for_call(fn, args, kwargs, caller_globals, broken, refused[len(names) + 1])
+    skipped = {name: _type_name(namespace[name]) for name in broken}
+    return dataclasses.replace(captured, skipped=skipped)
+
+
+def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    caller_globals: dict[str, Any], broken: dict[str, str],
+                    failure: pickled.Failure) -> NoReturn:
+    """Name the global, argument or closure variable that stops fn's call from pickling."""
     scope = getattr(unwrap(fn), "__globals__", caller_globals)
     # fn of an importable module goes by reference: none of its module's globals are shipped
     reached = reached_globals(fn, scope) if _pickled_by_value(scope) else set()
-    candidates = {**namespace, **{name: scope[name] for name in reached}}
-    broken = {name: error for name, error in _probe(candidates) if error is not None}
+    probed = {name: error for name, error in _probe({name: scope[name] for name in reached})
+              if error is not None}
+    broken = {**broken, **probed}
     for name in sorted(reached & broken.keys()):
-        value = candidates[name]
         raise EnvironmentCaptureError(
-            f"fn uses the global {name!r} ({_type_name(value)}), which cannot be pickled: "
-            f"{broken[name]}. Create it inside fn (open files, connections and locks there), "
-            "or pass the data it holds instead."
+            f"fn uses the global {name!r} ({_type_name(scope[name])}), which cannot be "
+            f"pickled: {broken[name]}. Create it inside fn (open files, connections and locks "
+            "there), or pass the data it holds instead."
         )
     _check_call_parts(fn, args, kwargs)
-    kept = {name: value for name, value in namespace.items() if name not in broken}
-    skipped = {name: _type_name(namespace[name]) for name in broken if name in namespace}
-    return _dump(Call(fn, args, kwargs, retry_on, kept, anchor), skipped=skipped)
+    raise EnvironmentCaptureError(
+        f"fn and its arguments cannot be pickled: {failure.exc_type}: {failure.message}. Pass "
+        "picklable data and create resources such as files inside fn.")
 
 
 def restore(stream: bytes, buffers: list[Any]) -> Call:
-    """Unpickle a call on the worker and give fn the captured globals."""
-    call = pickle.loads(stream, buffers=buffers)
+    """Unpickle a call on the worker and give fn the captured globals: those that unpickle
+    there. Raises EnvironmentCaptureError naming a global the call needs that does not."""
+    (names, *values, call), failures = pickled.loads(stream, buffers)
+    lost = {names[position - 1]: failure for position, failure in failures.items()
+            if 0 < position <= len(names)}
+    if call is None:
+        failure = failures[len(names) + 1]
+        position = failure.shared_with
+        if 0 < position <= len(names):  # it needs a global that failed: name the one that
+            while 0 < failures[position].shared_with <= len(names):  # broke the others
+                position = failures[position].shared_with
+            failure = failures[position]
+            raise EnvironmentCaptureError(
+                f"fn uses the global {names[position - 1]!r}, which could not be unpickled on "
+                f"this worker: {failure.exc_type}: {failure.message}")
+        raise EnvironmentCaptureError(f"{failure.exc_type}: {failure.message}")
+    namespace = {name: value for name, value in zip(names, values, strict=True)
+                 if name not in lost}
     if call.anchor is not None:
-        call.anchor.__globals__.update(call.namespace)
-    return call
+        call.anchor.__globals__.update(namespace)
+    return dataclasses.replace(call, namespace=namespace)
 
 
 #: Random generators whose copies repeat one another's draws (random.SystemRandom, which
@@ -195,10 +230,13 @@ def _globals_loaded(code: types.CodeType) -> list[str]:
             if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
 
 
-def _dump(call: Call, skipped: dict[str, str]) -> CapturedEnvironment:
+def _dump(call: Call) -> tuple[CapturedEnvironment, dict[int, pickled.Failure]]:
+    """The call in parts: the globals' names, each global, the call; and the parts refused."""
     buffers: list[pickle.PickleBuffer] = []
-    stream = cloudpickle.dumps(call, protocol=5, buffer_callback=buffers.append)
-    return CapturedEnvironment(stream, buffers, skipped)
+    parts = [list(call.namespace), *call.namespace.values(),
+             dataclasses.replace(call, namespace={})]
+    stream, refused = pickled.dumps(parts, (cloudpickle.Pickler,), 5, buffers)
+    return CapturedEnvironment(stream, buffers, skipped={}), refused
 
 
 def _anchor(caller_globals: dict[str, Any]) -> Callable[[], None]:

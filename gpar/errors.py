@@ -53,7 +53,8 @@ class GparError(Exception):
 
 
 class EnvironmentCaptureError(GparError):
-    """The calling environment holds something fn needs that cannot be pickled."""
+    """The calling environment holds something fn needs that cannot be pickled (raised before
+    any task), or unpickled on a worker (the message of the failed elements)."""
 
 
 class ClusterConnectionError(GparError, ConnectionError):

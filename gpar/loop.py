@@ -16,11 +16,11 @@ the report, the values, progress, checkpoints and slow-node placement.
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpar import pickled
 from gpar.policy import Policy, SlowNodes
 from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
 from gpar.report import AttemptBlock, JobReport
@@ -67,12 +67,10 @@ class JobLoop:
 
     def __init__(self, policy: Policy, report: JobReport, backend: Backend,
                  progress: Callable[[int], Any] = lambda finished: None,
-                 checkpoint: Callable[[list[Any], float], None] | None = None,
-                 loads: Callable[[bytes], Any] = pickle.loads):
+                 checkpoint: Callable[[list[Any], float], None] | None = None):
         self.policy, self.report, self.backend = policy, report, backend
         self.progress = progress  # called with the number of elements newly final
         self.checkpoint = checkpoint  # called with the values and the time, every loop turn
-        self.loads = loads
         self.values: list[Any] = [None] * policy.elements
         self.streams: dict[int, _Stream] = {}
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
@@ -159,18 +157,18 @@ class JobLoop:
 
     def _unpickle_values(self, message: Progress,
                          count: int) -> tuple[list[Any], dict[int, ElementError]]:
-        """The message's values and errors; values the driver cannot unpickle become errors."""
-        try:
-            return self.loads(message.values), message.errors
-        except Exception as exc:
-            error = ElementError(
-                type(exc).__qualname__,
-                f"fn's result could not be unpickled on the driver: {exc}. Return objects whose "
-                "classes the driver can import (builtins, numpy, pandas, installed modules).",
-                "", "result", retryable=False)
-            positions = range(message.done_from, message.done_from + count)
-            return [None] * count, {position: message.errors.get(position, error)
-                                    for position in positions}
+        """The message's values and errors; a value the driver cannot unpickle becomes its
+        error (the worker reported those it could not pickle)."""
+        values, failures = pickled.loads(message.values)
+        if not failures:
+            return values, message.errors
+        unpickled = {message.done_from + position: ElementError(
+            failure.exc_type,
+            f"fn's result could not be unpickled on the driver: {failure.message}. Return "
+            "objects whose classes the driver can import (builtins, numpy, pandas, installed "
+            "modules).", "", "result", retryable=False)
+            for position, failure in failures.items() if failure.stage == "unpickle"}
+        return values, {**unpickled, **message.errors}
 
     def _stopped(self, stopped: Stopped, now: float) -> None:
         """A batch ended without its last word: kill it if it was a decision; report it."""

@@ -528,7 +528,8 @@ class Policy:
             retry = _Work(range(index, index + 1), self._next_attempt(index, attempt), True)
             self._enqueue(retry, front=True)
         else:
-            fns_fault = error.kind == "error" or (error.kind == "output" and not error.retryable)
+            fns_fault = (error.kind in ("error", "input")
+                         or (error.kind == "output" and not error.retryable))
             reason = "error" if fns_fault else "system"
             failure = TaskFailure(index, error.exc_type, error.message, error.traceback, failed,
                                   reason, error.exception)

@@ -29,10 +29,12 @@ class Launch(NamedTuple):
 
 @dataclass(frozen=True)
 class ElementError:
-    """Why one element has no value. ``kind``: "error" (fn raised), "result" (the value cannot
-    be pickled), "output" (its table could not be written), "environment" (the call could not
-    be restored on this worker), "system" (lost with its batch). ``exception``: the exception
-    itself, for the driver to raise (an EnvironmentMismatch), else None."""
+    """Why one element has no value. ``kind``: "error" (fn raised), "input" (the element could
+    not be pickled or unpickled to reach fn), "result" (the value cannot be pickled, or
+    unpickled on the driver), "output" (its table could not be written), "environment" (the
+    call could not be restored on this worker), "system" (lost with its batch).
+    ``exception``: the exception itself, for the driver to raise (an EnvironmentMismatch),
+    else None."""
 
     exc_type: str
     message: str

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 class TaskFailure:
     """Stands in the results for an element of xs that has no value.
 
-    ``reason`` is "error" (fn raised, or returned what output= cannot write), "system" (the
+    ``reason`` is "error" (fn raised, returned what output= cannot write, or its element could
+    not be pickled or unpickled to reach it), "system" (the
     worker died, the result could not be pickled or written, the environment could not be
     restored), "deadline", "quorum" or "cancelled" (the job stopped before it finished).
     ``exception`` is the worker's exception itself where the driver takes it as it is (the

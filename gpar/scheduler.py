@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from gpar import pickled
 from gpar.environment import CapturedEnvironment
 from gpar.loop import JobLoop
 from gpar.policy import MAX_WAIT_S, Policy
@@ -63,8 +64,7 @@ def run_job(
     backend = RayBackend(items, environment, image, tasks, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
     with progress_bar(len(items), progress) as bar:
-        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
-                       loads=cloudpickle.loads)
+        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint)
         return loop.run()
 
 
@@ -87,7 +87,7 @@ class RayBackend:
     def submit(self, launch: Launch) -> None:
         chunk = self.items[launch.indices.start:launch.indices.stop]
         sink = None if self.output is None else self.output.sink(launch)
-        items = cloudpickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)  # the one pickle
+        items, _ = pickled.dumps(chunk, (cloudpickle.Pickler,), pickle.HIGHEST_PROTOCOL)
         call = self.image.call(RUN_BATCH, [self.environment_ref],
                                (len(chunk), sink, self.image.check, launch.handoff_after_s,
                                 (self.job, launch.batch)), raw=(items,))

@@ -26,6 +26,13 @@ file never holds an element another attempt may win: the commit takes each file 
 Ray lends a blocked task's CPU to other tasks only when the task's main thread blocks (measured
 with Ray 2.60: ray.wait in another thread keeps the CPU, and nested applies deadlock). So a
 nested apply in fn hands its waits to run_batch's thread through ``blocking_call``.
+
+A call's large globals stay in Ray's object store while anything in a worker refers to them,
+and what does is left in reference cycles (restored globals: fn -> globals -> fn; Ray's own
+objects for the task). An idle worker may never run the full collection that frees them: each
+call kept its environment pinned (tests/test_scripts.py). So a worker that ran a batch whose
+call shipped buffers out of band runs a full collection once it has been idle IDLE_COLLECT_S:
+not after every batch, as one took ~40 ms in a worker with pandas and statsmodels loaded.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from gpar import environment, notes
+from gpar import environment, notes, pickled
 from gpar.records import CallerContext, ElementError, Progress
 
 if TYPE_CHECKING:
@@ -69,8 +76,15 @@ WRITE_ALONE_AFTER_S = 0.25
 HOLD_S = 1.0
 
 
+#: Seconds a worker waits idle, after a batch whose call shipped buffers out of band, before
+#: its full garbage collection (see the module docstring).
+IDLE_COLLECT_S = 1.0
+
 #: Calls the element thread of the running batch wants made on the task's main thread.
 _main_thread_calls: queue.SimpleQueue | None = None
+
+#: The full collection armed by the last batch; a batch that starts first disarms it.
+_idle_collection: threading.Timer | None = None
 
 
 def blocking_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -100,6 +114,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     name in this worker's note of the element in fn (notes.py).
     """
     global _main_thread_calls
+    _collect_when_idle(False)
     node_id = _node_id()
     stream, buffers, context = environment
     _adopt(context, image)
@@ -131,6 +146,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
                 next_flush = time.monotonic() + FLUSH_S
     finally:
         _main_thread_calls = None
+    _collect_when_idle(bool(run.buffers))
 
 
 #: The script context this process last adopted, and its own sys.path and environment
@@ -176,25 +192,16 @@ def _adopt(context: CallerContext | None, image: ImageCheck | None) -> None:
 _FINISHED = object()
 
 
-@contextlib.contextmanager
-def _cycles_collected(enabled: bool) -> Iterator[None]:
-    """Collect the reference cycles the block made when it ends.
-
-    Restored globals are a cycle (fn -> globals -> fn) that pins the environment's buffers in
-    the object store until the next collection, which in an idle worker may never come: without
-    this, each call leaks its large globals. What existed before the block is frozen meanwhile,
-    so the collection scans only the batch's own objects: a full one took ~40 ms per batch in a
-    worker with pandas and statsmodels loaded, delaying every batch's last report by as much.
-    """
-    if not enabled:
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.collect()
-        gc.unfreeze()
+def _collect_when_idle(arm: bool) -> None:
+    """Disarm the pending idle collection; with ``arm``, set a new one."""
+    global _idle_collection
+    if _idle_collection is not None:
+        _idle_collection.cancel()
+        _idle_collection = None
+    if arm:
+        _idle_collection = threading.Timer(IDLE_COLLECT_S, gc.collect)
+        _idle_collection.daemon = True
+        _idle_collection.start()
 
 
 def _call(future: Future, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -230,21 +237,22 @@ class _BatchRun:
         try:
             if not self._image_verified():
                 return
-            with _cycles_collected(enabled=bool(self.buffers)):
-                try:
-                    call = environment.restore(self.stream, self.buffers)
-                    items = pickle.loads(self.items)
-                except BaseException as exc:
-                    self._fail_all(exc)
-                    return
-                self.elements_started = time.time()
-                self.restored = True
-                self._run_elements(call, items)
-                del call, items
+            try:
+                call = environment.restore(self.stream, self.buffers)
+                items, unloaded = pickled.loads(self.items)
+            except BaseException as exc:
+                self._fail_all(exc)
+                return
+            self.elements_started = time.time()
+            self.restored = True
+            self._run_elements(call, items, {position: _input_error(failure)
+                                             for position, failure in unloaded.items()})
         finally:  # whatever escapes, the batch ends: unreported elements count as lost
             self.calls.put(_FINISHED)
 
-    def _run_elements(self, call: environment.Call, items: Sequence[Any]) -> None:
+    def _run_elements(self, call: environment.Call, items: Sequence[Any],
+                      unloaded: dict[int, ElementError]) -> None:
+        """fn on each item, in order; the ``unloaded`` items never reached this worker."""
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         values, finished, clock, claim = self.values, self.finished, time.time, self.claim
         writer, note = self.writer, self.note
@@ -253,12 +261,16 @@ class _BatchRun:
                 if position >= self.end:
                     note[2] = ~position
                     return
-            note[2] = position
-            try:
-                value = fn(item, *args, **kwargs)
-            except BaseException as exc:  # SystemExit too: it would end this thread silently
-                self.errors[position] = _element_error(exc, "error", isinstance(exc, retry_on))
-                value = None
+            if position in unloaded:
+                self.errors[position], value = unloaded[position], None
+            else:
+                note[2] = position
+                try:
+                    value = fn(item, *args, **kwargs)
+                except BaseException as exc:  # SystemExit too: it would end this thread
+                    self.errors[position] = _element_error(exc, "error",
+                                                           isinstance(exc, retry_on))
+                    value = None
             if writer is None:
                 values.append(value)
                 finished.append(clock())
@@ -383,6 +395,12 @@ class _BatchRun:
         return message, done
 
 
+#: Values go back with pickle protocol 4: protocol 5 rebuilds a read-only array read-only, and
+#: a value that is a view of a global or an argument is one (fn receives large arrays
+#: read-only, environment.py); the caller gets ordinary writable arrays, as from a for loop.
+VALUES_PROTOCOL = 4
+
+
 def _pickle_values(
     values: list[Any], errors: dict[int, ElementError], done_from: int
 ) -> tuple[bytes, dict[int, ElementError]]:
@@ -392,25 +410,26 @@ def _pickle_values(
     object (~10 ms for 20,000 ints here); cloudpickle only for what pickle refuses (__main__
     classes, lambdas).
     """
-    for dumps in (pickle.dumps, cloudpickle.dumps):
-        try:
-            return dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
-        except Exception:  # find which values fail, below
-            pass
-    values, errors = list(values), dict(errors)
-    for offset, value in enumerate(values):
-        try:
-            cloudpickle.dumps(value)
-        except Exception as exc:
-            error = _element_error(exc, "result", retryable=True)
-            message = f"fn returned a {type(value).__qualname__} that cannot be pickled: " + (
-                error.message
-            )
-            errors[done_from + offset] = ElementError(
-                error.exc_type, message, error.traceback, "result", True
-            )
-            values[offset] = None
-    return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL), errors
+    data, refused = pickled.dumps(values, (pickle.Pickler, cloudpickle.Pickler),
+                                  VALUES_PROTOCOL)
+    if not refused:
+        return data, errors
+    return data, {**errors, **{done_from + position: ElementError(
+        failure.exc_type,
+        f"fn returned a {failure.value_type} that cannot be pickled: {failure.message}",
+        "", "result", True) for position, failure in refused.items()}}
+
+
+def _input_error(failure: pickled.Failure) -> ElementError:
+    """Why an element never reached fn: the caller's value, so retrying cannot help."""
+    if failure.stage == "pickle":
+        message = (f"the element, a {failure.value_type}, cannot be pickled to send it to a "
+                   f"worker: {failure.message}. Pass elements that pickle: make files, locks "
+                   "and connections inside fn from plain values")
+    else:
+        message = (f"the element could not be unpickled on the worker: {failure.message}. "
+                   "Is the module its class comes from importable there?")
+    return ElementError(failure.exc_type, message, "", "input", retryable=False)
 
 
 def _element_error(exc: BaseException, kind: str, retryable: bool) -> ElementError:

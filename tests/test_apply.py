@@ -2,6 +2,7 @@
 
 import functools
 import os
+import traceback
 import warnings
 
 import numpy as np
@@ -58,6 +59,16 @@ def test_empty_input_returns_an_empty_result_without_running():
 def test_not_callable_fn_is_a_type_error_before_launch():
     with pytest.raises(TypeError, match="fn must be callable"):
         gpar.apply([1, 2], [1, 2])
+
+
+def test_the_input_iterators_own_error_reaches_the_caller_unchanged():
+    def records():
+        yield 1
+        raise TypeError("bad record 2")
+
+    with pytest.raises(TypeError, match="bad record 2") as raised:
+        gpar.apply(records(), square, progress=False)
+    assert "records" in "".join(traceback.format_tb(raised.value.__traceback__))
 
 
 def test_not_iterable_xs_is_a_type_error():
@@ -214,6 +225,76 @@ def test_result_the_driver_cannot_unpickle_is_a_failure_saying_so():
         results = gpar.apply([0, 5], returns_worker_only, max_workers=2, progress=False)
     assert results[1] == 5
     assert results[0].exc_type == "ImportError" and results[0].reason == "system"
+
+
+def worker_only_at(x, at):
+    return WorkerOnly() if x == at else x
+
+
+def test_a_result_the_driver_cannot_unpickle_fails_alone_in_its_batch():
+    with pytest.warns(gpar.TaskFailedWarning, match="could not be unpickled on the driver"):
+        results = gpar.apply(range(3000), worker_only_at, 1500, progress=False)
+    assert results[:1500] == list(range(1500)) and results[1501:] == list(range(1501, 3000))
+    assert results[1500].exc_type == "ImportError" and len(results.failures) == 1
+
+
+def echo(x):
+    return x
+
+
+def test_an_element_that_cannot_be_pickled_fails_alone_naming_its_type():
+    xs = list(range(3000))  # batched: the element shares its batch with many others
+    xs[1500] = Unpicklable()
+    with pytest.warns(gpar.TaskFailedWarning, match="task 1500 failed"):
+        results = gpar.apply(xs, echo, progress=False)
+    assert results[:1500] == xs[:1500] and results[1501:] == xs[1501:]
+    failure = results[1500]
+    assert (failure.reason, failure.attempts, failure.exc_type) == ("error", 1, "TypeError")
+    assert "Unpicklable" in failure.message and "refuses to be pickled" in failure.message
+    with pytest.warns(gpar.TaskFailedWarning, match="cannot be pickled"):
+        assert gpar.apply([1, Unpicklable()], echo, progress=False)[0] == 1  # a batch each
+
+
+def refuse_on_workers(value):
+    import ray
+
+    if ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        raise ValueError("this value cannot be rebuilt on a worker")
+    return value
+
+
+class DriverOnly:
+    """Pickles on the driver, fails to unpickle on a worker (a class the workers lack)."""
+
+    def __reduce__(self):
+        return refuse_on_workers, (1,)
+
+
+def test_an_element_that_cannot_be_unpickled_on_a_worker_fails_alone():
+    xs = [(x, "row") for x in range(3000)]
+    xs[1500] = DriverOnly()
+    with pytest.warns(gpar.TaskFailedWarning, match="could not be unpickled on the worker"):
+        results = gpar.apply(xs, echo, progress=False)
+    assert results[:1500] == xs[:1500] and results[1501:] == xs[1501:]
+    failure = results[1500]
+    assert (failure.reason, failure.attempts) == ("error", 1)
+    assert "cannot be rebuilt on a worker" in failure.message
+
+
+def window(i, table):
+    return table[i:i + 3]
+
+
+def unchanged(i, table):
+    return table
+
+
+def test_arrays_come_back_writable_like_from_a_for_loop():
+    table = np.arange(1000.0)  # an argument: fn receives it read-only
+    view, whole = gpar.apply([0], window, table, progress=False)[0], \
+        gpar.apply([0], unchanged, table, progress=False)[0]
+    view[0] = whole[0] = -1.0  # raises if read-only
+    assert view.flags.writeable and whole.flags.writeable and table[0] == 0.0
 
 
 class LoadedError(Exception):

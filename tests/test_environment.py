@@ -1,6 +1,5 @@
 """Capturing the calling environment, without Ray: a namespace that pickles by value."""
 
-import pickle
 import textwrap
 import threading
 
@@ -117,7 +116,7 @@ def test_an_importable_callers_namespace_is_not_shipped():
     import json
 
     captured = capture(json.dumps, (), {}, vars(json), mode="full", retry_on=())
-    call = pickle.loads(captured.stream)
+    call = restore(captured.stream, [])
     assert call.namespace == {}
     assert cloudpickle.loads(cloudpickle.dumps(call.fn)) is json.dumps
 
@@ -166,3 +165,29 @@ def test_random_generators_fn_draws_from_are_named_wherever_they_come_from():
 
     assert random_states(with_default, (), {}) == [
         "the default of fn's parameter 'noise' (numpy.random._generator.Generator)"]
+
+
+#: A value that pickles here but cannot be rebuilt where it is unpickled (a worker lacking its
+#: module, a connection that cannot reopen there).
+NOT_REBUILT = """
+def rebuild(value):
+    raise ConnectionError("cannot reopen the database connection here")
+class Connection:
+    def __reduce__(self):
+        return rebuild, (1,)
+db = Connection()
+"""
+
+
+def test_a_global_that_cannot_be_unpickled_is_left_out_when_fn_does_not_use_it():
+    namespace = main_namespace(NOT_REBUILT + "\ndef f(x):\n    return x + 1\nafter = 5\n")
+    call, _ = ship(namespace, "f")
+    assert call.fn(1) == 2
+    assert "db" not in call.namespace and call.namespace["after"] == 5
+
+
+def test_a_global_fn_uses_that_cannot_be_unpickled_is_named():
+    namespace = main_namespace(NOT_REBUILT + "\ndef f(x):\n    return db\n")
+    with pytest.raises(EnvironmentCaptureError,
+                       match=r"fn uses the global 'db'.*ConnectionError: cannot reopen"):
+        ship(namespace, "f")
