@@ -145,6 +145,8 @@ class SimBackend:
             running.alive = False
             self.blind.add(batch)
             self._release(running.node)
+        elif batch in self.lost:  # dead, its loss not yet heard: the driver never reads it
+            self.blind.add(batch)
         else:
             self.waiting = deque(w for w in self.waiting if w.batch != batch)
 

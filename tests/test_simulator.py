@@ -213,3 +213,14 @@ def test_a_node_lost_with_its_notes_charges_the_element_last_seen_in_fn():
     assert sim.values == list(range(4))
     (lost,) = [row for row in sim.report.attempts if row.outcome == "system"]
     assert "not known" in lost.error and lost.node == "node-1"
+
+
+def test_a_batch_dead_but_unheard_when_the_job_stops_is_not_counted_as_heard():
+    """Found by the property above: element 0's worker dies as it starts, while the loss of
+    node 1 ends the job (errors="raise"); the driver cancels batch 0 before it hears of the
+    death, so it never reads that note."""
+    cluster = SimCluster(nodes=2, slots=1, worker_start_s=0.0, lost_nodes={1: 0.0})
+    knobs = {"task_retries": 0, "max_failures": None, "deadline_s": None,
+             "task_timeout_s": None, "quorum": 1.0, "backups": False, "errors": "raise"}
+    sim = simulate(2, run_times(0), cluster=cluster, faults={(0, 0): "exit"}, **knobs)
+    check_invariants(2, knobs, sim)
