@@ -17,6 +17,7 @@ one moves, from then on, to a DuckDB of its own.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -177,17 +178,24 @@ def _attach(connection: Any, name: str, dataset: Dataset) -> None:
     files = dataset.files
     if not files:  # zero tasks committed rows: an empty table that still has the columns
         connection.register(name, dataset.schema.empty_table())
-    elif dataset.location.is_s3:
-        import pyarrow.dataset as pads
-
-        connection.register(name, pads.dataset(
-            files, schema=dataset.schema, format="parquet",
-            filesystem=dataset.location.filesystem))
+    elif dataset.location.is_s3:  # registered: a temporary view, this connection's own
+        connection.register(name, _arrow_dataset(dataset.location, tuple(files), dataset.schema))
     else:  # TEMP: seen by this connection only, not by the shared database's other cursors
         paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
         connection.execute(
             f'CREATE TEMP VIEW "{name}" AS SELECT * FROM read_parquet([{paths}], '
             f"union_by_name = {not dataset.manifest.uniform})")
+
+
+@functools.lru_cache(maxsize=16)
+def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema) -> Any:
+    """A pyarrow dataset over one version's files in an object store, shared by the Datasets
+    that open it: its fragments keep the footers they read (one request each per process, not
+    per query), which is safe as the list of a version and each file are never changed."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(list(files), schema=schema, format="parquet",
+                        filesystem=location.filesystem)
 
 
 _shared_lock = threading.Lock()

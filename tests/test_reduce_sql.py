@@ -934,3 +934,30 @@ def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
         answers = list(pool.map(total, range(64)))
     expected = {n: sum(range(n * 1000, n * 1000 + 500)) + n for n in range(4)}
     assert answers == [(job % 4, expected[job % 4]) for job in range(64)]
+
+
+def test_datasets_of_one_s3_version_share_its_scan_and_a_new_version_is_seen(s3_environment,
+                                                                             monkeypatch):
+    """Footers read from the object store are kept by the version's scan, which Datasets of
+    that version share; a Dataset opened after the next commit reads the new file list."""
+    from reduce_sql import dataset as dataset_module
+
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
+    first = commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [1]}]))
+    early, again = reduce_sql.Dataset(location), reduce_sql.Dataset(location)
+    assert early.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+    assert again.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+
+    def scan(dataset):
+        return dataset_module._arrow_dataset(dataset.location, tuple(dataset.files),
+                                             dataset.schema)
+
+    assert scan(early) is scan(again)
+    later = parts_of(location, [{}, {"x": [2]}])[1:]
+    commit_module.commit(location, "j" * 64, later, previous=first)
+    fresh = reduce_sql.Dataset(location)
+    assert fresh.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    assert early.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+    assert scan(fresh) is not scan(early)
