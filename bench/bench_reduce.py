@@ -10,9 +10,12 @@ rows in all.
     written as one zstd file by pyarrow in one pass on one core, halved for two cores; and the
     same floor with each million rows sorted by CLUSTER_BY first, as gpar's files are: the
     price of the clustered layout.
-(b) The reduce, over the committed files: MAPE by model × horizon, and by model at horizon 52,
-    through Dataset.sql (DuckDB), polars (scan_parquet over the same files) and pandas (read the
-    three columns, group). Warm medians; peak memory is the rise of the process's peak RSS.
+(b) The reduce, over the committed files: MAPE by model × horizon, and by model at horizon 52
+    (on the clustered output and on the plain one), each as its users call it: a Dataset opened
+    per query (Dataset(out).sql, DuckDB), a polars scan_parquet made per query over the same
+    files, pandas reading the three columns; and a Dataset kept open. Medians after one
+    warm-up; peak memory is the rise of the process's peak RSS. Also the first query of a new
+    process, for gpar and for polars.
 (c) The same write and queries on a real S3-compatible server (SeaweedFS on loopback).
 (d) Row-group sizes: the committed files rewritten with other sizes, queried by DuckDB; this
     sets reduce_sql.tables.CLUSTERED_ROW_GROUP_ROWS.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,32 +131,68 @@ def measured(run) -> tuple[float, float]:
     return median, (peak_rss() - before) / 1e6
 
 
-def queries(dataset: reduce_sql.Dataset, polars_options: dict | None,
+def queries(clustered: str, plain: str, polars_options: dict | None,
             pandas_filesystem) -> dict[str, tuple[float, float]]:
-    files = dataset.files
-    scan = pl.scan_parquet(files if polars_options is None else [f"s3://{f}" for f in files],
-                           storage_options=polars_options)
-    mape = (pl.col("error").abs().mean() * 100).alias("mape")
+    """Each query as its users call it: a Dataset opened per query (a notebook cell, a script),
+    a polars scan made per query, pandas reading the files; and an open Dataset beside."""
+    def polars_scan(uri: str):
+        files = reduce_sql.Dataset(uri).files
+        return pl.scan_parquet(files if polars_options is None else [f"s3://{f}" for f in files],
+                               storage_options=polars_options)
 
-    def pandas_query(at_52: bool):
-        frame = pd.read_parquet(files, columns=["model", "horizon", "error"],
+    mape = (pl.col("error").abs().mean() * 100).alias("mape")
+    pandas_files = {uri: reduce_sql.Dataset(uri).files for uri in (clustered, plain)}
+
+    def pandas_query(uri: str, at_52: bool):
+        frame = pd.read_parquet(pandas_files[uri], columns=["model", "horizon", "error"],
                                 filesystem=pandas_filesystem)
         if at_52:
             frame = frame[frame.horizon == 52]
         return frame.assign(e=frame.error.abs()).groupby(["model", "horizon"]).e.mean() * 100
 
-    results = {
-        "duckdb_all": measured(lambda: dataset.sql(BY_MODEL_AND_HORIZON)),
-        "duckdb_52": measured(lambda: dataset.sql(AT_HORIZON_52)),
-        "polars_all": measured(lambda: scan.group_by("model", "horizon").agg(mape).collect()),
-        "polars_52": measured(
-            lambda: scan.filter(pl.col("horizon") == 52).group_by("model").agg(mape).collect()),
-        "pandas_all": measured(lambda: pandas_query(False)),
-        "pandas_52": measured(lambda: pandas_query(True)),
-    }
-    duck = dataset.sql(BY_MODEL_AND_HORIZON).to_pandas().set_index(["model", "horizon"]).mape
-    assert np.allclose(duck.sort_index().to_numpy(), pandas_query(False).sort_index().to_numpy())
+    results = {}
+    for key, uri, sql in (("all", clustered, BY_MODEL_AND_HORIZON),
+                          ("52", clustered, AT_HORIZON_52), ("52 plain", plain, AT_HORIZON_52)):
+        at_52 = sql == AT_HORIZON_52
+        polars_query = (lambda uri=uri: polars_scan(uri).filter(pl.col("horizon") == 52)
+                        .group_by("model").agg(mape).collect()) if at_52 else (
+            lambda uri=uri: polars_scan(uri).group_by("model", "horizon").agg(mape).collect())
+        opened = reduce_sql.Dataset(uri)
+        results |= {
+            f"duckdb_{key}": measured(lambda uri=uri, sql=sql: reduce_sql.Dataset(uri).sql(sql)),
+            f"open_{key}": measured(lambda opened=opened, sql=sql: opened.sql(sql)),
+            f"polars_{key}": measured(polars_query),
+            f"pandas_{key}": measured(lambda uri=uri, at_52=at_52: pandas_query(uri, at_52)),
+        }
+    duck = (reduce_sql.Dataset(clustered).sql(BY_MODEL_AND_HORIZON).to_pandas()
+            .set_index(["model", "horizon"]).mape)
+    assert np.allclose(duck.sort_index().to_numpy(),
+                       pandas_query(clustered, False).sort_index().to_numpy())
     return results
+
+
+FIRST_QUERY = {  # what a new process pays for its first query, after its imports
+    "gpar": "import duckdb, reduce_sql\n"
+            "started = time.perf_counter(); reduce_sql.Dataset(URI).sql(SQL)",
+    "polars": "import polars as pl\n"
+              "started = time.perf_counter()\n"
+              "pl.scan_parquet(FILES).filter(pl.col('horizon') == 52).group_by('model')"
+              ".agg(pl.col('error').abs().mean()).collect()",
+}
+
+
+def first_in_process(uri: str) -> dict[str, float]:
+    """Median seconds of the one-horizon query as the first of a new process (3 processes
+    each), for gpar (a first Dataset: its DuckDB made, footers read) and for polars."""
+    header = (f"import time\nURI, SQL = {str(uri)!r}, {AT_HORIZON_52!r}\n"
+              f"FILES = {reduce_sql.Dataset(uri).files!r}\n")
+    found = {}
+    for engine, code in FIRST_QUERY.items():
+        script = header + code + "\nprint(time.perf_counter() - started)\n"
+        found[engine] = statistics.median(
+            float(subprocess.run([sys.executable, "-c", script], check=True, text=True,
+                                 capture_output=True).stdout) for _ in range(3))
+    return found
 
 
 def by_row_group_size(dataset: reduce_sql.Dataset, work: Path) -> dict[int, tuple[float, float]]:
@@ -244,8 +284,11 @@ def main() -> None:
                 write_s.setdefault(name, []).append(time.perf_counter() - started)
         write = {name: statistics.median(times) for name, times in write_s.items()}
         floor_one_core, sorted_floor_one_core = write["floor"], write["sorted floor"]
+        load = [os.getloadavg()[0]]  # other processes on the machine (it is shared)
         dataset = reduce_sql.Dataset(work / "c0")
-        local = queries(dataset, None, None)
+        local = queries(str(work / "c0"), str(work / "p0"), None, None)
+        first = first_in_process(work / "c0")
+        load.append(os.getloadavg()[0])
         groups = by_row_group_size(dataset, work)
         formats = by_parquet_options(dataset, work)
 
@@ -257,13 +300,15 @@ def main() -> None:
             uri = f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/evaluation"
             s3_write = seconds(lambda: gpar.apply(range(TASKS), evaluation_rows, output=uri,
                                                   cluster_by=CLUSTER_BY, progress=False))
+            gpar.apply(range(TASKS), evaluation_rows, output=f"{uri}-plain", progress=False)
             on_s3 = reduce_sql.Dataset(uri)
             polars_s3 = {"aws_endpoint_url": environment["AWS_ENDPOINT_URL"],
                          "aws_access_key_id": environment["AWS_ACCESS_KEY_ID"],
                          "aws_secret_access_key": environment["AWS_SECRET_ACCESS_KEY"],
                          "aws_region": environment.get("AWS_REGION", "us-east-1"),
                          "aws_allow_http": "true"}
-            remote = queries(on_s3, polars_s3, on_s3.location.filesystem)
+            remote = queries(uri, f"{uri}-plain", polars_s3, on_s3.location.filesystem)
+            load.append(os.getloadavg()[0])
             s3_files = len(on_s3.manifest.files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -296,9 +341,15 @@ def main() -> None:
           "The sorted floor prices the layout itself: what cluster_by costs any writer.\n")
     print("### (b) The reduce over the committed files\n")
     _query_table(local, len(dataset.manifest.files))
-    print("Targets: MAPE by model × horizon ≤ 0.2 s, ahead of polars, ≥ 10 × pandas; at one "
-          "horizon ≤ 0.03 s, ahead of polars; peak memory ≤ 500 MB. DuckDB's and pandas' MAPE "
-          "tables agree (checked in the run).\n")
+    print(f"The first query of a new process (one horizon, clustered; medians of 3 processes, "
+          f"after their imports): gpar {first['gpar']:.3f} s (its DuckDB made, footers read), "
+          f"polars {first['polars']:.3f} s.\n")
+    print("Targets: MAPE by model × horizon ≤ polars, ≥ 5 × pandas; at one horizon on the "
+          "clustered output ≤ 0.03 s and ≤ polars; without cluster_by ≤ 1.5 × polars; on S3 "
+          "each ≤ polars; peak memory ≤ 500 MB. DuckDB's and pandas' MAPE tables agree "
+          "(checked in the run). The machine is shared: 1-minute load average "
+          f"{' → '.join(f'{x:.1f}' for x in load)} (at the local queries, after them, after "
+          "S3's) on 2 cores.\n")
     print("### (c) The same on an S3-compatible server (SeaweedFS on loopback)\n")
     print(f"apply(output=s3://…, cluster_by={CLUSTER_BY}): {s3_write:.2f} s "
           f"({s3_write - write['nothing']:.2f} s over the job returning nothing).\n")
@@ -318,16 +369,20 @@ def main() -> None:
 
 
 def _query_table(results: dict[str, tuple[float, float]], files: int) -> None:
-    print("| query | Dataset.sql (DuckDB) | polars scan_parquet | pandas read + groupby | "
-          "DuckDB ahead of polars / of pandas |")
-    print("|---|---|---|---|---|")
-    for key, label in (("all", "MAPE by model × horizon"), ("52", "MAPE by model, horizon 52")):
-        duck, polars_, pandas_ = (results[f"{engine}_{key}"]
-                                  for engine in ("duckdb", "polars", "pandas"))
-        cells = [f"{s:.3f} s, {mb:.0f} MB" for s, mb in (duck, polars_, pandas_)]
-        print(f"| {label} | {' | '.join(cells)} | {polars_[0] / duck[0]:.1f}× / "
+    print("| query | Dataset(out).sql, a new Dataset per query | an open Dataset | polars "
+          "scan_parquet, a new scan per query | pandas read + groupby | new Dataset ÷ polars "
+          "/ pandas ÷ new Dataset |")
+    print("|---|---|---|---|---|---|")
+    for key, label in (("all", "MAPE by model × horizon"),
+                       ("52", f"MAPE by model, horizon 52, cluster_by={CLUSTER_BY}"),
+                       ("52 plain", "MAPE by model, horizon 52, without cluster_by")):
+        duck, opened, polars_, pandas_ = (results[f"{engine}_{key}"]
+                                          for engine in ("duckdb", "open", "polars", "pandas"))
+        cells = [f"{s:.3f} s, {mb:.0f} MB" for s, mb in (duck, opened, polars_, pandas_)]
+        print(f"| {label} | {' | '.join(cells)} | {duck[0] / polars_[0]:.2f} / "
               f"{pandas_[0] / duck[0]:.0f}× |")
-    print(f"\n({files} files; memory: the rise of the process's peak RSS during the query.)\n")
+    print(f"\n({files} files in the clustered output; memory: the rise of the process's peak "
+          "RSS during the query.)\n")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,19 @@ opened, which a job committing meanwhile leaves readable (commit.py keeps what i
 RETAIN_S). Local files are read by DuckDB's own Parquet reader (parallel, row groups skipped by
 their statistics); files in an object store through a pyarrow dataset, into which DuckDB pushes
 its projections and filters.
+
+Queries that only read run on a cursor of one DuckDB database per process: a new DuckDB costs
+~30-40 ms and starts with no Parquet footers cached, which a Dataset opened per query (a notebook
+cell, a script, each apply) would pay every time. Cursors share the database's caches, which is
+safe because a committed file is never rewritten (each name is written once), while the view
+``data`` is a temporary view of the cursor: no Dataset sees another's. A statement that is not a
+SELECT (SET, CREATE, ATTACH, ...) could change what other Datasets see, so the Dataset that runs
+one moves, from then on, to a DuckDB of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -57,6 +66,7 @@ class Dataset:
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
         self.failures = failures or []  # TaskFailures of that job's tasks with no output
         self._database: Any = None  # DuckDB with the view ``data``, made on the first query
+        self._private = False  # whether _database is this Dataset's own (see the docstring)
         self._lock = threading.Lock()
 
     @property
@@ -78,13 +88,23 @@ class Dataset:
         import duckdb
 
         with self._lock:  # one connection, used by one thread at a time
-            if self._database is None:  # a new DuckDB costs ~35 ms here: keep one
-                self._database = _database(data=self)
             try:
-                return self._database.sql(query, params=params).to_arrow_table()
+                return self._connection_for(query).sql(query, params=params).to_arrow_table()
             except (duckdb.Error, OSError) as exc:
                 self._raise_if_stale(exc)
                 raise
+
+    def _connection_for(self, query: str) -> Any:
+        """The connection to run ``query`` on: a cursor of the shared database while every
+        statement so far only read, this Dataset's own database from the first that did not."""
+        if not self._private and not _reads_only(query):
+            if self._database is not None:
+                self._database.close()
+                self._database = None
+            self._private = True
+        if self._database is None:
+            self._database = _database(private=self._private, data=self)
+        return self._database
 
     def _raise_if_stale(self, exc: BaseException) -> None:
         """A query that failed because the files of this version were removed (a newer
@@ -121,7 +141,8 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
     if isinstance(params, str | os.PathLike | Dataset):
         raise TypeError("params= holds the values of the query's $name or ? placeholders, so "
                         "no table can be named params: name it otherwise")
-    database = _database(**{name: source if isinstance(source, Dataset) else Dataset(source)
+    database = _database(private=not _reads_only(sql),
+                         **{name: source if isinstance(source, Dataset) else Dataset(source)
                             for name, source in tables.items()})
     try:
         return database.sql(sql, params=params).to_arrow_table()
@@ -129,15 +150,21 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
         database.close()
 
 
-def _database(**tables: Dataset) -> Any:
-    """An in-memory DuckDB in which each dataset is a view (or a registered scan) by name."""
+def _database(*, private: bool, **tables: Dataset) -> Any:
+    """A connection in which each dataset is a temporary view (or a registered scan) by name:
+    a DuckDB of its own if ``private``, else a cursor of the process's shared one."""
+    connection = _new_database() if private else _shared_cursor()
+    for name, dataset in tables.items():
+        _attach(connection, name, dataset)
+    return connection
+
+
+def _new_database() -> Any:
     import duckdb
 
     connection = duckdb.connect()
     # a Dataset's files never change (each name is written once): keep their footers parsed
     connection.execute("SET parquet_metadata_cache = true")
-    for name, dataset in tables.items():
-        _attach(connection, name, dataset)
     return connection
 
 
@@ -151,12 +178,52 @@ def _attach(connection: Any, name: str, dataset: Dataset) -> None:
     files = dataset.files
     if not files:  # zero tasks committed rows: an empty table that still has the columns
         connection.register(name, dataset.schema.empty_table())
-    elif dataset.location.is_s3:
-        import pyarrow.dataset as pads
+    elif dataset.location.is_s3:  # registered: a temporary view, this connection's own
+        connection.register(name, _arrow_dataset(dataset.location, tuple(files), dataset.schema))
+    else:  # TEMP: seen by this connection only, not by the shared database's other cursors
+        paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+        connection.execute(
+            f'CREATE TEMP VIEW "{name}" AS SELECT * FROM read_parquet([{paths}], '
+            f"union_by_name = {not dataset.manifest.uniform})")
 
-        connection.register(name, pads.dataset(
-            files, schema=dataset.schema, format="parquet",
-            filesystem=dataset.location.filesystem))
-    else:
-        relation = connection.read_parquet(files, union_by_name=not dataset.manifest.uniform)
-        relation.create_view(name)
+
+@functools.lru_cache(maxsize=16)
+def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema) -> Any:
+    """A pyarrow dataset over one version's files in an object store, shared by the Datasets
+    that open it: its fragments keep the footers they read (one request each per process, not
+    per query), which is safe as the list of a version and each file are never changed."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(list(files), schema=schema, format="parquet",
+                        filesystem=location.filesystem)
+
+
+_shared_lock = threading.Lock()
+_shared: dict[int, Any] = {}  # process id -> the shared database's first connection
+
+
+def _shared_database() -> Any:
+    """This process's shared DuckDB; call with _shared_lock held. Keyed by process id: a forked
+    child inherits the parent's database without the threads that run it, so makes its own."""
+    pid = os.getpid()
+    if pid not in _shared:
+        _shared.clear()
+        _shared[pid] = _new_database()
+    return _shared[pid]
+
+
+def _shared_cursor() -> Any:
+    """A new connection to the shared database: its own temporary views, the same caches."""
+    with _shared_lock:
+        return _shared_database().cursor()
+
+
+def _reads_only(query: str) -> bool:
+    """Whether every statement of ``query`` is a SELECT (DESCRIBE, SUMMARIZE, VALUES and FROM
+    count as such), which leaves the database's catalog and settings as they were."""
+    import duckdb
+
+    with _shared_lock:
+        statements = _shared_database().extract_statements(query)
+    return bool(statements) and all(
+        statement.type == duckdb.StatementType.SELECT for statement in statements)

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -864,3 +865,99 @@ def test_with_output_the_quick_elements_around_hung_ones_are_written_once(output
     assert dataset.manifest.tasks == set(quick)
     assert [attempts_of(tmp_path, task) for task in quick] == [1] * len(quick)
     assert_exactly_once(dataset, quick)
+
+
+def committed(path, tables) -> reduce_sql.Dataset:
+    """A Dataset over ``tables`` committed at ``path``, one file each (no cluster needed)."""
+    location = locate(path)
+    commit_module.commit(location, "j" * 64, parts_of(location, tables))
+    return reduce_sql.Dataset(location)
+
+
+def test_datasets_opened_per_query_share_one_duckdb_not_their_views(tmp_path, monkeypatch):
+    """A notebook opens the output in each cell: every Dataset of the process queries one
+    DuckDB (made once, its Parquet footers cached once), each through a view of its own."""
+    from reduce_sql import dataset as dataset_module
+
+    made = []
+    new_database = dataset_module._new_database
+    monkeypatch.setattr(dataset_module, "_shared", {})
+    monkeypatch.setattr(dataset_module, "_new_database", lambda: made.append(1) or new_database())
+    first = committed(tmp_path / "a", [{"x": [1, 2]}])
+    other = committed(tmp_path / "b", [{"x": [10]}, {"x": [20]}])
+    assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    assert other.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 30}]
+    assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    for _ in range(5):
+        fresh = reduce_sql.Dataset(tmp_path / "b")
+        assert fresh.sql("SELECT count(*) AS n FROM data").to_pylist() == [{"n": 2}]
+    got = reduce_sql.query("SELECT count(*) AS n FROM a, b", a=first, b=other).to_pylist()
+    assert got == [{"n": 4}]
+    assert len(made) == 1
+
+
+def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
+    """SET, CREATE and the like would reach every Dataset of the process through the shared
+    DuckDB: the Dataset that runs one gets a DuckDB of its own, keeping its view."""
+    setting = "SELECT current_setting('threads') AS t"
+    tinkered = committed(tmp_path / "a", [{"x": [1]}])
+    other = committed(tmp_path / "b", [{"x": [2]}])
+    threads = other.sql(setting)[0][0].as_py()
+    tinkered.sql("SET threads = $n", params={"n": threads + 1})
+    tinkered.sql("CREATE TABLE scratch AS SELECT 7 AS y")
+    assert tinkered.sql(setting)[0][0].as_py() == threads + 1  # its settings and tables last...
+    assert tinkered.sql("SELECT x + y AS z FROM data, scratch").to_pylist() == [{"z": 8}]
+    assert other.sql(setting)[0][0].as_py() == threads  # ...and reach no other Dataset
+    fresh = reduce_sql.Dataset(tmp_path / "b")
+    assert fresh.sql(setting)[0][0].as_py() == threads
+    with pytest.raises(duckdb.CatalogException, match="scratch"):
+        fresh.sql("SELECT * FROM scratch")
+    with pytest.raises(duckdb.CatalogException, match="scratch"):
+        reduce_sql.query("SELECT * FROM scratch", data=fresh)
+
+
+def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
+    """Threads querying one Dataset, and threads each opening their own, at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for number in range(4):
+        committed(tmp_path / str(number), [{"x": list(range(number * 1000, number * 1000 + 500))},
+                                           {"x": [number]}])
+    shared = reduce_sql.Dataset(tmp_path / "0")
+
+    def total(job: int) -> tuple[int, int]:
+        number = job % 4
+        dataset = shared if number == 0 else reduce_sql.Dataset(tmp_path / str(number))
+        return number, dataset.sql("SELECT sum(x) AS s FROM data")[0][0].as_py()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(total, range(64)))
+    expected = {n: sum(range(n * 1000, n * 1000 + 500)) + n for n in range(4)}
+    assert answers == [(job % 4, expected[job % 4]) for job in range(64)]
+
+
+def test_datasets_of_one_s3_version_share_its_scan_and_a_new_version_is_seen(s3_environment,
+                                                                             monkeypatch):
+    """Footers read from the object store are kept by the version's scan, which Datasets of
+    that version share; a Dataset opened after the next commit reads the new file list."""
+    from reduce_sql import dataset as dataset_module
+
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
+    first = commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [1]}]))
+    early, again = reduce_sql.Dataset(location), reduce_sql.Dataset(location)
+    assert early.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+    assert again.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+
+    def scan(dataset):
+        return dataset_module._arrow_dataset(dataset.location, tuple(dataset.files),
+                                             dataset.schema)
+
+    assert scan(early) is scan(again)
+    later = parts_of(location, [{}, {"x": [2]}])[1:]
+    commit_module.commit(location, "j" * 64, later, previous=first)
+    fresh = reduce_sql.Dataset(location)
+    assert fresh.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    assert early.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
+    assert scan(fresh) is not scan(early)
