@@ -40,7 +40,8 @@ if __name__ == "__main__":
     "plain Ray (ray.init, 4 tasks)": """
 import ray
 ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-print(ray.get([ray.remote(abs).remote(x) for x in range(4)]))
+f = ray.remote(lambda x: abs(x))
+print(ray.get([f.remote(x) for x in range(4)]))
 """,
 }
 
