@@ -1,9 +1,11 @@
-"""Which Ray cluster apply() runs on: the one given, or an embedded local one started once.
+"""Which Ray cluster apply() runs on: the one given, the user's local cluster (server.py, which
+outlives scripts), or one of this process alone.
 
-The embedded cluster is quiet (no dashboard, no usage stats, no worker logs on the driver) and
-closed to strangers: Ray's servers listen on every interface even when told to use loopback, so
-Ray's token authentication, on by default for local clusters, is what keeps other processes and
-hosts out. It is never switched off here, and its token file is the owner's alone (auth.py).
+An embedded cluster (the local cluster's, or one of this process) is quiet (no dashboard, no
+usage stats, no worker logs on the driver) and closed to strangers: Ray's servers listen on
+every interface even when told to use loopback, so Ray's token authentication, on by default
+for local clusters, is what keeps other processes and hosts out. It is never switched off
+here, and its token file is the owner's alone (auth.py).
 A cluster given by address gets this process's token, and is checked to accept it first.
 In a Jupyter kernel, Ray is started and stopped without noise in the notebook (notebook.py).
 Its workers run at the caller's niceness, not below it (WORKER_NICENESS).
