@@ -33,11 +33,13 @@ import platform
 import re
 import sys
 import sysconfig
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 
 from envpack import _boot
@@ -297,8 +299,14 @@ def _site_index(site: str) -> _SiteIndex:
                     owners.setdefault(top, []).append(dist.name)
     index = _SiteIndex(distributions, {name: tuple(dists) for name, dists in owners.items()})
     _site_indexes[site] = (mtime, index)
-    _store(_site_index_file(site), (mtime, index))
+    if time.time_ns() - mtime > SETTLED_NS and os.stat(site).st_mtime_ns == mtime:
+        _store(_site_index_file(site), (mtime, index))  # not one an install is still writing
     return index
+
+
+#: A site directory changed this recently may be mid-install (a .dist-info without its RECORD
+#: yet): its index is kept for this process only, not on disk for later ones.
+SETTLED_NS = 2_000_000_000
 
 
 def _site_index_file(site: str) -> Path:
@@ -430,8 +438,9 @@ def _closure(index: dict[str, _Installed], roots: dict[str, str]) -> dict[str, s
     """The installed distributions reachable from ``roots`` (name -> why) through requirements,
     with why each is included; cached in memory and on disk by the installed distributions
     (evaluating markers is the slow part: ~0.15 s for Ray's requirements alone)."""
-    digest = hashlib.sha256(" ".join(dist.record_sha256 for dist in index.values())
-                            .encode()).hexdigest()[:24]
+    digest = hashlib.sha256(" ".join([*(dist.record_sha256 for dist in index.values()),
+                                      repr(sorted(default_environment().items()))])
+                            .encode()).hexdigest()[:24]  # markers are evaluated against it
     if digest not in _closures:
         _closures[digest] = _stored(_closures_file(digest)) or {}
     known, key = _closures[digest], tuple(sorted(roots.items()))

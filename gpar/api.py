@@ -147,8 +147,13 @@ def _staged_image(address: str | None, packages: str | Sequence[str],
     from envpack import stage
 
     tasks = cluster.connect(address)
-    with as_gpar_errors():
-        return tasks, stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
+    try:
+        with as_gpar_errors():
+            image = stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
+    except BaseException:
+        tasks.close()  # a local cluster's connection: the job it would hold open never runs
+        raise
+    return tasks, image
 
 
 def _collected(results: Results, claim: gpar_output.OutputJob | None,

@@ -24,11 +24,15 @@ import hashlib
 import json
 import os
 import signal
+import site
+import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
@@ -73,9 +77,31 @@ def state_dir() -> Path:
 
 
 def slot() -> str:
-    """This Python environment's name among the user's servers: its interpreter and prefix."""
-    where = f"{os.path.abspath(sys.executable)}\0{sys.prefix}"
+    """This Python environment's name among the user's servers: its interpreter and prefix,
+    and the host (a home directory shared by several hosts holds one state file for each)."""
+    where = f"{os.path.abspath(sys.executable)}\0{sys.prefix}\0{socket.gethostname()}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def private_state_dir() -> Path:
+    """The state directory, made if need be, refused unless it is this user's alone: a state
+    file names a socket to send the script's environment to and processes to stop, so one
+    another account could write would be theirs to use."""
+    directory = state_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise ClusterConnectionError(
+            f"cannot use {directory} for the local cluster's state ({exc}): set GPAR_STATE_DIR "
+            'to a directory of your own, or run with address="local"') from exc
+    if (stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid()
+            or stat.S_IMODE(info.st_mode) & 0o077):
+        raise ClusterConnectionError(
+            f"{directory} holds the local cluster's state but is not yours alone (a link, "
+            "another owner, or open to others): chmod 700 it if it is yours, or set "
+            "GPAR_STATE_DIR to a directory of your own")
+    return directory
 
 
 def stamp() -> str:
@@ -93,25 +119,35 @@ def stamp() -> str:
         for path in sorted(root.glob("*.py")):
             info = path.stat()
             parts.append(f"{path}:{info.st_mtime_ns}:{info.st_size}")
-    for entry in sys.path:
-        if entry.endswith("-packages") and os.path.isdir(entry):
+    for entry in [*site.getsitepackages(), site.getusersitepackages()]:
+        if os.path.isdir(entry):  # the interpreter's own: the same whatever a script adds
             parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def paths() -> tuple[Path, Path, Path]:
     """This environment's state file, start lock and server log."""
-    directory = state_dir()
+    directory = private_state_dir()
     name = slot()
     return directory / f"{name}.json", directory / f"{name}.lock", directory / f"{name}.log"
 
 
 def read_state() -> ServerState | None:
+    """The state file's server; None without one, or with one this user did not write alone
+    (another owner, open to others, a link)."""
     state_file, _, _ = paths()
     try:
-        return ServerState(**json.loads(state_file.read_text()))
-    except (OSError, ValueError, TypeError):
+        descriptor = os.open(state_file, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return None
+    with os.fdopen(descriptor) as handle:
+        info = os.fstat(descriptor)
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            return None
+        try:
+            return ServerState(**json.loads(handle.read()))
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 def process_start(pid: int) -> str | None:
@@ -158,7 +194,7 @@ def _connect(state: ServerState) -> ServerTasks | None:
         return None
     try:
         return ServerTasks(state)
-    except (OSError, EOFError):  # the socket is gone, or the server is stopping
+    except (OSError, EOFError, AuthenticationError):  # gone, stopping, or not ours
         return None
 
 
@@ -168,7 +204,6 @@ def _start_lock():
     import fcntl
 
     _, lock_file, _ = paths()
-    lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(lock_file, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -181,10 +216,13 @@ def _start_server(idle_s: float | None = None, num_cpus: int | None = None) -> S
     """Start this environment's server, detached from the script (its own session: a Ctrl-C
     in the script's terminal does not reach it), and wait until it answers."""
     state_file, _, log_file = paths()
-    state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_file.parent, 0o700)
     if idle_s is None:
-        idle_s = float(os.environ.get("GPAR_IDLE_S", IDLE_S))
+        try:
+            idle_s = float(os.environ.get("GPAR_IDLE_S", IDLE_S))
+        except ValueError:
+            raise ClusterConnectionError(
+                f"GPAR_IDLE_S={os.environ['GPAR_IDLE_S']!r}: give the idle time in seconds, "
+                "e.g. GPAR_IDLE_S=600") from None
     command = [sys.executable, "-m", "gpar.server", "--state", str(state_file),
                "--stamp", stamp(), "--idle-s", str(idle_s)]
     if num_cpus is not None:
@@ -229,7 +267,8 @@ def stop(state: ServerState | None = None) -> bool:
         return False
     running = alive(state)
     if running:
-        with contextlib.suppress(OSError, EOFError, ClusterConnectionError):
+        with contextlib.suppress(OSError, EOFError, AuthenticationError,
+                                 ClusterConnectionError):
             ServerTasks(state)._call("stop")
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None and alive(state):
@@ -268,7 +307,7 @@ def status() -> dict[str, Any] | None:
         return None
     try:
         answer = ServerTasks(state)._call("status")
-    except (OSError, EOFError, ClusterConnectionError):
+    except (OSError, EOFError, AuthenticationError, ClusterConnectionError):
         return None
     return {**answer, "current": state.stamp == stamp()}
 

@@ -38,9 +38,9 @@ TICK_S = 0.5
 class Server:
     """Connections in, RayTasks out; counts what runs to know when it is idle."""
 
-    def __init__(self, state: client.ServerState):
+    def __init__(self, state: client.ServerState, stopping: threading.Event):
         self.state = state
-        self.stopping = threading.Event()
+        self.stopping = stopping
         self.lock = threading.Lock()
         self.connections = 0
         self.jobs = 0
@@ -58,6 +58,8 @@ class Server:
                 connection, _ = listener.accept()
             except TimeoutError:
                 continue
+            with self.lock:  # counted at once: the idle clock must not stop a job starting
+                self.connections += 1
             connection.settimeout(None)
             threading.Thread(target=self._session, args=(connection,), daemon=True).start()
 
@@ -69,9 +71,9 @@ class Server:
             answer_challenge(conn, key)
         except Exception:  # not one of ours: a wrong key, or not a gpar client at all
             conn.close()
+            self._ended()
             return
         with self.lock:
-            self.connections += 1
             self.jobs += 1
         session = Session(self)
         try:
@@ -79,9 +81,12 @@ class Server:
         finally:
             session.tasks.cancel_all()
             conn.close()
-            with self.lock:
-                self.connections -= 1
-                self.last_active = time.time()
+            self._ended()
+
+    def _ended(self) -> None:
+        with self.lock:
+            self.connections -= 1
+            self.last_active = time.time()
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -216,7 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-cpus", type=int)
     options = parser.parse_args(argv)
 
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     private = tempfile.mkdtemp(prefix="gpar-")  # 0700: the socket and Ray's session files
+    try:
+        serve(options, private, stopping)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def serve(options: argparse.Namespace, private: str, stopping: threading.Event) -> None:
+    """Start Ray, answer on a socket in ``private`` until stopped or idle, then stop Ray."""
     os.environ.pop("RAY_ADDRESS", None)
     ray_options = {"_temp_dir": os.path.join(private, "ray")}
     if options.num_cpus:
@@ -234,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         slot=options.state.stem, ray_temp_dir=private, idle_s=options.idle_s,
         num_cpus=tasks.cpus())
     _write_private(options.state, json.dumps(asdict(state)))
-    server = Server(state)
-    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
+    server = Server(state, stopping)
     try:
         server.serve(listener)
     finally:
@@ -244,13 +258,13 @@ def main(argv: list[str] | None = None) -> None:
         import ray
 
         ray.shutdown()
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``path`` whole, readable by its owner only, under its final name at once."""
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
     os.replace(temporary, path)

@@ -45,6 +45,7 @@ import os
 import pickle
 import queue
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -162,7 +163,8 @@ def adopted_context() -> CallerContext | None:
 
 def _adopt(context: CallerContext | None, image: ImageCheck | None) -> None:
     """Run this batch in the script's place: its sys.path first (after staged layers), its
-    working directory, its environment variables over this process's own (Ray's RAY_* kept).
+    working directory, its environment variables (none of an earlier script's; Ray's RAY_*
+    of this process kept).
     A batch of another script run first drops the local modules earlier ones loaded."""
     global _adopted, _own
     if context is None or context == _adopted:
@@ -181,11 +183,13 @@ def _adopt(context: CallerContext | None, image: ImageCheck | None) -> None:
     importlib.invalidate_caches()
     with contextlib.suppress(OSError):
         os.chdir(context.cwd)
-    environ = {**_own[1], **{name: value for name, value in context.environ.items()
-                              if not name.startswith("RAY_")}}
+    environ = {**{name: value for name, value in _own[1].items() if name.startswith("RAY_")},
+               **{name: value for name, value in context.environ.items()
+                  if not name.startswith("RAY_")}}
     if environ != os.environ:
         os.environ.clear()
         os.environ.update(environ)
+        tempfile.tempdir = None  # found again from the script's TMPDIR
     _adopted = context
 
 
