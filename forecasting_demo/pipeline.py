@@ -162,8 +162,6 @@ def _evaluate(config: DemoConfig, apply_options: dict) -> EvaluationJob:
 
 
 def _bootstrap(series: data.Series, config: DemoConfig, apply_options: dict) -> BootstrapJob:
-    import ray
-
     scenario = bootstrap.scenario(series.values, series.period, "paper")
     started = time.perf_counter()
     paths, results = bootstrap.run_realizations([scenario], config.realizations, config.weeks,
@@ -179,7 +177,7 @@ def _bootstrap(series: data.Series, config: DemoConfig, apply_options: dict) -> 
                                   calibration.LEVELS),
         report=results.report,
         wall_s=wall_s,
-        workers=int(ray.cluster_resources()["CPU"]),  # gpar's default max_workers
+        workers=results.report.max_workers,
         serial_realizations=serial,
         serial_s=serial_s,
         serial_matches=bool(np.array_equal(serial_paths, paths[:serial])),

@@ -111,9 +111,10 @@ def apply(
             return _collected(Results([], JobReport(elements=0)), claim)
         tasks, image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
         with contextlib.closing(tasks):
-            report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                               skipped_globals=captured.skipped, image=image.report)
             slots = int(max_workers or tasks.cpus())  # int(): numpy's ints are accepted
+            report = JobReport(len(pending), environment_bytes=captured.nbytes,
+                               max_workers=slots, skipped_globals=captured.skipped,
+                               image=image.report)
             rules = Rules(max_workers=slots, task_retries=int(task_retries),
                           max_failures=(default_max_failures(len(items)) if max_failures is None
                                         else int(max_failures)),

@@ -69,6 +69,7 @@ class JobReport(Counts):
 
     elements: int
     environment_bytes: int = 0
+    max_workers: int = 0  # the cap on batches in flight the job ran with (the cluster's CPUs)
     skipped_globals: dict[str, str] = field(default_factory=dict)
     image: Any = None  # envpack's ImageReport: the layers shipped, cache hits, seconds spent
     #: The element of xs each element of this run is, when a resumed output job skipped the

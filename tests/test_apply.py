@@ -375,6 +375,8 @@ def test_report_has_one_attempt_row_per_element_with_times():
     assert list(frame.task) == list(range(10))
     assert (frame.submitted <= frame.started).all() and (frame.started <= frame.finished).all()
     assert set(frame.outcome) == {"ok"} and frame.node.str.len().min() > 0
+    assert results.report.max_workers == 2  # the session cluster's CPUs, the default cap
+    assert gpar.apply([1], square, max_workers=1, progress=False).report.max_workers == 1
 
 
 def test_progress_bar_draws_when_asked(capsys):
