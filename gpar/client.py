@@ -164,29 +164,17 @@ def alive(state: ServerState) -> bool:
     return process_start(state.pid) == state.process_start
 
 
-def attach(start: bool = True) -> ServerTasks:
+def attach() -> ServerTasks:
     """A connection for one job to this environment's server, started if none runs."""
     state = read_state()
-    if state is not None and state.stamp == stamp():
+    tasks = _connect(state) if state is not None and state.stamp == stamp() else None
+    if tasks is None:
+        state = start()
         tasks = _connect(state)
-        if tasks is not None:
-            return tasks
-    if not start:
-        raise ClusterConnectionError("no local gpar cluster runs for this Python environment")
-    with _start_lock():
-        state = read_state()
-        if state is not None and state.stamp == stamp():
-            tasks = _connect(state)
-            if tasks is not None:
-                return tasks
-        if state is not None:
-            stop(state)
-        state = _start_server()
-        tasks = _connect(state)
-        if tasks is None:
-            raise ClusterConnectionError(f"the local gpar cluster started (pid {state.pid}) "
-                                         f"but does not answer; its log: {paths()[2]}")
-        return tasks
+    if tasks is None:
+        raise ClusterConnectionError(f"the local gpar cluster started (pid {state.pid}) but "
+                                     f"does not answer; its log: {paths()[2]}")
+    return tasks
 
 
 def _connect(state: ServerState) -> ServerTasks | None:
@@ -252,8 +240,11 @@ def start(idle_s: float | None = None, num_cpus: int | None = None) -> ServerSta
     """Start this environment's server unless one of this stamp runs; its state."""
     with _start_lock():
         state = read_state()
-        if state is not None and state.stamp == stamp() and _connect(state) is not None:
-            return state
+        if state is not None and state.stamp == stamp():
+            tasks = _connect(state)
+            if tasks is not None:
+                tasks.close()
+                return state
         if state is not None:
             stop(state)
         return _start_server(idle_s, num_cpus)
