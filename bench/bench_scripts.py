@@ -77,23 +77,10 @@ def stop(env: dict[str, str]) -> None:
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and the processes below it."""
-    children: dict[int, list[int]] = {}
-    used: dict[int, float] = {}
+    from gpar.server import process_tree
+
     tick = os.sysconf("SC_CLK_TCK")
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, stack = 0.0, [pid]
-    while stack:
-        each = stack.pop()
-        total += used.get(each, 0.0)
-        stack.extend(children.get(each, []))
-    return total
+    return sum(int(fields[11]) + int(fields[12]) for fields in process_tree(pid).values()) / tick
 
 
 def main() -> None:

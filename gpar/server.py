@@ -163,29 +163,32 @@ class Session:
         return None
 
 
-def tree_memory(pid: int) -> int | None:
-    """Resident bytes of ``pid`` and every process below it (Ray's), from /proc."""
+def process_tree(pid: int) -> dict[int, list[str]]:
+    """``pid`` and every process below it (Ray's), each with the fields of its /proc stat
+    after the command name; empty when ``pid`` is not running."""
+    stats: dict[int, list[str]] = {}
     children: dict[int, list[int]] = {}
-    resident: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # ended meanwhile
             continue
+        stats[int(entry)] = fields
         children.setdefault(int(fields[1]), []).append(int(entry))
-        resident[int(entry)] = int(fields[21]) * page
-    if pid not in resident:
-        return None
-    total, stack = 0, [pid]
+    tree, stack = {}, [pid] if pid in stats else []
     while stack:
         each = stack.pop()
-        total += resident.get(each, 0)
-        stack.extend(children.get(each, []))
-    return total
+        tree[each] = stats[each]
+        stack.extend(child for child in children.get(each, []) if child in stats)
+    return tree
+
+
+def tree_memory(pid: int) -> int | None:
+    """Resident bytes of ``pid`` and every process below it, or None when it is not running."""
+    tree = process_tree(pid)
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(fields[21]) * page for fields in tree.values()) if tree else None
 
 
 def warm_up(tasks: RayTasks) -> None:

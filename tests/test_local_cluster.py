@@ -113,32 +113,23 @@ def test_two_scripts_one_after_the_other_share_one_cluster_and_its_workers(share
 
 
 def warm_workers(scripts: Scripts) -> set[int]:
-    """Worker processes of the server (children of its raylet)."""
-    server = scripts.state()["pid"]
-    below, found = [server], set()
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    while below:
-        pid = below.pop()
-        found.add(pid)
-        below.extend(children.get(pid, []))
-    return found
+    """The server's processes: Ray's below it, its workers among them."""
+    from gpar.server import process_tree
+
+    return set(process_tree(scripts.state()["pid"]))
+
+
+HELPERS = """
+    SEEN = []
+    VALUE = {value}
+    def note(x):
+        SEEN.append(x)
+        return VALUE, len(SEEN)
+"""
 
 
 def test_each_script_sees_its_own_files_environment_and_module_state(shared):
-    shared.write("helpers.py", """
-        SEEN = []
-        VALUE = 1
-        def note(x):
-            SEEN.append(x)
-            return VALUE, len(SEEN)
-    """)
+    shared.write("helpers.py", HELPERS.format(value=1))
     source = """
         import os, gpar
         from helpers import note
@@ -148,13 +139,7 @@ def test_each_script_sees_its_own_files_environment_and_module_state(shared):
     """
     (shared.directory / "data.txt").write_text("first")
     first = eval(shared.run(source, GREETING="hello"))
-    shared.write("helpers.py", """
-        SEEN = []
-        VALUE = 22
-        def note(x):
-            SEEN.append(x)
-            return VALUE, len(SEEN)
-    """)
+    shared.write("helpers.py", HELPERS.format(value=22))  # another size: .pyc checks it
     (shared.directory / "data.txt").write_text("second")
     second = eval(shared.run(source, GREETING="bonjour"))
 
