@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import difflib
 import functools
 import inspect
-import numbers
 import os
 import sys
 import time
@@ -16,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpar import cluster, environment, scheduler
+from gpar import options as gpar_options
 from gpar import output as gpar_output
 from gpar.errors import (
     AllTasksFailed,
@@ -28,6 +27,7 @@ from gpar.errors import (
     as_gpar_errors,
     describe_failure,
 )
+from gpar.options import EnvMode, ErrorMode
 from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
@@ -56,12 +56,12 @@ def apply(
     quorum: float = 1.0,
     backups: bool = True,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-    env: str = "full",
+    env: EnvMode = "full",
     packages: str | Sequence[str] = "auto",
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
     cluster_by: str | Sequence[str] | None = None,
-    errors: str = "warn",
+    errors: ErrorMode = "warn",
     progress: bool | None = None,
     address: str | None = None,
     **kwargs: Any,
@@ -87,88 +87,101 @@ def apply(
     each file is sorted by, so queries filtering on them skip most of the data. See README.md
     for each rule.
     """
-    started = time.time()
-    _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite, backups, progress, address)
-    _check_arguments(fn, args, kwargs)
-    retry_on, cluster_by = _exception_types(retry_on), _column_names(cluster_by, output)
-    deadline_at = _deadline_at(deadline, started)
-    if output is not None and isinstance(xs, set | frozenset):
-        raise TypeError("with output=, xs needs an order a re-run repeats, and a set's order "
-                        "changes from one process to the next: pass sorted(xs)")
-    items = _materialize(xs)  # a generator is consumed only once the options are sound
-    captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals, mode=env,
-                                   retry_on=retry_on)
+    options = gpar_options.checked(
+        fn, time.time(), max_workers=max_workers, task_retries=task_retries,
+        max_failures=max_failures, deadline=deadline, task_timeout=task_timeout,
+        quorum=quorum, backups=backups, retry_on=retry_on, env=env, packages=packages,
+        output=output, overwrite=overwrite, cluster_by=cluster_by, errors=errors,
+        progress=progress, address=address)
+    gpar_options.check_call(fn, args, kwargs, options=OPTION_NAMES)
+    items = _materialize(xs, ordered=output is not None)  # consumed once the options hold
+    captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals,
+                                   mode=options.env, retry_on=options.retry_on)
+    _warn_of_shared_random_states(fn, args, kwargs)
+    tasks = cluster.connect(options.address)
+    with contextlib.closing(tasks):  # a local cluster's connection, held while the job runs
+        image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+        # Claimed only now: a job that cannot start leaves the output as it was.
+        with _claimed(options, items, fn, args, kwargs) as claim:
+            pending = items if claim is None else [items[i] for i in claim.pending]
+            if len(pending) == 0:  # an earlier run of this job committed every element
+                return _answer(Results([], JobReport(elements=0)), claim)
+            slots = options.max_workers or int(tasks.cpus())
+            report = JobReport(len(pending), environment_bytes=captured.nbytes,
+                               max_workers=slots, skipped_globals=captured.skipped,
+                               image=image.report)
+            policy = Policy(len(pending), _rules(options, slots, len(pending)),
+                            BatchSizer(slots), counts=report)
+            values = scheduler.run_job(
+                pending, captured, policy, report=report, image=image, tasks=tasks,
+                output=claim,
+                progress=shown_by_default() if options.progress is None else options.progress)
+            results = Results(values, report)
+            if claim is not None:
+                results = _committed(results, claim, functools.partial(
+                    scheduler.run_each, image, tasks))
+            _raise_if_mismatched(results)
+            _raise_or_warn(results, policy)
+            return _answer(results, claim)
+
+
+#: apply's own keyword options: a misspelt one lands in fn's kwargs, and is named.
+OPTION_NAMES = [name for name, parameter in inspect.signature(apply).parameters.items()
+                if parameter.kind is parameter.KEYWORD_ONLY]
+
+
+def _rules(options: gpar_options.Options, slots: int, elements: int) -> Rules:
+    """The policy's rules for a run of ``elements`` (those left to run: a resumed job's
+    failure budget is sized on what this run does)."""
+    return Rules(max_workers=slots, task_retries=options.task_retries,
+                 max_failures=(default_max_failures(elements) if options.max_failures is None
+                               else options.max_failures),
+                 deadline_at=options.deadline_at, task_timeout_s=options.task_timeout_s,
+                 quorum=options.quorum, backups=options.backups, errors=options.errors)
+
+
+def _warn_of_shared_random_states(fn: Callable, args: tuple, kwargs: dict) -> None:
     for source in environment.random_states(fn, args, kwargs):
         warnings.warn(SharedRandomStateWarning(
             f"fn draws from the random generator {source}: every batch of elements gets a "
             "copy of it in the state it had at this call, so batches draw the same numbers. "
             "Make one per element inside fn from a seed and the element, e.g. "
-            "rng = np.random.default_rng([SEED, x])"), stacklevel=2)
-    with _claimed(output, items, fn, args, kwargs, overwrite, cluster_by) as claim:
-        pending = items if claim is None else [items[i] for i in claim.pending]
-        if len(pending) == 0:  # an earlier run of this job committed every element
-            return _collected(Results([], JobReport(elements=0)), claim)
-        tasks, image = _staged_image(address, packages, code=(fn, *args, *kwargs.values()))
-        with contextlib.closing(tasks):
-            slots = int(max_workers or tasks.cpus())  # int(): numpy's ints are accepted
-            report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                               max_workers=slots, skipped_globals=captured.skipped,
-                               image=image.report)
-            rules = Rules(max_workers=slots, task_retries=int(task_retries),
-                          max_failures=(default_max_failures(len(items)) if max_failures is None
-                                        else int(max_failures)),
-                          deadline_at=deadline_at,
-                          task_timeout_s=None if task_timeout is None else float(task_timeout),
-                          quorum=float(quorum), backups=backups, errors=errors)
-            policy = Policy(len(pending), rules, BatchSizer(slots), counts=report)
-            values = scheduler.run_job(
-                pending, captured, policy, report=report, image=image, tasks=tasks,
-                output=claim, progress=shown_by_default() if progress is None else progress)
-            run_all = functools.partial(scheduler.run_each, image, tasks)
-            return _collected(Results(values, report), claim, policy, run_all)
+            "rng = np.random.default_rng([SEED, x])"), stacklevel=3)
 
 
-def _claimed(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
-             overwrite: bool, cluster_by: tuple[str, ...]
-             ) -> contextlib.AbstractContextManager[gpar_output.OutputJob | None]:
+def _claimed(options: gpar_options.Options, items: Sequence[Any], fn: Callable, args: tuple,
+             kwargs: dict) -> contextlib.AbstractContextManager[gpar_output.OutputJob | None]:
     """The output claimed for this job while it runs (which elements are left to run, where
     they write); nothing without output=."""
-    if output is None:
+    if options.output is None:
         return contextlib.nullcontext()
     with as_gpar_errors():
-        return gpar_output.begin(output, items, fn, args, kwargs, overwrite, cluster_by)
+        return gpar_output.begin(options.output, items, fn, args, kwargs, options.overwrite,
+                                 options.cluster_by)
 
 
-def _staged_image(address: str | None, packages: str | Sequence[str],
-                  code: tuple[Any, ...]) -> tuple[Any, StagedImage]:
-    """Connect (cluster.connect: the tasks a job runs on), then ship what the cluster's
-    workers lack of the caller's packages (envpack.stage), with what ``code`` (fn and its
-    arguments) will import when it runs."""
+def _staged_image(tasks: Any, packages: str | Sequence[str],
+                  code: tuple[Any, ...]) -> StagedImage:
+    """Ship what the cluster's workers lack of the caller's packages (envpack.stage), with
+    what ``code`` (fn and its arguments) will import when it runs."""
     from envpack import stage
 
-    tasks = cluster.connect(address)
-    try:
-        with as_gpar_errors():
-            image = stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
-    except BaseException:
-        tasks.close()  # a local cluster's connection: the job it would hold open never runs
-        raise
-    return tasks, image
+    with as_gpar_errors():
+        return stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
 
 
-def _collected(results: Results, claim: gpar_output.OutputJob | None,
-               policy: Policy | None = None, run_all: Callable | None = None
-               ) -> Results | Dataset:
-    """Commit what was accepted (even when the job then raises: nothing finished is lost),
-    then raise or warn as the job ended, and return the results or the committed Dataset."""
-    if claim is not None:
-        results = claim.in_input_order(results)
-        with as_gpar_errors():
-            claim.commit(results, run_all)
-    if policy is not None:
-        _raise_if_mismatched(results)
-        _raise_or_warn(results, policy)
+def _committed(results: Results, claim: gpar_output.OutputJob,
+               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]]) -> Results:
+    """The results in input order, once what was accepted is committed: before the job's end
+    is judged, so what finished is kept even when apply then raises."""
+    results = claim.in_input_order(results)
+    with as_gpar_errors():
+        claim.commit(results, run_all)
+    return results
+
+
+def _answer(results: Results, claim: gpar_output.OutputJob | None) -> Results | Dataset:
+    """What apply returns: the results, or with output= the committed Dataset."""
     if claim is None:
         return results
     from reduce_sql import Dataset
@@ -218,36 +231,12 @@ def _raise_or_warn(results: Results, policy: Policy) -> None:
             IncompleteResultsWarning, stacklevel=3)
 
 
-def _column_names(names: str | Sequence[str] | None, output: Any) -> tuple[str, ...]:
-    """cluster_by as a tuple of column names."""
-    if names is None:
-        return ()
-    if output is None:
-        raise ValueError("cluster_by only applies with output=...: it orders the rows of the "
-                         "files written there")
-    names = (names,) if isinstance(names, str) else names
-    if not (isinstance(names, list | tuple) and names
-            and all(isinstance(name, str) and name for name in names)):
-        raise ValueError(f"cluster_by takes a column name or a list of them, e.g. "
-                         f'cluster_by=["horizon", "model"]; got {names!r}')
-    return tuple(names)
-
-
-def _deadline_at(deadline: float | datetime.datetime | None, now: float) -> float | None:
-    if deadline is None:
-        return None
-    if isinstance(deadline, datetime.datetime):
-        if deadline.tzinfo is None:
-            deadline = deadline.astimezone()  # a naive datetime is local time
-        return deadline.timestamp()
-    if _is_number(deadline) and deadline > 0:
-        return now + float(deadline)
-    raise ValueError(
-        f"deadline must be seconds from now (> 0) or a datetime, got {deadline!r}")
-
-
-def _materialize(xs: Iterable[Any]) -> Sequence[Any]:
-    """xs as a sliceable sequence, iterated exactly as ``for x in xs`` would."""
+def _materialize(xs: Iterable[Any], ordered: bool) -> Sequence[Any]:
+    """xs as a sliceable sequence, iterated exactly as ``for x in xs`` would; ``ordered``
+    (output=): in an order a re-run repeats."""
+    if ordered and isinstance(xs, set | frozenset):
+        raise TypeError("with output=, xs needs an order a re-run repeats, and a set's order "
+                        "changes from one process to the next: pass sorted(xs)")
     if isinstance(xs, list | tuple | range):
         return xs
     if type(xs).__module__ == "numpy" and type(xs).__name__ == "ndarray" and xs.ndim > 0:
@@ -260,82 +249,3 @@ def _materialize(xs: Iterable[Any]) -> Sequence[Any]:
             f"{type(xs).__qualname__}"
         ) from None
     return list(iterator)  # what the iteration itself raises is the caller's to see
-
-
-def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
-    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    for kind in kinds:
-        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-            raise TypeError(
-                f"retry_on takes exception classes, e.g. retry_on=(TimeoutError,); got {kind!r}"
-            )
-    return kinds
-
-
-def _check_options(fn, max_workers, task_retries, max_failures, task_timeout, quorum, env,
-                   packages, errors, output, overwrite, backups, progress, address) -> None:
-    if not callable(fn):
-        raise TypeError(
-            f"fn must be callable, got {type(fn).__qualname__}; the call is apply(xs, fn, ...)"
-        )
-    for name, flag in (("overwrite", overwrite), ("backups", backups), ("progress", progress)):
-        if not (isinstance(flag, bool) or (name == "progress" and flag is None)):
-            raise TypeError(f"{name} takes True or False, got {flag!r}")
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f'address takes "host:port" of a Ray cluster, got {address!r}')
-    if output is not None and not isinstance(output, str | os.PathLike):
-        raise TypeError(f"output takes a directory path or an s3:// URI (a str or a "
-                        f"pathlib.Path), got {type(output).__qualname__} {output!r}")
-    if overwrite and output is None:
-        raise ValueError("overwrite=True only applies with output=...; there is nothing to "
-                         "overwrite without it")
-    if max_workers is not None and not (_is_integer(max_workers) and max_workers >= 1):
-        raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
-    if not (_is_integer(task_retries) and task_retries >= 0):
-        raise ValueError(f"task_retries must be an int >= 0, got {task_retries!r}")
-    if max_failures is not None and not (_is_integer(max_failures) and max_failures >= 0):
-        raise ValueError(f"max_failures must be an int >= 0 or None, got {max_failures!r}")
-    if task_timeout is not None and not (_is_number(task_timeout) and task_timeout > 0):
-        raise ValueError(f"task_timeout must be seconds (> 0) or None, got {task_timeout!r}")
-    if not (_is_number(quorum) and 0 < quorum <= 1):
-        raise ValueError(f"quorum must be a fraction in (0, 1], got {quorum!r}")
-    if env not in ("full", "referenced"):
-        raise ValueError(f'env must be "full" or "referenced", got {env!r}')
-    if errors not in ("warn", "raise"):
-        raise ValueError(f'errors must be "warn" or "raise", got {errors!r}')
-    names_ok = (isinstance(packages, list | tuple | set | frozenset)
-                and all(isinstance(name, str) and name for name in packages))
-    if packages not in ("auto", "none") and not names_ok:
-        raise ValueError(
-            f'packages must be "auto", "none" or a list of distribution names, got {packages!r}'
-        )
-
-
-def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
-    """fn must take (x, *args, **kwargs): else every element would fail the same way, after
-    the launch. A misspelt option of apply's lands in kwargs: name the option meant."""
-    try:  # the signature of what is called: a decorator's wrapper may fill arguments in
-        signature = inspect.signature(fn, follow_wrapped=False)
-    except (TypeError, ValueError):  # builtins and ufuncs may have none: let them run
-        return
-    try:
-        signature.bind(None, *args, **kwargs)
-    except TypeError as exc:
-        options = [name for name, parameter in inspect.signature(apply).parameters.items()
-                   if parameter.kind is parameter.KEYWORD_ONLY]
-        meant = [close for name in kwargs if name not in signature.parameters
-                 for close in difflib.get_close_matches(name, options, n=1)]
-        hint = (f"; did you mean apply's option {meant[0]}=?" if meant else
-                "; apply passes each element first, then its own *args and **kwargs")
-        raise TypeError(f"fn cannot be called as fn(x, *args, **kwargs) with what apply was "
-                        f"given: {exc}{hint}") from None
-
-
-def _is_integer(value: Any) -> bool:
-    """An int, numpy's too; not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A real number, numpy's too; not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -245,6 +245,17 @@ def test_another_job_into_the_same_output_is_refused_unless_overwrite(output, tm
     assert_exactly_once(replaced, range(4))
 
 
+def test_a_job_that_never_reached_a_cluster_leaves_its_output_unclaimed(tmp_path):
+    """A typo in the address, then the script mended and run again with fn edited: nothing
+    was written, so the output is not another job's."""
+    out = tmp_path / "out"
+    with pytest.raises(gpar.ClusterConnectionError):
+        gpar.apply(range(3), rows_of, output=out, address="127.0.0.1:1", progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    dataset = gpar.apply(range(3), rows_plus_one, output=out, progress=False)
+    assert dataset.sql("SELECT sum(x) AS s FROM data").column("s")[0].as_py() == 1 + 2 + 3
+
+
 def test_a_location_holding_other_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(reduce_sql.OutputExistsError, match="not empty"):
@@ -254,6 +265,10 @@ def test_a_location_holding_other_files_is_refused(tmp_path):
 
 def rows_of(x):
     return {"x": [x]}
+
+
+def rows_plus_one(x):
+    return {"x": [x + 1]}
 
 
 def returns(x, values):
