@@ -12,9 +12,17 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gpar.records import Counts
+
+#: How an attempt ended. "ok"; charged failures: "error" (fn raised), "input", "result",
+#: "output", "environment" (see ElementError's kinds), "system" (also an attempt lost with its
+#: batch), "timeout"; not charged: "preempted", "cancelled" (the job stopped, or another
+#: attempt finished first), "lost" (it finished, but its worker died before it sent the
+#: value; started and finished NaN).
+Outcome = Literal["ok", "error", "input", "result", "output", "environment", "system",
+                  "timeout", "preempted", "cancelled", "lost"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +37,7 @@ class AttemptRecord:
     submitted: float
     started: float  # NaN: its worker died before it reported the element's times
     finished: float
-    #: "ok"; charged failures: "error", "result", "output", "environment", "system" (also an
-    #: attempt lost with its batch), "timeout"; not charged: "preempted", "cancelled" (the job
-    #: stopped, or another attempt finished first), "lost" (it finished, but its worker died
-    #: before it sent the value; started and finished NaN)
-    outcome: str
+    outcome: Outcome
     error: str  # the failure's message, "" when ok
 
 

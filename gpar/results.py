@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from gpar.report import JobReport
+
+#: Why an element has no value: see TaskFailure.
+FailureReason = Literal["error", "system", "deadline", "quorum", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class TaskFailure:
     message: str
     traceback: str
     attempts: int
-    reason: str
+    reason: FailureReason
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 

@@ -63,13 +63,17 @@ if TYPE_CHECKING:
     from envpack import ImageCheck
 
 #: Seconds between progress messages of a running batch: the delay with which the driver learns
-#: of a finished element, and the grain of per-element timing in a batch of tiny elements.
+#: of a finished element, and the grain of per-element timing in a batch of tiny elements. Set
+#: against a streamed yield's ~0.2 ms; bench/bench_apply.py (a) measures what the messages
+#: cost per trivial item, bench/bench_stragglers.py how soon the policy sees a straggler.
 FLUSH_S = 0.1
 
 #: With output=: an element in fn this long has the tables held before it written...
 WRITE_HELD_AFTER_S = 0.1
 #: ...and an element that ran this long is written alone. Below the policy's BACKUP_MIN_S, so
 #: no element that may get a backup shares a file with others (tests/test_reduce_sql.py).
+#: Both follow from the policy's patience, not from a benchmark; bench/bench_reduce.py (a)
+#: measures the write they shape.
 WRITE_ALONE_AFTER_S = 0.25
 
 #: With output=: the longest a finished element's table waits to be written, so the driver's
@@ -78,7 +82,8 @@ HOLD_S = 1.0
 
 
 #: Seconds a worker waits idle, after a batch whose call shipped buffers out of band, before
-#: its full garbage collection (see the module docstring).
+#: its full garbage collection (see the module docstring). Found with bench/bench_apply.py
+#: (d): a collection after every batch took it from 0.10-0.30 to 0.71 of the hand-written time.
 IDLE_COLLECT_S = 1.0
 
 #: Calls the element thread of the running batch wants made on the task's main thread.
