@@ -110,7 +110,7 @@ def apply(
             report = JobReport(len(pending), environment_bytes=captured.nbytes,
                                max_workers=slots, skipped_globals=captured.skipped,
                                image=image.report)
-            policy = Policy(len(pending), _rules(options, slots, len(pending)),
+            policy = Policy(len(pending), _rules(options, slots, len(items)),
                             BatchSizer(slots), counts=report)
             values = scheduler.run_job(
                 pending, captured, policy, report=report, image=image, tasks=tasks,
@@ -131,8 +131,9 @@ OPTION_NAMES = [name for name, parameter in inspect.signature(apply).parameters.
 
 
 def _rules(options: gpar_options.Options, slots: int, elements: int) -> Rules:
-    """The policy's rules for a run of ``elements`` (those left to run: a resumed job's
-    failure budget is sized on what this run does)."""
+    """The policy's rules. The default failure budget scales with len(xs), ``elements``, not
+    with the elements this run has left: a re-run resuming an output that meets the same
+    failures again is judged as the first run was."""
     return Rules(max_workers=slots, task_retries=options.task_retries,
                  max_failures=(default_max_failures(elements) if options.max_failures is None
                                else options.max_failures),
