@@ -236,6 +236,16 @@ def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_pa
     assert_exactly_once(second, range(8))
 
 
+def test_a_rerun_meeting_the_same_failures_is_judged_as_the_first_run(tmp_path):
+    """The default failure budget scales with len(xs), not with what a re-run has left: 12
+    failures of 400 elements warn (budget 20) in the first run and in the re-run alike."""
+    out = tmp_path / "out"
+    for _ in range(2):
+        with pytest.warns(gpar.TaskFailedWarning):
+            dataset = gpar.apply(range(400), rows_unless_small, output=out, progress=False)
+        assert len(dataset.failures) == 12 and dataset.num_rows == 388
+
+
 def test_another_job_into_the_same_output_is_refused_unless_overwrite(output, tmp_path):
     run(range(3), output, tmp_path)
     with pytest.raises(reduce_sql.OutputExistsError, match="overwrite=True"):
@@ -269,6 +279,12 @@ def rows_of(x):
 
 def rows_plus_one(x):
     return {"x": [x + 1]}
+
+
+def rows_unless_small(x):
+    if x < 12:
+        raise ValueError(f"{x} is too small")
+    return {"x": [x]}
 
 
 def returns(x, values):
