@@ -120,7 +120,6 @@ def apply(
             if claim is not None:
                 results = _committed(results, claim, functools.partial(
                     scheduler.run_each, image, tasks))
-            _raise_if_mismatched(results)
             _raise_or_warn(results, policy)
             return _answer(results, claim)
 
@@ -203,6 +202,7 @@ def _raise_if_mismatched(results: Results) -> None:
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:
     """Turn how the job ended into the exception or warnings DESIGN §3 promises."""
+    _raise_if_mismatched(results)
     failures = [f for f in results.failures if f.reason in ("error", "system")]
     unfinished = len(results.failures) - len(failures)
     if policy.stop == "raise":
