@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+#: Why an element of a batch has no value (see ElementError).
+ErrorKind = Literal["error", "input", "result", "output", "environment", "system"]
 
 
 class Launch(NamedTuple):
@@ -39,7 +42,7 @@ class ElementError:
     exc_type: str
     message: str
     traceback: str
-    kind: str
+    kind: ErrorKind
     retryable: bool
     exception: BaseException | None = None
 
