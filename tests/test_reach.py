@@ -6,7 +6,10 @@ a shape; the three must agree on every shape, and on shapes nested in one anothe
 from __future__ import annotations
 
 import functools
+import os
 import random
+import subprocess
+import sys
 import textwrap
 import types
 
@@ -198,6 +201,26 @@ def test_every_user_sees_through_shapes_nested_in_one_another(shapes):
     for shape in shapes:
         fn = shaped(shape, fn)
     assert agreed(fn, leaf) == ALL
+
+
+#: Each shape as a script: its digest, which a re-run in a new process must repeat to resume.
+SHAPE_DIGESTS = """
+from gpar.jobid import job_digest
+from test_reach import LEAF, SHAPES, shaped
+exec(LEAF)
+for shape in SHAPES:
+    print(shape, job_digest([1], shaped(shape, leaf, globals()), (), {}))
+"""
+
+
+def test_each_shape_has_the_same_digest_in_another_process(tmp_path):
+    (tmp_path / "job.py").write_text(SHAPE_DIGESTS)
+    environment = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    digests = {subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True,
+                              env={**environment, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2")}
+    assert len(digests) == 1 and len(digests.pop().splitlines()) == len(SHAPES)
 
 
 def test_installed_code_is_not_followed():
