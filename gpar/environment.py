@@ -21,19 +21,19 @@ Everything else is unpickled afresh by each batch, so what fn mutates stays in t
 from __future__ import annotations
 
 import dataclasses
-import dis
 import inspect
 import pickle
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import cloudpickle
 
-from envpack.imports import unwrap
+from envpack import discover, reach
+from envpack.reach import unwrap
 from gpar import pickled
 from gpar.errors import EnvironmentCaptureError
 
@@ -43,6 +43,10 @@ NOTEBOOK_NAMES = frozenset(
      "exit", "quit"}
 )
 _NOTEBOOK_HISTORY = re.compile(r"_i?\d+")
+
+#: gpar's own packages and what restores a call: the runtime, never read as the caller's code
+#: (from a source checkout they are not installed, but they are no more the caller's).
+RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     """Name the global, argument or closure variable that stops fn's call from pickling."""
     scope = getattr(unwrap(fn), "__globals__", caller_globals)
     # fn of an importable module goes by reference: none of its module's globals are shipped
-    reached = reached_globals(fn, scope) if _pickled_by_value(scope) else set()
+    by_value = _pickled_by_value(scope)
+    reached = reached_globals(_roots(fn, args, kwargs), scope) if by_value else set()
     probed = {name: error for name, error in _probe({name: scope[name] for name in reached})
               if error is not None}
     broken = {**broken, **probed}
@@ -157,7 +162,8 @@ def random_states(fn: Callable[..., Any], args: tuple[Any, ...],
     scope = getattr(unwrap(fn), "__globals__", {})
     candidates = {
         **{f"global {name!r}": scope[name]
-           for name in sorted(reached_globals(fn, scope, attributes=False))},
+           for name in sorted(reached_globals(_roots(fn, args, kwargs), scope,
+                                              attributes=False))},
         **_call_parts(fn, args, kwargs),
         **{f"the default of fn's parameter {name!r}": value
            for name, value in _defaults(fn).items()},
@@ -200,34 +206,28 @@ def _pickled_by_value(module_globals: dict[str, Any]) -> bool:
     return name == "__main__" or name not in sys.modules
 
 
-def reached_globals(fn: Any, scope: dict[str, Any], attributes: bool = True) -> set[str]:
-    """Names of ``scope`` that fn's code can reach, following functions and classes it names.
+def reached_globals(roots: Iterable[Any], scope: dict[str, Any],
+                    attributes: bool = True) -> set[str]:
+    """Names of ``scope`` that the code ``roots`` reach uses (reach.py).
 
     With ``attributes``, an over-approximation (``self.rng`` counts as the global ``rng``): it
     decides which unpicklable globals are fatal, and a false alarm there is better than a
     NameError on a worker. Without, only the names the code loads as globals.
     """
-    reached: set[str] = set()
-    seen: set[int] = set()
-    stack = [fn]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        for code in _code_objects(obj, scope):
-            names = code.co_names if attributes else _globals_loaded(code)
-            for name in names:
-                if name in scope and name not in reached:
-                    reached.add(name)
-                    stack.append(scope[name])
-        stack.extend(closure_values(obj))
-    return reached
+    return {reference.name
+            for obj, found in reach.walk(roots, callers_code(), attributes=attributes)
+            if isinstance(obj, types.FunctionType) and obj.__globals__ is scope
+            for reference in found if reference.kind == reach.GLOBAL}
 
 
-def _globals_loaded(code: types.CodeType) -> list[str]:
-    return [instruction.argval for instruction in dis.get_instructions(code)
-            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+def callers_code() -> Callable[[str], bool]:
+    """Whether a module is the caller's own code, which the walk of what fn reaches reads."""
+    return discover.callers_code(RUNTIME_MODULES)
+
+
+def _roots(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Where the walk of what a call reaches starts: fn and its arguments (their code runs)."""
+    return (fn, *args, *kwargs.values())
 
 
 def _dump(call: Call) -> tuple[CapturedEnvironment, dict[int, pickled.Failure]]:
@@ -276,31 +276,6 @@ def _check_call_parts(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
                 f"{label} ({_type_name(parts[label])}) cannot be pickled: {error}. "
                 "Pass picklable data and create resources such as files inside fn."
             )
-
-
-def _code_objects(obj: Any, scope: dict[str, Any]) -> Iterator[types.CodeType]:
-    obj = unwrap(obj)
-    if isinstance(obj, types.FunctionType):
-        yield from _nested_code(obj.__code__)
-    elif isinstance(obj, type) and obj.__module__ == scope.get("__name__"):
-        for member in vars(obj).values():
-            yield from _code_objects(member, scope)
-    elif isinstance(obj, staticmethod | classmethod):
-        yield from _code_objects(obj.__func__, scope)
-    elif callable(obj) and type(obj).__module__ == scope.get("__name__"):
-        yield from _code_objects(type(obj), scope)
-
-
-def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _nested_code(const)
-
-
-def closure_values(obj: Any) -> list[Any]:
-    cells = getattr(unwrap(obj), "__closure__", None) or ()
-    return [cell.cell_contents for cell in cells if _cell_is_set(cell)]
 
 
 def _cell_is_set(cell: types.CellType) -> bool:

@@ -1,11 +1,12 @@
 """What makes two runs of apply() the same job: resuming an output (output.py) rests on it.
 
-A digest of xs, the extra arguments, fn and what fn reads: the globals its code loads,
-following the functions and classes it names. Functions count by their code, defaults and
-closure; a bound method or a partial with what it is bound to; a class of the caller's module
-by its members; anything else by value. Equal in any process that makes the same call; a
-changed constant or helper makes another job, whose results an earlier run's output must not
-stand in for. Globals reached only through ``globals()[name]`` are not seen.
+A digest of xs, the extra arguments, fn and what fn and its arguments reach (envpack/reach.py:
+the globals their code loads, closures, defaults, classes and their members, ...), each object
+in the order the walk gives and once (a cycle is marked, not followed). Functions count by their
+code, a class of the caller's by its name, anything else by value. Equal in any process that
+makes the same call; a changed constant or helper makes another job, whose results an earlier
+run's output must not stand in for. Globals reached only through ``globals()[name]`` are not
+seen.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from typing import Any
 
 import cloudpickle
 
-from envpack.imports import unwrap
-from gpar.environment import closure_values, reached_globals
+from envpack import reach
+from gpar.environment import callers_code
+
+#: What holds nothing but references: it counts by its kind, its references by themselves.
+_HOLDERS = (types.MethodType, functools.partial, staticmethod, classmethod, property)
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
@@ -33,55 +37,42 @@ def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) ->
     """
     digest = hashlib.sha256()
     digest.update(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode())
-    digest.update(_stable_pickle((args, kwargs)))
-    scope = getattr(unwrap(fn), "__globals__", {})
-    fingerprint = _Fingerprint(scope.get("__name__"))
-    digest.update(fingerprint(fn))
-    for name in sorted(reached_globals(fn, scope, attributes=False)):
-        digest.update(f";{name}=".encode() + fingerprint(scope[name]))
+    fingerprint = _Fingerprint(callers_code())
+    for root in (fn, args, kwargs):
+        digest.update(fingerprint(root))
     digest.update(_stable_pickle(list(items)))
     return digest.hexdigest()
 
 
 class _Fingerprint:
-    """Bytes that change when what a value does can change; each object once (cycles)."""
+    """Bytes that change when what a value does can change: the value's own, then each of its
+    references' (reach.py: loaded globals only, no attribute counts as one); each object once."""
 
-    def __init__(self, module: str | None):
-        self.module = module  # the caller's: its classes count by their members
+    def __init__(self, is_callers: Callable[[str], bool]):
+        self.is_callers = functools.cache(is_callers)
         self.seen: dict[int, Any] = {}  # the values too: an id is unique while they live
 
     def __call__(self, value: Any) -> bytes:
         if id(value) in self.seen:
             return b"<again>"
         self.seen[id(value)] = value
+        found = reach.references(value, self.is_callers, attributes=False)
+        parts = [f"{kind} {name}=".encode() + self(referred) for kind, name, referred in found]
+        if isinstance(value, set | frozenset):  # iterated in an order set by hashes
+            parts.sort()
+        return b"|".join([self._own(value), *parts])
+
+    def _own(self, value: Any) -> bytes:
+        if isinstance(value, types.FunctionType):
+            return _code_fingerprint(value.__code__)
+        if isinstance(value, _HOLDERS):
+            return type(value).__qualname__.encode()
+        if isinstance(value, type) and self.is_callers(value.__module__ or "__main__"):
+            return value.__qualname__.encode()  # by value: cloudpickle's copy is not stable
         try:
-            return self._of(value)
+            return _stable_pickle(value)
         except Exception:  # cannot be pickled: its type still counts
             return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
-
-    def _of(self, value: Any) -> bytes:
-        if isinstance(value, types.MethodType):
-            return self(value.__func__) + b"@" + self(value.__self__)
-        if isinstance(value, functools.partial):
-            return self(value.func) + _stable_pickle((value.args, value.keywords))
-        if isinstance(value, types.FunctionType):
-            return b"|".join([_code_fingerprint(value.__code__),
-                              _stable_pickle((value.__defaults__, value.__kwdefaults__)),
-                              *map(self, closure_values(value)),
-                              self(getattr(value, "__wrapped__", None))])
-        if hasattr(value, "__wrapped__") and callable(value):  # functools.lru_cache and kin
-            return self(value.__wrapped__)
-        if isinstance(value, staticmethod | classmethod):
-            return self(value.__func__)
-        if isinstance(value, property):
-            return self(value.fget) + self(value.fset)
-        if isinstance(value, type) and value.__module__ == self.module:
-            return b"|".join(name.encode() + b"=" + self(member)
-                             for name, member in sorted(vars(value).items())
-                             if not name.startswith("__") or callable(member))
-        if type(value).__module__ == self.module:  # an instance of the caller's class
-            return self(type(value)) + _stable_pickle(value)
-        return _stable_pickle(value)
 
 
 def _code_fingerprint(code: Any) -> bytes:

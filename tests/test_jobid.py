@@ -1,0 +1,136 @@
+"""A job's identity (gpar/jobid.py): what makes a re-run the same job, so it resumes its output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import gpar
+import reduce_sql
+
+DIGEST_SCRIPT = """
+import dataclasses
+import functools
+from gpar.jobid import job_digest
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    realization: int
+
+KEPT = {"a", "b", "c"}  # a global fn reads, also iterated in an order set by string hashes
+
+class Weights:
+    NAMES = {"x", "y"}
+    def __init__(self, k):
+        self.k = k
+    def weigh(self, value):
+        return value * self.k
+
+weigh = Weights(2).weigh  # a bound method: the instance it is bound to counts
+
+@functools.lru_cache
+def kept(draw):
+    return draw.realization in KEPT
+
+def fn(draw, scale=2):
+    if draw.realization in {1, 2, 3} and kept(draw):
+        return weigh(draw.realization * scale)
+    return 0
+
+columns = {f"column_{i}" for i in range(10)}  # iterated in an order set by string hashes
+print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3, "columns": columns,
+                                                       "nested": [frozenset(columns)]}))
+"""
+
+
+def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
+    (tmp_path / "job.py").write_text(DIGEST_SCRIPT)
+    digests = {subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+                              ).stdout for seed in ("1", "2")}
+    assert len(digests) == 1  # so a re-run in a new process resumes
+
+
+SCALE = 1
+
+
+def helper(x):
+    return x * 10
+
+
+def reads_globals(x):
+    return {"x": [helper(x) * SCALE]}
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        return {"x": [x * self.k]}
+
+
+def make_scaler(k):
+    return lambda x: x * k
+
+
+def test_a_changed_global_or_helper_fn_reads_is_another_job(monkeypatch):
+    """Resuming rests on the digest: an output computed with SCALE = 1 must not stand in for
+    a run with SCALE = 10."""
+    from gpar.jobid import job_digest
+
+    def digest(fn=reads_globals):
+        return job_digest([1, 2], fn, (), {})
+
+    before = digest()
+    monkeypatch.setitem(globals(), "SCALE", 10)
+    after_scale = digest()
+    monkeypatch.setitem(globals(), "helper", lambda x: x + 10)
+    after_helper = digest()
+    assert len({before, after_scale, after_helper}) == 3
+    assert digest() == after_helper  # and the same call is the same job
+
+    offset = 3
+    closure = lambda x: x + offset  # noqa: E731
+    first = digest(closure)
+    offset = 4
+    assert digest(closure) != first
+    assert digest(Scaler(1).apply) != digest(Scaler(2).apply)  # the instance counts
+    monkeypatch.setitem(globals(), "helper", make_scaler(1))  # a helper a factory made
+    first = digest()
+    monkeypatch.setitem(globals(), "helper", make_scaler(2))
+    assert digest() != first
+
+
+@pytest.mark.usefixtures("cluster")
+def test_an_output_another_job_wrote_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setitem(globals(), "SCALE", 1)
+    gpar.apply([1, 2], reads_globals, output=tmp_path / "out", progress=False)
+    monkeypatch.setitem(globals(), "SCALE", 2)
+    with pytest.raises(reduce_sql.OutputExistsError, match="another job"):
+        gpar.apply([1, 2], reads_globals, output=tmp_path / "out", progress=False)
+
+
+class Node:
+    """Hashable by identity, as an analyst's objects are."""
+
+
+def test_a_job_with_other_set_members_is_another_job():
+    from gpar.jobid import job_digest
+
+    def digest(columns):
+        return job_digest([1, 2], abs, (), {"columns": columns})
+
+    assert digest({"a", "b"}) == digest({"b", "a"}) != digest({"a", "c"})
+    assert digest(frozenset({"a"})) != digest({"a"})
+
+    node = Node()
+    node.peers = {node, "x"}  # a set one of whose elements refers back to it
+    assert digest(node.peers) == deeper(100, lambda: digest(node.peers))  # no recursion limit
+
+
+def deeper(frames: int, call):
+    return call() if frames == 0 else deeper(frames - 1, call)
