@@ -38,12 +38,6 @@ if TYPE_CHECKING:
     from envpack.stage import StagedImage
     from reduce_sql import Dataset
 
-#: Import names a worker needs before it can verify anything (reduce_sql: output='s Sink):
-#: shipped when the workers lack them, whatever ``packages`` says, and never dropped by the
-#: check as edited local modules are.
-RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
-
-
 def apply(
     xs: Iterable[Any],
     fn: Callable[..., Any],
@@ -167,7 +161,7 @@ def _staged_image(tasks: Any, packages: str | Sequence[str],
     from envpack import stage
 
     with as_gpar_errors():
-        return stage.prepare(packages, always=RUNTIME_MODULES, code=code, cluster=tasks)
+        return stage.prepare(packages, always=environment.RUNTIME_MODULES, code=code, cluster=tasks)
 
 
 def _committed(results: Results, claim: gpar_output.OutputJob,

@@ -45,7 +45,8 @@ NOTEBOOK_NAMES = frozenset(
 _NOTEBOOK_HISTORY = re.compile(r"_i?\d+")
 
 #: gpar's own packages and what restores a call: the runtime, never read as the caller's code
-#: (from a source checkout they are not installed, but they are no more the caller's).
+#: (from a source checkout they are not installed, but they are no more the caller's), and
+#: shipped to workers that lack them whatever ``packages`` says (reduce_sql: output='s Sink).
 RUNTIME_MODULES = ("gpar", "envpack", "reduce_sql", "cloudpickle")
 
 
