@@ -25,11 +25,12 @@ import functools
 import itertools
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 #: What a reference is; only GLOBAL is told apart by a user (the caller's names).
-GLOBAL, ATTRIBUTE, CLOSURE, DEFAULT, WRAPPED, PART, MEMBER, BASE, ELEMENT = (
-    "global", "attribute", "closure", "default", "wrapped", "part", "member", "base", "element")
+ReferenceKind = Literal["global", "attribute", "closure", "default", "wrapped", "part",
+                        "member", "base", "element"]
+GLOBAL, ATTRIBUTE, CLOSURE, DEFAULT, WRAPPED, PART, MEMBER, BASE, ELEMENT = get_args(ReferenceKind)
 
 #: Values that refer to nothing: skipped inside containers, where a table of records is many.
 _ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None)})
@@ -39,7 +40,7 @@ _SEQUENCES = frozenset({list, tuple, set, frozenset})
 class Reference(NamedTuple):
     """One object's reference to another: how (GLOBAL, CLOSURE, ...), by what name, to what."""
 
-    kind: str
+    kind: ReferenceKind
     name: str
     value: Any
 
