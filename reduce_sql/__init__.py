@@ -3,9 +3,13 @@
     gpar.apply(xs, fn, output="out/")      fn returns a table; workers write Parquet
     reduce_sql.Dataset("out/").sql("SELECT … FROM data …")     DuckDB over the committed files
     reduce_sql.query("… FROM a JOIN b …", a="out/", b="s3://bucket/other")
+
+Dataset and query are imported on first use (PEP 562): they load pyarrow and DuckDB, which
+``import reduce_sql.errors`` (gpar's error tree) must not.
 """
 
-from reduce_sql.dataset import Dataset, query
+from typing import TYPE_CHECKING, Any
+
 from reduce_sql.errors import (
     NoDatasetError,
     OutputBusyError,
@@ -16,6 +20,9 @@ from reduce_sql.errors import (
     SchemaConflictError,
     StaleDatasetError,
 )
+
+if TYPE_CHECKING:
+    from reduce_sql.dataset import Dataset, query
 
 __all__ = [
     "Dataset",
@@ -29,3 +36,15 @@ __all__ = [
     "StaleDatasetError",
     "query",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Dataset", "query"):
+        from reduce_sql import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
