@@ -19,11 +19,15 @@ class EnvpackError(Exception):
 
 class EnvironmentMismatch(EnvpackError):
     """The worker's environment differs from the caller's in a way fn would trip over.
-    ``problems``: (what, caller's, worker's) for each difference, as the worker found them."""
+    ``problems``: (what, caller's, worker's) for each difference, as the worker found them.
+    Both are its ``args``: a copy made from them (gpar's class of it) keeps the problems."""
 
     def __init__(self, message: str, problems: Sequence[tuple[str, str, str]] = ()):
-        super().__init__(message)
+        super().__init__(message, tuple(problems))
         self.problems = tuple(problems)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class LayerTooLarge(EnvpackError):

@@ -19,6 +19,7 @@ from gpar import output as gpar_output
 from gpar.errors import (
     AllTasksFailed,
     DeadlineExceeded,
+    EnvironmentMismatch,
     FailureBudgetExceeded,
     IncompleteResultsWarning,
     SharedRandomStateWarning,
@@ -186,8 +187,6 @@ def _answer(results: Results, claim: gpar_output.OutputJob | None) -> Results | 
 def _raise_if_mismatched(results: Results) -> None:
     """No element ran because the workers' environment differs: raise the workers'
     EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
-    from envpack import EnvironmentMismatch
-
     final = [failure for failure in results.failures if failure.reason in ("error", "system")]
     if (len(results.failures) == len(results) and final
             and all(isinstance(failure.exception, EnvironmentMismatch) for failure in final)):

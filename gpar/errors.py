@@ -25,11 +25,10 @@ apply() raises about a job. Misuse (a wrong argument) stays a TypeError or Value
                                         gets a copy in one state and repeats its draws
     envpack.UnresolvedImportWarning     fn imports a name that is installed nowhere here
 
-The five errors of envpack and reduce_sql that a job can raise are *twins* here: subclasses of
-both GparError and the original, so either ``except`` catches them. envpack and reduce_sql know
-nothing of gpar (and importing reduce_sql loads pyarrow), so the twins are made on first use
-(``gpar.errors.EnvironmentMismatch``); apply raises the twin wherever envpack or reduce_sql
-raised the original (``as_gpar_errors``), and a worker sends the twin of its mismatch itself.
+Five are envpack's and reduce_sql's errors too: each subclasses both GparError and the original,
+so either ``except`` catches it. envpack and reduce_sql know nothing of gpar, so where apply calls
+them, ``as_gpar_errors`` raises gpar's class from theirs (GPAR_CLASS_OF); a worker sends gpar's
+EnvironmentMismatch itself.
 
 A remote failure keeps its traceback as text: TaskError's ``__cause__`` is a RemoteTraceback whose
 message is the worker's traceback, as concurrent.futures does, so it prints under the local one.
@@ -38,11 +37,11 @@ message is the worker's traceback, as concurrent.futures does, so it prints unde
 from __future__ import annotations
 
 import contextlib
-import importlib
-import sys
-import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import envpack.errors
+import reduce_sql.errors
 
 if TYPE_CHECKING:
     from gpar.results import Results, TaskFailure
@@ -61,57 +60,57 @@ class ClusterConnectionError(GparError, ConnectionError):
     """No Ray cluster answers at the address, or it refused this process's token."""
 
 
-#: Twin name -> (module, class) of the original it also is.
-TWINS = {
-    "EnvironmentMismatch": ("envpack.errors", "EnvironmentMismatch"),
-    "LayerTooLarge": ("envpack.errors", "LayerTooLarge"),
-    "OutputExistsError": ("reduce_sql.errors", "OutputExistsError"),
-    "OutputBusyError": ("reduce_sql.errors", "OutputBusyError"),
-    "SchemaConflictError": ("reduce_sql.errors", "SchemaConflictError"),
+class EnvironmentMismatch(GparError, envpack.errors.EnvironmentMismatch):
+    """The workers' environment differs from the caller's (distributions, Python, platform);
+    ``problems`` lists each difference."""
+
+
+class LayerTooLarge(GparError, envpack.errors.LayerTooLarge):
+    """A distribution or local package is larger than Ray will carry in one piece."""
+
+
+class OutputExistsError(GparError, reduce_sql.errors.OutputExistsError):
+    """output= holds another job's data; overwrite=True replaces it."""
+
+
+class OutputBusyError(GparError, reduce_sql.errors.OutputBusyError):
+    """Another driver holds output='s lease: it is writing there now."""
+
+
+class SchemaConflictError(GparError, reduce_sql.errors.SchemaConflictError):
+    """The tasks' tables disagree on a column's type in a way no cast can reconcile."""
+
+
+#: envpack's and reduce_sql's errors a job can raise -> gpar's class of each.
+GPAR_CLASS_OF: dict[type[Exception], type[GparError]] = {
+    envpack.errors.EnvironmentMismatch: EnvironmentMismatch,
+    envpack.errors.LayerTooLarge: LayerTooLarge,
+    reduce_sql.errors.OutputExistsError: OutputExistsError,
+    reduce_sql.errors.OutputBusyError: OutputBusyError,
+    reduce_sql.errors.SchemaConflictError: SchemaConflictError,
 }
-_twins_made = threading.Lock()
 
 
-def __getattr__(name: str) -> Any:
-    """A twin, made on first use: it imports its original's package only then."""
-    if name not in TWINS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    with _twins_made:
-        twin = globals().get(name)
-        if twin is None:
-            module, original = TWINS[name]
-            twin = _twin(getattr(importlib.import_module(module), original))
-            globals()[name] = twin
-    return twin
-
-
-def _twin(original: type[Exception]) -> type[GparError]:
-    """A class that is both ``original`` and a GparError, named as the original is."""
-    return type(original.__name__, (GparError, original), {
-        "__module__": __name__, "__qualname__": original.__name__, "__doc__": original.__doc__})
-
-
-def twin_of(exc: BaseException) -> BaseException:
-    """``exc`` as its GparError twin (same message, attributes and traceback); ``exc`` itself
-    when it has none."""
-    for name, (module, original) in TWINS.items():
-        if type(exc) is getattr(sys.modules.get(module), original, None):
-            twin = __getattr__(name)(*exc.args)
-            twin.__dict__.update(exc.__dict__)
-            return twin.with_traceback(exc.__traceback__)
+def gpar_error(exc: BaseException) -> BaseException:
+    """``exc`` as gpar's class of it (made from its args), a subclass of an original included;
+    ``exc`` itself when gpar has none, or it is one already."""
+    if not isinstance(exc, GparError):
+        for original, ours in GPAR_CLASS_OF.items():
+            if isinstance(exc, original):
+                return ours(*exc.args)
     return exc
 
 
 @contextlib.contextmanager
 def as_gpar_errors() -> Iterator[None]:
-    """Within the block, envpack's and reduce_sql's errors about the job leave as their twins."""
+    """Within the block, envpack's and reduce_sql's errors leave as gpar's, raised from them."""
     try:
         yield
     except Exception as exc:
-        twin = twin_of(exc)
-        if twin is exc:
+        ours = gpar_error(exc)
+        if ours is exc:
             raise
-        raise twin from None
+        raise ours from exc
 
 
 class RemoteTraceback(Exception):

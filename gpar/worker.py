@@ -294,12 +294,12 @@ class _BatchRun:
         if self.image is None:
             return True
         from envpack import EnvironmentMismatch, verify
-        from gpar.errors import twin_of
+        from gpar.errors import gpar_error
 
         try:
             verify(self.image)
         except EnvironmentMismatch as exc:
-            mismatch = twin_of(exc)  # a GparError too, sent as it is
+            mismatch = gpar_error(exc)  # a GparError too, sent as it is
             error = _element_error(mismatch, "environment", retryable=False)
             self._fail_every_element(dataclasses.replace(error, exception=mismatch))
             return False

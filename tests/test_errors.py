@@ -16,14 +16,13 @@ from gpar import errors
 
 
 def error_classes() -> dict[str, type[BaseException]]:
-    """Every exception class gpar.errors defines or makes (the twins included)."""
-    defined = {name: value for name, value in vars(errors).items()
-               if isinstance(value, type) and issubclass(value, BaseException)
-               and value.__module__ == errors.__name__}
-    return {**defined, **{name: getattr(errors, name) for name in errors.TWINS}}
+    """Every exception class gpar.errors defines."""
+    return {name: value for name, value in vars(errors).items()
+            if isinstance(value, type) and issubclass(value, BaseException)
+            and value.__module__ == errors.__name__}
 
 
-def test_every_error_is_a_gpar_error_and_drawn_in_the_tree():
+def test_every_error_is_a_gpar_error_drawn_in_the_tree_and_exported():
     tree, warnings_list = errors.__doc__.split("\n\n")[1:3]
     for name, kind in error_classes().items():
         if issubclass(kind, Warning):
@@ -31,20 +30,45 @@ def test_every_error_is_a_gpar_error_and_drawn_in_the_tree():
         elif name != "RemoteTraceback":  # a cause's text, never raised
             assert issubclass(kind, gpar.GparError), name
             assert re.search(rf"\b{name}\b", tree), f"{name} is missing from the tree"
+        if name != "RemoteTraceback":
+            assert getattr(gpar, name) is kind and name in gpar.__all__, name
 
 
-def test_the_twins_are_the_originals_too_and_one_class_each():
-    originals = {"EnvironmentMismatch": envpack.EnvironmentMismatch,
-                 "LayerTooLarge": envpack.LayerTooLarge,
-                 "OutputExistsError": reduce_sql.OutputExistsError,
-                 "OutputBusyError": reduce_sql.OutputBusyError,
-                 "SchemaConflictError": reduce_sql.SchemaConflictError}
-    assert originals.keys() == errors.TWINS.keys()
-    for name, original in originals.items():
-        twin = getattr(errors, name)
-        assert issubclass(twin, original) and issubclass(twin, gpar.GparError)
-        assert twin is getattr(errors, name)
-        assert pickle.loads(pickle.dumps(twin("text"))).args == ("text",)
+def test_envpacks_and_reduce_sqls_errors_have_a_gpar_class_each():
+    assert errors.GPAR_CLASS_OF == {
+        envpack.EnvironmentMismatch: gpar.EnvironmentMismatch,
+        envpack.LayerTooLarge: gpar.LayerTooLarge,
+        reduce_sql.OutputExistsError: gpar.OutputExistsError,
+        reduce_sql.OutputBusyError: gpar.OutputBusyError,
+        reduce_sql.SchemaConflictError: gpar.SchemaConflictError,
+    }
+    for original, ours in errors.GPAR_CLASS_OF.items():
+        assert issubclass(ours, original) and issubclass(ours, gpar.GparError)
+        assert ours.__name__ == original.__name__
+        copy = pickle.loads(pickle.dumps(ours("text")))
+        assert type(copy) is ours and str(copy) == "text"
+
+
+def test_the_boundary_raises_gpar_classes_from_the_originals():
+    class Subclass(reduce_sql.OutputBusyError):  # mapped as its original is
+        pass
+
+    for original, ours in [*errors.GPAR_CLASS_OF.items(), (Subclass, gpar.OutputBusyError)]:
+        with pytest.raises(gpar.GparError) as raised, errors.as_gpar_errors():
+            raise original("text")
+        assert type(raised.value) is ours and str(raised.value) == "text"
+        assert type(raised.value.__cause__) is original
+    with pytest.raises(KeyError), errors.as_gpar_errors():  # not a job's error: as it is
+        raise KeyError("x")
+
+
+def test_a_mismatch_keeps_its_problems_across_the_boundary_and_pickling():
+    problems = [("ep-absent", "2.5", "not installed")]
+    mismatch = errors.gpar_error(envpack.EnvironmentMismatch("ep-absent differs", problems))
+    assert type(mismatch) is gpar.EnvironmentMismatch
+    for copy in (mismatch, pickle.loads(pickle.dumps(mismatch))):
+        assert str(copy) == "ep-absent differs" and copy.problems == tuple(problems)
+    assert errors.gpar_error(mismatch) is mismatch
 
 
 def test_a_connection_error_is_also_the_builtin_one():
@@ -82,7 +106,7 @@ def test_the_workers_mismatch_reaches_the_caller_as_itself(cluster, site, load):
         gpar.apply(range(3), abs, packages="none", progress=False)
 
     mismatch = raised.value
-    assert type(mismatch) is errors.EnvironmentMismatch
+    assert type(mismatch) is gpar.EnvironmentMismatch
     assert isinstance(mismatch, envpack.EnvironmentMismatch)
     # what the worker found, as data: a mismatch rebuilt from the message would have none
     assert ("ep-absent", "2.5", "not installed") in mismatch.problems

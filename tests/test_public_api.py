@@ -9,24 +9,28 @@ import gpar
 def test_public_names_are_pinned():
     assert sorted(gpar.__all__) == [
         "AllTasksFailed", "AttemptRecord", "ClusterConnectionError", "DeadlineExceeded",
-        "EnvironmentCaptureError",
-        "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport", "Results",
-        "SharedRandomStateWarning", "TaskError", "TaskFailedWarning", "TaskFailure", "apply",
-        "shutdown",
+        "EnvironmentCaptureError", "EnvironmentMismatch",
+        "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport",
+        "LayerTooLarge", "OutputBusyError", "OutputExistsError", "Results",
+        "SchemaConflictError", "SharedRandomStateWarning", "TaskError", "TaskFailedWarning",
+        "TaskFailure", "apply", "shutdown",
     ]
 
 
 def test_every_error_is_a_gpar_error():
     for name in ("AllTasksFailed", "ClusterConnectionError", "DeadlineExceeded",
-                 "EnvironmentCaptureError", "FailureBudgetExceeded", "TaskError"):
+                 "EnvironmentCaptureError", "EnvironmentMismatch", "FailureBudgetExceeded",
+                 "LayerTooLarge", "OutputBusyError", "OutputExistsError", "SchemaConflictError",
+                 "TaskError"):
         assert issubclass(getattr(gpar, name), gpar.GparError)
 
 
-def test_import_gpar_neither_imports_nor_starts_ray():
-    code = "import sys, gpar; print('ray' in sys.modules, 'pandas' in sys.modules)"
+def test_import_gpar_loads_no_ray_pandas_pyarrow_or_duckdb():
+    heavy = ["ray", "pandas", "pyarrow", "duckdb"]
+    code = f"import sys, gpar; print([name in sys.modules for name in {heavy}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.strip() == str([False] * len(heavy))
 
 
 def test_reduce_sql_names_are_pinned_and_it_needs_neither_gpar_nor_ray():
