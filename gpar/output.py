@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpar.errors import EnvironmentMismatch
 from gpar.jobid import job_digest
 from gpar.records import Launch
 from gpar.results import Results, TaskFailure
@@ -103,7 +104,7 @@ def _parts(values: list[Any]) -> list[Any]:
     strays = [value for value in values
               if not isinstance(value, Part | TaskFailure) and value is not None]
     if strays:
-        raise TypeError(
+        raise EnvironmentMismatch(
             f"a task's output came back as {type(strays[0]).__module__}."
             f"{type(strays[0]).__qualname__}, not a reduce_sql Part: the workers run another "
             "reduce_sql than this process (an edited source checkout?); run the job again")

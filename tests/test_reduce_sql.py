@@ -221,7 +221,7 @@ def test_an_output_that_is_not_a_part_is_an_error_not_a_dropped_task(tmp_path):
     from gpar import output as gpar_output
 
     claim = gpar_output.begin(str(tmp_path / "out"), range(2), returns, ([],), {}, False)
-    with pytest.raises(TypeError, match="not a reduce_sql Part: the workers run another"):
+    with pytest.raises(gpar.EnvironmentMismatch, match="not a reduce_sql Part: the workers run"):
         claim.commit(parts_of(claim.location, [{"a": [1]}], job=claim.job) + [{"a": [2]}])
 
 
