@@ -114,7 +114,7 @@ def apply(
             results = Results(values, report)
             if claim is not None:
                 results = _committed(results, claim, functools.partial(
-                    scheduler.run_each, image, tasks))
+                    scheduler.run_all, image, tasks))
             _raise_or_warn(results, policy)
             return _answer(results, claim)
 

@@ -3,7 +3,7 @@
 The policy accepts exactly one attempt per element (first finisher wins); the values it accepts
 are reduce_sql Parts, and only those are committed. A re-run of the same job (same xs, fn, args
 and kwargs: jobid.py) skips the elements an earlier run committed. reduce_sql knows nothing of
-Ray: the commit is handed the Ray backend's run_each to merge small files on the cluster.
+Ray: the commit is handed the Ray backend's run_all to merge small files on the cluster.
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpar.errors import EnvironmentMismatch
 from gpar.jobid import job_digest
 from gpar.records import Launch
 from gpar.results import Results, TaskFailure
+
+if TYPE_CHECKING:
+    from reduce_sql.commit import RunAll
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,9 @@ class OutputJob:
         except Exception:
             pass
 
-    def commit(self, values: list[Any],
-               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
-               ) -> Any:
+    def commit(self, values: list[Any], run_all: RunAll | None = None) -> Any:
         """Commit the accepted Parts; merges of small files run through ``run_all`` (the
-        cluster's, scheduler.run_each; on the driver without one, or for one merge).
+        cluster's, scheduler.run_all; on the driver without one, or for one merge).
 
         A task the commit could not take (its file also held another attempt's winner, which
         the workers prevent) becomes a TaskFailure in ``values``: the next run writes it.

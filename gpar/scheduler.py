@@ -149,15 +149,15 @@ class _Checkpoints:
             self.policy.final
 
 
-def run_each(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
-             items: list[Any]) -> list[Any]:
+def run_all(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
+            items: list[Any]) -> list[Any]:
     """``[fn(x) for x in items]`` as tasks started through the job's image (the workers may
     lack gpar and reduce_sql): an output's commit merges files so, beside the data and in
     parallel. Ray's retries (2) are enough for these: nothing of the user's runs in them."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     for key, item in enumerate(items):
-        tasks.submit(("run_each", key), image.call("gpar.scheduler:call", [], (fn, item)),
+        tasks.submit(("run_all", key), image.call("gpar.scheduler:call", [], (fn, item)),
                      RUN_EACH_OPTIONS, single=True)
     values: dict[Any, Any] = {}
     while len(values) < len(items):
@@ -165,11 +165,11 @@ def run_each(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
             if isinstance(value, BatchLost):
                 raise RuntimeError(f"a merge of the output's files failed: {value.message}")
             values[key] = value
-    return [values[("run_each", key)] for key in range(len(items))]
+    return [values[("run_all", key)] for key in range(len(items))]
 
 
 def call(fn: Callable[[Any], Any], item: Any) -> Iterator[Any]:
-    """Yield ``fn(item)``: what a task of run_each runs (staged tasks stream what they return)."""
+    """Yield ``fn(item)``: what a task of run_all runs (staged tasks stream what they return)."""
     yield fn(item)
 
 

@@ -6,7 +6,7 @@
                                   through the same methods over its socket (client.py)
 
 Streams are named by keys the caller chooses (batch numbers). What a stream yields comes back
-as it is (a batch's Progress, run_each's values); a stream that breaks comes back as a
+as it is (a batch's Progress, run_all's values); a stream that breaks comes back as a
 BatchLost, and is forgotten, as is one whose value says it was the ``last``. A batch's BatchLost
 says where its worker was when it died, from the worker's note (notes.py), read here when the
 batch ran on this node, else by a task pinned to its node: that needs Ray, so it is done here.
