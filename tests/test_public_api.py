@@ -1,7 +1,10 @@
 """The public surface: what `import gpar` exports, and that importing it is cheap."""
 
+import ast
+import graphlib
 import subprocess
 import sys
+from pathlib import Path
 
 import gpar
 
@@ -33,6 +36,18 @@ def test_import_gpar_loads_no_ray_pandas_pyarrow_or_duckdb():
     assert out.strip() == str([False] * len(heavy))
 
 
+def test_gpar_modules_import_one_another_without_a_cycle():
+    """Only imports run at import time count: those at a module's top level, outside
+    ``if TYPE_CHECKING:``; one inside a function runs when it is called."""
+    package = Path(gpar.__file__).parent
+    graph = {}
+    for path in package.glob("*.py"):
+        name = "gpar" if path.stem == "__init__" else f"gpar.{path.stem}"
+        graph[name] = {imported for node in ast.parse(path.read_text()).body
+                       for imported in _gpar_modules_imported(node, package)} - {name}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
 def test_reduce_sql_names_are_pinned_and_it_needs_neither_gpar_nor_ray():
     import reduce_sql
 
@@ -45,3 +60,16 @@ def test_reduce_sql_names_are_pinned_and_it_needs_neither_gpar_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def _gpar_modules_imported(node: ast.stmt, package: Path) -> set[str]:
+    """The gpar modules a top-level statement imports: ``from gpar import x`` names gpar.x when
+    x is a module of gpar's, else gpar itself."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names if alias.name.split(".")[0] == "gpar"}
+    if not isinstance(node, ast.ImportFrom) or (node.module or "").split(".")[0] != "gpar":
+        return set()
+    if node.module != "gpar":
+        return {node.module}
+    return {f"gpar.{alias.name}" if (package / f"{alias.name}.py").exists() else "gpar"
+            for alias in node.names}
