@@ -99,8 +99,9 @@ def apply(
         # Claimed only now: a job that cannot start leaves the output as it was.
         with _claimed(options, items, fn, args, kwargs) as claim:
             pending = items if claim is None else [items[i] for i in claim.pending]
-            if len(pending) == 0:  # an earlier run of this job committed every element
-                return _answer(Results([], JobReport(elements=0)), claim)
+            if len(pending) == 0:  # xs is empty, or an earlier run committed every element
+                results = Results([], JobReport(elements=0))
+                return _answer(results if claim is None else _committed(results, claim), claim)
             slots = options.max_workers or int(tasks.cpus())
             report = JobReport(len(pending), environment_bytes=captured.nbytes,
                                max_workers=slots, skipped_globals=captured.skipped,
@@ -166,9 +167,11 @@ def _staged_image(tasks: Any, packages: str | Sequence[str],
 
 
 def _committed(results: Results, claim: gpar_output.OutputJob,
-               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]]) -> Results:
+               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+               ) -> Results:
     """The results in input order, once what was accepted is committed: before the job's end
-    is judged, so what finished is kept even when apply then raises."""
+    is judged, so what finished is kept even when apply then raises. The commit also removes
+    what abandoned attempts left, so it runs when nothing was left to run too."""
     results = claim.in_input_order(results)
     with as_gpar_errors():
         claim.commit(results, run_all)

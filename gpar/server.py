@@ -211,7 +211,7 @@ def warm_up(tasks: RayTasks) -> None:
 def warm():
     """What a warm-up task runs on a worker: the modules every batch imports."""
     import gpar.worker  # noqa: F401
-    import reduce_sql  # noqa: F401
+    import reduce_sql.parts  # noqa: F401  (pyarrow: what output= batches write with)
 
     yield os.getpid()
 
