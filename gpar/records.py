@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 
 class Launch(NamedTuple):
@@ -91,28 +91,33 @@ class BatchLost:
     at: int | None = None
 
 
+#: How an attempt ended without its worker's report: "timeout", "system" (lost with its batch;
+#: both charged), "preempted" or "cancelled" (not charged).
+EndedOutcome = Literal["timeout", "system", "preempted", "cancelled"]
+
+
 @dataclass(frozen=True)
 class Ended:
-    """An attempt that ended without its worker's report: "timeout", "system" (lost with its
-    batch; both charged), "preempted" or "cancelled" (not charged)."""
+    """An attempt that ended without its worker's report, and how (``outcome``)."""
 
     index: int
     attempt: int
     started_at: float | None
-    outcome: str
+    outcome: EndedOutcome
     message: str
 
 
 @dataclass(frozen=True)
 class Stopped:
-    """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
-    ``unstarted``: elements it owned that never reported, other than that one: not seen
-    starting, or (output=) finished but not yet written. Charged nothing; queued again unless
-    they were final already. ``ran``: elements of a lost batch its worker's note says finished
-    in fn, their values lost with it: not charged, queued again as new attempts."""
+    """A batch that ended by a decision (killed) or was lost. ``ended``: the attempt in fn
+    then, as it ended; None when none was. ``unstarted``: elements it owned that never
+    reported, other than that one: not seen starting, or (output=) finished but not yet
+    written. Charged nothing; queued again unless they were final already. ``ran``: elements
+    of a lost batch its worker's note says finished in fn, their values lost with it: not
+    charged, queued again as new attempts."""
 
     batch: int
-    attempt: Ended | None
+    ended: Ended | None
     unstarted: tuple[range, ...]
     killed: bool
     ran: tuple[range, ...] = ()
