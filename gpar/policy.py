@@ -7,9 +7,9 @@ gpar/loop.py turns decisions into backend calls and backend news into events. An
 is the unit of every rule, however it is batched.
 
 The Policy composes its parts, each a module of its own: the element ledger (which elements
-are final, their attempts: gpar/ledger.py), the work queue (gpar/workqueue.py), the sample of
-element times (gpar/durations.py) and the straggler rules and their constants
-(gpar/stragglers.py). What stays here is the batches in flight and the rules below.
+are final, their attempts: gpar/ledger.py), the work queue (gpar/workqueue.py), the batches in
+flight (gpar/inflight.py), the sample of element times (gpar/durations.py) and the straggler
+rules and their constants (gpar/stragglers.py). What stays here is the events and the rules.
 
 Rules (DESIGN §3):
 
@@ -65,11 +65,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from gpar.durations import DurationSample
+from gpar.inflight import Batch, InFlight
 from gpar.ledger import Ledger
 from gpar.records import Counts, ElementError, Ended, Launch, Stopped
 from gpar.results import TaskFailure
@@ -158,19 +158,6 @@ class Lost(NamedTuple):
     at: int | None = None
 
 
-@dataclass(slots=True)
-class _Batch:
-    """A launched batch: which of its positions reported, which one is in fn, where it ends."""
-
-    indices: range
-    attempt: int
-    backup: bool
-    end: int  # positions [end, len) were handed back by the worker
-    reported: int = 0  # positions [0, reported) have reported
-    running: tuple[int, float] | None = None  # (position, started_at) of the element in fn
-    straggling: bool = False
-
-
 class Policy:
     """The state of one job; see the module docstring for the rules."""
 
@@ -185,11 +172,8 @@ class Policy:
         self.durations = DurationSample()
         self.stragglers = Stragglers(elements, slots=rules.max_workers, backups=rules.backups,
                                      task_timeout_s=rules.task_timeout_s)
-        self._batches: dict[int, _Batch] = {}
-        self._running: OrderedDict[int, None] = OrderedDict()  # batches by when fn last began
-        self._contested: set[int] = set()  # batches running an element that has a backup
+        self.flight = InFlight()
         self._new_stragglers: list[int] = []
-        self._next_batch = 0
         self._next_scan = -math.inf
 
     # ----------------------------------------------------------------- decisions
@@ -202,19 +186,15 @@ class Policy:
     def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         decided = []
-        while len(self._batches) < in_flight_limit and not self.over:
+        while len(self.flight) < in_flight_limit and not self.over:
             work = self.queue.pop()
             if work is None:
                 break
             indices = self.ledger.trim(work.indices)
             if not indices:
                 continue
-            batch = self._next_batch
-            self._next_batch += 1
+            batch = self.flight.launch(indices, work.attempt, work.backup)
             self.counts.batches += 1
-            self._batches[batch] = _Batch(indices, work.attempt, work.backup, len(indices))
-            if work.backup:
-                self._contested.add(batch)
             decided.append(Launch(batch, indices, work.attempt, work.backup,
                                   self.stragglers.threshold or BACKUP_MIN_S))
         return decided
@@ -245,17 +225,8 @@ class Policy:
 
     def stuck(self) -> bool:
         """Work waits (queued, parked, or launched and not started) and every batch that has
-        started straggles. The walk stops at the first batch running at its pace: usually the
-        first one."""
-        waiting, started = bool(self.queue), False
-        for live in self._batches.values():
-            if live.running is None:
-                waiting = True
-            elif not live.straggling:
-                return False
-            else:
-                started = True
-        return waiting and started
+        started straggles: the avoided nodes are needed."""
+        return self.flight.all_started_straggle(waiting=bool(self.queue))
 
     def next_check(self, now: float) -> float:
         """Seconds until tick() could decide something new: the loop waits that long for news,
@@ -268,9 +239,9 @@ class Policy:
         deadline = self.rules.deadline_at
         if deadline is not None and deadline - now < wait:
             wait = deadline - now
-        if self._running:  # the attempt longest in fn is the first to straggle or time out
-            due = (self._batches[next(iter(self._running))].running[1]
-                   + self.stragglers.check_after)
+        since = self.flight.first_in_fn_since()  # the first to straggle or time out
+        if since is not None:
+            due = since + self.stragglers.check_after
             if due < self._next_scan:
                 due = self._next_scan
             if due - now < wait:
@@ -281,23 +252,12 @@ class Policy:
 
     def on_running(self, event: Running) -> None:
         batch, running = event
-        live = self._batches.get(batch)
-        if live is None:
-            return
-        if running is None:
-            live.running = None
-            self._running.pop(batch, None)
-            return
-        if live.running is None or live.running[0] != running[0]:
-            live.straggling = False
-        live.running = running
-        self._running[batch] = None
-        self._running.move_to_end(batch)
+        self.flight.on_running(batch, running)
 
     def on_handed_off(self, event: HandedOff) -> None:
         """Queue the positions given back again, uncharged."""
         batch, end = event
-        live = self._batches.get(batch)
+        live = self.flight.batches.get(batch)
         if live is None or end >= live.end:
             return
         rest = self.ledger.trim(live.indices[end:live.end])
@@ -308,7 +268,7 @@ class Policy:
     def on_reported(self, event: Reported) -> list[range]:
         """Returns the ranges of elements whose values are accepted (first finisher wins)."""
         batch, first, count, errors, seconds = event
-        live = self._batches.get(batch)
+        live = self.flight.batches.get(batch)
         if live is None or count == 0:
             return []
         live.reported = first + count
@@ -318,20 +278,20 @@ class Policy:
             accepted = self.ledger.accept(live.indices[first:min(first + count, live.end)])
         else:
             accepted = []
-            for part in self._owned_parts(live, first, first + count, errors):
+            for part in live.parts_without(errors, first, first + count):
                 accepted.extend(self.ledger.accept(live.indices[part.start:part.stop]))
             for position, error in errors.items():
                 if position < live.end:
                     self._attempt_failed(live.indices[position], live.attempt, error)
         if live.reported >= live.end:
-            self._forget(batch)
+            self.flight.forget(batch)
         self._check_quorum()
         return accepted
 
     def on_lost(self, event: Lost) -> Stopped | None:
         """What the lost batch's attempt in fn became, if any; see "Lost batch" above."""
         batch, error, at = event
-        live = self._forget(batch)
+        live = self.flight.forget(batch)
         if live is None or live.reported >= live.end:
             return None
         if at is None or 0 <= at < live.reported:  # no note, or not this batch's
@@ -348,7 +308,7 @@ class Policy:
 
     # ------------------------------------------------------------ lost batches
 
-    def _lost_unread(self, batch: int, live: _Batch, error: ElementError) -> Stopped:
+    def _lost_unread(self, batch: int, live: Batch, error: ElementError) -> Stopped:
         """No note: charge the element last seen in fn (the others were not seen starting);
         with none seen, split the batch in halves, uncharged, or charge a lone element."""
         error = dataclasses.replace(error, message=error.message + _UNREAD)
@@ -361,7 +321,7 @@ class Policy:
             live.running = (live.indices.index(open_ones[0]), None)
         return self._charge_lost(batch, live, error, self._requeue_unstarted(live))
 
-    def _lost_outside_fn(self, batch: int, live: _Batch, error: ElementError,
+    def _lost_outside_fn(self, batch: int, live: Batch, error: ElementError,
                          done: int) -> Stopped:
         """The worker died with no element in fn, those before position ``done`` finished:
         which part killed it is not known. Re-run what ran and what did not apart, or a
@@ -387,7 +347,7 @@ class Policy:
             self._split(rest, live.attempt)
         return Stopped(batch, None, (live.indices[done:live.end],), killed=False, ran=(ran,))
 
-    def _charge_lost(self, batch: int, live: _Batch, error: ElementError,
+    def _charge_lost(self, batch: int, live: Batch, error: ElementError,
                      unstarted: tuple[range, ...], ran: tuple[range, ...] = ()) -> Stopped:
         """The lost attempt of the element at ``live.running``: charged, retried alone."""
         position, started = live.running
@@ -469,12 +429,12 @@ class Policy:
         if limit is None:
             return []
         stopped = []
-        for batch, live in self._running_longer_than(now, limit):
+        for batch, live in self.flight.in_fn_longer_than(now, limit):
             position, started = live.running
             index = live.indices[position]
             rest = self._kill(batch, live)
             if not self.ledger.is_open(index):
-                stopped.append(Stopped(batch, self._cancelled(live, _LOST_RACE), rest, True))
+                stopped.append(Stopped(batch, live.cancelled(_LOST_RACE), rest, True))
                 continue
             self.counts.timeouts += 1
             error = ElementError(
@@ -489,12 +449,12 @@ class Policy:
         """Mark stragglers; preempt those holding a slot work waits for; back up the rest."""
         stragglers, queue = self.stragglers, self.queue
         scan = stragglers.scan(self.ledger.final_count, queue.has_queued, queue.waiting,
-                               len(self._batches))
+                               len(self.flight))
         if scan is None:
             return []
         may_preempt = scan.may_preempt
         stopped = []
-        for batch, live in self._running_longer_than(now, scan.threshold):
+        for batch, live in self.flight.in_fn_longer_than(now, scan.threshold):
             position, started = live.running
             index = live.indices[position]
             if not self.ledger.is_open(index):
@@ -511,15 +471,15 @@ class Policy:
                 self._back_up(batch, live, index)  # queued: one backup per scan
         return stopped
 
-    def _back_up(self, batch: int, live: _Batch, index: int) -> None:
+    def _back_up(self, batch: int, live: Batch, index: int) -> None:
         """Queue a second attempt of the straggling element ``index``, first."""
-        self._contested.add(batch)
+        self.flight.contested.add(batch)
         self.counts.backups += 1
         attempt = self.ledger.next_attempt(index, live.attempt)
         self.queue.push(Work(range(index, index + 1), attempt, whole=True, backup=True),
                         front=True)
 
-    def _preempt(self, batch: int, live: _Batch) -> Stopped:
+    def _preempt(self, batch: int, live: Batch) -> Stopped:
         """Kill a straggling attempt so waiting work gets its slot; park its element, unless
         the attempt was a backup (its element has another attempt, or a retry, already)."""
         position, started = live.running
@@ -536,85 +496,33 @@ class Policy:
     def _redundant(self) -> list[Stopped]:
         """Batches whose every unreported element another attempt finished: the race losers."""
         stopped = []
-        for batch in list(self._contested):
-            live = self._batches[batch]
+        for batch in list(self.flight.contested):
+            live = self.flight.batches[batch]
             if self.ledger.all_final(live.indices[live.reported:live.end]):
-                self._forget(batch)
-                ended = self._cancelled(live, _LOST_RACE)
-                stopped.append(Stopped(batch, ended, self._unstarted(live), killed=True))
+                self.flight.forget(batch)
+                ended = live.cancelled(_LOST_RACE)
+                stopped.append(Stopped(batch, ended, live.unstarted(), killed=True))
         return stopped
 
-    # ------------------------------------------------------- batches in flight
+    # ------------------------------------------------------------ killing batches
 
-    def _kill(self, batch: int, live: _Batch) -> tuple[range, ...]:
+    def _kill(self, batch: int, live: Batch) -> tuple[range, ...]:
         """Forget a batch being killed; queue again, uncharged, what it had not started."""
-        self._forget(batch)
+        self.flight.forget(batch)
         return self._requeue_unstarted(live)
 
-    def _requeue_unstarted(self, live: _Batch) -> tuple[range, ...]:
+    def _requeue_unstarted(self, live: Batch) -> tuple[range, ...]:
         """Queue again, uncharged, the elements of ``live`` that never reported other than the
         one in fn; returns them."""
-        rest = tuple(filter(None, map(self.ledger.trim, self._unstarted(live))))
+        rest = tuple(filter(None, map(self.ledger.trim, live.unstarted())))
         for indices in rest:
             self.queue.push(Work(indices, live.attempt, whole=False))
         return rest
 
     def _kill_all(self, message: str) -> list[Stopped]:
         """The job is over: every batch in flight is killed, its attempt in fn cancelled."""
-        stopped = [Stopped(batch, self._cancelled(live, message), self._unstarted(live),
-                           killed=True)
-                   for batch, live in self._batches.items()]
-        self._batches.clear()
-        self._running.clear()
-        self._contested.clear()
-        return stopped
-
-    def _forget(self, batch: int) -> _Batch | None:
-        self._running.pop(batch, None)
-        self._contested.discard(batch)
-        return self._batches.pop(batch, None)
-
-    def _unstarted(self, live: _Batch) -> tuple[range, ...]:
-        """The elements a batch owns that never reported, other than the one in fn: before it,
-        finished but not yet written (output=); behind it, not seen starting."""
-        if live.running is None:
-            return (live.indices[live.reported:live.end],)
-        position = live.running[0]
-        return (live.indices[live.reported:position],
-                live.indices[max(position + 1, live.reported):live.end])
-
-    def _cancelled(self, live: _Batch, message: str) -> Ended | None:
-        if live.running is None:
-            return None
-        position, started = live.running
-        return Ended(live.indices[position], live.attempt, started, "cancelled", message)
-
-    def _running_longer_than(self, now: float, limit: float) -> list[tuple[int, _Batch]]:
-        """Batches whose element in fn began more than ``limit`` ago; oldest first.
-
-        ``_running`` is in the order the starts were reported, which is start order up to the
-        delay of a progress message, so the walk stops at the first that is young enough.
-        """
-        found = []
-        for batch in self._running:
-            live = self._batches[batch]
-            if now - live.running[1] <= limit:
-                break
-            found.append((batch, live))
-        return found
-
-    @staticmethod
-    def _owned_parts(live: _Batch, start: int, stop: int, errors) -> list[range]:
-        """Positions in [start, stop) still owned by the batch and without an error."""
-        stop = min(stop, live.end)
-        parts, begin = [], start
-        for position in sorted(p for p in errors if start <= p < stop):
-            if begin < position:
-                parts.append(range(begin, position))
-            begin = position + 1
-        if begin < stop:
-            parts.append(range(begin, stop))
-        return parts
+        return [Stopped(batch, live.cancelled(message), live.unstarted(), killed=True)
+                for batch, live in self.flight.clear().items()]
 
 
 _LOST_RACE = "another attempt of this task finished first"

@@ -184,7 +184,7 @@ def test_elements_a_worker_hands_back_are_queued_again_uncharged():
     assert p.counts.failed_attempts == 0 and not any(launch.backup for launch in launches)
     rest = len(only.indices) - 10  # a report past the batch's end accepts only what it kept
     assert p.on_reported(Reported(only.batch, 10, rest, {}, 0.5)) == [range(10, 11)]
-    assert only.batch not in p._batches
+    assert only.batch not in p.flight.batches
 
 
 def test_no_backups_when_turned_off():
