@@ -27,19 +27,22 @@ class Launch(NamedTuple):
     handoff_after_s: float
 
 
+#: Why an element has no value: "error" (fn raised), "input" (the element could not be pickled
+#: or unpickled to reach fn), "result" (the value cannot be pickled, or unpickled on the
+#: driver), "output" (its table could not be written), "environment" (the call could not be
+#: restored on this worker), "system" (lost with its batch), "timeout" (over task_timeout).
+ErrorKind = Literal["error", "input", "result", "output", "environment", "system", "timeout"]
+
+
 @dataclass(frozen=True)
 class ElementError:
-    """Why one element has no value. ``kind``: "error" (fn raised), "input" (the element could
-    not be pickled or unpickled to reach fn), "result" (the value cannot be pickled, or
-    unpickled on the driver), "output" (its table could not be written), "environment" (the
-    call could not be restored on this worker), "system" (lost with its batch).
-    ``exception``: the exception itself, for the driver to raise (an EnvironmentMismatch),
-    else None."""
+    """Why one element has no value (``kind``). ``exception``: the exception itself, for the
+    driver to raise (an EnvironmentMismatch), else None."""
 
     exc_type: str
     message: str
     traceback: str
-    kind: str
+    kind: ErrorKind
     retryable: bool
     exception: BaseException | None = None
 

@@ -21,8 +21,8 @@ BACKUP_AFTER_DONE = 0.5
 #: the makespans it gives)...
 BACKUP_SLOWDOWN = 3.0
 #: ...and at least this long (a 1 ms median must not make a 4 ms element a straggler). Not
-#: tuned: several times worker.FLUSH_S, the grain at which the driver hears that an element
-#: finished, so the delay of a progress message is never a straggle.
+#: tuned by a benchmark: a floor five times worker.FLUSH_S, the grain at which the driver hears
+#: of an element, and above worker.WRITE_ALONE_AFTER_S, which is set below it.
 BACKUP_MIN_S = 0.5
 #: At most this share of the elements is backed up. Not tuned: a cap on the work a heavy
 #: tail can add, above the 2 % of stragglers in bench/bench_simulator.py's paper-scale job.
@@ -30,7 +30,8 @@ BACKUP_SHARE = 0.1
 
 #: At the tail (nothing left to launch, a slot idle) an attempt running this many times the
 #: median already gets its backup: the slot would idle anyway (MapReduce's backups run then).
-#: bench/bench_stragglers.py: straggling attempts 1.61x the job without them, from 1.83x.
+#: bench/bench_stragglers.py measured the rule as it came in (straggling attempts 1.61x the
+#: job without them, from 1.83x); no other factor was compared.
 TAIL_SLOWDOWN = 1.5
 
 #: Stragglers on one node before it gets no new work: one could be the element's fault, a
