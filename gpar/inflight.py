@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gpar.records import Ended
+
+if TYPE_CHECKING:
+    from gpar.policy import Running
 
 
 @dataclass(slots=True)
@@ -76,9 +80,10 @@ class InFlight:
             self.contested.add(batch)
         return batch
 
-    def on_running(self, batch: int, running: tuple[int, float] | None) -> None:
-        """The element at ``running[0]`` entered fn at ``running[1]``; None: none is in fn.
-        A new element in fn is not (yet) straggling."""
+    def on_running(self, event: Running) -> None:
+        """Which element of the batch is in fn now, if any. A new element in fn is not (yet)
+        straggling."""
+        batch, running = event
         live = self.batches.get(batch)
         if live is None:
             return
@@ -100,7 +105,8 @@ class InFlight:
 
     def clear(self) -> dict[int, Batch]:
         """Every batch is over: returns them, by number."""
-        batches, self.batches = self.batches, {}
+        batches = dict(self.batches)
+        self.batches.clear()
         self._in_fn.clear()
         self.contested.clear()
         return batches

@@ -185,18 +185,23 @@ class Policy:
 
     def launches(self, in_flight_limit: int) -> list[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
+        batches = self.flight.batches
+        if len(batches) >= in_flight_limit or self.over:  # the usual answer: every slot busy
+            return []
         decided = []
-        while len(self.flight) < in_flight_limit and not self.over:
-            work = self.queue.pop()
+        queue, ledger, flight = self.queue, self.ledger, self.flight
+        handoff_after_s = self.stragglers.threshold or BACKUP_MIN_S
+        while len(batches) < in_flight_limit:
+            work = queue.pop()
             if work is None:
                 break
-            indices = self.ledger.trim(work.indices)
+            indices, attempt, backup = work
+            indices = ledger.trim(indices)
             if not indices:
                 continue
-            batch = self.flight.launch(indices, work.attempt, work.backup)
-            self.counts.batches += 1
-            decided.append(Launch(batch, indices, work.attempt, work.backup,
-                                  self.stragglers.threshold or BACKUP_MIN_S))
+            batch = flight.launch(indices, attempt, backup)
+            decided.append(Launch(batch, indices, attempt, backup, handoff_after_s))
+        self.counts.batches += len(decided)
         return decided
 
     def tick(self, now: float) -> list[Stopped]:
@@ -251,8 +256,7 @@ class Policy:
     # -------------------------------------------------------------------- events
 
     def on_running(self, event: Running) -> None:
-        batch, running = event
-        self.flight.on_running(batch, running)
+        self.flight.on_running(event)
 
     def on_handed_off(self, event: HandedOff) -> None:
         """Queue the positions given back again, uncharged."""

@@ -87,10 +87,16 @@ class Stragglers:
         self._backed_up: set[int] = set()  # batches whose straggler got its backup
 
     def on_median(self, median_s: float) -> None:
-        """The median element time changed: move the thresholds with it."""
-        self.threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * median_s)
-        self.tail_threshold = tail = max(BACKUP_MIN_S, TAIL_SLOWDOWN * median_s)
-        self.check_after = min(tail, self._timeout)
+        """The median element time changed: move the thresholds with it.
+
+        Called on every report, so it compares instead of calling min() and max(), which
+        take five times as long with two numbers.
+        """
+        threshold, tail = BACKUP_SLOWDOWN * median_s, TAIL_SLOWDOWN * median_s
+        self.threshold = threshold if threshold > BACKUP_MIN_S else BACKUP_MIN_S
+        tail = tail if tail > BACKUP_MIN_S else BACKUP_MIN_S
+        self.tail_threshold = tail
+        self.check_after = tail if tail < self._timeout else self._timeout
 
     def scan(self, final: int, queued: bool, waiting: int, in_flight: int) -> Scan | None:
         """What a scan may do, with ``final`` elements final, work ``queued`` or not,

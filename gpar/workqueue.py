@@ -60,20 +60,26 @@ class WorkQueue:
         """Hold a preempted element until nothing else waits."""
         self._parked.append(Work(range(index, index + 1), attempt, whole=True))
 
-    def pop(self) -> Work | None:
-        """The next work to launch: the queue's first, re-cuttable work cut to the size the
-        sizer asks for; a parked element once the queue is empty; None if nothing waits."""
-        if self._queue:
-            work = self._queue.popleft()
-            if not work.whole:
+    def pop(self) -> tuple[range, int, bool] | None:
+        """The next work to launch, as (indices, attempt, backup): the queue's first,
+        re-cuttable work cut to the size the sizer asks for; a parked element once the queue
+        is empty; None if nothing waits. A plain tuple: one leaves for each batch."""
+        queue = self._queue
+        if queue:
+            indices, attempt, whole, backup = queue[0]
+            if whole:
+                queue.popleft()
+            else:
                 size = self.sizer.next_size(self._recuttable)
-                indices = work.indices
-                if size < len(indices):
-                    self._queue.appendleft(Work(indices[size:], work.attempt, False))
-                    work = Work(indices[:size], work.attempt, False)
-                self._recuttable -= len(work.indices)
-            self.queued -= len(work.indices)
-            return work
+                if size < len(indices):  # the rest stays first
+                    queue[0] = Work(indices[size:], attempt, False)
+                    indices = indices[:size]
+                else:
+                    queue.popleft()
+                self._recuttable -= len(indices)
+            self.queued -= len(indices)
+            return indices, attempt, backup
         if self._parked:
-            return self._parked.popleft()
+            indices, attempt, _, backup = self._parked.popleft()
+            return indices, attempt, backup
         return None
