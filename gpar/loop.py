@@ -126,7 +126,9 @@ class JobLoop:
             self.streams.pop(batch, None)
         else:
             self._take(batch, self.streams[batch], news)
-        self.progress(self.ledger.final_count - final_before)
+        newly_final = self.ledger.final_count - final_before
+        if newly_final:  # most news is an element entering fn; each turn refreshes the bar
+            self.progress(newly_final)
 
     def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
         stream.node, stream.pid = message.node_id, message.pid

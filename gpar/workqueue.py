@@ -44,6 +44,7 @@ class WorkQueue:
         return self.queued + len(self._parked)
 
     def __bool__(self) -> bool:
+        """Whether anything waits, parked elements included."""
         return bool(self._queue or self._parked)
 
     def push(self, work: Work, front: bool = False) -> None:
