@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -223,9 +224,13 @@ class Policy:
         stopped += self._redundant()
         return stopped + self.tick(now) if self.over else stopped
 
-    def take_stragglers(self) -> list[int]:
-        """Batches declared stragglers since the last call (so the loop can tell slow nodes)."""
-        batches, self._new_stragglers = self._new_stragglers, []
+    def take_stragglers(self) -> Sequence[int]:
+        """Batches declared stragglers since the last call (so the loop can tell slow nodes).
+        Called on every turn of the loop, and usually there are none: then no new list."""
+        batches = self._new_stragglers
+        if not batches:
+            return ()
+        self._new_stragglers = []
         return batches
 
     def stuck(self) -> bool:
