@@ -165,7 +165,7 @@ def _policy_cpu(elements, new_policy, expected):
         "launches", "tick", "next_check", "take_stragglers", "stuck", "on_running",
         "on_handed_off", "on_reported", "on_lost"])
     seconds, replayed = _cpu(lambda: _replay_calls(new_policy(), calls))
-    assert replayed.state == expected
+    assert replayed.ledger.state == expected
     bare, _ = _cpu(lambda: _replay_nothing(calls))
     return seconds, bare
 
@@ -191,7 +191,7 @@ def driver_cpu(elements):
     started = time.process_time()
     sim = _job(elements)
     total = time.process_time() - started
-    rules, state, values = sim.policy.rules, sim.policy.state, sim.values
+    rules, state, values = sim.policy.rules, sim.policy.ledger.state, sim.values
     del sim  # and its report, a row for each attempt: memory the recordings need
 
     def new_policy():

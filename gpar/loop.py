@@ -3,9 +3,10 @@
     JobLoop.run ─▶ policy.tick ─▶ backend.cancel(batches it killed); a report row for each
                                    attempt ended, the unstarted elements marked
                ─▶ policy.launches ─▶ backend.submit
-               ─▶ backend.wait ─▶ (batch, Progress) ─▶ policy.on_handed_off / on_reported /
-                                                     on_running; values in input order
-                               ─▶ (batch, BatchLost) ─▶ policy.on_lost
+               ─▶ backend.wait ─▶ (batch, Progress) ─▶ policy.on_handed_off(HandedOff) /
+                                    on_reported(Reported) / on_running(Running); values in
+                                    input order
+                               ─▶ (batch, BatchLost) ─▶ policy.on_lost(Lost)
                ◀─ values, a TaskFailure in each slot without one
 
 Two backends drive it: Ray (scheduler.py) and the cluster simulator (simulator.py), so the
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpar import pickled
-from gpar.policy import Policy, SlowNodes
+from gpar.policy import HandedOff, Lost, Policy, Reported, Running
 from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
 from gpar.report import AttemptBlock, JobReport
+from gpar.stragglers import SlowNodes
 
 #: The report row of an element that finished in a batch lost before it reported it.
 _LOST = ("lost", "it finished, but its value was lost with its worker: run again, uncharged")
@@ -69,6 +71,7 @@ class JobLoop:
                  progress: Callable[[int], Any] = lambda finished: None,
                  checkpoint: Callable[[list[Any], float], None] | None = None):
         self.policy, self.report, self.backend = policy, report, backend
+        self.ledger = policy.ledger
         self.progress = progress  # called with the number of elements newly final
         self.checkpoint = checkpoint  # called with the values and the time, every loop turn
         self.values: list[Any] = [None] * policy.elements
@@ -83,22 +86,22 @@ class JobLoop:
             for batch in list(self.streams):
                 self.backend.cancel(batch)
             self.streams.clear()
-        for index, failure in self.policy.failures.items():
+        for index, failure in self.ledger.failures.items():
             self.values[index] = failure
         return self.values
 
     def _loop(self) -> None:
-        policy, backend = self.policy, self.backend
+        policy, ledger, backend = self.policy, self.ledger, self.backend
         while True:
             now = backend.now()
-            final_before = policy.final
+            final_before = ledger.final_count
             stopped = policy.tick(now)
             for batch in policy.take_stragglers():  # before a preemption forgets its node
                 self._on_straggler(self.streams[batch].node)
             for each in stopped:
                 self._stopped(each, now)
-            self.progress(policy.final - final_before)
-            if policy.finished:
+            self.progress(ledger.final_count - final_before)
+            if policy.over:
                 return
             if self.checkpoint is not None:
                 self.checkpoint(self.values, now)
@@ -113,29 +116,31 @@ class JobLoop:
                 self._check_avoided_nodes()
 
     def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
-        final_before = self.policy.final
+        final_before = self.ledger.final_count
         if isinstance(news, BatchLost):
             error = ElementError(news.exc_type, news.message.splitlines()[0] if news.message
                                  else news.exc_type, news.message, "system", retryable=True)
-            stopped = self.policy.on_lost(batch, error, news.at)
+            stopped = self.policy.on_lost(Lost(batch, error, news.at))
             if stopped is not None:
                 self._stopped(stopped, self.backend.now())
             self.streams.pop(batch, None)
         else:
             self._take(batch, self.streams[batch], news)
-        self.progress(self.policy.final - final_before)
+        newly_final = self.ledger.final_count - final_before
+        if newly_final:  # most news is an element entering fn; each turn refreshes the bar
+            self.progress(newly_final)
 
     def _take(self, batch: int, stream: _Stream, message: Progress) -> None:
         stream.node, stream.pid = message.node_id, message.pid
         if message.end < len(stream.launch.indices):  # the worker gave elements back
-            self.policy.on_handed_off(batch, message.end)
+            self.policy.on_handed_off(HandedOff(batch, message.end))
         count = len(message.finished)
         if count:
             self._take_finished(batch, stream, message, count)
         if message.last:
             self.streams.pop(batch, None)
         else:
-            self.policy.on_running(batch, message.running)
+            self.policy.on_running(Running(batch, message.running))
 
     def _take_finished(self, batch: int, stream: _Stream, message: Progress, count: int) -> None:
         launch = stream.launch
@@ -149,8 +154,8 @@ class JobLoop:
         self.report.add_block(AttemptBlock(batch, first, launch.attempt, launch.backup,
                                            stream.node, stream.pid, stream.submitted, previous,
                                            message.finished, failed))
-        accepted = self.policy.on_reported(batch, message.done_from, count, errors,
-                                           message.finished[-1] - previous, self.backend.now())
+        accepted = self.policy.on_reported(Reported(batch, message.done_from, count, errors,
+                                                    message.finished[-1] - previous))
         for indices in accepted:
             offset = indices.start - first
             self.values[indices.start:indices.stop] = values[offset:offset + len(indices)]
@@ -177,7 +182,7 @@ class JobLoop:
             return
         if stopped.killed:
             self.backend.cancel(stopped.batch)
-        ended = stopped.attempt
+        ended = stopped.ended
         if ended is not None:
             self.report.add_block(AttemptBlock(
                 stopped.batch, ended.index, ended.attempt, stream.launch.backup, stream.node,

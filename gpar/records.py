@@ -14,9 +14,6 @@ from array import array
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-#: Why an element of a batch has no value (see ElementError).
-ErrorKind = Literal["error", "input", "result", "output", "environment", "system"]
-
 
 class Launch(NamedTuple):
     """Decision: run elements ``indices`` as batch ``batch``; the worker gives back the
@@ -30,14 +27,17 @@ class Launch(NamedTuple):
     handoff_after_s: float
 
 
+#: Why an element has no value: "error" (fn raised), "input" (the element could not be pickled
+#: or unpickled to reach fn), "result" (the value cannot be pickled, or unpickled on the
+#: driver), "output" (its table could not be written), "environment" (the call could not be
+#: restored on this worker), "system" (lost with its batch), "timeout" (over task_timeout).
+ErrorKind = Literal["error", "input", "result", "output", "environment", "system", "timeout"]
+
+
 @dataclass(frozen=True)
 class ElementError:
-    """Why one element has no value. ``kind``: "error" (fn raised), "input" (the element could
-    not be pickled or unpickled to reach fn), "result" (the value cannot be pickled, or
-    unpickled on the driver), "output" (its table could not be written), "environment" (the
-    call could not be restored on this worker), "system" (lost with its batch).
-    ``exception``: the exception itself, for the driver to raise (an EnvironmentMismatch),
-    else None."""
+    """Why one element has no value (``kind``). ``exception``: the exception itself, for the
+    driver to raise (an EnvironmentMismatch), else None."""
 
     exc_type: str
     message: str
@@ -94,28 +94,33 @@ class BatchLost:
     at: int | None = None
 
 
+#: How an attempt ended without its worker's report: "timeout", "system" (lost with its batch;
+#: both charged), "preempted" or "cancelled" (not charged).
+EndedOutcome = Literal["timeout", "system", "preempted", "cancelled"]
+
+
 @dataclass(frozen=True)
 class Ended:
-    """An attempt that ended without its worker's report: "timeout", "system" (lost with its
-    batch; both charged), "preempted" or "cancelled" (not charged)."""
+    """An attempt that ended without its worker's report, and how (``outcome``)."""
 
     index: int
     attempt: int
     started_at: float | None
-    outcome: str
+    outcome: EndedOutcome
     message: str
 
 
 @dataclass(frozen=True)
 class Stopped:
-    """A batch that ended by a decision (killed) or was lost. ``attempt``: the one in fn then;
-    ``unstarted``: elements it owned that never reported, other than that one: not seen
-    starting, or (output=) finished but not yet written. Charged nothing; queued again unless
-    they were final already. ``ran``: elements of a lost batch its worker's note says finished
-    in fn, their values lost with it: not charged, queued again as new attempts."""
+    """A batch that ended by a decision (killed) or was lost. ``ended``: the attempt in fn
+    then, as it ended; None when none was. ``unstarted``: elements it owned that never
+    reported, other than that one: not seen starting, or (output=) finished but not yet
+    written. Charged nothing; queued again unless they were final already. ``ran``: elements
+    of a lost batch its worker's note says finished in fn, their values lost with it: not
+    charged, queued again as new attempts."""
 
     batch: int
-    attempt: Ended | None
+    ended: Ended | None
     unstarted: tuple[range, ...]
     killed: bool
     ran: tuple[range, ...] = ()

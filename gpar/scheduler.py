@@ -141,12 +141,12 @@ class _Checkpoints:
         self.due, self.final = time.time() + CHECKPOINT_S, 0
 
     def __call__(self, values: list[Any], now: float) -> None:
-        if now < self.due or self.policy.final == self.final:
+        if now < self.due or self.policy.ledger.final_count == self.final:
             return
         self.output.checkpoint(values)
         took = time.time() - now
         self.due, self.final = now + max(CHECKPOINT_S, CHECKPOINT_SPACING * took), \
-            self.policy.final
+            self.policy.ledger.final_count
 
 
 def run_all(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],

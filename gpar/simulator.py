@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpar.loop import JobLoop
-from gpar.policy import Policy, Rules, default_max_failures
+from gpar.policy import ErrorsMode, Policy, Rules, default_max_failures
 from gpar.records import BatchLost, ElementError, Launch, Progress
 from gpar.report import JobReport
 from gpar.split import BatchSizer
@@ -72,7 +72,7 @@ def simulate(elements: int, run_time: Callable[[int, int], float], *,
              max_workers: int | None = None, task_retries: int = 3,
              max_failures: int | None = None, deadline_s: float | None = None,
              task_timeout_s: float | None = None, quorum: float = 1.0, backups: bool = True,
-             errors: str = "warn", max_time_s: float = 1e7) -> Simulation:
+             errors: ErrorsMode = "warn", max_time_s: float = 1e7) -> Simulation:
     """Run a job of ``elements`` on a simulated cluster; element i's value is i."""
     cluster = cluster or SimCluster()
     rules = Rules(

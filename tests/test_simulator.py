@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpar.policy import BACKUP_MIN_S, BACKUP_SLOWDOWN, quorum_count
+from gpar.policy import quorum_count
 from gpar.results import TaskFailure
 from gpar.simulator import SimCluster, simulate
+from gpar.stragglers import BACKUP_MIN_S, BACKUP_SLOWDOWN
 from gpar.worker import FLUSH_S
 
 CHARGED = {"error", "result", "output", "environment", "system", "timeout"}
@@ -70,8 +71,9 @@ def check_invariants(elements, knobs, sim):
         else:
             assert value == index
     # no value counted twice: each element became final exactly once
-    assert policy.final == elements
-    assert len(policy.failures) + sum(not isinstance(v, TaskFailure) for v in values) == elements
+    ledger = policy.ledger
+    assert ledger.final_count == elements
+    assert len(ledger.failures) + sum(not isinstance(v, TaskFailure) for v in values) == elements
     # every failed attempt is a row of the report, and a crossed budget aborts
     rows = report.attempts
     assert sum(row.outcome in CHARGED for row in rows) == policy.counts.failed_attempts
