@@ -28,8 +28,8 @@ from gpar.errors import (
     as_gpar_errors,
     describe_failure,
 )
-from gpar.options import EnvMode, ErrorMode
-from gpar.policy import Policy, Rules, default_max_failures
+from gpar.options import EnvMode
+from gpar.policy import ErrorsMode, Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
 from gpar.results import Results
@@ -56,7 +56,7 @@ def apply(
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
     cluster_by: str | Sequence[str] | None = None,
-    errors: ErrorMode = "warn",
+    errors: ErrorsMode = "warn",
     progress: bool | None = None,
     address: str | None = None,
     **kwargs: Any,

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from gpar.policy import ErrorsMode
+
 #: What of the caller's globals travels with fn: all of them, or those fn's code names.
 EnvMode = Literal["full", "referenced"]
-#: How an element that failed for good reaches the caller: a warning, or its TaskError.
-ErrorMode = Literal["warn", "raise"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Options:
     output: str | os.PathLike | None
     overwrite: bool
     cluster_by: tuple[str, ...]
-    errors: ErrorMode
+    errors: ErrorsMode
     progress: bool | None  # None: shown where a person is watching
     address: str | None
 
@@ -75,7 +75,7 @@ def checked(fn: Any, now: float, *, max_workers: Any, task_retries: Any, max_fai
         raise ValueError(f"quorum must be a fraction in (0, 1], got {quorum!r}")
     if env not in get_args(EnvMode):
         raise ValueError(f'env must be "full" or "referenced", got {env!r}')
-    if errors not in get_args(ErrorMode):
+    if errors not in get_args(ErrorsMode):
         raise ValueError(f'errors must be "warn" or "raise", got {errors!r}')
     return Options(
         max_workers=None if max_workers is None else int(max_workers),  # numpy's ints too
