@@ -70,8 +70,9 @@ FLUSH_S = 0.1
 
 #: With output=: an element in fn this long has the tables held before it written...
 WRITE_HELD_AFTER_S = 0.1
-#: ...and an element that ran this long is written alone. Below BACKUP_MIN_S (gpar/stragglers.py), so
-#: no element that may get a backup shares a file with others (tests/test_reduce_sql.py).
+#: ...and an element that ran this long is written alone. Below BACKUP_MIN_S
+#: (gpar/stragglers.py), so no element that may get a backup shares a file with others
+#: (tests/test_reduce_sql.py).
 #: Both follow from the policy's patience, not from a benchmark; bench/bench_reduce.py (a)
 #: measures the write they shape.
 WRITE_ALONE_AFTER_S = 0.25
