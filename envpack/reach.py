@@ -37,6 +37,11 @@ _ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None)})
 _SEQUENCES = frozenset({list, tuple, set, frozenset})
 
 
+def is_atom(value: Any) -> bool:
+    """Whether ``value`` refers to nothing the walk follows (a number, a string, None)."""
+    return type(value) in _ATOMS
+
+
 class Reference(NamedTuple):
     """One object's reference to another: how (GLOBAL, CLOSURE, ...), by what name, to what."""
 

@@ -27,6 +27,8 @@ from gpar.environment import callers_code
 
 #: What holds nothing but references: it counts by its kind, its references by themselves.
 _HOLDERS = (types.MethodType, functools.partial, staticmethod, classmethod, property)
+#: Containers whose elements the walk follows (reach.py).
+_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
 
 
 def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) -> str:
@@ -57,12 +59,27 @@ class _Fingerprint:
             return b"<again>"
         self.seen[id(value)] = value
         found = reach.references(value, self.is_callers, attributes=False)
-        parts = [f"{kind} {name}=".encode() + self(referred) for kind, name, referred in found]
-        if isinstance(value, set | frozenset):  # iterated in an order set by hashes
-            parts.sort()
-        return b"|".join([self._own(value), *parts])
+        if isinstance(value, set | frozenset):
+            parts = self._unordered(found)
+        else:
+            parts = [f"{kind} {name}=".encode() + self(referred)
+                     for kind, name, referred in found]
+        return b"|".join([self._own(value, referring=bool(found)), *parts])
 
-    def _own(self, value: Any) -> bytes:
+    def _unordered(self, found: list[reach.Reference]) -> list[bytes]:
+        """A set's elements, sorted: they iterate in an order set by hashes, so each is
+        fingerprinted as if it came first (an object two of them share is in full in both)."""
+        before, after, parts = self.seen, {}, []
+        for kind, name, referred in found:
+            self.seen = dict(before)
+            parts.append(f"{kind} {name}=".encode() + self(referred))
+            after.update(self.seen)
+        self.seen = after or before
+        return sorted(parts)
+
+    def _own(self, value: Any, referring: bool) -> bytes:
+        if referring and type(value) in _CONTAINERS:  # those elements count as references
+            return type(value).__qualname__.encode() + _stable_pickle(_atoms_of(value))
         if isinstance(value, types.FunctionType):
             return _code_fingerprint(value.__code__)
         if isinstance(value, _HOLDERS):
@@ -73,6 +90,20 @@ class _Fingerprint:
             return _stable_pickle(value)
         except Exception:  # cannot be pickled: its type still counts
             return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
+
+
+def _atoms_of(container: Any) -> Any:
+    """A container with the elements that refer to anything (reach.py) left as None: what it
+    holds itself, pickled once, its other elements fingerprinted as its references."""
+    if isinstance(container, dict):
+        return {key: _atom_or_none(value) for key, value in container.items()}
+    if isinstance(container, set | frozenset):
+        return frozenset(filter(reach.is_atom, container))
+    return [_atom_or_none(value) for value in container]
+
+
+def _atom_or_none(value: Any) -> Any:
+    return value if reach.is_atom(value) else None
 
 
 def _code_fingerprint(code: Any) -> bytes:
