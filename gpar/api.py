@@ -28,8 +28,8 @@ from gpar.errors import (
     as_gpar_errors,
     describe_failure,
 )
-from gpar.options import EnvMode
-from gpar.policy import ErrorsMode, Policy, Rules, default_max_failures
+from gpar.options import EnvMode, ErrorsMode
+from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
 from gpar.results import Results
@@ -93,15 +93,19 @@ def apply(
     captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals,
                                    mode=options.env, retry_on=options.retry_on)
     _warn_of_shared_random_states(fn, args, kwargs)
+    if len(items) == 0 and options.output is None:  # nothing to run, nothing to write
+        return Results([], JobReport(elements=0))
     tasks = cluster.connect(options.address)
     with contextlib.closing(tasks):  # a local cluster's connection, held while the job runs
         image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
         # Claimed only now: a job that cannot start leaves the output as it was.
         with _claimed(options, items, fn, args, kwargs) as claim:
             pending = items if claim is None else [items[i] for i in claim.pending]
-            if len(pending) == 0:  # xs is empty, or an earlier run committed every element
-                results = Results([], JobReport(elements=0))
-                return _answer(results if claim is None else _committed(results, claim), claim)
+            run_all = functools.partial(scheduler.run_all, image, tasks)
+            if len(pending) == 0:  # an earlier run (or an empty xs) committed every element:
+                # connected all the same, as the commit may merge its files on the cluster
+                return _answer(_committed(Results([], JobReport(elements=0)), claim, run_all),
+                               claim)
             slots = options.max_workers or int(tasks.cpus())
             report = JobReport(len(pending), environment_bytes=captured.nbytes,
                                max_workers=slots, skipped_globals=captured.skipped,
@@ -114,8 +118,7 @@ def apply(
                 progress=shown_by_default() if options.progress is None else options.progress)
             results = Results(values, report)
             if claim is not None:
-                results = _committed(results, claim, functools.partial(
-                    scheduler.run_all, image, tasks))
+                results = _committed(results, claim, run_all)
             _raise_or_warn(results, policy)
             return _answer(results, claim)
 
@@ -167,8 +170,7 @@ def _staged_image(tasks: Any, packages: str | Sequence[str],
 
 
 def _committed(results: Results, claim: gpar_output.OutputJob,
-               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
-               ) -> Results:
+               run_all: Callable[[Callable[[Any], Any], list[Any]], list[Any]]) -> Results:
     """The results in input order, once what was accepted is committed: before the job's end
     is judged, so what finished is kept even when apply then raises. The commit also removes
     what abandoned attempts left, so it runs when nothing was left to run too."""
@@ -197,7 +199,8 @@ def _raise_if_mismatched(results: Results) -> None:
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:
-    """Turn how the job ended into the exception or warnings DESIGN §3 promises."""
+    """Turn how the job ended into the exception or warnings that README's "What apply
+    guarantees" promises."""
     _raise_if_mismatched(results)
     failures = [f for f in results.failures if f.reason in ("error", "system")]
     unfinished = len(results.failures) - len(failures)

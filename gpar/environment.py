@@ -36,6 +36,7 @@ from envpack import discover, reach
 from envpack.reach import unwrap
 from gpar import pickled
 from gpar.errors import EnvironmentCaptureError
+from gpar.options import EnvMode
 
 #: Notebook and REPL internals: never shipped.
 NOTEBOOK_NAMES = frozenset(
@@ -81,7 +82,7 @@ def capture(
     kwargs: dict[str, Any],
     caller_globals: dict[str, Any],
     *,
-    mode: str,
+    mode: EnvMode,
     retry_on: tuple[type[BaseException], ...],
 ) -> CapturedEnvironment:
     """Pickle fn with its arguments and (mode="full") the caller's globals.

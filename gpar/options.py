@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from gpar.policy import ErrorsMode
-
 #: What of the caller's globals travels with fn: all of them, or those fn's code names.
 EnvMode = Literal["full", "referenced"]
+#: What a final failure does: "warn" lets the job go on (the paper), "raise" stops it.
+ErrorsMode = Literal["warn", "raise"]
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ def checked(fn: Any, now: float, *, max_workers: Any, task_retries: Any, max_fai
         raise ValueError(f"task_timeout must be seconds (> 0) or None, got {task_timeout!r}")
     if not (_is_number(quorum) and 0 < quorum <= 1):
         raise ValueError(f"quorum must be a fraction in (0, 1], got {quorum!r}")
-    if env not in get_args(EnvMode):
-        raise ValueError(f'env must be "full" or "referenced", got {env!r}')
-    if errors not in get_args(ErrorsMode):
-        raise ValueError(f'errors must be "warn" or "raise", got {errors!r}')
+    for name, value, words in (("env", env, EnvMode), ("errors", errors, ErrorsMode)):
+        if value not in get_args(words):
+            raise ValueError(f"{name} must be {' or '.join(map(repr, get_args(words)))}, "
+                             f"got {value!r}")
     return Options(
         max_workers=None if max_workers is None else int(max_workers),  # numpy's ints too
         task_retries=int(task_retries),

@@ -11,7 +11,7 @@ are final, their attempts: gpar/ledger.py), the work queue (gpar/workqueue.py), 
 flight (gpar/inflight.py), the sample of element times (gpar/durations.py) and the straggler
 rules and their constants (gpar/stragglers.py). What stays here is the events and the rules.
 
-Rules (DESIGN §3):
+Rules (README's "What apply guarantees"):
 
 * **Per-element budget**: a failed attempt is retried while the element has failed at most
   ``task_retries`` times and the failure is retryable (system failures always; an exception
@@ -72,6 +72,7 @@ from typing import Literal, NamedTuple
 from gpar.durations import DurationSample
 from gpar.inflight import Batch, InFlight
 from gpar.ledger import Ledger
+from gpar.options import ErrorsMode
 from gpar.records import Counts, ElementError, Ended, Launch, Stopped
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
@@ -90,9 +91,6 @@ SCAN_S = 0.05
 
 #: Why a job stopped before every element was final.
 StopReason = Literal["quorum", "deadline", "budget", "raise"]
-
-#: What a final failure does: "warn" lets the job go on (the paper), "raise" stops it.
-ErrorsMode = Literal["warn", "raise"]
 
 
 def quorum_count(quorum: float, elements: int) -> int:

@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gpar.records import Counts
+from gpar.records import Counts, EndedOutcome, ErrorKind
 
 #: How an attempt ended. "ok"; charged failures: "error" (fn raised), "input", "result",
 #: "output", "environment" (see ElementError's kinds), "system" (also an attempt lost with its
 #: batch), "timeout"; not charged: "preempted", "cancelled" (the job stopped, or another
 #: attempt finished first), "lost" (it finished, but its worker died before it sent the
 #: value; started and finished NaN).
-Outcome = Literal["ok", "error", "input", "result", "output", "environment", "system",
-                  "timeout", "preempted", "cancelled", "lost"]
+Outcome = Literal["ok", "lost", ErrorKind, EndedOutcome]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@
 Every decision (retries, budgets, deadline, quorum, backups, preemption, timeouts) is the
 policy's; Ray's own retries are off for batches (RUN_BATCH_OPTIONS) so that every failure
 reaches it. The merge tasks of an output's commit, which run nothing of the user's, keep two
-(RUN_EACH_OPTIONS). Times are wall-clock seconds, the clock the workers stamp their progress
+(RUN_ALL_OPTIONS). Times are wall-clock seconds, the clock the workers stamp their progress
 with.
 """
 
@@ -158,7 +158,7 @@ def run_all(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
         return [fn(item) for item in items]
     for key, item in enumerate(items):
         tasks.submit(("run_all", key), image.call("gpar.scheduler:call", [], (fn, item)),
-                     RUN_EACH_OPTIONS, single=True)
+                     RUN_ALL_OPTIONS, single=True)
     values: dict[Any, Any] = {}
     while len(values) < len(items):
         for key, value in tasks.wait(MAX_WAIT_S):
@@ -181,7 +181,7 @@ READ_NOTE = "gpar.notes:read_here"
 
 #: Ray's own retries are off for batches: the policy owns them.
 RUN_BATCH_OPTIONS = {"num_returns": "streaming", "max_retries": 0, "retry_exceptions": False}
-RUN_EACH_OPTIONS = {"num_returns": "streaming", "max_retries": 2}
+RUN_ALL_OPTIONS = {"num_returns": "streaming", "max_retries": 2}
 
 
 def _as_array(buffer: Any) -> Any:

@@ -197,12 +197,12 @@ def warm_up(tasks: RayTasks) -> None:
     import cloudpickle
 
     from envpack.stage import StagedCall
-    from gpar.scheduler import RUN_EACH_OPTIONS
+    from gpar.scheduler import RUN_ALL_OPTIONS
 
     count = tasks.cpus()
     for key in range(count):
         tasks.submit(key, StagedCall((), None, "gpar.server:warm", (), (),
-                                     cloudpickle.dumps(())), RUN_EACH_OPTIONS, single=True)
+                                     cloudpickle.dumps(())), RUN_ALL_OPTIONS, single=True)
     answered = 0
     while answered < count:
         answered += len(tasks.wait(1.0))

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpar.loop import JobLoop
-from gpar.policy import ErrorsMode, Policy, Rules, default_max_failures
+from gpar.options import ErrorsMode
+from gpar.policy import Policy, Rules, default_max_failures
 from gpar.records import BatchLost, ElementError, Launch, Progress
 from gpar.report import JobReport
 from gpar.split import BatchSizer

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from gpar import environment, notes, pickled
-from gpar.records import CallerContext, ElementError, Progress
+from gpar.records import CallerContext, ElementError, ErrorKind, Progress
 
 if TYPE_CHECKING:
     from envpack import ImageCheck
@@ -300,7 +300,8 @@ class _BatchRun:
         try:
             verify(self.image)
         except EnvironmentMismatch as exc:
-            mismatch = gpar_error(exc)  # a GparError too, sent as it is
+            # a GparError too, sent as it is, with the worker's traceback
+            mismatch = gpar_error(exc).with_traceback(exc.__traceback__)
             error = _element_error(mismatch, "environment", retryable=False)
             self._fail_every_element(dataclasses.replace(error, exception=mismatch))
             return False
@@ -442,7 +443,7 @@ def _input_error(failure: pickled.Failure) -> ElementError:
     return ElementError(failure.exc_type, message, "", "input", retryable=False)
 
 
-def _element_error(exc: BaseException, kind: str, retryable: bool) -> ElementError:
+def _element_error(exc: BaseException, kind: ErrorKind, retryable: bool) -> ElementError:
     """An exception as text: its class may not exist, or unpickle, on the driver."""
     kind_of = type(exc)
     exc_type = kind_of.__qualname__

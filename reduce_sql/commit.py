@@ -44,9 +44,9 @@ from reduce_sql.tables import ROW_GROUP_ROWS, write_table
 MANIFEST = "_gpar_manifest.json"
 JOB_MARKER = "_gpar_job.json"
 
-#: Compact when a commit would leave more files than this. Measured with DuckDB on 2 cores:
-#: each file costs a query ~0.13 ms, and small files' small row groups 20-30 %: 2 M rows were
-#: queried in 0.068 s from 1 file, 0.09 s from 16 or 64, 0.17 s from 400.
+#: Compact when a commit would leave more files than this. Not a benchmark's: measured once,
+#: DuckDB on 2 cores: each file costs a query ~0.13 ms, and small files' small row groups
+#: 20-30 %: 2 M rows were queried in 0.068 s from 1 file, 0.09 s from 16 or 64, 0.17 s from 400.
 COMPACT_ABOVE_FILES = 16
 
 #: Rows a compacted file collects before another is started (one row group each).

@@ -1,8 +1,8 @@
 """What fn may return with output=, turned into an Arrow table, and how it is written.
 
-The Parquet options come from bench/bench_reduce.py and FACTS.md's measurements of DuckDB over
-mapper outputs: dictionary encoding and zstd only where they pay (non-float columns), floats
-plain and uncompressed, and row groups of about a million rows.
+The Parquet options come from bench/bench_reduce.py's measurements of DuckDB over mapper
+outputs ((d) row groups, (e) Parquet options): dictionary encoding and zstd only where they pay
+(non-float columns), floats plain and uncompressed, and row groups of about a million rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputTypeError
 
-#: Rows per row group: groups much smaller cost DuckDB 20-30 % (FACTS.md, 20.8 M-row layouts).
+#: Rows per row group: groups much smaller cost DuckDB 20-30 % (20.8 M-row layouts measured on
+#: 2 cores, as bench/bench_reduce.py (d) does for the clustered files).
 ROW_GROUP_ROWS = 1_000_000
 
 #: Rows per row group of a file sorted by cluster_by: small enough that a filter on the sort

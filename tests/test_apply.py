@@ -54,6 +54,8 @@ def test_any_iterable_is_iterated_like_a_for_loop(xs):
 def test_empty_input_returns_an_empty_result_without_running():
     results = gpar.apply([], square)
     assert results == [] and results.report.elements == 0
+    # nor connecting: no cluster answers at this address, and none is asked
+    assert gpar.apply(iter([]), square, address="127.0.0.1:1") == []
 
 
 def test_not_callable_fn_is_a_type_error_before_launch():

@@ -673,7 +673,7 @@ def test_an_element_that_runs_long_is_written_in_a_file_of_its_own(output, tmp_p
     """Only an element that ran long can get a backup, and the commit takes a file whole: so
     that element never shares a file with others."""
     from gpar import worker
-    from gpar.policy import BACKUP_MIN_S
+    from gpar.stragglers import BACKUP_MIN_S
 
     assert worker.WRITE_ALONE_AFTER_S < BACKUP_MIN_S
     dataset = run(range(12), output, tmp_path, {(5, 0): ("sleep", 0.6)}, max_workers=1)
