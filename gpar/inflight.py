@@ -10,12 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from gpar.records import Ended
-
-if TYPE_CHECKING:
-    from gpar.policy import Running
+from gpar.records import Ended, Running
 
 
 @dataclass(slots=True)

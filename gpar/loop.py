@@ -22,8 +22,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpar import pickled
-from gpar.policy import HandedOff, Lost, Policy, Reported, Running
-from gpar.records import BatchLost, ElementError, Launch, Progress, Stopped
+from gpar.policy import Policy
+from gpar.records import (
+    BatchLost,
+    ElementError,
+    HandedOff,
+    Launch,
+    Lost,
+    Progress,
+    Reported,
+    Running,
+    Stopped,
+)
 from gpar.report import AttemptBlock, JobReport
 from gpar.stragglers import SlowNodes
 

@@ -1,15 +1,16 @@
 """Scheduling policy: every decision of a job as a pure state machine, with the clock passed in.
 
 Events go in (``on_running(Running)``, ``on_handed_off(HandedOff)``, ``on_reported(Reported)``,
-``on_lost(Lost)``), decisions come out (``launches``, ``tick``); no Ray, no I/O, so tests drive
-it with a fake clock and the simulator (gpar/simulator.py) drives it at scale. The loop in
-gpar/loop.py turns decisions into backend calls and backend news into events. An element of xs
-is the unit of every rule, however it is batched.
+``on_lost(Lost)``: records of gpar/records.py), decisions come out (``launches``, ``tick``); no
+Ray, no I/O, so tests drive it with a fake clock and the simulator (gpar/simulator.py) drives
+it at scale. The loop in gpar/loop.py turns decisions into backend calls and backend news into
+events. An element of xs is the unit of every rule, however it is batched.
 
 The Policy composes its parts, each a module of its own: the element ledger (which elements
 are final, their attempts: gpar/ledger.py), the work queue (gpar/workqueue.py), the batches in
 flight (gpar/inflight.py), the sample of element times (gpar/durations.py) and the straggler
-rules and their constants (gpar/stragglers.py). What stays here is the events and the rules.
+rules and their constants (gpar/stragglers.py). What stays here is what each event does: the
+rules.
 
 Rules (README's "What apply guarantees"):
 
@@ -67,13 +68,23 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from gpar.durations import DurationSample
 from gpar.inflight import Batch, InFlight
 from gpar.ledger import Ledger
 from gpar.options import ErrorsMode
-from gpar.records import Counts, ElementError, Ended, Launch, Stopped
+from gpar.records import (
+    Counts,
+    ElementError,
+    Ended,
+    HandedOff,
+    Launch,
+    Lost,
+    Reported,
+    Running,
+    Stopped,
+)
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
 from gpar.stragglers import BACKUP_MIN_S, Stragglers
@@ -116,45 +127,6 @@ class Rules:
     quorum: float = 1.0
     backups: bool = True
     errors: ErrorsMode = "warn"
-
-
-# The events: what the loop heard, as the policy takes it. Named tuples, as Launch is: one or
-# two are made for each batch, and a frozen dataclass takes two and a half times as long.
-
-
-class Running(NamedTuple):
-    """Batch ``batch``'s element at position ``running[0]`` entered fn at ``running[1]``;
-    ``running`` None: none is in fn (with output=, its worker writes the last tables)."""
-
-    batch: int
-    running: tuple[int, float] | None
-
-
-class HandedOff(NamedTuple):
-    """The worker of ``batch`` gave back its positions from ``end`` on: it never starts them."""
-
-    batch: int
-    end: int
-
-
-class Reported(NamedTuple):
-    """Positions ``first .. first + count`` of ``batch`` finished in ``seconds`` of fn time;
-    those in ``errors`` failed."""
-
-    batch: int
-    first: int
-    count: int
-    errors: dict[int, ElementError]
-    seconds: float
-
-
-class Lost(NamedTuple):
-    """The batch's stream broke before every element it owns reported (its worker died).
-    ``at``: where its worker's note says it was (records.BatchLost); None: unread."""
-
-    batch: int
-    error: ElementError
-    at: int | None = None
 
 
 class Policy:
@@ -455,8 +427,8 @@ class Policy:
     def _handle_stragglers(self, now: float) -> list[Stopped]:
         """Mark stragglers; preempt those holding a slot work waits for; back up the rest."""
         stragglers, queue = self.stragglers, self.queue
-        scan = stragglers.scan(self.ledger.final_count, queue.has_queued, queue.waiting,
-                               len(self.flight))
+        scan = stragglers.scan(final=self.ledger.final_count, queued=queue.has_queued,
+                               waiting=queue.waiting, in_flight=len(self.flight))
         if scan is None:
             return []
         may_preempt = scan.may_preempt

@@ -3,6 +3,7 @@
     policy ──Launch──▶ loop ──▶ backend (Ray or the simulator) ──▶ worker
     worker ──Progress (ElementError per failed element)──▶ backend ──▶ loop ──▶ policy
     backend ──BatchLost──▶ loop;  policy ──Stopped (Ended)──▶ loop ──▶ report
+    loop ──Running, HandedOff, Reported, Lost (the events)──▶ policy
     policy ──counts──▶ Counts, which the JobReport is
 
 Plain data only: no behaviour, and nothing here imports the modules that use them.
@@ -137,3 +138,42 @@ class Counts:
     timeouts: int = 0
     preemptions: int = 0
     failed_attempts: int = 0
+
+
+# The events: what the loop heard, as the policy takes it. Named tuples, as Launch is: one or
+# two are made for each batch, and a frozen dataclass takes two and a half times as long.
+
+
+class Running(NamedTuple):
+    """Batch ``batch``'s element at position ``running[0]`` entered fn at ``running[1]``;
+    ``running`` None: none is in fn (with output=, its worker writes the last tables)."""
+
+    batch: int
+    running: tuple[int, float] | None
+
+
+class HandedOff(NamedTuple):
+    """The worker of ``batch`` gave back its positions from ``end`` on: it never starts them."""
+
+    batch: int
+    end: int
+
+
+class Reported(NamedTuple):
+    """Positions ``first .. first + count`` of ``batch`` finished in ``seconds`` of fn time;
+    those in ``errors`` failed."""
+
+    batch: int
+    first: int
+    count: int
+    errors: dict[int, ElementError]
+    seconds: float
+
+
+class Lost(NamedTuple):
+    """The batch's stream broke before every element it owns reported (its worker died).
+    ``at``: where its worker's note says it was (records.BatchLost); None: unread."""
+
+    batch: int
+    error: ElementError
+    at: int | None = None

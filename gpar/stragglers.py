@@ -98,7 +98,7 @@ class Stragglers:
         self.tail_threshold = tail
         self.check_after = tail if tail < self._timeout else self._timeout
 
-    def scan(self, final: int, queued: bool, waiting: int, in_flight: int) -> Scan | None:
+    def scan(self, *, final: int, queued: bool, waiting: int, in_flight: int) -> Scan | None:
         """What a scan may do, with ``final`` elements final, work ``queued`` or not,
         ``waiting`` elements waiting (parked ones too) and ``in_flight`` batches; None before
         there is a median. Waiting work goes first: no backup while the queue holds work."""

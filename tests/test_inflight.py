@@ -2,7 +2,7 @@
 started."""
 
 from gpar.inflight import InFlight
-from gpar.policy import Running
+from gpar.records import Running
 
 
 def test_batches_are_numbered_and_backups_contested():

@@ -2,16 +2,8 @@
 
 import pytest
 
-from gpar.policy import (
-    HandedOff,
-    Lost,
-    Policy,
-    Reported,
-    Rules,
-    Running,
-    default_max_failures,
-)
-from gpar.records import ElementError
+from gpar.policy import Policy, Rules, default_max_failures
+from gpar.records import ElementError, HandedOff, Lost, Reported, Running
 from gpar.split import BatchSizer
 from gpar.stragglers import BACKUP_MIN_S, BACKUP_SLOWDOWN, TAIL_SLOWDOWN, WRITING_PATIENCE
 

@@ -24,7 +24,8 @@ def stragglers(elements=100, slots=4, backups=True, task_timeout_s=None, median_
 
 def test_nothing_straggles_before_there_is_a_median():
     rules = stragglers(median_s=None)
-    assert rules.threshold is None and rules.scan(50, False, 0, 4) is None
+    assert rules.threshold is None
+    assert rules.scan(final=50, queued=False, waiting=0, in_flight=4) is None
     assert rules.check_after == math.inf
 
 
@@ -38,19 +39,22 @@ def test_thresholds_follow_the_median_with_a_floor():
 
 def test_a_scan_preempts_only_when_every_slot_is_busy_and_work_waits():
     rules = stragglers(slots=4)
-    assert rules.scan(10, True, waiting=3, in_flight=4).may_preempt == 3
-    assert rules.scan(10, True, waiting=3, in_flight=2).may_preempt == 0
+    assert rules.scan(final=10, queued=True, waiting=3, in_flight=4).may_preempt == 3
+    assert rules.scan(final=10, queued=True, waiting=3, in_flight=2).may_preempt == 0
 
 
 def test_backups_wait_for_half_the_elements_and_an_empty_queue():
     rules = stragglers(elements=100, slots=4)
-    assert not rules.scan(49, False, 0, 4).backups
-    assert not rules.scan(50, True, 0, 4).backups  # waiting work goes first
-    busy = rules.scan(50, False, 0, 4)
+    assert not rules.scan(final=49, queued=False, waiting=0, in_flight=4).backups
+    # waiting work goes first
+    assert not rules.scan(final=50, queued=True, waiting=0, in_flight=4).backups
+    busy = rules.scan(final=50, queued=False, waiting=0, in_flight=4)
     assert busy.backups and busy.threshold == rules.threshold
-    tail = rules.scan(50, False, 0, 3)  # a slot idles: a shorter straggle will do
+    # a slot idles: a shorter straggle will do
+    tail = rules.scan(final=50, queued=False, waiting=0, in_flight=3)
     assert tail.backups and tail.threshold == rules.tail_threshold
-    assert not stragglers(backups=False).scan(100, False, 0, 3).backups
+    without = stragglers(backups=False)
+    assert not without.scan(final=100, queued=False, waiting=0, in_flight=3).backups
 
 
 def test_patience_doubles_with_each_preemption_and_grows_while_tables_are_written():
