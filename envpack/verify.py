@@ -8,7 +8,6 @@ minor version and platform.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import sys
 import sysconfig
@@ -104,6 +103,8 @@ def mismatches(check: ImageCheck) -> list[tuple[str, str, str]]:
         for what, value in wanted.items():
             if here[what] != value:
                 problems.append((f"{what} (compiled: {', '.join(compiled)})", value, here[what]))
+    import importlib.metadata  # here: `import envpack` stays light
+
     versions = [("ray", check.ray_version)] if check.ray_version else []
     versions += [(name, version) for name, version, _ in check.distributions]
     for name, version in versions:

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import cloudpickle
 
-from envpack import discover, reach
+from envpack import reach
 from envpack.reach import unwrap
 from gpar import pickled
 from gpar.errors import EnvironmentCaptureError
@@ -224,6 +224,8 @@ def reached_globals(roots: Iterable[Any], scope: dict[str, Any],
 
 def callers_code() -> Callable[[str], bool]:
     """Whether a module is the caller's own code, which the walk of what fn reaches reads."""
+    from envpack import discover  # importlib.metadata and packaging: not on `import gpar`
+
     return discover.callers_code(RUNTIME_MODULES)
 
 

@@ -29,11 +29,24 @@ def test_every_error_is_a_gpar_error():
 
 
 def test_import_gpar_loads_no_ray_pandas_pyarrow_or_duckdb():
-    heavy = ["ray", "pandas", "pyarrow", "duckdb"]
+    """Nor what envpack reads installed distributions with: apply loads those when it runs."""
+    heavy = ["ray", "pandas", "pyarrow", "duckdb", "packaging", "importlib.metadata"]
     code = f"import sys, gpar; print([name in sys.modules for name in {heavy}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == str([False] * len(heavy))
+
+
+def test_envpacks_functions_keep_their_names_once_their_submodules_are_imported():
+    """manifest() and verify() share their names with envpack's submodules; a worker imports
+    the submodule envpack.verify, then the function verify."""
+    code = ("import envpack.verify, envpack.manifest, envpack; "
+            "from envpack import verify, manifest; "
+            "print(callable(envpack.verify), callable(envpack.manifest), callable(verify), "
+            "callable(manifest))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["True"] * 4
 
 
 def test_gpar_modules_import_one_another_without_a_cycle():
