@@ -32,7 +32,7 @@ from gpar.options import EnvMode, ErrorsMode
 from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
-from gpar.results import Results
+from gpar.results import Results, TaskFailure
 from gpar.split import BatchSizer
 
 if TYPE_CHECKING:
@@ -189,20 +189,19 @@ def _answer(results: Results, claim: gpar_output.OutputJob | None) -> Results | 
     return Dataset(claim.location, report=results.report, failures=results.failures)
 
 
-def _raise_if_mismatched(results: Results) -> None:
+def _raise_if_mismatched(results: Results, failures: list[TaskFailure]) -> None:
     """No element ran because the workers' environment differs: raise the workers'
     EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
-    final = [failure for failure in results.failures if failure.reason in ("error", "system")]
-    if (len(results.failures) == len(results) and final
-            and all(isinstance(failure.exception, EnvironmentMismatch) for failure in final)):
-        raise final[0].exception
+    if (len(results.failures) == len(results) and failures
+            and all(isinstance(failure.exception, EnvironmentMismatch) for failure in failures)):
+        raise failures[0].exception
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:
     """Turn how the job ended into the exception or warnings that README's "What apply
     guarantees" promises."""
-    _raise_if_mismatched(results)
     failures = [f for f in results.failures if f.reason in ("error", "system")]
+    _raise_if_mismatched(results, failures)
     unfinished = len(results.failures) - len(failures)
     if policy.stop == "raise":
         raise TaskError(policy.first_failure)
