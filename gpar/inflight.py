@@ -61,7 +61,7 @@ class InFlight:
     def __init__(self) -> None:
         self.batches: dict[int, Batch] = {}
         self.contested: set[int] = set()  # batches running an element that has a backup
-        self._in_fn: OrderedDict[int, None] = OrderedDict()
+        self._in_fn: OrderedDict[int, float] = OrderedDict()  # batch -> when its element entered fn
         self._next = 0
 
     def __len__(self) -> int:
@@ -90,7 +90,7 @@ class InFlight:
         if live.running is None or live.running[0] != running[0]:
             live.straggling = False
         live.running = running
-        self._in_fn[batch] = None
+        self._in_fn[batch] = running[1]
         self._in_fn.move_to_end(batch)
 
     def forget(self, batch: int) -> Batch | None:
@@ -109,9 +109,9 @@ class InFlight:
 
     def first_in_fn_since(self) -> float | None:
         """When the element longest in fn entered it; None if none is in fn."""
-        if not self._in_fn:
-            return None
-        return self.batches[next(iter(self._in_fn))].running[1]
+        for since in self._in_fn.values():  # the first one, if any
+            return since
+        return None
 
     def in_fn_longer_than(self, now: float, limit: float) -> list[tuple[int, Batch]]:
         """Batches whose element in fn entered it more than ``limit`` ago; oldest first.

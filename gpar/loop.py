@@ -17,6 +17,7 @@ the report, the values, progress, checkpoints and slow-node placement.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ from gpar.records import (
 from gpar.report import AttemptBlock, JobReport
 from gpar.stragglers import SlowNodes
 
+#: A report block's failures when none of its elements failed, the usual case; never changed.
+_NONE_FAILED: dict[int, tuple[str, str]] = {}
 #: The report row of an element that finished in a batch lost before it reported it.
 _LOST = ("lost", "it finished, but its value was lost with its worker: run again, uncharged")
 
@@ -87,7 +90,7 @@ class JobLoop:
         self.values: list[Any] = [None] * policy.elements
         self.streams: dict[int, _Stream] = {}
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
-        self.finished_on: dict[str, int] = {}  # node -> element attempts finished there
+        self.finished_on: Counter[str] = Counter()  # node -> element attempts finished there
 
     def run(self) -> list[Any]:
         try:
@@ -110,7 +113,7 @@ class JobLoop:
                 self._on_straggler(self.streams[batch].node)
             for each in stopped:
                 self._stopped(each, now)
-            self.progress(ledger.final_count - final_before)
+            self.progress(ledger.final_count - final_before)  # also refreshes the bar's clock
             if policy.over:
                 return
             if self.checkpoint is not None:
@@ -156,11 +159,11 @@ class JobLoop:
         launch = stream.launch
         previous = stream.last_finished or message.elements_started
         stream.last_finished = message.finished[-1]
-        self.finished_on[stream.node] = self.finished_on.get(stream.node, 0) + count
+        self.finished_on[stream.node] += count
         values, errors = self._unpickle_values(message, count)
         first = launch.indices[message.done_from]
         failed = {position - message.done_from: (error.kind, error.message)
-                  for position, error in errors.items()} if errors else {}
+                  for position, error in errors.items()} if errors else _NONE_FAILED
         self.report.add_block(AttemptBlock(batch, first, launch.attempt, launch.backup,
                                            stream.node, stream.pid, stream.submitted, previous,
                                            message.finished, failed))
@@ -221,5 +224,5 @@ class JobLoop:
         """Count a straggler against its node; launch nothing more on the nodes found slow."""
         if self.slow_nodes is None:
             self.slow_nodes = SlowNodes(nodes=len(self.backend.alive_nodes()))
-        if self.slow_nodes.on_straggler(node, self.finished_on.get(node, 0)):
+        if self.slow_nodes.on_straggler(node, self.finished_on[node]):
             self.backend.avoid_nodes(set(self.slow_nodes.avoided))

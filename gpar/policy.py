@@ -145,6 +145,9 @@ class Policy:
                                      task_timeout_s=rules.task_timeout_s)
         self.flight = InFlight()
         self._new_stragglers: list[int] = []
+        # elements final that stop the job for quorum; None: quorum is 1, every element
+        self._quorum_at = (quorum_count(rules.quorum, elements) if rules.quorum < 1.0
+                           else None)
         self._next_scan = -math.inf
 
     # ----------------------------------------------------------------- decisions
@@ -154,11 +157,11 @@ class Policy:
         """The job is over: it stopped, or every element is final."""
         return self.stop is not None or self.ledger.final_count == self.elements
 
-    def launches(self, in_flight_limit: int) -> list[Launch]:
+    def launches(self, in_flight_limit: int) -> Sequence[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
         batches = self.flight.batches
-        if len(batches) >= in_flight_limit or self.over:  # the usual answer: every slot busy
-            return []
+        if len(batches) >= in_flight_limit or self.over:  # usual: every slot busy; no new list
+            return ()
         decided = []
         queue, ledger, flight = self.queue, self.ledger, self.flight
         handoff_after_s = self.stragglers.threshold or BACKUP_MIN_S
@@ -175,7 +178,7 @@ class Policy:
         self.counts.batches += len(decided)
         return decided
 
-    def tick(self, now: float) -> list[Stopped]:
+    def tick(self, now: float) -> Sequence[Stopped]:
         """Batches ended now: over task_timeout, preempted, left with nothing of their own to
         do (a backup race was decided), or all of them once the job stops."""
         deadline = self.rules.deadline_at
@@ -186,13 +189,15 @@ class Policy:
             return self._kill_all(_STOP_MESSAGES[self.stop])
         if self.ledger.final_count == self.elements:  # what still runs lost a race to a backup
             return self._kill_all(_LOST_RACE)
-        if now < self._next_scan:
-            return []
+        if now < self._next_scan:  # the usual answer, on every turn of the loop: no new list
+            return ()
         self._next_scan = now + SCAN_S
         stopped = self._timeouts(now)
         stopped += self._handle_stragglers(now)
         stopped += self._redundant()
-        return stopped + self.tick(now) if self.over else stopped
+        if self.over:
+            stopped += self.tick(now)
+        return stopped
 
     def take_stragglers(self) -> Sequence[int]:
         """Batches declared stragglers since the last call (so the loop can tell slow nodes).
@@ -254,7 +259,9 @@ class Policy:
         self.sizer.observe(count, seconds)
         self.stragglers.on_median(self.durations.add(seconds / count))
         if not errors:  # the usual report: accept what the batch still owns
-            accepted = self.ledger.accept(live.indices[first:min(first + count, live.end)])
+            stop = first + count
+            accepted = self.ledger.accept(live.indices[first:stop if stop < live.end
+                                                       else live.end])
         else:
             accepted = []
             for part in live.parts_without(errors, first, first + count):
@@ -385,9 +392,9 @@ class Policy:
             self._stop("raise")
 
     def _check_quorum(self) -> None:
-        if self.stop is None and self.rules.quorum < 1.0:
-            if self.ledger.final_count >= quorum_count(self.rules.quorum, self.elements):
-                self._stop("quorum")
+        quorum_at = self._quorum_at
+        if quorum_at is not None and self.ledger.final_count >= quorum_at and self.stop is None:
+            self._stop("quorum")
 
     def _check_budget(self) -> None:
         if self.stop is None and self.counts.failed_attempts > self.rules.max_failures:

@@ -10,13 +10,15 @@ back goes first.
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from gpar.split import BatchSizer
 
 
-class Work(NamedTuple):  # a tuple, as Launch is: one is made for nearly every batch
-    """Elements ``indices`` to run as attempt ``attempt``."""
+@dataclass(slots=True)
+class Work:
+    """Elements ``indices`` to run as attempt ``attempt``. Mutable: the queue's first
+    re-cuttable work gives up its front in place as batches are cut from it, one per batch."""
 
     indices: range
     attempt: int
@@ -67,20 +69,21 @@ class WorkQueue:
         is empty; None if nothing waits. A plain tuple: one leaves for each batch."""
         queue = self._queue
         if queue:
-            indices, attempt, whole, backup = queue[0]
-            if whole:
+            work = queue[0]
+            indices = work.indices
+            if work.whole:
                 queue.popleft()
             else:
                 size = self.sizer.next_size(self._recuttable)
                 if size < len(indices):  # the rest stays first
-                    queue[0] = Work(indices[size:], attempt, False)
+                    work.indices = indices[size:]
                     indices = indices[:size]
                 else:
                     queue.popleft()
                 self._recuttable -= len(indices)
             self.queued -= len(indices)
-            return indices, attempt, backup
+            return indices, work.attempt, work.backup
         if self._parked:
-            indices, attempt, _, backup = self._parked.popleft()
-            return indices, attempt, backup
+            work = self._parked.popleft()
+            return work.indices, work.attempt, work.backup
         return None

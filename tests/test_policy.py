@@ -23,7 +23,7 @@ def killed(stopped):
 
 
 def launch_all(p, limit=100):
-    return p.launches(limit)
+    return list(p.launches(limit))
 
 
 def finish(p, launch, errors=None, seconds=0.01):
@@ -81,7 +81,7 @@ def test_deadline_stops_and_marks_the_unfinished():
     p = policy(3, max_workers=3, deadline_at=10.0)
     a, b, c = launch_all(p)
     finish(p, a)
-    assert p.tick(9.9) == []
+    assert not p.tick(9.9)
     assert sorted(killed(p.tick(10.0))) == [b.batch, c.batch] and p.stop == "deadline"
     assert {i: f.reason for i, f in p.ledger.failures.items()} == {1: "deadline", 2: "deadline"}
 
@@ -94,7 +94,7 @@ def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest(
     assert len(launch.indices) > 3
     p.on_reported(Reported(launch.batch, 0, 2, {}, 0.002))
     p.on_running(Running(launch.batch, (2, 1.0)))
-    assert p.tick(1.0 + timeout - 0.01) == []
+    assert not p.tick(1.0 + timeout - 0.01)
     (stopped,) = p.tick(1.0 + timeout + 0.1)
     assert stopped.batch == launch.batch and stopped.killed
     assert (stopped.ended.index, stopped.ended.outcome) == (2, "timeout")
@@ -357,7 +357,7 @@ def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_la
         assert [stopped.ended.outcome for stopped in first] == ["preempted"]
         return
     assert first == []
-    assert p.tick(10.0 + 2 * BACKUP_MIN_S + 0.1) == []
+    assert not p.tick(10.0 + 2 * BACKUP_MIN_S + 0.1)
     (stopped,) = p.tick(10.0 + WRITING_PATIENCE * BACKUP_MIN_S + 0.1)
     assert stopped.ended.outcome == "preempted"
     assert stopped.unstarted[0] == only.indices[3:3 + held]  # queued again, uncharged
@@ -381,6 +381,6 @@ def test_a_batch_writing_its_last_tables_has_no_element_in_fn_to_straggle():
     p.on_reported(Reported(only.batch, 0, 3, {}, 0.03))
     p.on_running(Running(only.batch, (last, 10.0)))  # the last element in fn...
     p.on_running(Running(only.batch, None))  # ...finished: its tables are written
-    assert p.tick(10.0 + 100 * BACKUP_MIN_S) == []  # neither preempted nor backed up
+    assert not p.tick(10.0 + 100 * BACKUP_MIN_S)  # neither preempted nor backed up
     finish(p, only)
     assert p.ledger.final_count == len(only.indices)
