@@ -22,6 +22,7 @@ from gpar.errors import (
     EnvironmentMismatch,
     FailureBudgetExceeded,
     IncompleteResultsWarning,
+    RemoteTraceback,
     SharedRandomStateWarning,
     TaskError,
     TaskFailedWarning,
@@ -191,10 +192,13 @@ def _answer(results: Results, claim: gpar_output.OutputJob | None) -> Results | 
 
 def _raise_if_mismatched(results: Results, failures: list[TaskFailure]) -> None:
     """No element ran because the workers' environment differs: raise the workers'
-    EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed."""
+    EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed. Its
+    traceback does not cross the pickle: the worker's text is its ``__cause__``, as a
+    TaskError's is."""
     if (len(results.failures) == len(results) and failures
             and all(isinstance(failure.exception, EnvironmentMismatch) for failure in failures)):
-        raise failures[0].exception
+        first = failures[0]
+        raise first.exception from RemoteTraceback(first.traceback) if first.traceback else None
 
 
 def _raise_or_warn(results: Results, policy: Policy) -> None:

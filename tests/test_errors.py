@@ -110,6 +110,9 @@ def test_the_workers_mismatch_reaches_the_caller_as_itself(cluster, site, load):
     assert isinstance(mismatch, envpack.EnvironmentMismatch)
     # what the worker found, as data: a mismatch rebuilt from the message would have none
     assert ("ep-absent", "2.5", "not installed") in mismatch.problems
+    # where the worker found it: its traceback's text, as a TaskError's, under the mismatch
+    assert isinstance(mismatch.__cause__, errors.RemoteTraceback)
+    assert "in _image_verified" in str(mismatch.__cause__)
 
 
 def test_misuse_stays_a_type_or_value_error(cluster):
