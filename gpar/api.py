@@ -96,15 +96,18 @@ def apply(
     _warn_of_shared_random_states(fn, args, kwargs)
     if len(items) == 0 and options.output is None:  # nothing to run, nothing to write
         return Results([], JobReport(elements=0))
+    target = _target(options, items, fn, args, kwargs)
+    if target is not None and target.whole:  # no cluster needed: nothing to run or commit
+        return _answer(Results([], JobReport(elements=0)), target)
     tasks = cluster.connect(options.address)
     with contextlib.closing(tasks):  # a local cluster's connection, held while the job runs
         image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
         # Claimed only now: a job that cannot start leaves the output as it was.
-        with _claimed(options, items, fn, args, kwargs) as claim:
+        with _claimed(target, options) as claim:
             pending = items if claim is None else [items[i] for i in claim.pending]
             run_all = functools.partial(scheduler.run_all, image, tasks)
-            if len(pending) == 0:  # an earlier run (or an empty xs) committed every element:
-                # connected all the same, as the commit may merge its files on the cluster
+            if len(pending) == 0:  # an empty xs, or a run that committed every element but
+                # did not end (its commit may merge files on the cluster, and cleans up)
                 return _answer(_committed(Results([], JobReport(elements=0)), claim, run_all),
                                claim)
             slots = options.max_workers or int(tasks.cpus())
@@ -149,15 +152,23 @@ def _warn_of_shared_random_states(fn: Callable, args: tuple, kwargs: dict) -> No
             "rng = np.random.default_rng([SEED, x])"), stacklevel=3)
 
 
-def _claimed(options: gpar_options.Options, items: Sequence[Any], fn: Callable, args: tuple,
-             kwargs: dict) -> contextlib.AbstractContextManager[gpar_output.OutputJob | None]:
+def _target(options: gpar_options.Options, items: Sequence[Any], fn: Callable, args: tuple,
+            kwargs: dict) -> gpar_output.Target | None:
+    """Where the job writes and which job it is; None without output=."""
+    if options.output is None:
+        return None
+    with as_gpar_errors():
+        return gpar_output.target(options.output, items, fn, args, kwargs, options.overwrite)
+
+
+def _claimed(target: gpar_output.Target | None, options: gpar_options.Options,
+             ) -> contextlib.AbstractContextManager[gpar_output.OutputJob | None]:
     """The output claimed for this job while it runs (which elements are left to run, where
     they write); nothing without output=."""
-    if options.output is None:
+    if target is None:
         return contextlib.nullcontext()
     with as_gpar_errors():
-        return gpar_output.begin(options.output, items, fn, args, kwargs, options.overwrite,
-                                 options.cluster_by)
+        return gpar_output.begin(target, options.overwrite, options.cluster_by)
 
 
 def _staged_image(tasks: Any, packages: str | Sequence[str],
@@ -181,13 +192,14 @@ def _committed(results: Results, claim: gpar_output.OutputJob,
     return results
 
 
-def _answer(results: Results, claim: gpar_output.OutputJob | None) -> Results | Dataset:
+def _answer(results: Results,
+            output: gpar_output.OutputJob | gpar_output.Target | None) -> Results | Dataset:
     """What apply returns: the results, or with output= the committed Dataset."""
-    if claim is None:
+    if output is None:
         return results
     from reduce_sql import Dataset
 
-    return Dataset(claim.location, report=results.report, failures=results.failures)
+    return Dataset(output.location, report=results.report, failures=results.failures)
 
 
 def _raise_if_mismatched(results: Results, failures: list[TaskFailure]) -> None:

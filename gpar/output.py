@@ -9,6 +9,7 @@ Ray: the commit is handed the Ray backend's run_all to merge small files on the 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -112,17 +113,42 @@ def _parts(values: list[Any]) -> list[Any]:
     return [value for value in values if isinstance(value, Part)]
 
 
-def begin(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
-          overwrite: bool, cluster_by: Sequence[str] = ()) -> OutputJob:
-    """Claim ``output`` for this job, its lease too: use it as a context manager, which
-    releases the lease when the job ends."""
-    from reduce_sql.commit import begin as claim
+@dataclass(frozen=True)
+class Target:
+    """Where a job writes and which job it is (jobid.py's digest), found before anything is
+    connected or claimed. ``whole``: an earlier run of this job committed every element and
+    ended, and no file is left to clean up, so a re-run has nothing to run, merge or delete:
+    it answers without a cluster."""
+
+    location: Any  # reduce_sql.store.Location
+    job: str
+    elements: int  # of xs
+    whole: bool
+
+
+def target(output: Any, items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict,
+           overwrite: bool) -> Target:
+    """The job's target; read-only (overwrite=True replaces even a whole output)."""
+    from reduce_sql.commit import leftovers, read_manifest
     from reduce_sql.store import locate
 
     location = locate(output)
     job = job_digest(items, fn, args, kwargs)
-    previous, replacing, lease = claim(location, job, overwrite)
+    manifest = None if overwrite or location.is_file else read_manifest(location)
+    whole = (manifest is not None and manifest.job == job and manifest.finished
+             and len(manifest.tasks) == len(items)
+             and not leftovers(location, manifest, time.time()))
+    return Target(location, job, len(items), whole)
+
+
+def begin(target: Target, overwrite: bool, cluster_by: Sequence[str] = ()) -> OutputJob:
+    """Claim the target's output for its job, the lease too: use it as a context manager,
+    which releases the lease when the job ends."""
+    from reduce_sql.commit import begin as claim
+
+    previous, replacing, lease = claim(target.location, target.job, overwrite)
     done = previous.tasks if previous else set()
-    return OutputJob(location, job, previous, [i for i in range(len(items)) if i not in done],
-                     checkpoints=not replacing, lease=lease, elements=len(items),
+    return OutputJob(target.location, target.job, previous,
+                     [i for i in range(target.elements) if i not in done],
+                     checkpoints=not replacing, lease=lease, elements=target.elements,
                      cluster_by=tuple(cluster_by))

@@ -213,10 +213,17 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     manifest = dataclasses.replace(
         manifest, retired=tuple(each for each in retired if now - each[1] < RETAIN_S))
     _write(location, manifest, lease)
-    kept = {file.path for file in manifest.files} | {path for path, _ in manifest.retired}
-    location.delete([path for path in location.files(DATA_DIR)
-                     if path not in kept and _written_by_gpar(path)])
+    location.delete(leftovers(location, manifest, now))
     return manifest
+
+
+def leftovers(location: Location, manifest: Manifest, now: float) -> list[str]:
+    """Files gpar wrote under data/ that ``manifest`` neither lists nor keeps RETAIN_S for
+    readers of an earlier version: abandoned attempts', and versions retired long enough."""
+    kept = {file.path for file in manifest.files} | {
+        path for path, retired_at in manifest.retired if now - retired_at < RETAIN_S}
+    return [path for path in location.files(DATA_DIR)
+            if path not in kept and _written_by_gpar(path)]
 
 
 def checkpoint(location: Location, job: str, parts: Sequence[Part],

@@ -204,14 +204,14 @@ def test_replacing_an_output_writes_no_checkpoint_so_it_stays_readable(tmp_path)
 
     out = str(tmp_path / "out")
     gpar.apply(range(2), returns, [{"a": [1]}, {"a": [2]}], output=out, progress=False)
-    replacing = gpar_output.begin(out, range(2), returns, ([{"a": [8]}, {"a": [9]}],), {},
-                                  overwrite=True)
+    replacing = gpar_output.begin(gpar_output.target(
+        out, range(2), returns, ([{"a": [8]}, {"a": [9]}],), {}, overwrite=True), overwrite=True)
     accepted = parts_of(replacing.location, [{"a": [8]}], job=replacing.job)
     replacing.checkpoint([*accepted, None])
     assert reduce_sql.Dataset(out).sql("SELECT a FROM data ORDER BY a").to_pylist() == [
         {"a": 1}, {"a": 2}]
-    fresh = gpar_output.begin(str(tmp_path / "fresh"), range(2), returns, ([],), {},
-                              overwrite=True)  # nothing there to replace: checkpoints
+    fresh = gpar_output.begin(gpar_output.target(  # nothing there to replace: checkpoints
+        str(tmp_path / "fresh"), range(2), returns, ([],), {}, overwrite=True), overwrite=True)
     fresh.checkpoint(parts_of(fresh.location, [{"a": [8]}], job=fresh.job))
     with pytest.warns(reduce_sql.PartialOutputWarning, match="1 tasks committed"):
         reduce_sql.Dataset(tmp_path / "fresh")
@@ -220,7 +220,8 @@ def test_replacing_an_output_writes_no_checkpoint_so_it_stays_readable(tmp_path)
 def test_an_output_that_is_not_a_part_is_an_error_not_a_dropped_task(tmp_path):
     from gpar import output as gpar_output
 
-    claim = gpar_output.begin(str(tmp_path / "out"), range(2), returns, ([],), {}, False)
+    claim = gpar_output.begin(
+        gpar_output.target(str(tmp_path / "out"), range(2), returns, ([],), {}, False), False)
     with pytest.raises(gpar.EnvironmentMismatch, match="not a reduce_sql Part: the workers run"):
         claim.commit(parts_of(claim.location, [{"a": [1]}], job=claim.job) + [{"a": [2]}])
 
@@ -234,6 +235,23 @@ def test_a_rerun_of_the_same_job_runs_only_what_was_not_committed(output, tmp_pa
     assert second.report.elements == 1 and attempts_of(tmp_path, 0) == 1
     assert [(a.task, a.outcome) for a in second.report.attempts] == [(5, "ok")]
     assert_exactly_once(second, range(8))
+
+
+def test_a_rerun_of_a_finished_job_answers_without_a_cluster(tmp_path):
+    """The script run again after its job wrote every element: the output is the answer, at
+    once, with no cluster asked (none answers at this address) and nothing rewritten."""
+    out = tmp_path / "out"
+    first = gpar.apply(range(3), rows_of, output=out, progress=False)
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+
+    again = gpar.apply(range(3), rows_of, output=out, address="127.0.0.1:1", progress=False)
+
+    assert again.sql("SELECT sum(x) AS s FROM data").column("s")[0].as_py() == 0 + 1 + 2
+    assert again.manifest == first.manifest and not again.failures
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+    with pytest.raises(gpar.ClusterConnectionError):  # with overwrite=True it is rewritten
+        gpar.apply(range(3), rows_of, output=out, overwrite=True, address="127.0.0.1:1",
+                   progress=False)
 
 
 def test_a_rerun_meeting_the_same_failures_is_judged_as_the_first_run(tmp_path):
