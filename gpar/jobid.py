@@ -11,6 +11,7 @@ seen.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -48,38 +49,75 @@ def job_digest(items: Sequence[Any], fn: Callable, args: tuple, kwargs: dict) ->
 
 class _Fingerprint:
     """Bytes that change when what a value does can change: the value's own, then each of its
-    references' (reach.py: loaded globals only, no attribute counts as one); each object once."""
+    references' (reach.py: loaded globals only, no attribute counts as one); each object once.
+
+    Walked with a stack of steps, not by recursion: an argument may nest as deep as pickle
+    goes or deeper (a linked list of tuples, a tree of dicts). The bytes are written as the walk
+    goes, not joined again at every level (only a set's elements are, to be sorted)."""
 
     def __init__(self, is_callers: Callable[[str], bool]):
         self.is_callers = functools.cache(is_callers)
         self.seen: dict[int, Any] = {}  # the values too: an id is unique while they live
+        self.out: list[bytes] = []  # where bytes go now: the root's, or a set element's
+        self.added: dict[int, Any] | None = None  # what a set element's walk added to seen
+        self.steps: list[tuple[Callable[[Any], None], Any]] = []
 
     def __call__(self, value: Any) -> bytes:
-        if id(value) in self.seen:
-            return b"<again>"
-        self.seen[id(value)] = value
-        found = reach.references(value, self.is_callers, attributes=False)
-        if isinstance(value, set | frozenset):
-            parts = self._unordered(found)
-        else:
-            parts = [f"{kind} {name}=".encode() + self(referred)
-                     for kind, name, referred in found]
-        return b"|".join([self._own(value, referring=bool(found)), *parts])
+        self.out = []
+        self.steps.append((self._visit, value))
+        while self.steps:
+            step, argument = self.steps.pop()
+            step(argument)
+        return b"".join(self.out)
 
-    def _unordered(self, found: list[reach.Reference]) -> list[bytes]:
+    def _visit(self, value: Any) -> None:
+        if id(value) in self.seen:
+            self.out.append(b"<again>")
+            return
+        self.seen[id(value)] = value
+        if self.added is not None:
+            self.added[id(value)] = value
+        found = reach.references(value, self.is_callers, attributes=False)
+        self.out.append(self._own(value, referring=bool(found)))
+        if isinstance(value, set | frozenset) and len(found) > 1:  # one has no order to fix
+            self._unordered(found)
+        else:
+            self.steps += [(self._follow, reference) for reference in reversed(found)]
+
+    def _follow(self, reference: reach.Reference) -> None:
+        self.out.append(b"|" + _named(reference))
+        self._visit(reference.value)
+
+    def _unordered(self, found: list[reach.Reference]) -> None:
         """A set's elements, sorted: they iterate in an order set by hashes, so each is
-        fingerprinted as if it came first (an object two of them share is in full in both)."""
-        before, after, parts = self.seen, {}, []
-        for kind, name, referred in found:
-            self.seen = dict(before)
-            parts.append(f"{kind} {name}=".encode() + self(referred))
-            after.update(self.seen)
-        self.seen = after or before
-        return sorted(parts)
+        fingerprinted as if it came first (an object two of them share is in full in both).
+        What one element's walk adds to seen is taken out before the next, all put back after
+        the last: the cost is each element's own walk, not a copy of seen each."""
+        elements = _SetElements(out=self.out, added=self.added)
+        self.steps.append((self._end_set, elements))
+        for reference in reversed(found):
+            self.steps += [(self._end_element, elements), (self._start_element, reference)]
+
+    def _start_element(self, reference: reach.Reference) -> None:
+        self.out, self.added = [_named(reference)], {}
+        self._visit(reference.value)
+
+    def _end_element(self, elements: _SetElements) -> None:
+        elements.parts.append(b"".join(self.out))
+        for key in self.added:
+            del self.seen[key]
+        elements.reached.update(self.added)
+        self.out, self.added = elements.out, elements.added
+
+    def _end_set(self, elements: _SetElements) -> None:
+        self.out += [b"|", b"|".join(sorted(elements.parts))]
+        self.seen.update(elements.reached)
+        if self.added is not None:
+            self.added.update(elements.reached)
 
     def _own(self, value: Any, referring: bool) -> bytes:
         if referring and type(value) in _CONTAINERS:  # those elements count as references
-            return type(value).__qualname__.encode() + _stable_pickle(_atoms_of(value))
+            return type(value).__qualname__.encode() + _pickled_atoms(value)
         if isinstance(value, types.FunctionType):
             return _code_fingerprint(value.__code__)
         if isinstance(value, _HOLDERS):
@@ -92,14 +130,31 @@ class _Fingerprint:
             return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
 
 
-def _atoms_of(container: Any) -> Any:
+def _named(reference: reach.Reference) -> bytes:
+    return f"{reference.kind} {reference.name}=".encode()
+
+
+@dataclasses.dataclass(slots=True)
+class _SetElements:
+    """A set being fingerprinted: where its bytes go, its elements' bytes, what they reached."""
+
+    out: list[bytes]
+    added: dict[int, Any] | None  # the enclosing set element's, if the set is inside one
+    parts: list[bytes] = dataclasses.field(default_factory=list)
+    reached: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+
+def _pickled_atoms(container: Any) -> bytes:
     """A container with the elements that refer to anything (reach.py) left as None: what it
-    holds itself, pickled once, its other elements fingerprinted as its references."""
-    if isinstance(container, dict):
-        return {key: _atom_or_none(value) for key, value in container.items()}
+    holds itself, pickled once, its other elements fingerprinted as its references. Plain
+    pickle where no set can be inside (the same bytes, several times faster: a deep nest
+    pickles one container per level)."""
     if isinstance(container, set | frozenset):
-        return frozenset(filter(reach.is_atom, container))
-    return [_atom_or_none(value) for value in container]
+        return _stable_pickle(frozenset(filter(reach.is_atom, container)))
+    if isinstance(container, dict):
+        atoms = {key: _atom_or_none(value) for key, value in container.items()}
+        return pickle.dumps(atoms, 5) if all(map(reach.is_atom, atoms)) else _stable_pickle(atoms)
+    return pickle.dumps([_atom_or_none(value) for value in container], 5)
 
 
 def _atom_or_none(value: Any) -> Any:

@@ -40,16 +40,25 @@ def fn(draw, scale=2):
         return weigh(draw.realization * scale)
     return 0
 
+def weight(row):
+    return len(KEPT) * row
+
 columns = {f"column_{i}" for i in range(10)}  # iterated in an order set by string hashes
+chain = frozenset((f"row_{i}", weight) for i in range(20))  # elements share a function...
+for i in range(5000):  # ...at the end of a linked list deeper than a recursive walk goes
+    chain = (i, chain)
 print(job_digest([Draw(r) for r in range(3)], fn, (), {"scale": 3, "columns": columns,
-                                                       "nested": [frozenset(columns)]}))
+                                                       "nested": [frozenset(columns)],
+                                                       "chain": chain}))
 """
 
 
 def test_the_same_job_has_the_same_digest_in_another_process(tmp_path):
     (tmp_path / "job.py").write_text(DIGEST_SCRIPT)
+    checkout = os.path.dirname(os.path.dirname(gpar.__file__))  # this gpar, not one installed
+    environment = {**os.environ, "PYTHONPATH": checkout}
     digests = {subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True,
-                              text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+                              text=True, check=True, env={**environment, "PYTHONHASHSEED": seed}
                               ).stdout for seed in ("1", "2")}
     assert len(digests) == 1  # so a re-run in a new process resumes
 
@@ -134,3 +143,72 @@ def test_a_job_with_other_set_members_is_another_job():
 
 def deeper(frames: int, call):
     return call() if frames == 0 else deeper(frames - 1, call)
+
+
+def nested(depth: int, innermost, wrap):
+    value = innermost
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+@pytest.mark.parametrize("wrap", [lambda value: [value], lambda value: {"child": value}],
+                         ids=["list", "dict"])
+def test_an_argument_nested_deeper_than_python_recurses_is_fingerprinted(wrap):
+    """A tree of dicts or a linked list may nest deeper than a recursive walk goes (330 levels,
+    where pickle goes to 500 or more): the job's identity sets no depth of its own, and still
+    sees the innermost value."""
+    from gpar.jobid import job_digest
+
+    digests = {job_digest(range(3), reads_globals, (nested(100_000, innermost, wrap),), {})
+               for innermost in ([1], [2])}
+    assert len(digests) == 2
+
+
+class CountedSeen(dict):
+    """A fingerprint's ``seen``, counting the entries read, written and removed (``__iter__``
+    too, so that even copying it is counted)."""
+
+    touched = 0
+
+    def __contains__(self, key):
+        self.touched += 1
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        self.touched += 1
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self.touched += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.touched += 1
+        super().__delitem__(key)
+
+    def __iter__(self):
+        self.touched += len(self)
+        return super().__iter__()
+
+    def update(self, values):
+        self.touched += len(values)
+        super().update(values)
+
+
+def test_a_large_set_costs_what_its_elements_reach_not_what_was_seen_before():
+    """Each element of a set is fingerprinted as if it came first: that must cost the
+    element's own walk, not a copy of everything fn reached before it, once per element."""
+    from gpar.environment import callers_code
+    from gpar.jobid import _Fingerprint
+
+    def touched(seen_before: int, size: int) -> int:
+        fingerprint = _Fingerprint(callers_code())
+        fingerprint.seen = seen = CountedSeen()
+        fingerprint([(i, helper) for i in range(seen_before)])  # fn reaches many objects
+        seen.touched = 0
+        fingerprint(frozenset((f"row_{i}", helper, reads_globals) for i in range(size)))
+        return seen.touched
+
+    assert touched(5000, 1000) == touched(10, 1000)
+    assert touched(5000, 2000) <= 2.01 * touched(5000, 1000)
