@@ -17,8 +17,9 @@ rows in all.
     warm-up; peak memory is the rise of the process's peak RSS. Also the first query of a new
     process, for gpar and for polars.
 (c) The same write and queries on a real S3-compatible server (SeaweedFS on loopback).
-(d) Row-group sizes: the committed files rewritten with other sizes, queried by DuckDB; this
-    sets reduce_sql.tables.CLUSTERED_ROW_GROUP_ROWS.
+(d) Layouts: the clustered output's files rewritten with other row-group sizes and page
+    limits (with a page index, which DuckDB reads to skip pages and polars does not), queried
+    by DuckDB and polars; this sets reduce_sql.tables.ROW_GROUP_ROWS and ROWS_PER_PAGE.
 (e) Parquet options: the committed files rewritten under each set, as sorted: write time, size,
     and DuckDB's and polars' times for the first query (options that speed one reader may speed
     the other more); this sets reduce_sql.tables.parquet_options.
@@ -195,27 +196,37 @@ def first_in_process(uri: str) -> dict[str, float]:
     return found
 
 
-def by_row_group_size(dataset: reduce_sql.Dataset, work: Path) -> dict[int, tuple[float, float]]:
-    """DuckDB's seconds for both queries over the dataset's files rewritten with each size."""
+#: (rows per row group, rows per page with a page index, or None: pyarrow's pages, no index)
+LAYOUTS = [(131_072, None), (131_072, 16_384), (1_000_000, None), (1_000_000, 8_192),
+           (1_000_000, 16_384)]
+
+
+def by_layout(dataset: reduce_sql.Dataset, work: Path) -> dict[tuple, tuple[float, ...]]:
+    """DuckDB's and polars' seconds for both queries over the clustered output's files (each
+    sorted whole) rewritten with each row-group size and page limit."""
     import duckdb
 
+    mape = (pl.col("error").abs().mean() * 100).alias("mape")
     timings = {}
-    for rows in (32_768, 131_072, 524_288, 1_048_576):
-        directory = work / f"groups-{rows}"
+    for rows, page_rows in LAYOUTS:
+        directory = work / f"layout-{rows}-{page_rows}"
         directory.mkdir()
-        saved = tables.CLUSTERED_ROW_GROUP_ROWS
-        tables.CLUSTERED_ROW_GROUP_ROWS = rows
-        try:
-            for number, path in enumerate(dataset.files):
-                tables.write_table(pq.read_table(path), str(directory / f"{number}.parquet"),
-                                   pa.fs.LocalFileSystem(), CLUSTER_BY)
-        finally:
-            tables.CLUSTERED_ROW_GROUP_ROWS = saved
+        for number, path in enumerate(dataset.files):
+            table = pq.read_table(path)
+            options = tables.parquet_options(table.schema)
+            options.update(write_page_index=page_rows is not None, max_rows_per_page=page_rows)
+            pq.write_table(table, directory / f"{number}.parquet", row_group_size=rows,
+                           **options)
         connection = duckdb.connect()
         connection.execute("SET parquet_metadata_cache = true")
         connection.read_parquet(f"{directory}/*.parquet").create_view("data")
-        timings[rows] = tuple(timed(lambda sql=sql, db=connection: db.sql(sql).fetchall(),
-                                    REPEATS) for sql in (BY_MODEL_AND_HORIZON, AT_HORIZON_52))
+        scan = pl.scan_parquet(f"{directory}/*.parquet")
+        timings[rows, page_rows] = (
+            *(timed(lambda sql=sql, db=connection: db.sql(sql).fetchall(), REPEATS)
+              for sql in (BY_MODEL_AND_HORIZON, AT_HORIZON_52)),
+            timed(lambda: scan.group_by("model", "horizon").agg(mape).collect(), REPEATS),
+            timed(lambda: scan.filter(pl.col("horizon") == 52).group_by("model").agg(mape)
+                  .collect(), REPEATS))
         shutil.rmtree(directory)
     return timings
 
@@ -249,7 +260,7 @@ def by_parquet_options(dataset: reduce_sql.Dataset, work: Path) -> dict[str, tup
         started = time.perf_counter()
         for part, table in enumerate(read):
             pq.write_table(table, directory / f"{part}.parquet",
-                           row_group_size=tables.CLUSTERED_ROW_GROUP_ROWS, **each)
+                           row_group_size=tables.ROW_GROUP_ROWS, **each)
         written = time.perf_counter() - started
         files = sorted(str(path) for path in directory.iterdir())
         connection = duckdb.connect()
@@ -289,7 +300,7 @@ def main() -> None:
         local = queries(str(work / "c0"), str(work / "p0"), None, None)
         first = first_in_process(work / "c0")
         load.append(os.getloadavg()[0])
-        groups = by_row_group_size(dataset, work)
+        layouts = by_layout(dataset, work)
         formats = by_parquet_options(dataset, work)
 
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -354,11 +365,15 @@ def main() -> None:
     print(f"apply(output=s3://…, cluster_by={CLUSTER_BY}): {s3_write:.2f} s "
           f"({s3_write - write['nothing']:.2f} s over the job returning nothing).\n")
     _query_table(remote, s3_files)
-    print("### (d) Row-group size of the clustered files (DuckDB, local)\n")
-    print("| rows per group | MAPE by model × horizon | at horizon 52 |\n|---|---|---|")
-    for rows, (every, one) in groups.items():
-        chosen = " (CLUSTERED_ROW_GROUP_ROWS)" if rows == tables.CLUSTERED_ROW_GROUP_ROWS else ""
-        print(f"| {rows:,}{chosen} | {every:.3f} | {one:.3f} |")
+    print("### (d) Layout of the clustered files: row groups and pages (local, seconds)\n")
+    print("| rows per group | rows per page (page index) | MAPE by model × horizon: DuckDB | "
+          "polars | at horizon 52: DuckDB | polars |\n|---|---|---|---|---|---|")
+    for (rows, page_rows), (every, one, polars_every, polars_one) in layouts.items():
+        chosen = (" (reduce_sql's)" if (rows, page_rows) == (tables.ROW_GROUP_ROWS,
+                                                            tables.ROWS_PER_PAGE) else "")
+        pages = f"{page_rows:,}" if page_rows else "pyarrow's, no index"
+        print(f"| {rows:,} | {pages}{chosen} | {every:.3f} | {polars_every:.3f} | {one:.3f} | "
+              f"{polars_one:.3f} |")
     print()
     print("### (e) Parquet options: the committed files rewritten (20.8 M rows)\n")
     print("| options | write s (one core) | MB | MAPE by model × horizon: DuckDB s | polars s |")

@@ -730,12 +730,15 @@ def test_cluster_by_sorts_each_file_so_filters_skip_row_groups(output, tmp_path)
         {"n": 60}]
 
 
-def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path):
+def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path, monkeypatch):
     """A batch's file is sorted a row group at a time: the order must hold across the groups,
-    so each group covers its own narrow range of the key."""
-    from reduce_sql.tables import CLUSTERED_ROW_GROUP_ROWS, write_table
+    so each group covers its own narrow range of the key. (Groups of 4,096 rows here, not a
+    million, so the test writes three quickly.)"""
+    from reduce_sql import tables
+    from reduce_sql.tables import write_table
 
-    rows = 3 * CLUSTERED_ROW_GROUP_ROWS
+    monkeypatch.setattr(tables, "ROW_GROUP_ROWS", 4096)
+    rows = 3 * tables.ROW_GROUP_ROWS
     elements = [pa.table({"horizon": [(i * 7919) % 52 for i in range(start, start + rows // 4)],
                           "value": list(range(start, start + rows // 4))})
                 for start in range(0, rows, rows // 4)]  # one chunk per element, keys mixed
@@ -747,6 +750,26 @@ def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path):
     ranges = [(group.column(0).statistics.min, group.column(0).statistics.max)
               for group in map(written.metadata.row_group, range(written.num_row_groups))]
     assert len(ranges) == 3 and all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+
+
+def test_each_file_has_a_page_index_so_a_filter_skips_pages_within_a_group(tmp_path):
+    """A query on cluster_by's columns reads about the rows it needs: pages hold at most
+    ROWS_PER_PAGE rows, and their min/max are in a page index DuckDB reads."""
+    from reduce_sql import tables
+
+    horizons = pa.table({"horizon": [h for h in range(1, 53) for _ in range(2000)],
+                         "error": [float(i) for i in range(104_000)]})
+    path = tmp_path / "clustered.parquet"
+    tables.write_table(horizons, str(path), pa.fs.LocalFileSystem(), ["horizon"])
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    assert group.num_rows == 104_000  # one group: what is skipped is pages
+    assert all(group.column(i).has_column_index and group.column(i).has_offset_index
+               for i in range(group.num_columns))
+    profile = duckdb.connect().sql(
+        f"EXPLAIN ANALYZE SELECT sum(error) FROM '{path}' WHERE horizon = 52").fetchall()
+    read = re.search(r"Data Read:\s+([\d.]+) (\w+)", profile[0][1])
+    assert read is not None and float(read[1]) * {"B": 1, "kB": 1e3, "MB": 1e6}[read[2]] < (
+        104_000 * 8 / 4)  # about a page of 104,000 doubles, not all of them
 
 
 def test_cluster_by_needs_output_and_columns_every_table_has(tmp_path):
