@@ -224,9 +224,10 @@ def by_layout(dataset: reduce_sql.Dataset, work: Path) -> dict[tuple, tuple[floa
         timings[rows, page_rows] = (
             *(timed(lambda sql=sql, db=connection: db.sql(sql).fetchall(), REPEATS)
               for sql in (BY_MODEL_AND_HORIZON, AT_HORIZON_52)),
-            timed(lambda: scan.group_by("model", "horizon").agg(mape).collect(), REPEATS),
-            timed(lambda: scan.filter(pl.col("horizon") == 52).group_by("model").agg(mape)
-                  .collect(), REPEATS))
+            timed(lambda scan=scan: scan.group_by("model", "horizon").agg(mape).collect(),
+                  REPEATS),
+            timed(lambda scan=scan: scan.filter(pl.col("horizon") == 52).group_by("model")
+                  .agg(mape).collect(), REPEATS))
         shutil.rmtree(directory)
     return timings
 
