@@ -23,6 +23,12 @@ pytestmark = pytest.mark.slow
 BOUND_S = 180
 
 
+def _as_in_a_terminal() -> None:
+    """A script started from a terminal takes Ctrl-C; one started by a test run that was itself
+    started in the background (``make test &``) would inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Scripts:
     """Runs scripts in fresh interpreters with one state directory; stops its server."""
 
@@ -42,7 +48,7 @@ class Scripts:
         script = self.write("script.py", source) if "\n" in source else self.directory / source
         return subprocess.Popen([python, str(script)], cwd=self.directory,
                                 env={**self.env, **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
 
     def run(self, source: str, **kwargs) -> str:
         process = self.start(source, **kwargs)
