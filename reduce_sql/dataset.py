@@ -2,9 +2,10 @@
 
 A Dataset is a view named ``data`` over exactly the files its manifest lists: the version it
 opened, which a job committing meanwhile leaves readable (commit.py keeps what it replaces for
-RETAIN_S). Local files are read by DuckDB's own Parquet reader (parallel, row groups skipped by
-their statistics); files in an object store through a pyarrow dataset, into which DuckDB pushes
-its projections and filters.
+RETAIN_S). DuckDB's own Parquet reader reads them (parallel, row groups and pages skipped by
+their statistics and page index): local files, and files in an object store when httpfs.py can
+give it S3; otherwise those through a pyarrow dataset, into which DuckDB pushes its projections
+and filters.
 
 Queries that only read run on a cursor of one DuckDB database per process: a new DuckDB costs
 ~30-40 ms and starts with no Parquet footers cached, which a Dataset opened per query (a notebook
@@ -26,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from reduce_sql import httpfs
 from reduce_sql.commit import Manifest, read_manifest
 from reduce_sql.errors import NoDatasetError, PartialOutputWarning, StaleDatasetError
 from reduce_sql.store import Location, locate
@@ -89,7 +91,7 @@ class Dataset:
 
         with self._lock:  # one connection, used by one thread at a time
             try:
-                return self._connection_for(query).sql(query, params=params).to_arrow_table()
+                return _run(self._connection_for(query), query, params)
             except (duckdb.Error, OSError) as exc:
                 self._raise_if_stale(exc)
                 raise
@@ -145,9 +147,16 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
                          **{name: source if isinstance(source, Dataset) else Dataset(source)
                             for name, source in tables.items()})
     try:
-        return database.sql(sql, params=params).to_arrow_table()
+        return _run(database, sql, params)
     finally:
         database.close()
+
+
+def _run(connection: Any, sql: str, params: dict[str, Any] | list[Any] | None) -> pa.Table:
+    """The result of ``sql``'s last statement; a table of no columns for one that has none
+    (SET, CREATE ...: DuckDB 1.x returns no relation for those, 2.x a status column)."""
+    relation = connection.sql(sql, params=params)
+    return pa.table({}) if relation is None else relation.to_arrow_table()
 
 
 def _database(*, private: bool, **tables: Dataset) -> Any:
@@ -175,16 +184,20 @@ def _attach(connection: Any, name: str, dataset: Dataset) -> None:
         raise NoDatasetError(
             f"{dataset.location.uri} has no columns: no task returned a table with any (or "
             "there were no tasks), so there is nothing to query")
-    files = dataset.files
+    files, location = dataset.files, dataset.location
     if not files:  # zero tasks committed rows: an empty table that still has the columns
         connection.register(name, dataset.schema.empty_table())
-    elif dataset.location.is_s3:  # registered: a temporary view, this connection's own
-        connection.register(name, _arrow_dataset(dataset.location, tuple(files), dataset.schema))
-    else:  # TEMP: seen by this connection only, not by the shared database's other cursors
-        paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
-        connection.execute(
-            f'CREATE TEMP VIEW "{name}" AS SELECT * FROM read_parquet([{paths}], '
-            f"union_by_name = {not dataset.manifest.uniform})")
+        return
+    if location.is_s3:
+        if not httpfs.reads(connection, location):  # registered: this connection's own
+            connection.register(name, _arrow_dataset(location, tuple(files), dataset.schema))
+            return
+        files = [f"s3://{path}" for path in files]
+    # TEMP: seen by this connection only, not by the shared database's other cursors
+    paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+    connection.execute(
+        f'CREATE TEMP VIEW "{name}" AS SELECT * FROM read_parquet([{paths}], '
+        f"union_by_name = {not dataset.manifest.uniform})")
 
 
 @functools.lru_cache(maxsize=16)

@@ -752,19 +752,32 @@ def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path, 
     assert len(ranges) == 3 and all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
 
 
-def test_each_file_has_a_page_index_so_a_filter_skips_pages_within_a_group(tmp_path):
-    """A query on cluster_by's columns reads about the rows it needs: pages hold at most
-    ROWS_PER_PAGE rows, and their min/max are in a page index DuckDB reads."""
+def clustered_file(tmp_path) -> str:
+    """One group of 104,000 rows sorted by horizon, as cluster_by writes it."""
     from reduce_sql import tables
 
     horizons = pa.table({"horizon": [h for h in range(1, 53) for _ in range(2000)],
                          "error": [float(i) for i in range(104_000)]})
     path = tmp_path / "clustered.parquet"
     tables.write_table(horizons, str(path), pa.fs.LocalFileSystem(), ["horizon"])
-    group = pq.ParquetFile(path).metadata.row_group(0)
-    assert group.num_rows == 104_000  # one group: what is skipped is pages
+    return str(path)
+
+
+def test_each_file_has_a_page_index(tmp_path):
+    """Pages' min/max are in a page index, which a reader uses to skip pages within a group
+    (below: one group of 104,000 rows, so what is skipped is pages)."""
+    metadata = pq.ParquetFile(clustered_file(tmp_path)).metadata
+    group = metadata.row_group(0)
+    assert metadata.num_row_groups == 1 and group.num_rows == 104_000
     assert all(group.column(i).has_column_index and group.column(i).has_offset_index
                for i in range(group.num_columns))
+
+
+@pytest.mark.skipif(tuple(map(int, duckdb.__version__.split(".")[:2])) < (2, 0),
+                    reason="DuckDB reads a file's page index from 2.0 on; gpar[s3] installs "
+                           "1.5.5, the newest DuckDB for which PyPI has httpfs")
+def test_duckdb_reads_the_page_index_so_a_filter_skips_pages_within_a_group(tmp_path):
+    path = clustered_file(tmp_path)
     profile = duckdb.connect().sql(
         f"EXPLAIN ANALYZE SELECT sum(error) FROM '{path}' WHERE horizon = 52").fetchall()
     read = re.search(r"Data Read:\s+([\d.]+) (\w+)", profile[0][1])
@@ -853,7 +866,7 @@ def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
     tinkered = committed(tmp_path / "a", [{"x": [1]}])
     other = committed(tmp_path / "b", [{"x": [2]}])
     threads = other.sql(setting)[0][0].as_py()
-    tinkered.sql("SET threads = $n", params={"n": threads + 1})
+    assert tinkered.sql("SET threads = $n", params={"n": threads + 1}).num_rows == 0
     tinkered.sql("CREATE TABLE scratch AS SELECT 7 AS y")
     assert tinkered.sql(setting)[0][0].as_py() == threads + 1  # its settings and tables last...
     assert tinkered.sql("SELECT x + y AS z FROM data, scratch").to_pylist() == [{"z": 8}]
@@ -886,12 +899,60 @@ def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
     assert answers == [(job % 4, expected[job % 4]) for job in range(64)]
 
 
+def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(s3_environment,
+                                                                                monkeypatch):
+    """DuckDB reads an S3 output's files itself (httpfs, from gpar[s3]), as it reads local
+    ones, and keeps the bytes it read for the process's later Datasets: a notebook's next
+    cell reads memory, not the network (a committed file is never rewritten)."""
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
+    commit_module.commit(location, "j" * 64,
+                         parts_of(location, [{"x": list(range(1000))}, {"x": [7]}]))
+    plan = "".join(reduce_sql.Dataset(location).sql("EXPLAIN SELECT sum(x) FROM data")
+                   .column("explain_value").to_pylist())
+    assert "READ_PARQUET" in plan and "ARROW_SCAN" not in plan
+    dataset = reduce_sql.Dataset(location)
+    assert dataset.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 499_507}]
+    cached = reduce_sql.Dataset(location).sql(
+        "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
+    assert {f"s3://{path}" for path in dataset.files} <= set(cached.to_pylist())
+
+
+def test_s3_keys_become_a_secret_for_their_output_alone():
+    """The keys a Location carries reach DuckDB as a secret scoped to that output's root:
+    quoted, addressed as pyarrow addresses the endpoint, and not used for a sibling prefix."""
+    from reduce_sql import httpfs
+    from reduce_sql.store import Location
+
+    connection = duckdb.connect()
+    location = Location("s3://bucket/o'ut", "bucket/o'ut", (
+        ("endpoint_override", "http://127.0.0.1:9"), ("access_key", "key'id"),
+        ("secret_key", "se'cret"), ("region", "eu-west-1")))
+    assert httpfs.reads(connection, location)  # gpar[s3], which the tests install, has httpfs
+
+    def secret_for(url: str) -> tuple | None:
+        return connection.sql("SELECT name FROM which_secret($url, 's3')",
+                              params={"url": url}).fetchone()
+
+    assert secret_for("s3://bucket/o'ut/data/part.parquet") is not None
+    assert secret_for("s3://bucket/o'ut2/data/part.parquet") is None
+    described = connection.sql("SELECT secret_string FROM duckdb_secrets()").fetchone()[0]
+    for field in ("key_id=key'id", "endpoint=127.0.0.1:9", "region=eu-west-1",
+                  "url_style=path", "use_ssl=false"):
+        assert field in described
+    assert not httpfs.reads(connection, Location("s3://bucket/x", "bucket/x", ()))
+
+
 def test_datasets_of_one_s3_version_share_its_scan_and_a_new_version_is_seen(s3_environment,
                                                                              monkeypatch):
-    """Footers read from the object store are kept by the version's scan, which Datasets of
-    that version share; a Dataset opened after the next commit reads the new file list."""
+    """Where DuckDB has no httpfs (no gpar[s3]), S3 files are scanned through pyarrow: footers
+    read from the object store are kept by the version's scan, which Datasets of that version
+    share; a Dataset opened after the next commit reads the new file list."""
     from reduce_sql import dataset as dataset_module
+    from reduce_sql import httpfs
 
+    monkeypatch.setattr(httpfs, "_loader", None)  # as where no way to load httpfs was found
     for name, value in s3_environment.items():
         monkeypatch.setenv(name, value)
     location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
