@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputExistsError, SchemaConflictError
 from reduce_sql.lease import LEASE, Lease
-from reduce_sql.parts import DATA_DIR, Part
+from reduce_sql.parts import DATA_DIR, FILE_ROWS, Part
 from reduce_sql.store import Location
-from reduce_sql.tables import ROW_GROUP_ROWS, write_table
+from reduce_sql.tables import write_table
 
 MANIFEST = "_gpar_manifest.json"
 JOB_MARKER = "_gpar_job.json"
@@ -49,12 +49,12 @@ JOB_MARKER = "_gpar_job.json"
 #: 20-30 %: 2 M rows were queried in 0.068 s from 1 file, 0.09 s from 16 or 64, 0.17 s from 400.
 COMPACT_ABOVE_FILES = 16
 
-#: Rows a compacted file collects before another is started (one row group each).
-COMPACT_FILE_ROWS = ROW_GROUP_ROWS
+#: Rows a compacted file collects before another is started: as many as a batch's file holds.
+COMPACT_FILE_ROWS = FILE_ROWS
 
 #: Files with fewer rows are small: a compaction merges only these. Batches write files of up to
 #: reduce_sql.parts.FILE_ROWS; a file much smaller is mostly per-file cost to a query.
-SMALL_FILE_ROWS = ROW_GROUP_ROWS // 8
+SMALL_FILE_ROWS = FILE_ROWS // 8
 
 #: Seconds a retired file is kept for readers that opened an older manifest (Delta Lake's
 #: VACUUM keeps 7 days by default; an analyst's session is hours, and the disk is theirs).

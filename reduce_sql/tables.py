@@ -2,7 +2,7 @@
 
 The Parquet options come from bench/bench_reduce.py's measurements of DuckDB over mapper
 outputs ((d) row groups, (e) Parquet options): dictionary encoding and zstd only where they pay
-(non-float columns), floats plain and uncompressed, and row groups of about a million rows.
+(non-float columns), floats plain and uncompressed, row groups of 131,072 rows, a page index.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import pyarrow.parquet as pq
 
 from reduce_sql.errors import OutputTypeError
 
-#: Rows per row group: groups much smaller cost DuckDB 20-30 % on a full scan (20.8 M-row
-#: layouts measured on 2 cores, bench/bench_reduce.py (d)). A filter on sorted columns
-#: (cluster_by) skips within a group by its page index instead (ROWS_PER_PAGE).
-ROW_GROUP_ROWS = 1_000_000
+#: Rows per row group: a filter on sorted columns (cluster_by) skips whole groups by their
+#: statistics, in every reader. bench/bench_reduce.py (d), 20.8 M rows on 2 cores: one horizon
+#: of the clustered output 0.011-0.016 s in groups of 131,072 rows for DuckDB 1.5 and polars,
+#: 0.03-0.04 s in groups of a million (which only a reader of page indexes, DuckDB 2.0, makes
+#: up for); full scans alike with either size, plain or clustered; 32k-64k no better.
+ROW_GROUP_ROWS = 131_072
 
-#: Rows per data page, each page's min/max written in a page index: DuckDB reads the index and
-#: skips the pages a filter excludes, so a query on cluster_by's columns reads about the rows
-#: it needs, not whole groups (and so does a filter on any column constant over runs of rows).
-#: bench/bench_reduce.py (d): one horizon of the clustered output in groups of a million rows
-#: 0.017 s without the index, 0.010 with it (groups of 131,072 rows: 0.011); a full scan
-#: unchanged. Writing the index costs under 3 % of a file's write.
+#: Rows per data page, each page's min/max written in a page index: DuckDB 2.0 reads the index
+#: and skips the pages a filter excludes within a group (bench (d): one horizon 0.010 s with
+#: it). Writing the index costs under 3 % of a file's write.
 ROWS_PER_PAGE = 16_384
 
 #: Floats plain and uncompressed, the other columns dictionary-encoded and zstd: measured floats
