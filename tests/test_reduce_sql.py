@@ -731,13 +731,14 @@ def test_cluster_by_sorts_each_file_so_filters_skip_row_groups(output, tmp_path)
 
 
 def test_a_clustered_file_of_several_row_groups_is_sorted_across_them(tmp_path, monkeypatch):
-    """A batch's file is sorted a row group at a time: the order must hold across the groups,
-    so each group covers its own narrow range of the key. (Groups of 4,096 rows here, not a
-    million, so the test writes three quickly.)"""
+    """A batch's file is sorted SORTED_ROWS at a time and written in row groups: the order must
+    hold across both, so each group covers its own narrow range of the key. (Groups of 4,096
+    rows here, sorted 8,192 at a time, so the test writes three quickly.)"""
     from reduce_sql import tables
     from reduce_sql.tables import write_table
 
     monkeypatch.setattr(tables, "ROW_GROUP_ROWS", 4096)
+    monkeypatch.setattr(tables, "SORTED_ROWS", 8192)
     rows = 3 * tables.ROW_GROUP_ROWS
     elements = [pa.table({"horizon": [(i * 7919) % 52 for i in range(start, start + rows // 4)],
                           "value": list(range(start, start + rows // 4))})
