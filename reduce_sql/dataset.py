@@ -2,13 +2,13 @@
 
 A Dataset is a view named ``data`` over exactly the files its manifest lists: the version it
 opened, which a job committing meanwhile leaves readable (commit.py keeps what it replaces for
-RETAIN_S). DuckDB's own Parquet reader reads them (parallel, row groups and pages skipped by
-their statistics and page index): local files, and files in an object store when httpfs.py can
-give it S3; otherwise those through a pyarrow dataset, into which DuckDB pushes its projections
-and filters.
+RETAIN_S). DuckDB's own Parquet reader reads them (parallel, row groups skipped by their
+statistics, and pages by the page index from DuckDB 2.0): local files, and files in an object
+store when httpfs.py can give it S3; otherwise those through a pyarrow dataset, into which
+DuckDB pushes its projections and filters.
 
 Queries that only read run on a cursor of one DuckDB database per process: a new DuckDB costs
-~30-40 ms and starts with no Parquet footers cached, which a Dataset opened per query (a notebook
+10-40 ms and starts with no Parquet footers (nor S3 bytes) cached, which a Dataset opened per query (a notebook
 cell, a script, each apply) would pay every time. Cursors share the database's caches, which is
 safe because a committed file is never rewritten (each name is written once), while the view
 ``data`` is a temporary view of the cursor: no Dataset sees another's. A statement that is not a

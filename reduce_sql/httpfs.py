@@ -1,10 +1,11 @@
 """DuckDB reading S3 outputs itself, through its httpfs extension, when it can load it.
 
-Through httpfs a query reads an object store the way it reads local files: in parallel, pages
-skipped by the page index, and the bytes read kept in DuckDB's external file cache, shared by
-the Datasets of the process (a committed file is never rewritten), so a query repeated in a
-new Dataset reads memory, not the network. Without it, dataset.py scans the files through
-pyarrow's S3 filesystem instead, which is slower but needs nothing more.
+Through httpfs a query reads an object store the way it reads local files (in parallel, row
+groups skipped by their statistics), and the bytes read stay in DuckDB's external file cache,
+shared by the Datasets of the process (a committed file is never rewritten), so a query
+repeated in a new Dataset reads memory, not the network. Without it, dataset.py scans the files
+through pyarrow's S3 filesystem instead: slower, but it needs nothing more, and it finds
+credentials where pyarrow does (the AWS default chain) when the environment names no keys.
 
 httpfs is loaded from DuckDB's own extension directory (``INSTALL httpfs`` once, any DuckDB), or
 from the ``duckdb-extension-httpfs`` wheel built for the installed DuckDB (``gpar[s3]``): never
