@@ -8,12 +8,12 @@ store when httpfs.py can give it S3; otherwise those through a pyarrow dataset, 
 DuckDB pushes its projections and filters.
 
 Queries that only read run on a cursor of one DuckDB database per process: a new DuckDB costs
-10-40 ms and starts with no Parquet footers (nor S3 bytes) cached, which a Dataset opened per query (a notebook
-cell, a script, each apply) would pay every time. Cursors share the database's caches, which is
-safe because a committed file is never rewritten (each name is written once), while the view
-``data`` is a temporary view of the cursor: no Dataset sees another's. A statement that is not a
-SELECT (SET, CREATE, ATTACH, ...) could change what other Datasets see, so the Dataset that runs
-one moves, from then on, to a DuckDB of its own.
+10-40 ms and starts with no Parquet footers (nor S3 bytes) cached, which a Dataset opened per
+query (a notebook cell, a script, each apply) would pay every time. Cursors share the database's
+caches, which is safe because a committed file is never rewritten (each name is written once),
+while the view ``data`` is a temporary view of the cursor: no Dataset sees another's. A
+statement that is not a SELECT (SET, CREATE, ATTACH, ...) could change what other Datasets see,
+so the Dataset that runs one moves, from then on, to a DuckDB of its own.
 """
 
 from __future__ import annotations

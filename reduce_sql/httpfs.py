@@ -83,7 +83,7 @@ def _secret(scope: str, options: dict[str, str]) -> str:
         fields["SESSION_TOKEN"] = options["session_token"]
     if "region" in options:
         fields["REGION"] = options["region"]
-    scheme, _, host = options.get("endpoint_override", "").rpartition("://")
+    scheme, _, host = options.get("endpoint_override", "").rstrip("/").rpartition("://")
     if host:  # pyarrow addresses a custom endpoint by path, so DuckDB does too
         fields |= {"ENDPOINT": host, "URL_STYLE": "path"}
     body = ", ".join(f"{key} {_quoted(value)}" for key, value in fields.items())

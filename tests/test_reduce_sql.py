@@ -928,7 +928,7 @@ def test_s3_keys_become_a_secret_for_their_output_alone():
 
     connection = duckdb.connect()
     location = Location("s3://bucket/o'ut", "bucket/o'ut", (
-        ("endpoint_override", "http://127.0.0.1:9"), ("access_key", "key'id"),
+        ("endpoint_override", "http://127.0.0.1:9/"), ("access_key", "key'id"),
         ("secret_key", "se'cret"), ("region", "eu-west-1")))
     assert httpfs.reads(connection, location)  # gpar[s3], which the tests install, has httpfs
 
@@ -939,7 +939,7 @@ def test_s3_keys_become_a_secret_for_their_output_alone():
     assert secret_for("s3://bucket/o'ut/data/part.parquet") is not None
     assert secret_for("s3://bucket/o'ut2/data/part.parquet") is None
     described = connection.sql("SELECT secret_string FROM duckdb_secrets()").fetchone()[0]
-    for field in ("key_id=key'id", "endpoint=127.0.0.1:9", "region=eu-west-1",
+    for field in ("key_id=key'id", "endpoint=127.0.0.1:9;", "region=eu-west-1",
                   "url_style=path", "use_ssl=false"):
         assert field in described
     assert not httpfs.reads(connection, Location("s3://bucket/x", "bucket/x", ()))
