@@ -113,7 +113,10 @@ class Dataset:
         commit, RETAIN_S ago) says so, rather than with a file-not-found."""
         from reduce_sql.commit import RETAIN_S
 
-        infos = self.location.filesystem.get_file_info(self.files)
+        try:
+            infos = self.location.filesystem.get_file_info(self.files)
+        except OSError:  # the store cannot say (keys refused, say): the query's error stands
+            return
         if any(info.type == pafs.FileType.NotFound for info in infos):
             raise StaleDatasetError(
                 f"{self.location.uri} was committed again more than {RETAIN_S:.0f} s after "
@@ -162,9 +165,9 @@ def _run(connection: Any, sql: str, params: dict[str, Any] | list[Any] | None) -
 def _database(*, private: bool, **tables: Dataset) -> Any:
     """A connection in which each dataset is a temporary view (or a registered scan) by name:
     a DuckDB of its own if ``private``, else a cursor of the process's shared one."""
-    connection = _new_database() if private else _shared_cursor()
+    connection, held = (_new_database(), {}) if private else _shared_cursor()
     for name, dataset in tables.items():
-        _attach(connection, name, dataset)
+        _attach(connection, held, name, dataset)
     return connection
 
 
@@ -177,7 +180,7 @@ def _new_database() -> Any:
     return connection
 
 
-def _attach(connection: Any, name: str, dataset: Dataset) -> None:
+def _attach(connection: Any, held: dict[str, tuple], name: str, dataset: Dataset) -> None:
     if not name.isidentifier():
         raise ValueError(f"table names must be identifiers, got {name!r}")
     if not dataset.schema.names:
@@ -189,7 +192,7 @@ def _attach(connection: Any, name: str, dataset: Dataset) -> None:
         connection.register(name, dataset.schema.empty_table())
         return
     if location.is_s3:
-        if not httpfs.reads(connection, location):  # registered: this connection's own
+        if not httpfs.enable(connection, location, held):  # registered: the connection's own
             connection.register(name, _arrow_dataset(location, tuple(files), dataset.schema))
             return
         files = [f"s3://{path}" for path in files]
@@ -212,23 +215,28 @@ def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema
 
 
 _shared_lock = threading.Lock()
-_shared: dict[int, Any] = {}  # process id -> the shared database's first connection
+#: process id -> the shared database's first connection, and the S3 roots it holds keys for
+#: (httpfs.enable)
+_shared: dict[int, tuple[Any, dict[str, tuple]]] = {}
 
 
-def _shared_database() -> Any:
-    """This process's shared DuckDB; call with _shared_lock held. Keyed by process id: a forked
-    child inherits the parent's database without the threads that run it, so makes its own."""
+def _shared_database() -> tuple[Any, dict[str, tuple]]:
+    """This process's shared DuckDB and its S3 roots; call with _shared_lock held. Keyed by
+    process id: a forked child inherits the parent's database without the threads that run it,
+    so makes its own."""
     pid = os.getpid()
     if pid not in _shared:
         _shared.clear()
-        _shared[pid] = _new_database()
+        _shared[pid] = _new_database(), {}
     return _shared[pid]
 
 
-def _shared_cursor() -> Any:
-    """A new connection to the shared database: its own temporary views, the same caches."""
+def _shared_cursor() -> tuple[Any, dict[str, tuple]]:
+    """A new connection to the shared database (its own temporary views, the same caches and
+    secrets) and the database's S3 roots."""
     with _shared_lock:
-        return _shared_database().cursor()
+        database, held = _shared_database()
+        return database.cursor(), held
 
 
 def _reads_only(query: str) -> bool:
@@ -237,6 +245,6 @@ def _reads_only(query: str) -> bool:
     import duckdb
 
     with _shared_lock:
-        statements = _shared_database().extract_statements(query)
+        statements = _shared_database()[0].extract_statements(query)
     return bool(statements) and all(
         statement.type == duckdb.StatementType.SELECT for statement in statements)

@@ -3,21 +3,22 @@
 Through httpfs a query reads an object store the way it reads local files (in parallel, row
 groups skipped by their statistics), and the bytes read stay in DuckDB's external file cache,
 shared by the Datasets of the process (a committed file is never rewritten), so a query
-repeated in a new Dataset reads memory, not the network. Without it, dataset.py scans the files
-through pyarrow's S3 filesystem instead: slower, but it needs nothing more, and it finds
-credentials where pyarrow does (the AWS default chain) when the environment names no keys.
+repeated in a new Dataset fetches no bytes again (one HEAD per file checks it is unchanged).
+Without it, dataset.py scans the files through pyarrow's S3 filesystem instead: slower, but it
+needs nothing more, and it finds credentials where pyarrow does (the AWS default chain) when
+the environment names no keys.
 
 httpfs is loaded from DuckDB's own extension directory (``INSTALL httpfs`` once, any DuckDB), or
 from the ``duckdb-extension-httpfs`` wheel built for the installed DuckDB (``gpar[s3]``): never
 downloaded while a query runs. DuckDB checks the extension's signature as it loads it.
 
-The credentials of an output's Location become a DuckDB secret scoped to that output's root: the
-newest for a root serves every Dataset of the process reading it (as credentials rotate).
+An output's keys and endpoint become a DuckDB secret scoped to that output's root. In one
+database the first keys given for a root hold it: a Dataset of that root with other keys or
+another endpoint reads through pyarrow, so no Dataset's credentials ever reach another's files.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import threading
 from pathlib import Path
@@ -29,37 +30,54 @@ _lock = threading.Lock()
 _UNTRIED = "untried"
 _loader: str | None = _UNTRIED  # the LOAD statement that works in this process, or None
 
+#: Characters DuckDB reads as a glob or a URL's query in an s3:// path: a root holding one is
+#: read through pyarrow, which takes paths literally.
+_NOT_LITERAL = "*?[]{}"
 
-def reads(connection: Any, location: Location) -> bool:
-    """Make ``connection``'s DuckDB able to read ``location``'s files as s3:// URLs; whether
-    it could (no httpfs, or no keys to give it: the caller reads them through pyarrow)."""
-    options = dict(location.s3_options)
-    if "access_key" not in options or not _load(connection):
-        return False  # no keys: pyarrow resolves the AWS default chain, DuckDB cannot
-    connection.execute(_secret(f"s3://{location.root}/", options))
+
+def enable(connection: Any, location: Location, held: dict[str, tuple]) -> bool:
+    """Let ``connection``'s DuckDB read ``location``'s files as s3:// URLs; whether it can.
+
+    ``held`` is that database's roots and the S3 options holding each (its secrets): made
+    with the database, so a private database starts with none. Not when httpfs cannot load,
+    when no keys are given (pyarrow resolves the AWS default chain, DuckDB cannot), when the
+    root is not a literal path to DuckDB, or when other options hold the root.
+    """
+    options = location.s3_options
+    if (not any(name == "access_key" for name, _ in options)
+            or any(character in location.root for character in _NOT_LITERAL)):
+        return False
+    scope = f"s3://{location.root}/"
+    with _lock:  # one writer of the database's secrets at a time (DuckDB refuses two at once)
+        if not _load(connection) or held.get(scope, options) != options:
+            return False
+        if scope not in held:
+            connection.execute(_secret(scope, dict(options)))
+            held[scope] = options
     return True
 
 
 def _load(connection: Any) -> bool:
-    """Load httpfs into the connection's database; the way that works is found once."""
+    """Load httpfs into the connection's database (call with _lock held); the way that works
+    is found once, and a process where none does stops trying."""
     global _loader
     import duckdb
 
-    with _lock:
-        tries = _candidates() if _loader is _UNTRIED else [_loader] if _loader else []
+    if _loader is None:
+        return False
+    for statement in _candidates() if _loader is _UNTRIED else [_loader]:
+        try:
+            connection.execute(statement)
+        except duckdb.Error:
+            continue
+        _loader = statement
+        return True
+    if _loader is _UNTRIED:
         _loader = None
-        for statement in tries:
-            try:
-                connection.execute(statement)
-            except duckdb.Error:
-                continue
-            _loader = statement
-            break
-        return _loader is not None
+    return False
 
 
-@functools.cache
-def _candidates() -> tuple[str, ...]:
+def _candidates() -> list[str]:
     """LOAD statements to try: DuckDB's own installed httpfs, then the wheel's file for the
     DuckDB in use (its files are named by the DuckDB version they were built for)."""
     import duckdb
@@ -68,12 +86,12 @@ def _candidates() -> tuple[str, ...]:
     try:
         import duckdb_extension_httpfs
     except ImportError:
-        return tuple(found)
+        return found
     path = (Path(duckdb_extension_httpfs.__file__).parent / "extensions" /
             f"v{duckdb.__version__}" / "httpfs.duckdb_extension")
     if path.is_file():
         found.append(f"LOAD {_quoted(str(path))}")
-    return tuple(found)
+    return found
 
 
 def _secret(scope: str, options: dict[str, str]) -> str:

@@ -6,6 +6,7 @@ hold on both stores.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -900,6 +901,13 @@ def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
     assert answers == [(job % 4, expected[job % 4]) for job in range(64)]
 
 
+def reader_of(dataset: reduce_sql.Dataset) -> str:
+    """Which reader the Dataset's view ``data`` uses: DuckDB's own, or a registered pyarrow
+    scan (a view with no SQL). A SELECT, so the Dataset stays on the shared DuckDB."""
+    view = dataset.sql("SELECT sql FROM duckdb_views() WHERE view_name = 'data'")
+    return "duckdb" if "read_parquet" in view.column("sql")[0].as_py() else "pyarrow"
+
+
 def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(s3_environment,
                                                                                 monkeypatch):
     """DuckDB reads an S3 output's files itself (httpfs, from gpar[s3]), as it reads local
@@ -910,10 +918,8 @@ def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(
     location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
     commit_module.commit(location, "j" * 64,
                          parts_of(location, [{"x": list(range(1000))}, {"x": [7]}]))
-    plan = "".join(reduce_sql.Dataset(location).sql("EXPLAIN SELECT sum(x) FROM data")
-                   .column("explain_value").to_pylist())
-    assert "READ_PARQUET" in plan and "ARROW_SCAN" not in plan
     dataset = reduce_sql.Dataset(location)
+    assert reader_of(dataset) == "duckdb"
     assert dataset.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 499_507}]
     cached = reduce_sql.Dataset(location).sql(
         "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
@@ -922,15 +928,16 @@ def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(
 
 def test_s3_keys_become_a_secret_for_their_output_alone():
     """The keys a Location carries reach DuckDB as a secret scoped to that output's root:
-    quoted, addressed as pyarrow addresses the endpoint, and not used for a sibling prefix."""
+    quoted, addressed as pyarrow addresses the endpoint, not used for a sibling prefix; and
+    other keys for the same root are refused (their Dataset reads through pyarrow)."""
     from reduce_sql import httpfs
     from reduce_sql.store import Location
 
-    connection = duckdb.connect()
-    location = Location("s3://bucket/o'ut", "bucket/o'ut", (
-        ("endpoint_override", "http://127.0.0.1:9/"), ("access_key", "key'id"),
-        ("secret_key", "se'cret"), ("region", "eu-west-1")))
-    assert httpfs.reads(connection, location)  # gpar[s3], which the tests install, has httpfs
+    connection, held = duckdb.connect(), {}
+    options = (("endpoint_override", "http://127.0.0.1:9/"), ("access_key", "key'id"),
+               ("secret_key", "se'cret"), ("region", "eu-west-1"))
+    location = Location("s3://bucket/o'ut", "bucket/o'ut", options)
+    assert httpfs.enable(connection, location, held)  # gpar[s3], which tests install, has httpfs
 
     def secret_for(url: str) -> tuple | None:
         return connection.sql("SELECT name FROM which_secret($url, 's3')",
@@ -942,7 +949,63 @@ def test_s3_keys_become_a_secret_for_their_output_alone():
     for field in ("key_id=key'id", "endpoint=127.0.0.1:9;", "region=eu-west-1",
                   "url_style=path", "use_ssl=false"):
         assert field in described
-    assert not httpfs.reads(connection, Location("s3://bucket/x", "bucket/x", ()))
+    assert httpfs.enable(connection, location, held)  # the same keys again: the same secret
+    other_keys = Location(location.uri, location.root, options[:1] + (("access_key", "k2"),))
+    assert not httpfs.enable(connection, other_keys, held)
+    assert "key_id=key'id" in connection.sql(
+        "SELECT secret_string FROM duckdb_secrets()").fetchone()[0]
+    assert not httpfs.enable(connection, Location("s3://bucket/x", "bucket/x", ()), held)
+    assert not httpfs.enable(connection, Location("s3://bucket/r[1]", "bucket/r[1]", options),
+                             held)  # DuckDB would read [1] as a glob
+
+
+def test_a_dataset_with_other_s3_options_for_an_open_root_reads_through_pyarrow(
+        s3_environment, monkeypatch):
+    """Two Datasets of one output whose options differ (here the endpoint, written with a
+    slash): the first holds the root's secret in the shared DuckDB, the second reads through
+    pyarrow with its own options; neither changes what the other reads with."""
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/out")
+    commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [1, 2]}]))
+    first = reduce_sql.Dataset(location)
+    assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    options = tuple((name, value + "/" if name == "endpoint_override" else value)
+                    for name, value in location.s3_options)
+    second = reduce_sql.Dataset(dataclasses.replace(location, s3_options=options))
+    assert second.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+    assert reader_of(second) == "pyarrow" and reader_of(first) == "duckdb"
+    assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
+
+
+def test_an_s3_root_with_glob_characters_is_read_literally(s3_environment, monkeypatch):
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    location = locate(f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}/run[1]?/out")
+    commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [5]}]))
+    assert reduce_sql.Dataset(location).sql("SELECT sum(x) AS s FROM data").to_pylist() == [
+        {"s": 5}]
+
+
+def test_threads_querying_s3_outputs_each_get_their_own_answer(s3_environment, monkeypatch):
+    """Threads each opening Datasets of S3 outputs at once: the first query of each makes
+    the root's secret in the shared DuckDB, which DuckDB lets one statement write at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    prefix = f"s3://{s3server.BUCKET}/{uuid.uuid4().hex[:8]}"
+    for number in range(4):
+        location = locate(f"{prefix}/{number}")
+        commit_module.commit(location, "j" * 64, parts_of(location, [{"x": [number, 10]}]))
+
+    def total(job: int) -> tuple[int, int]:
+        dataset = reduce_sql.Dataset(f"{prefix}/{job % 4}")
+        return job % 4, dataset.sql("SELECT sum(x) AS s FROM data")[0][0].as_py()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(total, range(64)))
+    assert answers == [(job % 4, job % 4 + 10) for job in range(64)]
 
 
 def test_datasets_of_one_s3_version_share_its_scan_and_a_new_version_is_seen(s3_environment,
