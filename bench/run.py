@@ -21,11 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["ray", "cloudpickle", "numpy", "joblib", "duckdb", "pyarrow", "polars"]
 
 
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # polars comes with the bench extra only
+        return "not installed"
+
+
 def main(names: list[str]) -> None:
     scripts = sorted((ROOT / "bench").glob("bench_*.py"))
     chosen = [s for s in scripts if not names or s.stem.removeprefix("bench_") in names]
     sections = _sections_on_file()
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+    versions = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
     stamp = (f"_{datetime.date.today().isoformat()}; {os.cpu_count()} cores, Python "
              f"{platform.python_version()}, {versions}._")
     # This checkout's gpar, not the one installed in the venv (a git worktree shares it).
