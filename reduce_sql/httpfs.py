@@ -49,11 +49,12 @@ def enable(connection: Any, location: Location, held: dict[str, tuple]) -> bool:
         return False
     scope = f"s3://{location.root}/"
     with _lock:  # one writer of the database's secrets at a time (DuckDB refuses two at once)
-        if not _load(connection) or held.get(scope, options) != options:
+        if scope in held:  # httpfs is loaded there, and the root's secret made
+            return held[scope] == options
+        if not _load(connection):
             return False
-        if scope not in held:
-            connection.execute(_secret(scope, dict(options)))
-            held[scope] = options
+        connection.execute(_secret(scope, dict(options)))
+        held[scope] = options
     return True
 
 
