@@ -861,6 +861,23 @@ def test_datasets_opened_per_query_share_one_duckdb_not_their_views(tmp_path, mo
     assert len(made) == 1
 
 
+def test_a_fresh_dataset_queries_with_the_footers_and_bytes_earlier_ones_read(tmp_path):
+    """The next cell's Dataset is a new cursor of the shared DuckDB: it runs with the Parquet
+    footers cached and reads the bytes an earlier Dataset's query kept, as a kept-open one
+    would (a setting made with a plain SET would hold for the database's first connection
+    alone)."""
+    committed(tmp_path / "out", [{"x": list(range(1000))}, {"x": [7]}])
+    first = reduce_sql.Dataset(tmp_path / "out")
+    assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 499_507}]
+    fresh = reduce_sql.Dataset(tmp_path / "out")
+    settings = fresh.sql("SELECT current_setting('parquet_metadata_cache') AS footers, "
+                         "current_setting('prefetch_all_parquet_files') AS whole_chunks")
+    assert settings.to_pylist() == [{"footers": True, "whole_chunks": True}]
+    cached = fresh.sql(
+        "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
+    assert set(first.files) <= set(cached.to_pylist())
+
+
 def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
     """SET, CREATE and the like would reach every Dataset of the process through the shared
     DuckDB: the Dataset that runs one gets a DuckDB of its own, keeping its view."""
