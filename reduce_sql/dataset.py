@@ -67,9 +67,27 @@ class Dataset:
         self.manifest: Manifest = manifest
         self.report = report  # the JobReport when the Dataset comes from gpar.apply
         self.failures = failures or []  # TaskFailures of that job's tasks with no output
+        self._unconnected()
+
+    def _unconnected(self) -> None:
+        """No DuckDB yet: the first query makes or borrows one in this process."""
         self._database: Any = None  # DuckDB with the view ``data``, made on the first query
         self._private = False  # whether _database is this Dataset's own (see the docstring)
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A Dataset sent elsewhere (captured by a worker's fn, pickled) is the version it
+        opened; its DuckDB is this process's, so the copy makes its own, without what a
+        statement that was not a SELECT changed here."""
+        state = self.__dict__.copy()
+        for name in ("_database", "_private", "_lock", "_pid"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._unconnected()
 
     @property
     def schema(self) -> pa.Schema:
@@ -89,6 +107,8 @@ class Dataset:
         (``$name`` with a dict, ``?`` with a list), never pasted into the SQL."""
         import duckdb
 
+        if self._pid != os.getpid():  # a forked child: the parent's connection and lock
+            self._unconnected()
         with self._lock:  # one connection, used by one thread at a time
             try:
                 return _run(self._connection_for(query), query, params)
@@ -220,6 +240,15 @@ def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema
 
 
 _shared_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    """A thread of the parent may have held the lock as it forked; none of the child's does."""
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 #: process id -> the shared database's first connection, and the S3 roots it holds keys for
 #: (httpfs.enable)
 _shared: dict[int, tuple[Any, dict[str, tuple]]] = {}

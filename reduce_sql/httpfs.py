@@ -20,6 +20,7 @@ another endpoint reads through pyarrow, so no Dataset's credentials ever reach a
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,15 @@ from reduce_sql.store import Location
 _lock = threading.Lock()
 _UNTRIED = "untried"
 _loader: str | None = _UNTRIED  # the LOAD statement that works in this process, or None
+
+
+def _new_lock_after_fork() -> None:
+    """A thread of the parent may have held the lock as it forked; none of the child's does."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 #: Characters DuckDB reads as a glob or a URL's query in an s3:// path: a root holding one is
 #: read through pyarrow, which takes paths literally.

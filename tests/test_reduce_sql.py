@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -896,6 +898,58 @@ def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
         fresh.sql("SELECT * FROM scratch")
     with pytest.raises(duckdb.CatalogException, match="scratch"):
         reduce_sql.query("SELECT * FROM scratch", data=fresh)
+
+
+def test_a_dataset_used_by_fn_travels_to_the_workers(tmp_path):
+    """A second stage that queries the first one's output in each task: fn's Dataset goes to
+    the workers as the version it opened, and each opens its own DuckDB there."""
+    evals = committed(tmp_path / "evals", [{"model": ["ets", "ets", "theta"], "x": [1, 2, 3]}])
+    assert evals.sql("SELECT count(*) AS n FROM data").to_pylist() == [{"n": 3}]  # connected
+
+    def total(model: str) -> int:
+        return evals.sql("SELECT sum(x) AS s FROM data WHERE model = $m",
+                         params={"m": model}).to_pylist()[0]["s"]
+
+    assert gpar.apply(["ets", "theta"], total, progress=False) == [3, 3]
+    tinkered = committed(tmp_path / "other", [{"x": [5]}])
+    tinkered.sql("SET threads = 1")
+    copy = pickle.loads(pickle.dumps(tinkered))
+    assert copy.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 5}]
+    assert copy.sql("SELECT current_setting('threads') AS t")[0][0].as_py() != 1
+
+
+def test_a_forked_child_queries_while_a_parent_thread_held_the_locks(tmp_path):
+    """A fork (multiprocessing's default start on Linux) while another thread of the parent
+    is inside a query: the child's Datasets, inherited or new, do not wait on that thread."""
+    from reduce_sql import dataset as dataset_module
+    from reduce_sql import httpfs
+
+    inherited = committed(tmp_path / "out", [{"x": [1, 2, 3]}])
+    assert inherited.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 6}]
+    locks = [inherited._lock, dataset_module._shared_lock, httpfs._lock]
+    for lock in locks:  # as a query of another thread would at the fork
+        lock.acquire()
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child reports through its exit status)
+            try:
+                fresh = reduce_sql.Dataset(tmp_path / "out")
+                answers = [d.sql("SELECT sum(x) AS s FROM data")[0][0].as_py()
+                           for d in (inherited, fresh)]
+                os._exit(0 if answers == [6, 6] else 1)
+            finally:
+                os._exit(2)
+        status = []
+        ended = wait_until(lambda: status.append(os.waitpid(child, os.WNOHANG)) or
+                           status[-1][0] == child, 60)
+        if not ended:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+    finally:
+        for lock in locks:
+            lock.release()
+    assert ended, "the child waited on a lock a thread of its parent held"
+    assert os.waitstatus_to_exitcode(status[-1][1]) == 0  # both answered, rightly
 
 
 def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
