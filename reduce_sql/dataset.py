@@ -22,6 +22,7 @@ import functools
 import os
 import threading
 import warnings
+import weakref
 from typing import Any
 
 import pyarrow as pa
@@ -74,20 +75,25 @@ class Dataset:
         self._database: Any = None  # DuckDB with the view ``data``, made on the first query
         self._private = False  # whether _database is this Dataset's own (see the docstring)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        _opened.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         """A Dataset sent elsewhere (captured by a worker's fn, pickled) is the version it
-        opened; its DuckDB is this process's, so the copy makes its own, without what a
-        statement that was not a SELECT changed here."""
-        state = self.__dict__.copy()
-        for name in ("_database", "_private", "_lock", "_pid"):
-            del state[name]
-        return state
+        opened, not the job's report and failures (large, and the driver's); its DuckDB is
+        this process's, so the copy makes its own, without what a statement that was not a
+        SELECT changed here."""
+        return {"location": self.location, "manifest": self.manifest}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(state, report=None, failures=[])
         self._unconnected()
+
+    def _gpar_job_key(self) -> tuple:
+        """What a job whose fn uses this Dataset depends on (gpar/jobid.py): the output and
+        the version opened (file names are never reused), not the keys that read it, which
+        rotate."""
+        return (self.location.uri, self.location.root, self.manifest.job,
+                tuple(file.path for file in self.manifest.files), self.manifest.empty_tasks)
 
     @property
     def schema(self) -> pa.Schema:
@@ -107,8 +113,6 @@ class Dataset:
         (``$name`` with a dict, ``?`` with a list), never pasted into the SQL."""
         import duckdb
 
-        if self._pid != os.getpid():  # a forked child: the parent's connection and lock
-            self._unconnected()
         with self._lock:  # one connection, used by one thread at a time
             try:
                 return _run(self._connection_for(query), query, params)
@@ -196,10 +200,11 @@ def _new_database() -> Any:
 
     connection = duckdb.connect()
     # GLOBAL, or a cursor (a fresh Dataset) would run without them: a plain SET is the
-    # connection's own. The footers stay parsed, and the column chunks a query reads are read
-    # whole and kept in DuckDB's external file cache (evictable, up to its memory limit; for
-    # local files too, not S3 alone): one horizon of bench_reduce's clustered output 20 ms ->
-    # 11-14 ms from a fresh Dataset. Both are checked against each file's modification time.
+    # connection's own. The footers stay parsed; DuckDB 1.3-1.5 also reads a query's column
+    # chunks whole and keeps them in its external file cache (evictable, up to its memory
+    # limit) for local files as for S3: one horizon of bench_reduce's clustered output 20 ms
+    # -> 11-14 ms from a fresh Dataset. (2.0 ignores the second setting; caching local files
+    # there, cache_local_files, measured slower.) Both caches check each file's mtime.
     connection.execute("SET GLOBAL parquet_metadata_cache = true")
     connection.execute("SET GLOBAL prefetch_all_parquet_files = true")
     return connection
@@ -242,13 +247,20 @@ def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema
 _shared_lock = threading.Lock()
 
 
-def _new_lock_after_fork() -> None:
-    """A thread of the parent may have held the lock as it forked; none of the child's does."""
+#: Every Dataset of the process, so a forked child can disconnect them all
+_opened: weakref.WeakSet[Dataset] = weakref.WeakSet()
+
+
+def _unconnected_after_fork() -> None:
+    """In a forked child: threads of the parent may have held these locks as it forked, and
+    the DuckDB connections are the parent's; the child makes its own."""
     global _shared_lock
     _shared_lock = threading.Lock()
+    for dataset in list(_opened):
+        dataset._unconnected()
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+os.register_at_fork(after_in_child=_unconnected_after_fork)
 #: process id -> the shared database's first connection, and the S3 roots it holds keys for
 #: (httpfs.enable)
 _shared: dict[int, tuple[Any, dict[str, tuple]]] = {}

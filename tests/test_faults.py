@@ -139,10 +139,11 @@ def test_a_deadline_sees_every_quick_element_finished(tmp_path, backups):
         i for i in range(20) if i not in (4, 9)]
     assert [results[i].reason for i in (4, 9)] == ["deadline", "deadline"]
     assert_each_run_is_reported(results, tmp_path, range(20))
-    # With both slots hung and 10-19 waiting, a hung attempt had to give up its slot; which
-    # one, and whether a parked element ran again before the deadline, is the machine's timing.
-    hung = [row.outcome for row in results.report.attempts if row.task in (4, 9)]
-    assert "preempted" in hung and set(hung) <= {"preempted", "cancelled"}
+    # Whether a hung attempt gave up its slot (when work waited behind both), and whether a
+    # parked one ran again before the deadline, is the order batches met the machine in; no
+    # end of a hung attempt is charged.
+    hung = {row.outcome for row in results.report.attempts if row.task in (4, 9)}
+    assert hung and hung <= {"preempted", "cancelled"}
     assert results.report.failed_attempts == 0
 
 

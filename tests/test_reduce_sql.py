@@ -875,9 +875,10 @@ def test_a_fresh_dataset_queries_with_the_footers_and_bytes_earlier_ones_read(tm
     settings = fresh.sql("SELECT current_setting('parquet_metadata_cache') AS footers, "
                          "current_setting('prefetch_all_parquet_files') AS whole_chunks")
     assert settings.to_pylist() == [{"footers": True, "whole_chunks": True}]
-    cached = fresh.sql(
-        "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
-    assert set(first.files) <= set(cached.to_pylist())
+    if (1, 3) <= tuple(map(int, duckdb.__version__.split(".")[:2])) < (2, 0):  # 2.0 keeps
+        cached = fresh.sql(  # local files out of this cache; 1.2 has none
+            "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
+        assert set(first.files) <= set(cached.to_pylist())
 
 
 def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
@@ -912,10 +913,35 @@ def test_a_dataset_used_by_fn_travels_to_the_workers(tmp_path):
 
     assert gpar.apply(["ets", "theta"], total, progress=False) == [3, 3]
     tinkered = committed(tmp_path / "other", [{"x": [5]}])
-    tinkered.sql("SET threads = 1")
+    setting = "SELECT current_setting('threads') AS t"
+    threads = tinkered.sql(setting)[0][0].as_py()
+    tinkered.sql("SET threads = $n", params={"n": threads + 1})
     copy = pickle.loads(pickle.dumps(tinkered))
     assert copy.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 5}]
-    assert copy.sql("SELECT current_setting('threads') AS t")[0][0].as_py() != 1
+    assert copy.sql(setting)[0][0].as_py() == threads  # the SET stayed where it was made
+
+
+def test_a_two_stage_script_run_again_resumes_its_second_stage(tmp_path):
+    """Stage two's fn queries stage one's output. The script run again is the same two jobs
+    (stage two depends on stage one's version, not on its report or the keys that read it), so
+    nothing is rewritten; once stage one is rewritten, stage two is another job, whose output
+    the earlier one must not stand in for."""
+    def script(scale: int, overwrite: bool = False) -> reduce_sql.Dataset:
+        evals = gpar.apply(range(3), lambda i: {"i": [i], "x": [i * scale]},
+                           output=tmp_path / "evals", overwrite=overwrite, progress=False)
+
+        def total(i: int) -> dict:
+            return {"i": [i], "s": [evals.sql("SELECT sum(x) AS s FROM data WHERE i = $i",
+                                              params={"i": i})[0][0].as_py()]}
+
+        return gpar.apply(range(3), total, output=tmp_path / "sums", progress=False)
+
+    first = script(10)
+    again = script(10)
+    assert again.manifest == first.manifest  # resumed: nothing ran again, nothing rewritten
+    assert again.sql("SELECT sum(s) AS s FROM data").to_pylist() == [{"s": 30}]
+    with pytest.raises(reduce_sql.OutputExistsError):
+        script(20, overwrite=True)
 
 
 def test_a_forked_child_queries_while_a_parent_thread_held_the_locks(tmp_path):
@@ -927,6 +953,7 @@ def test_a_forked_child_queries_while_a_parent_thread_held_the_locks(tmp_path):
     inherited = committed(tmp_path / "out", [{"x": [1, 2, 3]}])
     assert inherited.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 6}]
     locks = [inherited._lock, dataset_module._shared_lock, httpfs._lock]
+    child, ended = 0, False
     for lock in locks:  # as a query of another thread would at the fork
         lock.acquire()
     try:
@@ -942,12 +969,12 @@ def test_a_forked_child_queries_while_a_parent_thread_held_the_locks(tmp_path):
         status = []
         ended = wait_until(lambda: status.append(os.waitpid(child, os.WNOHANG)) or
                            status[-1][0] == child, 60)
-        if not ended:
-            os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
     finally:
         for lock in locks:
             lock.release()
+        if child and not ended:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
     assert ended, "the child waited on a lock a thread of its parent held"
     assert os.waitstatus_to_exitcode(status[-1][1]) == 0  # both answered, rightly
 
