@@ -245,8 +245,9 @@ def _arrow_dataset(location: Location, files: tuple[str, ...], schema: pa.Schema
 
 
 _shared_lock = threading.Lock()
-
-
+#: process id -> the shared database's first connection, and the S3 roots it holds keys for
+#: (httpfs.enable)
+_shared: dict[int, tuple[Any, dict[str, tuple]]] = {}
 #: Every Dataset of the process, so a forked child can disconnect them all
 _opened: weakref.WeakSet[Dataset] = weakref.WeakSet()
 
@@ -261,9 +262,6 @@ def _unconnected_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_unconnected_after_fork)
-#: process id -> the shared database's first connection, and the S3 roots it holds keys for
-#: (httpfs.enable)
-_shared: dict[int, tuple[Any, dict[str, tuple]]] = {}
 
 
 def _shared_database() -> tuple[Any, dict[str, tuple]]:
