@@ -126,9 +126,9 @@ class _Fingerprint:
         if isinstance(value, type) and self.is_callers(value.__module__ or "__main__"):
             return value.__qualname__.encode()  # by value: cloudpickle's copy is not stable
         job_key = getattr(type(value), "_gpar_job_key", None)
-        if job_key is not None:  # a reduce_sql.Dataset: its version, not the keys it reads with
-            return _stable_pickle(job_key(value))
         try:
+            if job_key is not None:  # a reduce_sql.Dataset: its version, not the keys it reads
+                return _stable_pickle(job_key(value))
             return _stable_pickle(value)
         except Exception:  # cannot be pickled: its type still counts
             return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()

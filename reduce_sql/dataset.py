@@ -18,6 +18,7 @@ so the Dataset that runs one moves, from then on, to a DuckDB of its own.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import threading
@@ -88,11 +89,27 @@ class Dataset:
         self.__dict__.update(state, report=None, failures=[])
         self._unconnected()
 
+    def __copy__(self) -> Dataset:
+        """A copy in this process keeps the report and failures; its DuckDB is its own."""
+        return self._copied(self._public())
+
+    def __deepcopy__(self, memo: dict) -> Dataset:
+        return self._copied(copy.deepcopy(self._public(), memo))
+
+    def _public(self) -> dict[str, Any]:
+        return {name: value for name, value in self.__dict__.items() if not name.startswith("_")}
+
+    def _copied(self, state: dict[str, Any]) -> Dataset:
+        copied = object.__new__(type(self))
+        copied.__dict__.update(state)
+        copied._unconnected()
+        return copied
+
     def _gpar_job_key(self) -> tuple:
-        """What a job whose fn uses this Dataset depends on (gpar/jobid.py): the output and
-        the version opened (file names are never reused), not the keys that read it, which
-        rotate."""
-        return (self.location.uri, self.location.root, self.manifest.job,
+        """What a job whose fn uses this Dataset depends on (gpar/jobid.py): the output,
+        however its path was spelled, and the version opened (file names are never reused);
+        not the keys that read it, which rotate."""
+        return (self.location.is_s3, self.location.root, self.manifest.job,
                 tuple(file.path for file in self.manifest.files), self.manifest.empty_tasks)
 
     @property

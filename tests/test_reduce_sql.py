@@ -6,6 +6,7 @@ hold on both stores.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import os
@@ -916,9 +917,12 @@ def test_a_dataset_used_by_fn_travels_to_the_workers(tmp_path):
     setting = "SELECT current_setting('threads') AS t"
     threads = tinkered.sql(setting)[0][0].as_py()
     tinkered.sql("SET threads = $n", params={"n": threads + 1})
-    copy = pickle.loads(pickle.dumps(tinkered))
-    assert copy.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 5}]
-    assert copy.sql(setting)[0][0].as_py() == threads  # the SET stayed where it was made
+    sent = pickle.loads(pickle.dumps(tinkered))
+    assert sent.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 5}]
+    assert sent.sql(setting)[0][0].as_py() == threads  # the SET stayed where it was made
+    tinkered.report = "the job's report"
+    for kept in (copy.copy(tinkered), copy.deepcopy(tinkered)):  # in this process: all of it
+        assert kept.report == "the job's report" and kept.sql(setting)[0][0].as_py() == threads
 
 
 def test_a_two_stage_script_run_again_resumes_its_second_stage(tmp_path):
