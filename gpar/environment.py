@@ -13,9 +13,10 @@ global that cannot be unpickled on a worker (its module missing there, a connect
 cannot reopen) is then left out, and breaks only a call that uses it, which names it.
 
 Large buffers (numpy arrays, pandas columns) leave the stream out of band (pickle protocol 5):
-they are stored once in Ray's object store and every task on a node maps them in place,
-read-only (joblib memory-maps large arrays read-only by default for the same reason).
-Everything else is unpickled afresh by each batch, so what fn mutates stays in that batch.
+they are stored once in Ray's object store and every task on a node maps those of
+SHARED_MIN_BYTES and more in place, read-only (joblib memory-maps large arrays read-only by
+default for the same reason). Everything else, small arrays included, is unpickled afresh by
+each batch, so what fn mutates stays in that batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from envpack.reach import unwrap
 from gpar import pickled
 from gpar.errors import EnvironmentCaptureError
 from gpar.options import EnvMode
+
+#: Out-of-band buffers from this size on are shared read-only by the tasks of a node; smaller
+#: ones are copied into each batch, writable, as a list would be (joblib's max_nbytes, 1 MB).
+SHARED_MIN_BYTES = 1 << 20
 
 #: Notebook and REPL internals: never shipped.
 NOTEBOOK_NAMES = frozenset(
@@ -130,6 +135,8 @@ def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
 def restore(stream: bytes, buffers: list[Any]) -> Call:
     """Unpickle a call on the worker and give fn the captured globals: those that unpickle
     there. Raises EnvironmentCaptureError naming a global the call needs that does not."""
+    buffers = [buffer if memoryview(buffer).nbytes >= SHARED_MIN_BYTES else bytearray(buffer)
+               for buffer in buffers]
     (names, *values, call), failures = pickled.loads(stream, buffers)
     lost = {names[position - 1]: failure for position, failure in failures.items()
             if 0 < position <= len(names)}

@@ -7,7 +7,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from gpar.environment import capture, restore
+from gpar.environment import SHARED_MIN_BYTES, capture, restore
 from gpar.errors import EnvironmentCaptureError
 
 
@@ -101,15 +101,17 @@ def test_notebook_internals_are_never_shipped():
     assert set(call.namespace) == {"f", "keep"}
 
 
-def test_restore_of_read_only_buffers_gives_read_only_arrays():
-    namespace = main_namespace("import numpy as np\nbig = np.ones(100_000)\ndef f(x):\n"
-                               "    return big[x]\n")
+def test_large_buffers_stay_shared_and_read_only_small_ones_become_the_batchs_own():
+    namespace = main_namespace(f"import numpy as np\nbig = np.ones({SHARED_MIN_BYTES // 8})\n"
+                               "small = np.ones(4)\ndef f(x):\n    return big[x] + small[x]\n")
     captured = capture(namespace["f"], (), {}, namespace, mode="full", retry_on=())
-    frozen = [np.frombuffer(b.raw(), dtype=np.uint8).copy() for b in captured.buffers]
-    for array in frozen:
+    stored = [np.frombuffer(b.raw(), dtype=np.uint8).copy() for b in captured.buffers]
+    for array in stored:  # as Ray's object store maps them on a worker
         array.flags.writeable = False
-    call = restore(captured.stream, frozen)
-    assert not call.namespace["big"].flags.writeable
+    call = restore(captured.stream, stored)
+    big, small = call.namespace["big"], call.namespace["small"]
+    assert not big.flags.writeable and any(np.shares_memory(big, s) for s in stored)
+    assert small.flags.writeable and not any(np.shares_memory(small, s) for s in stored)
 
 
 def test_an_importable_callers_namespace_is_not_shipped():

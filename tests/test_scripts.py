@@ -90,6 +90,37 @@ def test_a_global_mutated_by_a_task_is_seen_neither_by_the_caller_nor_a_later_ca
     assert out.strip() == "[1, 1, 1, 1] [1, 1, 1, 1] [] {'calls': 0}"
 
 
+def test_a_large_global_array_arrives_read_only_and_a_change_reaches_no_later_batch(
+        run_script):
+    """Large arrays are mapped in place on the workers, so writing into one must fail rather
+    than reach other batches; a small one is each batch's own copy, even when one worker
+    process runs several batches in turn."""
+    out = assert_ok(run_script("""
+        import os, time, numpy as np, gpar
+        BIG = np.zeros(4_000_000)  # 32 MB: out of band, in the object store
+        counts = np.zeros(1, dtype=int)
+        def touch(x):
+            try:
+                BIG[x] = 1.0
+                big = float(BIG.sum())
+            except ValueError as error:
+                big = str(error)
+            counts[0] += 1
+            time.sleep(0.6)  # longer than a batch's target: one element per batch
+            return big, int(counts[0]), os.getpid()
+        results = gpar.apply(range(6), touch, max_workers=2, progress=False)
+        print(sorted({big for big, _, _ in results}))
+        print([count for _, count, _ in results], results.report.batches)
+        print(len({pid for _, _, pid in results}), BIG.sum(), counts[0])
+    """))
+    bigs, counts, caller = out.splitlines()
+    assert bigs == "['assignment destination is read-only']"
+    assert counts == "[1, 1, 1, 1, 1, 1] 6"
+    pids, big_sum, count = caller.split()
+    assert int(pids) < 6  # a worker process ran several batches: a leak could have shown
+    assert (big_sum, count) == ("0.0", "0")
+
+
 def test_globals_are_captured_at_call_time(run_script):
     out = assert_ok(run_script("""
         import gpar
