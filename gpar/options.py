@@ -147,7 +147,8 @@ def _deadline_at(deadline: float | datetime.datetime | None, now: float) -> floa
 
 
 def _exception_types(retry_on: Any) -> tuple[type[BaseException], ...]:
-    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    kinds = (tuple(retry_on) if isinstance(retry_on, list | tuple | set | frozenset)
+             else (retry_on,))
     for kind in kinds:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise TypeError(

@@ -78,20 +78,38 @@ def test_not_iterable_xs_is_a_type_error():
         gpar.apply(5, square)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"max_workers": 0}, {"task_retries": -1}, {"env": "all"}, {"errors": "ignore"},
-     {"packages": "everything"}, {"packages": None}, {"packages": ["numpy", 3]},
-     {"retry_on": "ValueError"}, {"retry_on": [ValueError]}, {"deadline": -1},
-     {"deadline": "soon"}, {"task_timeout": 0}, {"quorum": 0}, {"quorum": 1.5},
-     {"max_failures": -1}, {"backups": "no"}, {"progress": "no"}, {"output": 123},
-     {"cluster_by": "x"}, {"overwrite": True}],
-)
-def test_bad_options_say_what_is_accepted_and_leave_a_generator_unread(options):
+@pytest.mark.parametrize(("options", "accepted"), [
+    ({"max_workers": 0}, "max_workers must be a positive int or None, got 0"),
+    ({"task_retries": -1}, "task_retries must be an int >= 0, got -1"),
+    ({"env": "all"}, "env must be 'full' or 'referenced', got 'all'"),
+    ({"errors": "ignore"}, "errors must be 'warn' or 'raise', got 'ignore'"),
+    ({"packages": "everything"}, "packages must be \"auto\", \"none\" or a list of distribution"),
+    ({"packages": None}, "packages must be .* got None"),
+    ({"packages": ["numpy", 3]}, r"packages must be .* got \['numpy', 3\]"),
+    ({"retry_on": "ValueError"}, r"retry_on takes exception classes, e.g. retry_on=\(TimeoutE"),
+    ({"retry_on": [ValueError, "OSError"]}, "retry_on takes exception classes.* got 'OSError'"),
+    ({"deadline": -1}, r"deadline must be seconds from now \(> 0\) or a datetime, got -1"),
+    ({"deadline": "soon"}, "deadline must be .* got 'soon'"),
+    ({"task_timeout": 0}, r"task_timeout must be seconds \(> 0\) or None, got 0"),
+    ({"quorum": 0}, r"quorum must be a fraction in \(0, 1\], got 0"),
+    ({"quorum": 1.5}, "quorum must be .* got 1.5"),
+    ({"max_failures": -1}, "max_failures must be an int >= 0 or None, got -1"),
+    ({"backups": "no"}, "backups takes True or False, got 'no'"),
+    ({"progress": "no"}, "progress takes True or False, got 'no'"),
+    ({"output": 123}, "output takes a directory path or an s3:// URI .* got int 123"),
+    ({"cluster_by": "x"}, "cluster_by only applies with output="),
+    ({"overwrite": True}, "overwrite=True only applies with output="),
+])
+def test_bad_options_say_what_is_accepted_and_leave_a_generator_unread(options, accepted):
     xs = (x for x in [1, 2])
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError), match=accepted):
         gpar.apply(xs, square, **options)
     assert list(xs) == [1, 2]  # the call with the option mended still has every element
+
+
+def test_retry_on_takes_a_list_of_exception_classes_as_a_tuple():
+    results = gpar.apply([1, 2], square, retry_on=[ValueError, OSError], progress=False)
+    assert results == [1, 4]
 
 
 def test_a_yes_or_no_option_takes_only_a_bool(tmp_path):
@@ -412,7 +430,11 @@ def test_report_table1_and_cdf_plot(tmp_path):
     assert table.loc["run", "n"] == 30 and table.loc["startup", "n"] == results.report.batches
     frame = results.report.to_pandas()
     assert table.loc["run", "mean_s"] == pytest.approx((frame.finished - frame.started).mean())
-    assert table.loc["startup", "mean_s"] >= 0
+    # a batch's startup runs from its submission to its first element's start: one row's
+    startups = sorted(results.report.startup_times())
+    row_waits = set(frame.started - frame.submitted)
+    assert len(startups) == results.report.batches and set(startups) <= row_waits
+    assert table.loc["startup", "mean_s"] == pytest.approx(sum(startups) / len(startups))
     path = tmp_path / "cdf.png"
     results.report.plot_cdf(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,9 +17,10 @@ def test_no_more_elements_than_slots_means_one_per_task():
 def test_tiny_elements_get_large_batches():
     sizer = BatchSizer(slots=2)
     sizer.observe(elements=1000, seconds=1000 * 1e-7)
-    size = sizer.next_size(remaining=100_000)
-    assert size >= MIN_BATCH_S / 1e-7 or size == 100_000
-    assert size * 1e-7 <= TARGET_BATCH_S
+    # load balance alone would make batches of 100,000 / 4: each would last under MIN_BATCH_S
+    assert sizer.next_size(remaining=400_000) == round(MIN_BATCH_S / 1e-7)
+    # and of 10**8 / 4 here: each would last over TARGET_BATCH_S
+    assert sizer.next_size(remaining=10**8) == round(TARGET_BATCH_S / 1e-7)
 
 
 def test_slow_elements_run_one_per_task():
