@@ -51,7 +51,7 @@ def apply(
     task_timeout: float | None = None,
     quorum: float = 1.0,
     backups: bool = True,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_on: type[BaseException] | Sequence[type[BaseException]] = (),
     env: EnvMode = "full",
     packages: str | Sequence[str] = "auto",
     output: str | os.PathLike | None = None,
