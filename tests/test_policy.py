@@ -64,11 +64,13 @@ def test_retryable_failure_is_retried_alone_until_the_element_budget_is_spent():
     assert launches == [] and p.ledger.failures[0].attempts == 3 and p.counts.retries == 2
 
 
-def test_total_budget_stops_the_job_when_crossed():
+def test_total_budget_tolerates_max_failures_and_stops_at_one_more():
     p = policy(20, max_workers=20, max_failures=2)
     launches = launch_all(p)
-    for launch in launches[:3]:
+    for launch in launches[:2]:
         finish(p, launch, errors={0: TRANSIENT})
+    assert p.stop is None and not killed(p.tick(1.0))  # two failures: the budget itself
+    finish(p, launches[2], errors={0: TRANSIENT})
     assert p.stop == "budget"
     assert sorted(killed(p.tick(2.0))) == sorted(launch.batch for launch in launches[3:])
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpar.policy import quorum_count
+from gpar.policy import default_max_failures, quorum_count
 from gpar.results import TaskFailure
 from gpar.simulator import SimCluster, simulate
 from gpar.stragglers import BACKUP_MIN_S, BACKUP_SLOWDOWN
@@ -78,8 +78,12 @@ def check_invariants(elements, knobs, sim):
     rows = report.attempts
     assert sum(row.outcome in CHARGED for row in rows) == policy.counts.failed_attempts
     max_failures = knobs["max_failures"]
-    if max_failures is not None and policy.counts.failed_attempts > max_failures:
+    if max_failures is None:
+        max_failures = default_max_failures(elements)
+    if policy.counts.failed_attempts > max_failures:
         assert policy.stop is not None  # "budget", or the job had stopped already
+    else:  # max_failures failed attempts are tolerated
+        assert policy.stop != "budget"
     # the deadline holds in simulated time
     if knobs["deadline_s"] is not None:
         assert sim.end_s <= knobs["deadline_s"] + 1e-6
@@ -182,6 +186,29 @@ def test_a_node_slow_for_everything_gets_no_new_work():
     on_slow = [row for row in sim.report.attempts if row.node == "node-0"]
     assert len(on_slow) < 10  # ~80 of 400 would run there without the rule
     assert sim.report.failed_attempts == 0
+
+
+def test_avoided_nodes_are_used_again_when_every_batch_left_straggles_while_work_waits():
+    """Node 0 is slow and avoided; later element 20 hangs wherever it runs and holds node 1
+    while element 30 (parked after a hang of its own) waits: only node 0 can run it."""
+    faults = {(20, run): "hang" for run in range(100)}
+    faults[(30, 0)] = "hang"
+    sim = simulate(60, lambda element, run: 0.2, faults=faults, quorum=59 / 60, backups=False,
+                   cluster=SimCluster(nodes=2, slow_nodes={0: 10.0}), max_time_s=1000)
+    assert [v for i, v in enumerate(sim.values) if i != 20] == [
+        i for i in range(60) if i != 20]
+    assert sim.values[20].reason == "quorum"
+    on_slow = [(row.task, row.outcome) for row in sim.report.attempts if row.node == "node-0"]
+    # its two stragglers made it avoided while node 1 ran the rest; then it ran element 30
+    assert len(on_slow) == 3 and (30, "ok") in on_slow
+
+
+def test_avoided_nodes_are_used_again_when_no_other_node_is_left():
+    sim = simulate(60, lambda element, run: 0.2, max_time_s=1000,
+                   cluster=SimCluster(nodes=2, slow_nodes={0: 10.0}, lost_nodes={1: 3.0}))
+    assert sim.values == list(range(60))
+    rows = sim.report.attempts
+    assert any(row.node == "node-0" and row.started > 3.0 for row in rows)
 
 
 def test_a_slow_first_element_sets_the_first_median_and_the_hang_still_yields():
