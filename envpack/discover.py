@@ -16,7 +16,9 @@ listed as ``unresolved``, for the caller to be warned.
 Computing the manifest again with nothing changed costs about a millisecond: every file read is
 cached by its (path, mtime, size), and a site directory's index of distributions by its mtime,
 which changes whenever a distribution is installed, reinstalled or removed (pip replaces the
-whole .dist-info directory).
+whole .dist-info directory). A local file's cache also keys on its inode and change time, and
+trusts only a read made once the file had settled: an edit of the same size within one tick of
+the clock, or one whose old mtime a tool restored, leaves mtime and size as they were.
 """
 
 from __future__ import annotations
@@ -191,17 +193,16 @@ def _local_imports(module: LocalModule) -> list[Import]:
     return found
 
 
-_file_import_cache: dict[str, tuple[tuple[int, int], tuple[Import, ...]]] = {}
+_file_import_cache: dict[str, tuple[tuple[int, ...] | None, tuple[Import, ...]]] = {}
 
 
 def _file_imports(path: str) -> tuple[Import, ...]:
-    stat = os.stat(path)
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _file_import_cache.get(path)
-    if cached is None or cached[0] != key:
-        cached = (key, imports_in_source(path))
-        _file_import_cache[path] = cached
-    return cached[1]
+    _, key, cached = _read_key(path, _file_import_cache)
+    if cached is not None:
+        return cached
+    found = imports_in_source(path)
+    _file_import_cache[path] = (key, found)
+    return found
 
 
 def _distribution_named(name: str, index: Collection[str],
@@ -510,7 +511,7 @@ def _in_stdlib(path: str) -> bool:
 
 # -- local modules ------------------------------------------------------------------------------
 
-_file_hashes: dict[str, tuple[tuple[int, int], str]] = {}
+_file_hashes: dict[str, tuple[tuple[int, ...] | None, str]] = {}
 
 
 def _local_module(name: str, path: str) -> LocalModule:
@@ -534,11 +535,58 @@ def _source_files(path: str) -> Iterator[str]:
 
 
 def _hash_file(path: str) -> tuple[str, int]:
+    stat, key, cached = _read_key(path, _file_hashes)
+    if cached is None:
+        content = Path(path).read_bytes()
+        cached = hashlib.sha256(content).hexdigest()
+        _file_hashes[path] = (key, cached)
+        _forget_stale_bytecode(path, stat)
+    return cached, stat.st_size
+
+
+def _read_key(path: str, cache: dict[str, tuple[Any, Any]]
+              ) -> tuple[os.stat_result, tuple[int, ...] | None, Any]:
+    """``path``'s stat, the key to cache what is read from it now under, and what ``cache``
+    holds for it (None: read it). The key is None while the file has not settled: its
+    timestamps are too recent to tell a later same-size edit apart, so it is read again."""
+    before = time.time_ns()
     stat = os.stat(path)
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _file_hashes.get(path)
-    if cached and cached[0] == key:
-        return cached[1], stat.st_size
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    _file_hashes[path] = (key, digest)
-    return digest, stat.st_size
+    key = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
+    cached = cache.get(path)
+    if cached is not None and cached[0] == key:
+        return stat, key, cached[1]
+    changed = max(stat.st_mtime_ns, stat.st_ctime_ns)
+    tick = SETTLED_NS if changed % 1_000_000_000 == 0 else FINE_TICK_NS  # whole seconds kept
+    return stat, key if before - changed > tick else None, None
+
+
+#: How far a file's timestamps may lag a change on filesystems that keep nanoseconds (the
+#: kernel stamps files from a clock that advances in ticks of a few milliseconds).
+FINE_TICK_NS = 100_000_000
+
+
+def _forget_stale_bytecode(path: str, stat: os.stat_result) -> None:
+    """Remove the bytecode Python cached for ``path`` if Python would run it though it was
+    written before the file last changed. Python checks it by the file's mtime in whole
+    seconds and its size only: after a same-size edit within a second (or one whose mtime a
+    tool restored) every process, the workers included, would go on running the old code."""
+    if not path.endswith(".py"):
+        return
+    try:
+        bytecode = importlib.util.cache_from_source(path)
+        with open(bytecode, "rb") as stream:
+            header = stream.read(16)
+            written_ns = os.fstat(stream.fileno()).st_mtime_ns
+    except (OSError, ValueError, NotImplementedError):  # none, or not cached for this Python
+        return
+    source = (int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    if (len(header) < 16 or header[:4] != importlib.util.MAGIC_NUMBER
+            or int.from_bytes(header[4:8], "little") != 0  # checked by the source's hash
+            or (int.from_bytes(header[8:12], "little"),
+                int.from_bytes(header[12:16], "little")) != source  # Python recompiles it
+            or written_ns > max(stat.st_mtime_ns, stat.st_ctime_ns)):  # of the file as it is
+        return
+    try:
+        os.unlink(bytecode)
+    except OSError:
+        pass

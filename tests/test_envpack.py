@@ -240,9 +240,14 @@ def test_an_edited_local_module_runs_its_new_code_where_workers_imported_the_old
     """On the embedded cluster the workers import the caller's own files; a worker process
     that imported a module before the caller edited and reloaded it must not serve the job."""
     script = """
-        import importlib, pathlib, gpar, ep_edited, ep_caller
+        import sys
+        sys.dont_write_bytecode = False  # as a user's Python: it caches ep_edited's bytecode
+        import importlib, os, pathlib, gpar, ep_edited, ep_caller
         first = gpar.apply(range(4), ep_caller.g, progress=False)
-        pathlib.Path(ep_edited.__file__).write_text("def f(x):\\n    return 2  # edited\\n")
+        path = pathlib.Path(ep_edited.__file__)
+        before = path.stat()
+        path.write_text("def f(x):\\n    return 2\\n")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         importlib.reload(ep_edited)
         print(list(first), list(gpar.apply(range(4), ep_caller.g, progress=False)))
     """
@@ -445,29 +450,28 @@ def test_envpack_imports_ray_only_when_it_ships():
     assert "EnvironmentMismatch" in out[1] and "manifest" in out[1] and "verify" in out[1]
 
 
-class _RecordingRemote:
-    """Stands for a Ray remote function: Ray lets ``.options`` be applied only once."""
+def seen_by_the_task():
+    """What a staged task sees of its submission: its image's variable and its CPUs."""
+    import ray
 
-    def __init__(self, options=None):
-        self.applied = options
-
-    def options(self, **options):
-        assert self.applied is None, "Ray's .options result has no .options"
-        return _RecordingRemote(options)
-
-    def remote(self, *args):
-        return self.applied
+    yield os.environ.get("ENVPACK_IMAGE"), ray.get_runtime_context().get_assigned_resources()
 
 
-def test_a_submission_applies_the_image_and_placement_options_in_one_call(monkeypatch):
+def test_a_submission_applies_the_image_and_the_placement_together(cluster):
+    """Ray takes a task's options in one ``.options`` call (its result has no ``.options``):
+    the image's runtime_env and the placement must both reach the task."""
+    import ray
+
     from envpack import stage
+    from gpar.tasks import _ray_placement
 
-    image = stage.StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "d"}},
+    image = stage.StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "ep-image"}},
                               stage.ImageReport("d", (), 0))
-    monkeypatch.setattr(stage, "bootstrap", lambda **options: _RecordingRemote())
-    applied = stage.start(image.call("m:f", [], ()), {}, {"scheduling_strategy": "spread"})
-    assert applied == {"runtime_env": {"env_vars": {"ENVPACK_IMAGE": "d"}},
-                       "scheduling_strategy": "spread"}
+    # the placement gpar makes to keep batches off a slow node, and a share of a CPU to see
+    placement = {**_ray_placement({"avoid_nodes": ("ep-no-such-node",)}), "num_cpus": 0.5}
+    stream = stage.start(image.call("test_envpack:seen_by_the_task", [], ()),
+                         {"num_returns": "streaming", "max_retries": 0}, placement)
+    assert [ray.get(ref) for ref in stream] == [("ep-image", {"CPU": 0.5})]
 
 
 def test_the_probe_counts_only_what_a_worker_has_installed_not_what_it_was_staged(

@@ -178,14 +178,17 @@ def test_apply_warns_about_an_import_it_cannot_ship(cluster):
 
 def test_an_edited_module_that_only_fn_imports_runs_as_edited(run_script):
     script = """
-        import pathlib, gpar
+        import os, pathlib, gpar
 
         def fn(x):
             import ep_fn_helper
             return ep_fn_helper.value()
 
         first = gpar.apply(range(4), fn, progress=False)
-        pathlib.Path("ep_fn_helper.py").write_text("def value():\\n    return 2  # edited\\n")
+        path = pathlib.Path("ep_fn_helper.py")
+        before = path.stat()
+        path.write_text("def value():\\n    return 2\\n")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         print(list(first), list(gpar.apply(range(4), fn, progress=False)))
     """
     completed = run_script(script, {"ep_fn_helper.py": "def value():\n    return 1\n"})
