@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
+import faults
 import pytest
+from faults import alive, pids, wait_until
 
 import gpar
 from gpar import client
@@ -134,23 +138,49 @@ HELPERS = """
 """
 
 
+#: Python as a user runs it, caching bytecode in __pycache__ (an empty value unsets it).
+WRITING_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
+
 def test_each_script_sees_its_own_files_environment_and_module_state(shared):
-    shared.write("helpers.py", HELPERS.format(value=1))
+    helpers = shared.write("helpers.py", HELPERS.format(value=1))
     source = """
         import os, gpar
+        from gpar import client
         from helpers import note
         def fn(x):
-            return note(x), os.environ.get("GREETING"), open("data.txt").read(), os.getcwd()
-        print(gpar.apply([0], fn, progress=False)[0])
+            return (note(x), os.environ.get("GREETING"), os.environ.get("RAY_GREETING"),
+                    "RAY_RAYLET_PID" in os.environ, open("data.txt").read(), os.getcwd())
+        print((gpar.apply([0], fn, progress=False)[0], client.read_state().pid))
     """
     (shared.directory / "data.txt").write_text("first")
-    first = eval(shared.run(source, GREETING="hello"))
-    shared.write("helpers.py", HELPERS.format(value=22))  # another size: .pyc checks it
+    first, _ = eval(shared.run(source, GREETING="hello", **WRITING_BYTECODE))
+    # A quick edit: the same size, within the same second, so the bytecode the first script
+    # cached still passes Python's check (whole-second mtime and size). The workers must run
+    # the file as it now is, as a cluster that is shipped its source does.
+    written_ns = helpers.stat().st_mtime_ns
+    shared.write("helpers.py", HELPERS.format(value=2))
+    os.utime(helpers, ns=(written_ns, same_second(written_ns)))
     (shared.directory / "data.txt").write_text("second")
-    second = eval(shared.run(source, GREETING="bonjour"))
+    # No GREETING now: the first script's must not linger. The script's RAY_* stay its own:
+    # the worker keeps the cluster's (Ray's RAYLET_PID, and the environment of whichever
+    # script started the server: normally none of RAY_GREETING).
+    second, server = eval(shared.run(source, RAY_GREETING="bonjour", **WRITING_BYTECODE))
+    clusters_own = environ_of(server).get("RAY_GREETING")
 
-    assert first == ((1, 1), "hello", "first", str(shared.directory))
-    assert second == ((22, 1), "bonjour", "second", str(shared.directory))
+    assert first == ((1, 1), "hello", None, True, "first", str(shared.directory))
+    assert second == ((2, 1), None, clusters_own, True, "second", str(shared.directory))
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+def same_second(ns: int) -> int:
+    """Another time in the same whole second as ``ns``."""
+    return ns + 1 if (ns + 1) // 10**9 == ns // 10**9 else ns - 1
 
 
 def test_module_state_of_one_script_does_not_reach_the_next_even_unedited(shared):
@@ -226,11 +256,16 @@ def test_a_stale_state_file_is_replaced_without_an_error(scripts):
     assert int(scripts.run(SHOW).split()[0]) != state["pid"]
 
 
-def test_the_cluster_stops_by_itself_when_idle(tmp_path):
-    scripts = Scripts(tmp_path, GPAR_IDLE_S="3")
+def test_a_cluster_started_from_the_shell_offers_its_cpus_and_stops_by_itself_when_idle(
+        tmp_path):
+    # --idle-s wins over the environment's GPAR_IDLE_S; the CPUs are what Ray counts.
+    scripts = Scripts(tmp_path, GPAR_IDLE_S="600")
+    cpus = 1 if (os.cpu_count() or 1) > 1 else 2  # not what Ray would offer by default
     try:
-        pid = int(scripts.run(SHOW).split()[0])
-        assert gone(pid)
+        out = scripts.gpar("cluster", "start", "--idle-s", "1", "--num-cpus", str(cpus))
+        pid = int(out.split()[2].rstrip(","))  # it may have stopped already: not its state
+        assert out == f"running: pid {pid}, {cpus} CPUs, stops after 1 s without a job\n"
+        assert gone(pid)  # no job came: it stopped by itself
         assert scripts.state() is None
     finally:
         scripts.stop()
@@ -238,10 +273,11 @@ def test_the_cluster_stops_by_itself_when_idle(tmp_path):
 
 def test_cluster_status_and_stop_from_the_shell(scripts):
     assert scripts.gpar("cluster", "status").startswith("not running")
-    pid = int(scripts.run(SHOW).split()[0])
+    pid = int(scripts.run(SHOW, GPAR_IDLE_S="600").split()[0])
     status = scripts.gpar("cluster", "status")
     assert f"running: pid {pid} since" in status
     assert "MiB resident" in status and "key: " in status
+    assert "idle stop: after 600 s" in status  # from the environment of the script that started it
     members = warm_workers(scripts)
 
     assert scripts.gpar("cluster", "stop").strip() == "stopped"
@@ -284,7 +320,65 @@ def test_ctrl_c_cancels_the_scripts_tasks_and_leaves_the_cluster_up(shared):
 
     assert "KeyboardInterrupt" in err
     assert gone(int(pid_file.read_text()))  # the task's worker was killed
-    assert "jobs: 0 running" in shared.gpar("cluster", "status")
+    assert no_job_running(shared)
+
+
+def no_job_running(scripts: Scripts) -> bool:
+    """The cluster is up with no job: a connection's end is counted just after its tasks are
+    cancelled, so this is waited for."""
+    return wait_until(lambda: "jobs: 0 running" in scripts.gpar("cluster", "status"), BOUND_S,
+                      poll_s=0.2)
+
+
+def test_a_script_killed_mid_job_has_its_tasks_cancelled_and_leaves_the_cluster_up(shared,
+                                                                                    tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    shutil.copy(faults.__file__, shared.directory)  # beside the script, as a user's helper
+    process = shared.start(f"""
+        import gpar
+        from faults import faulty, hanging
+        gpar.apply(range(2), faulty, hanging(range(2)), {str(markers)!r}, max_workers=2,
+                   progress=False)
+    """)
+    try:
+        assert wait_until(lambda: len(pids(markers)) == 2 or process.poll() is not None,
+                          BOUND_S)
+        assert process.poll() is None, process.communicate()  # both tasks run, the job waits
+        process.kill()  # SIGKILL: the script cancels nothing itself
+        process.communicate(timeout=BOUND_S)
+        workers = pids(markers)
+        assert wait_until(lambda: not any(map(alive, workers)), BOUND_S)
+        assert no_job_running(shared)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=BOUND_S)
+
+
+def test_a_cluster_of_the_process_alone_starts_in_the_script_and_ends_with_it(tmp_path):
+    """GPAR_CLUSTER=process: Ray in the script itself, no local cluster, and none of Ray's
+    processes outlives the script (each listed with its start time: a pid may be reused)."""
+    scripts = Scripts(tmp_path)
+    ray_tmpdir = tempfile.mkdtemp(prefix="gpar-proc-", dir="/tmp")  # Ray's socket paths: short
+    try:
+        out = scripts.run("""
+            import os, sys, gpar
+            from gpar.server import process_tree
+            results = gpar.apply(range(4), abs, progress=False)
+            print((results, sys.modules["ray"].is_initialized(),
+                   {pid: fields[19] for pid, fields in process_tree(os.getpid()).items()
+                    if pid != os.getpid()}))
+        """, GPAR_CLUSTER="process", RAY_TMPDIR=ray_tmpdir)
+        results, in_the_script, ray_processes = eval(out)
+        assert results == [0, 1, 2, 3] and in_the_script and ray_processes
+        assert scripts.state() is None  # no local cluster
+        assert wait_until(lambda: all(client.process_start(pid) != start
+                                      for pid, start in ray_processes.items()), BOUND_S)
+    finally:
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+        if scripts.state() is not None:  # a local cluster started after all
+            scripts.stop()
 
 
 def test_a_nested_apply_runs_in_the_scripts_place_too(shared):
@@ -341,3 +435,25 @@ def test_a_state_directory_or_file_others_could_write_is_not_trusted(tmp_path, m
     assert client.read_state() is None
     state_file.chmod(0o600)
     assert client.read_state().pid == os.getpid()
+
+
+def test_a_cluster_of_another_stamp_is_not_used_by_a_script_of_the_new_one(shared, tmp_path,
+                                                                           monkeypatch):
+    """A script whose gpar is another, edited source tree (a checkout of another version)
+    while the user's cluster runs: it must not run on code it does not have. (Last of the
+    tests on ``shared``: another cluster serves that state directory afterwards.)"""
+    old = int(shared.run(SHOW).split()[0])
+    old_state = client.ServerState(**shared.state())
+    source = tmp_path / "source"
+    root = Path(gpar.__file__).parent.parent
+    for package in ("gpar", "envpack", "reduce_sql"):
+        shutil.copytree(root / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    with open(source / "gpar" / "api.py", "a") as handle:
+        handle.write("\n# edited\n")
+    try:
+        new = int(shared.run(SHOW, PYTHONPATH=str(source)).split()[0])
+        assert new != old
+    finally:  # the old one too, whatever became of it (the fixture stops the current one)
+        monkeypatch.setenv("GPAR_STATE_DIR", str(shared.state_dir))
+        client.stop(old_state)
