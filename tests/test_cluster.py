@@ -19,27 +19,35 @@ CONNECT_AND_RUN = textwrap.dedent("""
 """)
 
 
-def connect_from_another_process(address: str, **env_overrides: str) -> str:
+def connect_from_another_process(address: str, **env_overrides: str) -> tuple[str, str]:
+    """What the process printed, and what Ray logged on its stderr."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_overrides}
     completed = subprocess.run([sys.executable, "-c", CONNECT_AND_RUN, address], env=env,
                                capture_output=True, text=True, timeout=120)
-    return completed.stdout.strip()
+    return completed.stdout.strip(), completed.stderr
+
+
+def assert_refused_for_its_token(out: str, log: str) -> None:
+    """Refused by the cluster's authentication: not for any other reason a connection fails."""
+    assert out.startswith("refused ConnectionError"), out
+    assert "Unauthenticated: RPC error: InvalidAuthToken" in log, log[-3000:]
 
 
 def test_a_process_with_the_token_can_run_a_task(cluster):
-    assert connect_from_another_process(cluster).startswith("ran 42")
+    out, log = connect_from_another_process(cluster)
+    assert out.startswith("ran 42") and "InvalidAuthToken" not in log, (out, log[-3000:])
 
 
 def test_a_process_with_a_wrong_token_is_refused(cluster):
     # The same call as the test above, differing only in the token; Ray reports it as a
     # failure to connect.
-    out = connect_from_another_process(cluster, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
-    assert out.startswith("refused"), out
+    assert_refused_for_its_token(*connect_from_another_process(
+        cluster, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32))
 
 
 def test_a_process_without_authentication_is_refused(cluster):
-    out = connect_from_another_process(cluster, RAY_AUTH_MODE="disabled")
-    assert out.startswith("refused"), out
+    assert_refused_for_its_token(*connect_from_another_process(cluster,
+                                                               RAY_AUTH_MODE="disabled"))
 
 
 def test_later_calls_reuse_the_running_cluster(cluster):
