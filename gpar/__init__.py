@@ -1,6 +1,6 @@
 """gpar: ``gpar.apply(xs, fn)`` returns ``[fn(x) for x in xs]``, computed on a Ray cluster."""
 
-from gpar.api import apply
+from gpar.api import apply, submit
 from gpar.cluster import shutdown
 from gpar.errors import (
     AllTasksFailed,
@@ -19,6 +19,7 @@ from gpar.errors import (
     TaskError,
     TaskFailedWarning,
 )
+from gpar.job import Job, JobProgress
 from gpar.report import AttemptRecord, JobReport
 from gpar.results import Results, TaskFailure
 
@@ -32,6 +33,8 @@ __all__ = [
     "FailureBudgetExceeded",
     "GparError",
     "IncompleteResultsWarning",
+    "Job",
+    "JobProgress",
     "JobReport",
     "LayerTooLarge",
     "OutputBusyError",
@@ -44,4 +47,5 @@ __all__ = [
     "TaskFailure",
     "apply",
     "shutdown",
+    "submit",
 ]

@@ -1,4 +1,5 @@
-"""apply(): ``[fn(x) for x in xs]`` on a Ray cluster, with the caller's environment."""
+"""apply() and submit(): ``[fn(x) for x in xs]`` on a Ray cluster, with the caller's environment;
+submit returns the running Job (job.py), and apply is submit(...).result()."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gpar import cluster, environment, scheduler
 from gpar import options as gpar_options
@@ -29,6 +30,7 @@ from gpar.errors import (
     as_gpar_errors,
     describe_failure,
 )
+from gpar.job import Control, Job
 from gpar.options import EnvMode, ErrorsMode
 from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
@@ -83,53 +85,103 @@ def apply(
     each file is sorted by, so queries filtering on them skip most of the data. See README.md
     for each rule.
     """
-    options = gpar_options.checked(
-        fn, time.time(), max_workers=max_workers, task_retries=task_retries,
-        max_failures=max_failures, deadline=deadline, task_timeout=task_timeout,
-        quorum=quorum, backups=backups, retry_on=retry_on, env=env, packages=packages,
-        output=output, overwrite=overwrite, cluster_by=cluster_by, errors=errors,
-        progress=progress, address=address)
+    options = _checked_options(locals())
+    return _start(xs, fn, args, kwargs, options, sys._getframe(1).f_globals)._result(None)
+
+
+def submit(xs: Iterable[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+    """Start ``apply(xs, fn, *args, **kwargs)`` and return at once: its Job, which runs in a
+    thread of this process. ``job.result()`` returns what apply would, and raises or warns
+    as apply would, in the thread that waits."""
+    bound = _APPLY.bind(xs, fn, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    return _start(xs, fn, arguments["args"], arguments["kwargs"], _checked_options(arguments),
+                  sys._getframe(1).f_globals)
+
+
+def _checked_options(arguments: dict[str, Any]) -> gpar_options.Options:
+    """apply's options among its ``arguments``, checked."""
+    return gpar_options.checked(arguments["fn"], time.time(),
+                                **{name: arguments[name] for name in OPTION_NAMES})
+
+
+class _Ended(NamedTuple):
+    """What a job's thread hands back: its results, the policy that judged it (None: nothing
+    ran), and the output it wrote (None without output=)."""
+
+    results: Results
+    policy: Policy | None
+    output: gpar_output.OutputJob | gpar_output.Target | None
+
+
+def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
+           options: gpar_options.Options, caller_globals: dict[str, Any]) -> Job:
+    """Capture the call in the caller's thread, then run it in the Job's."""
     gpar_options.check_call(fn, args, kwargs, options=OPTION_NAMES)
-    items = _materialize(xs, ordered=output is not None)  # consumed once the options hold
-    captured = environment.capture(fn, args, kwargs, sys._getframe(1).f_globals,
-                                   mode=options.env, retry_on=options.retry_on)
+    items = _materialize(xs, ordered=options.output is not None)  # consumed once options hold
+    captured = environment.capture(fn, args, kwargs, caller_globals, mode=options.env,
+                                   retry_on=options.retry_on)
     _warn_of_shared_random_states(fn, args, kwargs)
     if len(items) == 0 and options.output is None:  # nothing to run, nothing to write
-        return Results([], JobReport(elements=0))
+        return Job(0, lambda control: _Ended(Results([], JobReport(elements=0)), None, None),
+                   _finished)
     target = _target(options, items, fn, args, kwargs)
     if target is not None and target.whole:  # no cluster needed: nothing to run or commit
-        return _answer(Results([], JobReport(elements=0)), target)
-    tasks = cluster.connect(options.address)
-    with contextlib.closing(tasks):  # a local cluster's connection, held while the job runs
-        image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
-        # Claimed only now: a job that cannot start leaves the output as it was.
-        with _claimed(target, options) as claim:
-            pending = items if claim is None else [items[i] for i in claim.pending]
-            run_all = functools.partial(scheduler.run_all, image, tasks)
-            if len(pending) == 0:  # an empty xs, or a run that committed every element but
-                # did not end (its commit may merge files on the cluster, and cleans up)
-                return _answer(_committed(Results([], JobReport(elements=0)), claim, run_all),
-                               claim)
-            slots = options.max_workers or int(tasks.cpus())
-            report = JobReport(len(pending), environment_bytes=captured.nbytes,
-                               max_workers=slots, skipped_globals=captured.skipped,
-                               image=image.report)
-            policy = Policy(len(pending), _rules(options, slots, len(items)),
-                            BatchSizer(slots), counts=report)
-            values = scheduler.run_job(
-                pending, captured, policy, report=report, image=image, tasks=tasks,
-                output=claim,
-                progress=shown_by_default() if options.progress is None else options.progress)
-            results = Results(values, report)
-            if claim is not None:
-                results = _committed(results, claim, run_all)
-            _raise_or_warn(results, policy)
-            return _answer(results, claim)
+        return Job(0, lambda control: _Ended(Results([], JobReport(elements=0)), None, target),
+                   _finished)
+    tasks = cluster.connect(options.address)  # here: an embedded Ray starts in this thread
+
+    def work(control: Control) -> _Ended:
+        with contextlib.closing(tasks):  # a local cluster's connection, held while it runs
+            return _run(items, captured, options, target, tasks, fn, args, kwargs, control)
+
+    return Job(len(items), work, _finished)
+
+
+def _run(items: Sequence[Any], captured: environment.CapturedEnvironment,
+         options: gpar_options.Options, target: gpar_output.Target | None, tasks: Any,
+         fn: Callable[..., Any], args: tuple, kwargs: dict, control: Control) -> _Ended:
+    """The job itself, in its thread: stage the image, claim the output, run, commit."""
+    image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+    # Claimed only now: a job that cannot start leaves the output as it was.
+    with _claimed(target, options) as claim:
+        pending = items if claim is None else [items[i] for i in claim.pending]
+        run_all = functools.partial(scheduler.run_all, image, tasks)
+        if len(pending) == 0:  # an empty xs, or a run that committed every element but did
+            # not end (its commit may merge files on the cluster, and cleans up)
+            return _Ended(_committed(Results([], JobReport(elements=0)), claim, run_all), None,
+                          claim)
+        slots = options.max_workers or int(tasks.cpus())
+        report = JobReport(len(pending), environment_bytes=captured.nbytes, max_workers=slots,
+                           skipped_globals=captured.skipped, image=image.report)
+        policy = Policy(len(pending), _rules(options, slots, len(items)), BatchSizer(slots),
+                        counts=report)
+        with control.lock:
+            control.policy, control.report = policy, report
+        values = scheduler.run_job(
+            pending, captured, policy, report=report, image=image, tasks=tasks, output=claim,
+            progress=shown_by_default() if options.progress is None else options.progress,
+            control=control)
+        results = Results(values, report)
+        if claim is not None:
+            results = _committed(results, claim, run_all)
+        return _Ended(results, policy, claim)
+
+
+def _finished(ended: _Ended) -> Results | Dataset:
+    """What apply returns for a job that ended, raising or warning as README promises; in the
+    thread that waits for it (warnings point at its caller's caller: see Job._result)."""
+    if ended.policy is not None:
+        _raise_or_warn(ended.results, ended.policy)
+    return _answer(ended.results, ended.output)
 
 
 #: apply's own keyword options: a misspelt one lands in fn's kwargs, and is named.
-OPTION_NAMES = [name for name, parameter in inspect.signature(apply).parameters.items()
+_APPLY = inspect.signature(apply)
+OPTION_NAMES = [name for name, parameter in _APPLY.parameters.items()
                 if parameter.kind is parameter.KEYWORD_ONLY]
+submit.__signature__ = _APPLY.replace(return_annotation="Job")  # type: ignore[attr-defined]
 
 
 def _rules(options: gpar_options.Options, slots: int, elements: int) -> Rules:
@@ -149,7 +201,7 @@ def _warn_of_shared_random_states(fn: Callable, args: tuple, kwargs: dict) -> No
             f"fn draws from the random generator {source}: every batch of elements gets a "
             "copy of it in the state it had at this call, so batches draw the same numbers. "
             "Make one per element inside fn from a seed and the element, e.g. "
-            "rng = np.random.default_rng([SEED, x])"), stacklevel=3)
+            "rng = np.random.default_rng([SEED, x])"), stacklevel=4)
 
 
 def _target(options: gpar_options.Options, items: Sequence[Any], fn: Callable, args: tuple,
@@ -238,12 +290,18 @@ def _raise_or_warn(results: Results, policy: Policy) -> None:
             results,
         )
     for failure in failures:
-        warnings.warn(describe_failure(failure), TaskFailedWarning, stacklevel=3)
+        warnings.warn(describe_failure(failure), TaskFailedWarning, stacklevel=5)
     if unfinished:
         warnings.warn(
-            f"the job's {policy.stop} ended it with {unfinished} of {len(results)} tasks "
+            f"{_ENDED_BY.get(policy.stop, policy.stop)} ended it with {unfinished} of "
+            f"{len(results)} tasks "
             f"unfinished; their slots hold TaskFailure(reason={policy.stop!r})",
-            IncompleteResultsWarning, stacklevel=3)
+            IncompleteResultsWarning, stacklevel=5)
+
+
+#: What stopped a job that ended with unfinished elements and no exception, in a warning.
+_ENDED_BY = {"deadline": "the job's deadline", "quorum": "the job's quorum",
+             "cancelled": "cancelling the job"}
 
 
 def _materialize(xs: Iterable[Any], ordered: bool) -> Sequence[Any]:

@@ -29,6 +29,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -311,24 +312,31 @@ class ServerTasks:
         self.conn = Client(state.socket, family="AF_UNIX", authkey=bytes.fromhex(state.key))
         self.connection_id = f"{state.socket}/{uuid.uuid4().hex}"
         self.broken = False
+        self.calling = threading.Lock()  # one request and its answer at a time: a Job's
+        # thread and the caller's may both ask
 
     def _call(self, method: str, *args: Any) -> Any:
+        with self.calling:
+            ok, value = self._request(method, args)
+        if not ok:
+            raise value
+        return value
+
+    def _request(self, method: str, args: tuple) -> tuple[bool, Any]:
         if self.broken:
             raise ClusterConnectionError("the connection to the local gpar cluster was cut "
                                          "off mid-call")
         self.broken = True  # until the answer is read whole
         try:
             self.conn.send((method, args))
-            ok, value = self.conn.recv()
+            answer = self.conn.recv()
         except (EOFError, OSError) as exc:
             raise ClusterConnectionError(
                 "the local gpar cluster stopped while this script was using it (stopped by "
                 "`gpar cluster stop` or gpar.shutdown() elsewhere, or killed); run the script "
                 "again to start a new one") from exc
         self.broken = False
-        if not ok:
-            raise value
-        return value
+        return answer
 
     def probe(self) -> Any:
         """The workers' facts, seen from this script: its batches adopt its sys.path."""

@@ -111,7 +111,11 @@ def _refuse_another(address: str | None, context: Any) -> None:
 
 def shutdown() -> None:
     """Stop the cluster of this process, or detach from the one given; with neither, stop
-    the user's local cluster of this Python environment. The next apply() reconnects."""
+    the user's local cluster of this Python environment. The next apply() reconnects. Jobs
+    of this process still running are cancelled first."""
+    from gpar import job
+
+    job.cancel_all()
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

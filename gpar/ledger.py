@@ -9,6 +9,7 @@ million-element job's ledger is a megabyte and a batch's elements are checked wi
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 
 from gpar.results import TaskFailure
@@ -23,6 +24,7 @@ class Ledger:
     def __init__(self, elements: int):
         self.state = bytearray(elements)  # OPEN, DONE, FAILED or CANCELLED per element
         self.final_count = 0  # elements no longer OPEN
+        self.final_order = array("q")  # the elements in the order they became final
         self.failures: dict[int, TaskFailure] = {}
         self.failed_count: dict[int, int] = {}  # element -> failed attempts so far
         self._last_attempt: dict[int, int] = {}  # element -> its latest attempt run alone
@@ -42,12 +44,14 @@ class Ledger:
         if state.count(OPEN, start, stop) == len(indices):
             state[start:stop] = _DONE_BYTE * len(indices)
             self.final_count += len(indices)
+            self.final_order.extend(indices)
             return [indices]
         runs, begin = [], None
         for offset, value in enumerate(state[start:stop]):
             if value == OPEN:
                 state[start + offset] = DONE
                 self.final_count += 1
+                self.final_order.append(start + offset)
                 begin = offset if begin is None else begin
             elif begin is not None:
                 runs.append(indices[begin:offset])
@@ -102,4 +106,5 @@ class Ledger:
     def _finalize(self, index: int, state: int, failure: TaskFailure) -> None:
         self.state[index] = state
         self.final_count += 1
+        self.final_order.append(index)
         self.failures[index] = failure

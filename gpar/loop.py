@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpar import pickled
+from gpar.job import Control
 from gpar.policy import Policy
 from gpar.records import (
     BatchLost,
@@ -82,12 +83,16 @@ class JobLoop:
 
     def __init__(self, policy: Policy, report: JobReport, backend: Backend,
                  progress: Callable[[int], Any] = lambda finished: None,
-                 checkpoint: Callable[[list[Any], float], None] | None = None):
+                 checkpoint: Callable[[list[Any], float], None] | None = None,
+                 control: Control | None = None):
         self.policy, self.report, self.backend = policy, report, backend
+        self.control = Control() if control is None else control  # its Job's, if any
         self.ledger = policy.ledger
         self.progress = progress  # called with the number of elements newly final
         self.checkpoint = checkpoint  # called with the values and the time, every loop turn
         self.values: list[Any] = [None] * policy.elements
+        with self.control.lock:
+            self.control.values = self.values
         self.streams: dict[int, _Stream] = {}
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
         self.finished_on: Counter[str] = Counter()  # node -> element attempts finished there
@@ -105,28 +110,36 @@ class JobLoop:
 
     def _loop(self) -> None:
         policy, ledger, backend = self.policy, self.ledger, self.backend
+        lock, cancelled = self.control.lock, self.control.cancelled
         while True:
-            now = backend.now()
-            final_before = ledger.final_count
-            stopped = policy.tick(now)
-            for batch in policy.take_stragglers():  # before a preemption forgets its node
-                self._on_straggler(self.streams[batch].node)
-            for each in stopped:
-                self._stopped(each, now)
-            self.progress(ledger.final_count - final_before)  # also refreshes the bar's clock
-            if policy.over:
-                return
-            if self.checkpoint is not None:
-                self.checkpoint(self.values, now)
-            for launch in policy.launches(policy.rules.max_workers):
-                self.streams[launch.batch] = _Stream(launch, submitted=now)
-                backend.submit(launch)
+            with lock:  # what the policy and the report say changes only under it
+                now = backend.now()
+                final_before = ledger.final_count
+                if cancelled.is_set():
+                    policy.cancel()
+                stopped = policy.tick(now)
+                for batch in policy.take_stragglers():  # before a preemption forgets its node
+                    self._on_straggler(self.streams[batch].node)
+                for each in stopped:
+                    self._stopped(each, now)
+                self.progress(ledger.final_count - final_before)  # refreshes the bar's clock
+                if policy.over:
+                    lock.notify_all()
+                    return
+                if self.checkpoint is not None:
+                    self.checkpoint(self.values, now)
+                for launch in policy.launches(policy.rules.max_workers):
+                    self.streams[launch.batch] = _Stream(launch, submitted=now)
+                    backend.submit(launch)
+                lock.notify_all()  # those who wait for elements to become final
             news = backend.wait(policy.next_check(now))
-            for batch, each in news:
-                if batch in self.streams:
-                    self._on_news(batch, each)
-            if not news and self.slow_nodes is not None and self.slow_nodes.avoided:
-                self._check_avoided_nodes()
+            with lock:
+                for batch, each in news:
+                    if batch in self.streams:
+                        self._on_news(batch, each)
+                if not news and self.slow_nodes is not None and self.slow_nodes.avoided:
+                    self._check_avoided_nodes()
+                lock.notify_all()
 
     def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
         final_before = self.ledger.final_count

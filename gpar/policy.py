@@ -101,7 +101,7 @@ MAX_WAIT_S = 1.0
 SCAN_S = 0.05
 
 #: Why a job stopped before every element was final.
-StopReason = Literal["quorum", "deadline", "budget", "raise"]
+StopReason = Literal["quorum", "deadline", "budget", "raise", "cancelled"]
 
 
 def quorum_count(quorum: float, elements: int) -> int:
@@ -156,6 +156,12 @@ class Policy:
     def over(self) -> bool:
         """The job is over: it stopped, or every element is final."""
         return self.stop is not None or self.ledger.final_count == self.elements
+
+    def cancel(self) -> None:
+        """The caller cancelled the job: it stops as at a deadline (the next tick kills what
+        runs), unless it has already stopped."""
+        if self.stop is None:
+            self._stop("cancelled")
 
     def launches(self, in_flight_limit: int) -> Sequence[Launch]:
         """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
@@ -519,4 +525,5 @@ _STOP_MESSAGES: dict[StopReason, str] = {
     "quorum": "the job's quorum was reached before this task finished",
     "budget": "the job's total failure budget was exceeded before this task finished",
     "raise": "the job stopped at the first failure (errors='raise')",
+    "cancelled": "the job was cancelled before this task finished",
 }

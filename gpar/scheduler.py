@@ -35,6 +35,7 @@ from gpar.report import JobReport
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
+    from gpar.job import Control
     from gpar.output import OutputJob
 
 #: How often a job with output= commits what it has accepted so far (a checkpoint): a driver
@@ -56,9 +57,11 @@ def run_job(
     image: StagedImage,
     tasks: Any,
     output: OutputJob | None = None,
+    control: Control | None = None,
 ) -> list[Any]:
     """Run fn over ``items`` under ``policy`` on ``tasks`` (a tasks.RayTasks, or the local
     cluster's server standing in for one); failed or unfinished slots hold TaskFailures.
+    ``control``: the Job's lock and cancel flag (job.py).
 
     With ``output`` (apply(output=)), each launch writes its values where ``output.sink(launch)``
     says, and what was accepted is checkpointed every CHECKPOINT_S.
@@ -68,7 +71,8 @@ def run_job(
     backend = RayBackend(items, environment, image, tasks, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
     with progress_bar(len(items), progress) as bar:
-        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint)
+        loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
+                       control=control)
         return loop.run()
 
 

@@ -1,7 +1,7 @@
 """Deterministic faults: a table says what each task does on each of its attempts.
 
     FAULTS = {(task, attempt): action}
-    action: "exit" | "raise" | "hang" | ("sleep", s) | ("raise_after", s)
+    action: "exit" | "raise" | "hang" | ("sleep", s) | ("raise_after", s) | ("wait_for", path)
 
 A task learns its attempt number by claiming the next marker file in a shared directory
 (a link fails if the name exists, so concurrent attempts of one task, e.g. a backup, get
@@ -57,7 +57,9 @@ def perform(action, task: int, attempt: int) -> None:
         raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")
     if action == "hang":
         time.sleep(3600)
-    if isinstance(action, tuple):
+    if isinstance(action, tuple) and action[0] == "wait_for":  # until the test says go
+        wait_until(lambda: Path(action[1]).exists(), HANG_S)
+    elif isinstance(action, tuple):
         time.sleep(action[1])
         if action[0] == "raise_after":
             raise RuntimeError(f"task {task} failed on attempt {attempt} as the table says")

@@ -45,7 +45,7 @@ def test_success_accepts_the_elements_and_finishes_the_job():
 
 def test_fn_exception_not_in_retry_on_is_final_at_once():
     p = policy(2)
-    first, second = launch_all(p)
+    first, second = launch_all(p, limit=2)
     finish(p, first, errors={0: FN_ERROR})
     failure = p.ledger.failures[0]
     assert (failure.attempts, failure.reason, failure.message) == (1, "error", "bad")
@@ -386,3 +386,22 @@ def test_a_batch_writing_its_last_tables_has_no_element_in_fn_to_straggle():
     assert not p.tick(10.0 + 100 * BACKUP_MIN_S)  # neither preempted nor backed up
     finish(p, only)
     assert p.ledger.final_count == len(only.indices)
+
+
+def test_cancel_kills_what_runs_and_marks_each_open_element_cancelled():
+    p = policy(4, max_workers=2)
+    first, second = launch_all(p, limit=2)
+    finish(p, first)
+    p.cancel()
+    assert p.stop == "cancelled" and p.over
+    assert killed(p.tick(1.0)) == [second.batch] and not p.launches(2)
+    assert [(f.index, f.reason) for f in p.ledger.failures.values()] == [
+        (1, "cancelled"), (2, "cancelled"), (3, "cancelled")]
+
+
+def test_cancel_after_the_job_stopped_keeps_why_it_stopped():
+    p = policy(4, max_workers=2, quorum=0.25)
+    finish(p, launch_all(p)[0])
+    p.tick(1.0)
+    p.cancel()
+    assert p.stop == "quorum" and {f.reason for f in p.ledger.failures.values()} == {"quorum"}

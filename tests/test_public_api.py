@@ -13,10 +13,11 @@ def test_public_names_are_pinned():
     assert sorted(gpar.__all__) == [
         "AllTasksFailed", "AttemptRecord", "ClusterConnectionError", "DeadlineExceeded",
         "EnvironmentCaptureError", "EnvironmentMismatch",
-        "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "JobReport",
+        "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "Job", "JobProgress",
+        "JobReport",
         "LayerTooLarge", "OutputBusyError", "OutputExistsError", "Results",
         "SchemaConflictError", "SharedRandomStateWarning", "TaskError", "TaskFailedWarning",
-        "TaskFailure", "apply", "shutdown",
+        "TaskFailure", "apply", "shutdown", "submit",
     ]
 
 

@@ -1,0 +1,218 @@
+"""A job you can hold: one apply() running in a thread of the caller's process.
+
+    submit (the caller's thread): options checked, the call captured, the output's target
+      found, the cluster connected (an embedded Ray starts in this thread)
+      └─▶ the job's thread: stage the image, claim the output, run the loop, commit
+    Job.result() (the thread that waits): how the job ended, with apply's warnings and
+      exceptions raised there, where a notebook shows them and filterwarnings applies
+
+The loop is the only writer of the policy and the report. It holds ``Control.lock`` while it
+changes them, so what another thread reads (progress, report, failures) is a copy taken
+between two of its turns; as_completed() waits on it for elements to become final.
+``cancel()`` sets a flag the loop reads on its next turn (within policy.MAX_WAIT_S). A job
+still running when the process exits is cancelled then, so the exit neither hangs nor leaves
+tasks running (cancel_all).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from gpar.report import JobReport
+from gpar.results import TaskFailure
+
+Outcome = TypeVar("Outcome")
+
+#: How long the exit of a process waits for each of its running jobs to cancel its tasks.
+EXIT_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Elements of a job by state, at one moment."""
+
+    total: int
+    finished: int  # final with a value
+    failed: int  # final without one (failed for good, or cancelled)
+    running: int  # in fn now
+
+    @property
+    def waiting(self) -> int:
+        return self.total - self.finished - self.failed - self.running
+
+
+@dataclass
+class Control:
+    """What a job's thread shares with its Job: the loop's lock (a condition the loop
+    notifies at each turn), the cancel flag, and the policy, report and values once the loop
+    has made them."""
+
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    policy: Any = None
+    report: JobReport | None = None
+    values: list[Any] | None = None
+
+    def finals(self, seen: int) -> list[tuple[int, Any]]:
+        """(index in xs, value or TaskFailure) of the elements that became final after the
+        first ``seen``; under ``lock``."""
+        if self.policy is None or self.values is None:
+            return []
+        ledger, values = self.policy.ledger, self.values
+        numbers = self.report.task_numbers if self.report is not None else None
+        return [(index if numbers is None else numbers[index],
+                 ledger.failures[index] if index in ledger.failures else values[index])
+                for index in ledger.final_order[seen:]]
+
+
+class Job(Generic[Outcome]):
+    """A running gpar job (gpar.submit): wait for it, look at it, or cancel it, from any
+    thread. ``work`` runs in the job's thread and returns its outcome; ``finish`` turns that
+    into what result() returns, raising or warning in the waiting thread."""
+
+    def __init__(self, elements: int, work: Callable[[Control], Outcome],
+                 finish: Callable[[Outcome], Any]):
+        self._elements, self._finish = elements, finish
+        self._control = Control()
+        self._done = threading.Event()
+        self._outcome: Outcome | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name="gpar-job",
+                                        daemon=True)  # the exit cancels it: see cancel_all
+        _running.add(self)
+        self._thread.start()
+
+    def _run(self, work: Callable[[Control], Outcome]) -> None:
+        try:
+            self._outcome = work(self._control)
+        except BaseException as error:  # raised again by result(), in the waiting thread
+            self._error = error
+        finally:
+            with self._control.lock:
+                self._done.set()
+                self._control.lock.notify_all()
+            _running.discard(self)
+
+    def done(self) -> bool:
+        """The job has ended: result() returns (or raises) at once."""
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """What apply returns, once the job has ended; raises what apply raises, and issues
+        its warnings here. TimeoutError after ``timeout`` seconds (the job keeps running).
+        Ctrl-C while waiting cancels the job."""
+        return self._result(timeout)
+
+    def _result(self, timeout: float | None) -> Any:
+        """result(); apply calls it directly, so that ``finish``'s warnings point at the line
+        that called apply or result() alike: four frames above the warning's."""
+        try:
+            ended = self._done.wait(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            self._thread.join()  # the loop kills what runs, then ends
+            raise
+        if not ended:
+            raise TimeoutError(f"the job did not end within {timeout} s; it keeps running")
+        if self._error is not None:
+            raise self._error
+        return self._finish(self._outcome)
+
+    def as_completed(self) -> Iterator[tuple[int, Any]]:
+        """Yield (index, value) as elements finish, a TaskFailure for one that failed or was
+        cancelled; then raise or warn as result() does. The Job keeps every value for
+        result()."""
+        control, seen = self._control, 0
+        while True:
+            with control.lock:
+                control.lock.wait_for(
+                    lambda seen=seen: self.done() or (
+                        control.policy is not None
+                        and len(control.policy.ledger.final_order) > seen))
+                finals = control.finals(seen)
+            seen += len(finals)
+            yield from finals
+            if not finals and self.done():
+                break
+        self._result(None)
+
+    def cancel(self) -> bool:
+        """Stop the job: what runs is killed, nothing more starts, unfinished slots hold
+        TaskFailure(reason="cancelled"). False if it had already ended."""
+        self._control.cancelled.set()
+        return not self.done()
+
+    @property
+    def progress(self) -> JobProgress:
+        with self._control.lock:
+            policy = self._control.policy
+            if policy is None:
+                return JobProgress(self._elements, 0, 0, 0)
+            failed = len(policy.ledger.failures)
+            running = sum(batch.running is not None for batch in policy.flight.batches.values())
+            return JobProgress(policy.elements, policy.ledger.final_count - failed, failed,
+                               running)
+
+    @property
+    def report(self) -> JobReport:
+        """A copy of the job's report as it stands: its attempts so far."""
+        with self._control.lock:
+            report = self._control.report
+            if report is None:
+                return JobReport(elements=self._elements)
+            return _snapshot(report)
+
+    @property
+    def failures(self) -> list[TaskFailure]:
+        """The elements that have failed for good so far, in input order."""
+        with self._control.lock:
+            policy = self._control.policy
+            failures = {} if policy is None else dict(policy.ledger.failures)
+        return [failures[index] for index in sorted(failures)]
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """A normal exit waits for the job; an exception cancels it."""
+        if kind is not None:
+            self.cancel()
+        self._done.wait()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        progress = self.progress
+        return (f"<gpar.Job {state}: {progress.finished} finished, {progress.failed} failed "
+                f"of {progress.total}>")
+
+
+def _snapshot(report: JobReport) -> JobReport:
+    """A report whose lists the loop no longer appends to."""
+    snapshot = copy.copy(report)
+    snapshot._blocks = list(report._blocks)
+    snapshot._unstarted = list(report._unstarted)
+    return snapshot
+
+
+#: Jobs of this process still running (their threads hold them too).
+_running: set[Job] = set()
+
+
+def cancel_all() -> None:
+    """Cancel every job of this process and wait for each to kill what it runs: at exit, and
+    before gpar.shutdown() takes the cluster away."""
+    jobs = list(_running)
+    for job in jobs:
+        job.cancel()
+    for job in jobs:
+        job._thread.join(EXIT_WAIT_S)
+
+
+# At exit, before atexit's handlers: Ray's own (ray.shutdown) would otherwise run while a
+# job's thread still waits on Ray, which then starts a new connection from that thread and
+# may crash the exit. concurrent.futures stops its workers at this same point.
+threading._register_atexit(cancel_all)  # type: ignore[attr-defined]

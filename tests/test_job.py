@@ -1,0 +1,141 @@
+"""A job you can hold (gpar.submit): it runs while the caller does something else, and can be
+looked at, waited for with a bound, and cancelled, from any thread."""
+
+import threading
+
+import pytest
+from faults import alive, faulty, pids, wait_until
+
+import gpar
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def gated(tasks, gate):
+    """A fault table in which ``tasks`` wait until the file ``gate`` exists."""
+    return {(task, 0): ("wait_for", str(gate)) for task in tasks}
+
+
+def submit(xs, table, marker_dir, **options):
+    options.setdefault("progress", False)
+    return gpar.submit(xs, faulty, table, str(marker_dir), **options)
+
+
+def test_submit_returns_while_the_job_runs_and_its_progress_and_report_grow(tmp_path):
+    gate = tmp_path / "go"
+    job = submit(range(4), gated([1, 2, 3], gate), tmp_path, max_workers=2)
+    assert not job.done()  # every element but 0 waits for the gate this test opens
+    assert wait_until(lambda: job.progress.finished == 1, 60)
+    progress, report = job.progress, job.report
+    assert (progress.total, progress.failed) == (4, 0)
+    assert [(row.task, row.outcome) for row in report.attempts] == [(0, "ok")]
+    assert not job.done()
+    gate.touch()
+    assert job.result(timeout=120) == [0, 1, 2, 3]
+    assert job.done() and job.progress.finished == 4 and len(job.report.attempts) == 4
+    assert len(report.attempts) == 1  # a copy: what the loop wrote later is not in it
+
+
+def test_result_with_a_timeout_raises_and_the_job_keeps_running(tmp_path):
+    gate = tmp_path / "go"
+    job = submit(range(2), gated([0, 1], gate), tmp_path)
+    with pytest.raises(TimeoutError, match="keeps running"):
+        job.result(timeout=0.5)
+    gate.touch()
+    assert job.result(timeout=120) == [0, 1]
+
+
+def test_cancel_from_another_thread_kills_what_runs_and_marks_the_rest(tmp_path):
+    never = tmp_path / "never"
+    job = submit(range(4), gated(range(4), never), tmp_path, max_workers=2)
+    assert wait_until(lambda: len(pids(tmp_path)) == 2, 60)  # both slots hold an element
+    running = pids(tmp_path)
+    canceller = threading.Thread(target=job.cancel)
+    canceller.start()
+    with pytest.warns(gpar.IncompleteResultsWarning, match="cancelling the job ended it"):
+        results = job.result(timeout=120)
+    canceller.join()
+    assert [failure.reason for failure in results] == ["cancelled"] * 4
+    assert wait_until(lambda: not any(alive(pid) for pid in running), 30)
+    assert job.cancel() is False  # it had ended
+
+
+def test_two_jobs_at_once_each_keep_their_own_report_and_budget(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    failing = submit(range(3), {(1, 0): "raise"}, tmp_path / "a", max_failures=0)
+    quiet = submit(range(5), {}, tmp_path / "b")
+    assert quiet.result(timeout=120) == [0, 1, 2, 3, 4]
+    with pytest.raises(gpar.FailureBudgetExceeded):
+        failing.result(timeout=120)
+    assert quiet.report.failed_attempts == 0 and quiet.report.elements == 5
+    assert failing.report.failed_attempts == 1
+
+
+def test_warnings_are_issued_in_the_thread_that_waits(tmp_path):
+    job = submit(range(3), {(1, 0): "raise"}, tmp_path)
+    assert wait_until(job.done, 120)  # with filterwarnings=error, a warning in the job's
+    with pytest.warns(gpar.TaskFailedWarning, match="task 1 failed"):  # thread would break it
+        results = job.result()
+    assert results[0] == 0 and results[1].reason == "error" and job.failures == [results[1]]
+
+
+def test_an_exception_in_the_with_block_cancels_the_job(tmp_path):
+    never = tmp_path / "never"
+    with pytest.raises(KeyError), submit(range(2), gated([0, 1], never), tmp_path,
+                                         max_workers=2) as job:
+        assert wait_until(lambda: len(pids(tmp_path)) == 2, 60)
+        raise KeyError("the caller's own error")
+    assert job.done()
+    running = pids(tmp_path)
+    assert wait_until(lambda: not any(alive(pid) for pid in running), 30)
+
+
+def test_a_normal_exit_of_the_with_block_waits_for_the_job(tmp_path):
+    with submit(range(3), {}, tmp_path) as job:
+        pass
+    assert job.done() and job.result() == [0, 1, 2]
+
+
+def test_a_script_that_exits_with_a_job_running_cancels_it(run_script, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    import shutil
+
+    import faults
+
+    shutil.copy(faults.__file__, tmp_path)
+    completed = run_script(f"""
+        import gpar
+        from faults import faulty, wait_until, pids
+        job = gpar.submit(range(2), faulty, {{(0, 0): "hang", (1, 0): "hang"}},
+                          {str(markers)!r}, max_workers=2, progress=False)
+        assert wait_until(lambda: len(pids({str(markers)!r})) == 2, 60)
+        print("leaving", flush=True)
+    """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "leaving"
+    hung = pids(markers)
+    assert len(hung) == 2 and wait_until(lambda: not any(alive(pid) for pid in hung), 30)
+
+
+def test_as_completed_yields_each_element_as_it_finishes_and_the_job_keeps_them(tmp_path):
+    gate = tmp_path / "go"
+    job = submit(range(4), gated([0], gate), tmp_path, max_workers=2)
+    stuck = threading.Timer(120, job.cancel)  # the gate never opened: end, and fail below
+    stuck.start()
+    seen = []
+    for index, value in job.as_completed():
+        seen.append((index, value))
+        if len(seen) == 3:
+            gate.touch()  # element 0 finishes only once the three others were yielded
+    stuck.cancel()
+    assert sorted(seen[:3]) == [(1, 1), (2, 2), (3, 3)] and seen[3] == (0, 0)
+    assert job.result() == [0, 1, 2, 3]
+
+
+def test_as_completed_yields_a_failure_in_place_and_warns_at_its_end(tmp_path):
+    job = submit(range(3), {(1, 0): "raise"}, tmp_path)
+    with pytest.warns(gpar.TaskFailedWarning, match="task 1 failed"):
+        seen = dict(job.as_completed())
+    assert (seen[0], seen[2], seen[1].reason) == (0, 2, "error")
