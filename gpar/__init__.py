@@ -1,6 +1,6 @@
 """gpar: ``gpar.apply(xs, fn)`` returns ``[fn(x) for x in xs]``, computed on a Ray cluster."""
 
-from gpar.api import apply, submit
+from gpar.api import apply, imap, submit
 from gpar.cluster import shutdown
 from gpar.errors import (
     AllTasksFailed,
@@ -19,7 +19,7 @@ from gpar.errors import (
     TaskError,
     TaskFailedWarning,
 )
-from gpar.job import Job, JobProgress
+from gpar.job import Job, JobProgress, JobStream
 from gpar.report import AttemptRecord, JobReport
 from gpar.results import Results, TaskFailure
 
@@ -35,6 +35,7 @@ __all__ = [
     "IncompleteResultsWarning",
     "Job",
     "JobProgress",
+    "JobStream",
     "JobReport",
     "LayerTooLarge",
     "OutputBusyError",
@@ -46,6 +47,7 @@ __all__ = [
     "TaskFailedWarning",
     "TaskFailure",
     "apply",
+    "imap",
     "shutdown",
     "submit",
 ]

@@ -30,7 +30,8 @@ from gpar.errors import (
     as_gpar_errors,
     describe_failure,
 )
-from gpar.job import Control, Job
+from gpar.feed import Feed
+from gpar.job import Control, Job, JobStream
 from gpar.options import EnvMode, ErrorsMode
 from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
@@ -41,6 +42,12 @@ from gpar.split import BatchSizer
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
     from reduce_sql import Dataset
+
+#: imap's default bounds on results held unread. Not tuned: a thousand values, or about a
+#: quarter of a GiB of them, whichever comes first.
+MAX_UNREAD = 1000
+MAX_UNREAD_BYTES = 256 * 2**20
+
 
 def apply(
     xs: Iterable[Any],
@@ -93,11 +100,43 @@ def submit(xs: Iterable[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any)
     """Start ``apply(xs, fn, *args, **kwargs)`` and return at once: its Job, which runs in a
     thread of this process. ``job.result()`` returns what apply would, and raises or warns
     as apply would, in the thread that waits."""
-    bound = _APPLY.bind(xs, fn, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = bound.arguments
+    arguments = _bound_arguments(xs, fn, args, kwargs)
     return _start(xs, fn, arguments["args"], arguments["kwargs"], _checked_options(arguments),
                   sys._getframe(1).f_globals)
+
+
+def imap(xs: Iterable[Any], fn: Callable[..., Any], *args: Any, ordered: bool = True,
+         max_unread: int = MAX_UNREAD, max_unread_bytes: int = MAX_UNREAD_BYTES,
+         **kwargs: Any) -> JobStream:
+    """Iterate over ``apply(xs, fn, *args, **kwargs)``'s results while the job runs: in input
+    order (``ordered``), or as ``(index, value)`` in the order they finish. An iterator ``xs``
+    is read as the job goes, a bounded window ahead of the slots, so it may be endless.
+    Results not yet read are held up to ``max_unread`` of them and about
+    ``max_unread_bytes``; past that, nothing more is launched until the loop reads on. gpar
+    keeps no value once it was yielded. Breaking out of the loop, closing the iterator or
+    dropping it cancels the job; at its end it raises or warns as apply would.
+    """
+    if not isinstance(ordered, bool):
+        raise TypeError(f"ordered takes True or False, got {ordered!r}")
+    for name, bound in (("max_unread", max_unread), ("max_unread_bytes", max_unread_bytes)):
+        if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
+            raise ValueError(f"{name} must be a positive int, got {bound!r}")
+    arguments = _bound_arguments(xs, fn, args, kwargs)
+    options = _checked_options(arguments)
+    if options.output is not None:
+        raise ValueError("imap does not write outputs: its values are yours once read. Use "
+                         "gpar.submit(xs, fn, output=...) and query the Dataset it returns")
+    job = _start(xs, fn, arguments["args"], arguments["kwargs"], options,
+                 sys._getframe(1).f_globals,
+                 stream=Control(max_unread=max_unread, max_unread_bytes=max_unread_bytes))
+    return JobStream(job, ordered)
+
+
+def _bound_arguments(xs: Any, fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """apply's arguments, bound and with its defaults filled in (a TypeError as apply's)."""
+    bound = _APPLY.bind(xs, fn, *args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
 
 
 def _checked_options(arguments: dict[str, Any]) -> gpar_options.Options:
@@ -116,16 +155,23 @@ class _Ended(NamedTuple):
 
 
 def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
-           options: gpar_options.Options, caller_globals: dict[str, Any]) -> Job:
-    """Capture the call in the caller's thread, then run it in the Job's."""
+           options: gpar_options.Options, caller_globals: dict[str, Any],
+           stream: Control | None = None) -> Job:
+    """Capture the call in the caller's thread, then run it in the Job's. ``stream``: imap's
+    bounds on what it holds unread; with it an iterator is read as the job goes (feed.py)."""
     gpar_options.check_call(fn, args, kwargs, options=OPTION_NAMES)
-    items = _materialize(xs, ordered=options.output is not None)  # consumed once options hold
+    if stream is not None and not _is_sequence(xs):
+        _refuse_for_an_open_input(xs, options)
+        items: Sequence[Any] | Feed = Feed(xs, budget_given=options.max_failures is not None)
+    else:
+        items = _materialize(xs, ordered=options.output is not None)  # once options hold
     captured = environment.capture(fn, args, kwargs, caller_globals, mode=options.env,
                                    retry_on=options.retry_on)
     _warn_of_shared_random_states(fn, args, kwargs)
-    if len(items) == 0 and options.output is None:  # nothing to run, nothing to write
+    if not isinstance(items, Feed) and len(items) == 0 and options.output is None:
+        # nothing to run, nothing to write
         return Job(0, lambda control: _Ended(Results([], JobReport(elements=0)), None, None),
-                   _finished)
+                   _finished, stream)
     target = _target(options, items, fn, args, kwargs)
     if target is not None and target.whole:  # no cluster needed: nothing to run or commit
         return Job(0, lambda control: _Ended(Results([], JobReport(elements=0)), None, target),
@@ -136,33 +182,35 @@ def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
         with contextlib.closing(tasks):  # a local cluster's connection, held while it runs
             return _run(items, captured, options, target, tasks, fn, args, kwargs, control)
 
-    return Job(len(items), work, _finished)
+    return Job(len(items), work, _finished, stream)
 
 
-def _run(items: Sequence[Any], captured: environment.CapturedEnvironment,
+def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
          options: gpar_options.Options, target: gpar_output.Target | None, tasks: Any,
          fn: Callable[..., Any], args: tuple, kwargs: dict, control: Control) -> _Ended:
     """The job itself, in its thread: stage the image, claim the output, run, commit."""
     image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+    feed = items if isinstance(items, Feed) else None
     # Claimed only now: a job that cannot start leaves the output as it was.
     with _claimed(target, options) as claim:
-        pending = items if claim is None else [items[i] for i in claim.pending]
+        pending = (feed.items if feed is not None else items if claim is None
+                   else [items[i] for i in claim.pending])
         run_all = functools.partial(scheduler.run_all, image, tasks)
-        if len(pending) == 0:  # an empty xs, or a run that committed every element but did
-            # not end (its commit may merge files on the cluster, and cleans up)
+        if feed is None and len(pending) == 0:  # an empty xs, or a run that committed every
+            # element but did not end (its commit may merge files on the cluster, and cleans up)
             return _Ended(_committed(Results([], JobReport(elements=0)), claim, run_all), None,
                           claim)
         slots = options.max_workers or int(tasks.cpus())
         report = JobReport(len(pending), environment_bytes=captured.nbytes, max_workers=slots,
                            skipped_globals=captured.skipped, image=image.report)
         policy = Policy(len(pending), _rules(options, slots, len(items)), BatchSizer(slots),
-                        counts=report)
+                        counts=report, input_ended=feed is None)
         with control.lock:
             control.policy, control.report = policy, report
         values = scheduler.run_job(
             pending, captured, policy, report=report, image=image, tasks=tasks, output=claim,
             progress=shown_by_default() if options.progress is None else options.progress,
-            control=control)
+            control=control, feed=feed)
         results = Results(values, report)
         if claim is not None:
             results = _committed(results, claim, run_all)
@@ -304,15 +352,31 @@ _ENDED_BY = {"deadline": "the job's deadline", "quorum": "the job's quorum",
              "cancelled": "cancelling the job"}
 
 
+def _is_sequence(xs: Any) -> bool:
+    """xs can be sliced as it is: nothing is gained by reading it as the job goes."""
+    return isinstance(xs, list | tuple | range) or (
+        type(xs).__module__ == "numpy" and type(xs).__name__ == "ndarray" and xs.ndim > 0)
+
+
+def _refuse_for_an_open_input(xs: Any, options: gpar_options.Options) -> None:
+    """The rules that need the number of elements, for an input read as the job goes."""
+    try:
+        iter(xs)
+    except TypeError:
+        raise TypeError(f"xs must be iterable (a list, range, array, generator ...), got "
+                        f"{type(xs).__qualname__}") from None
+    if options.quorum < 1.0:
+        raise ValueError("quorum needs the number of elements, and an iterator has none until "
+                         "it ends: pass a list, or leave quorum at 1")
+
+
 def _materialize(xs: Iterable[Any], ordered: bool) -> Sequence[Any]:
     """xs as a sliceable sequence, iterated exactly as ``for x in xs`` would; ``ordered``
     (output=): in an order a re-run repeats."""
     if ordered and isinstance(xs, set | frozenset):
         raise TypeError("with output=, xs needs an order a re-run repeats, and a set's order "
                         "changes from one process to the next: pass sorted(xs)")
-    if isinstance(xs, list | tuple | range):
-        return xs
-    if type(xs).__module__ == "numpy" and type(xs).__name__ == "ndarray" and xs.ndim > 0:
+    if _is_sequence(xs):
         return xs
     try:
         iterator = iter(xs)

@@ -56,6 +56,35 @@ class Control:
     policy: Any = None
     report: JobReport | None = None
     values: list[Any] | None = None
+    # imap: how many results, and how many bytes of them, may wait unread before launches
+    # pause (None: no bound), how many were read, and the element an ordered stream waits for
+    max_unread: int | None = None
+    max_unread_bytes: int | None = None
+    consumed: int = 0
+    head: int | None = None
+    _received_bytes: int = 0  # pickled bytes of the values received, and how many
+    _received: int = 0
+
+    def received(self, pickled_bytes: int, count: int) -> None:
+        """The loop received ``count`` values in ``pickled_bytes``."""
+        self._received_bytes += pickled_bytes
+        self._received += count
+
+    def room(self) -> int | None:
+        """How many more elements may be launched before the results held unread (those in
+        flight counted as held) reach the bound, counted and by their bytes, estimated from
+        the mean pickled size of the values so far; None: no bound."""
+        if self.max_unread is None or self.policy is None:
+            return None
+        policy = self.policy
+        held = policy.ledger.final_count - self.consumed
+        held += sum(len(batch.indices) for batch in policy.flight.batches.values())
+        room = self.max_unread - held
+        if self._received and self.max_unread_bytes is not None:
+            mean_bytes = self._received_bytes / self._received
+            by_bytes = int(self.max_unread_bytes / mean_bytes) - held if mean_bytes else room
+            room = room if room < by_bytes else by_bytes
+        return room if room > 0 else 0
 
     def finals(self, seen: int) -> list[tuple[int, Any]]:
         """(index in xs, value or TaskFailure) of the elements that became final after the
@@ -75,9 +104,9 @@ class Job(Generic[Outcome]):
     into what result() returns, raising or warning in the waiting thread."""
 
     def __init__(self, elements: int, work: Callable[[Control], Outcome],
-                 finish: Callable[[Outcome], Any]):
+                 finish: Callable[[Outcome], Any], control: Control | None = None):
         self._elements, self._finish = elements, finish
-        self._control = Control()
+        self._control = Control() if control is None else control
         self._done = threading.Event()
         self._outcome: Outcome | None = None
         self._error: BaseException | None = None
@@ -188,6 +217,98 @@ class Job(Generic[Outcome]):
         progress = self.progress
         return (f"<gpar.Job {state}: {progress.finished} finished, {progress.failed} failed "
                 f"of {progress.total}>")
+
+
+class JobStream:
+    """imap's iterator over a running job: its results as they become final, in input order
+    (``ordered``) or as (index, value) in the order they finished. gpar keeps a value no
+    longer once it was yielded. Closing it, breaking out of the loop over it or dropping it
+    cancels the job; at its end it raises or warns as apply would."""
+
+    def __init__(self, job: Job, ordered: bool):
+        self._job, self._ordered = job, ordered
+        self._next = 0  # ordered: the next index to yield; else the next in final_order
+        self._ended = False
+        if ordered:
+            with job._control.lock:
+                job._control.head = 0
+
+    @property
+    def job(self) -> Job:
+        """The running job: its progress, report and failures."""
+        return self._job
+
+    def __iter__(self) -> JobStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        control = self._job._control
+        try:
+            with control.lock:
+                control.lock.wait_for(self._ready)
+                taken = self._take()
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        if taken is not None:
+            return taken[0]
+        self._ended = True
+        self._job._result(None)  # raises, or warns as apply does
+        raise StopIteration
+
+    def _ready(self) -> bool:
+        policy = self._job._control.policy
+        if self._job.done():
+            return True
+        if policy is None:
+            return False
+        if self._ordered:
+            return self._next < policy.elements and not policy.ledger.is_open(self._next)
+        return self._next < len(policy.ledger.final_order)
+
+    def _take(self) -> tuple[Any] | None:
+        """(what to yield,), or None when the stream ends; under the lock."""
+        control = self._job._control
+        policy, values = control.policy, control.values
+        if policy is None or values is None:
+            return None
+        ledger = policy.ledger
+        if self._ordered:
+            index = self._next
+            if index >= policy.elements or ledger.is_open(index):
+                return None
+        elif self._next < len(ledger.final_order):
+            index = ledger.final_order[self._next]
+        else:
+            return None
+        value = ledger.failures.get(index, values[index])
+        if (isinstance(value, TaskFailure) and value.reason == "cancelled"
+                and policy.stop in ("budget", "raise")):
+            return None  # the job stopped at a failure: raised once the values before it
+        if not isinstance(value, TaskFailure):  # failures stay: the end warns of them
+            values[index] = None
+        self._next += 1
+        control.consumed += 1
+        if self._ordered:
+            control.head = self._next
+        return (value if self._ordered else (index, value),)
+
+    def close(self) -> None:
+        """Stop: the job is cancelled, nothing more is launched."""
+        if not self._ended:
+            self._ended = True
+            self._job.cancel()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> JobStream:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
 
 def _snapshot(report: JobReport) -> JobReport:

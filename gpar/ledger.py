@@ -29,6 +29,10 @@ class Ledger:
         self.failed_count: dict[int, int] = {}  # element -> failed attempts so far
         self._last_attempt: dict[int, int] = {}  # element -> its latest attempt run alone
 
+    def extend(self, count: int) -> None:
+        """``count`` more elements, open: an input read as it goes (imap)."""
+        self.state.extend(bytes(count))
+
     def is_open(self, index: int) -> bool:
         return self.state[index] == OPEN
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpar import pickled
+from gpar.feed import Feed
 from gpar.job import Control
 from gpar.policy import Policy
 from gpar.records import (
@@ -84,8 +85,9 @@ class JobLoop:
     def __init__(self, policy: Policy, report: JobReport, backend: Backend,
                  progress: Callable[[int], Any] = lambda finished: None,
                  checkpoint: Callable[[list[Any], float], None] | None = None,
-                 control: Control | None = None):
+                 control: Control | None = None, feed: Feed | None = None):
         self.policy, self.report, self.backend = policy, report, backend
+        self.feed = feed  # the input, when it is read as the job goes (imap)
         self.control = Control() if control is None else control  # its Job's, if any
         self.ledger = policy.ledger
         self.progress = progress  # called with the number of elements newly final
@@ -123,12 +125,15 @@ class JobLoop:
                 for each in stopped:
                     self._stopped(each, now)
                 self.progress(ledger.final_count - final_before)  # refreshes the bar's clock
+                if self.feed is not None and policy.stop is None:
+                    self.feed.top_up(policy, self.values)
+                    self.report.elements = policy.elements
                 if policy.over:
                     lock.notify_all()
                     return
                 if self.checkpoint is not None:
                     self.checkpoint(self.values, now)
-                for launch in policy.launches(policy.rules.max_workers):
+                for launch in self._launches():
                     self.streams[launch.batch] = _Stream(launch, submitted=now)
                     backend.submit(launch)
                 lock.notify_all()  # those who wait for elements to become final
@@ -139,7 +144,20 @@ class JobLoop:
                         self._on_news(batch, each)
                 if not news and self.slow_nodes is not None and self.slow_nodes.avoided:
                     self._check_avoided_nodes()
+                if self.feed is not None:
+                    self.feed.release(ledger.final_order)
                 lock.notify_all()
+
+    def _launches(self) -> Sequence[Launch]:
+        """What the policy launches now: nothing new while the caller holds launches back
+        (imap's unread results at their bound), but the element an ordered stream waits for."""
+        policy, control = self.policy, self.control
+        room = control.room()
+        policy.sizer.cap = room  # no batch past the bound
+        policy.held_back = room == 0
+        if not policy.held_back:
+            return policy.launches(policy.rules.max_workers)
+        return () if control.head is None else policy.launch_alone(control.head)
 
     def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
         final_before = self.ledger.final_count
@@ -174,6 +192,7 @@ class JobLoop:
         stream.last_finished = message.finished[-1]
         self.finished_on[stream.node] += count
         values, errors = self._unpickle_values(message, count)
+        self.control.received(len(message.values), count)
         first = launch.indices[message.done_from]
         failed = {position - message.done_from: (error.kind, error.message)
                   for position, error in errors.items()} if errors else _NONE_FAILED

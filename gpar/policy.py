@@ -133,8 +133,13 @@ class Policy:
     """The state of one job; see the module docstring for the rules."""
 
     def __init__(self, elements: int, rules: Rules, sizer: BatchSizer,
-                 counts: Counts | None = None):
+                 counts: Counts | None = None, input_ended: bool = True):
         self.elements, self.rules, self.sizer = elements, rules, sizer
+        # False while more input may come (imap of an iterator): extend(), then end_input()
+        self.input_ended = input_ended
+        # True while the caller holds new launches back (imap: its unread results are at
+        # the bound); stragglers are then handled as if work waited for their slots
+        self.held_back = False
         self.counts = Counts() if counts is None else counts  # the job's JobReport, if any
         self.stop: StopReason | None = None  # None while the job runs
         self.first_failure: TaskFailure | None = None  # the first element that failed for good
@@ -154,8 +159,23 @@ class Policy:
 
     @property
     def over(self) -> bool:
-        """The job is over: it stopped, or every element is final."""
-        return self.stop is not None or self.ledger.final_count == self.elements
+        """The job is over: it stopped, or every element is final and no more will come."""
+        return self.stop is not None or (self.input_ended
+                                         and self.ledger.final_count == self.elements)
+
+    def extend(self, count: int) -> None:
+        """``count`` more elements were read from the input, queued after the rest."""
+        before, self.elements = self.elements, self.elements + count
+        self.ledger.extend(count)
+        self.queue.extend_input(range(before, self.elements))
+        self.stragglers.grow(before, self.elements)
+
+    def end_input(self, max_failures: int | None = None) -> None:
+        """No more input will come; ``max_failures``: the total budget now that the number
+        of elements is known (a default that scales with it)."""
+        self.input_ended = True
+        if max_failures is not None:
+            self.rules = dataclasses.replace(self.rules, max_failures=max_failures)
 
     def cancel(self) -> None:
         """The caller cancelled the job: it stops as at a deadline (the next tick kills what
@@ -168,21 +188,36 @@ class Policy:
         batches = self.flight.batches
         if len(batches) >= in_flight_limit or self.over:  # usual: every slot busy; no new list
             return ()
-        decided = []
-        queue, ledger, flight = self.queue, self.ledger, self.flight
-        handoff_after_s = self.stragglers.threshold or BACKUP_MIN_S
-        while len(batches) < in_flight_limit:
-            work = queue.pop()
+        decided: list[Launch] = []
+        sizer = self.sizer
+        while len(batches) < in_flight_limit and (sizer.cap is None or sizer.cap > 0):
+            work = self.queue.pop()
             if work is None:
                 break
-            indices, attempt, backup = work
-            indices = ledger.trim(indices)
-            if not indices:
-                continue
-            batch = flight.launch(indices, attempt, backup)
-            decided.append(Launch(batch, indices, attempt, backup, handoff_after_s))
-        self.counts.batches += len(decided)
+            self._launch(work, decided)
         return decided
+
+    def launch_alone(self, index: int) -> Sequence[Launch]:
+        """Element ``index`` as a batch of its own, if it waits: what an ordered stream waits
+        for runs even while the caller holds launches back (held_back)."""
+        if self.over or not self.ledger.is_open(index):
+            return ()
+        work = self.queue.take(index)
+        decided: list[Launch] = []
+        if work is not None:
+            self._launch(work, decided)
+        return decided
+
+    def _launch(self, work: tuple[range, int, bool], decided: list[Launch]) -> None:
+        indices, attempt, backup = work
+        indices = self.ledger.trim(indices)
+        if indices:
+            if self.sizer.cap is not None:  # what may still be launched (imap's bound)
+                self.sizer.cap -= len(indices)
+            batch = self.flight.launch(indices, attempt, backup)
+            handoff_after_s = self.stragglers.threshold or BACKUP_MIN_S
+            decided.append(Launch(batch, indices, attempt, backup, handoff_after_s))
+            self.counts.batches += 1
 
     def tick(self, now: float) -> Sequence[Stopped]:
         """Batches ended now: over task_timeout, preempted, left with nothing of their own to
@@ -193,7 +228,7 @@ class Policy:
         self._check_quorum()  # elements also become final through losses and timeouts
         if self.stop is not None:
             return self._kill_all(_STOP_MESSAGES[self.stop])
-        if self.ledger.final_count == self.elements:  # what still runs lost a race to a backup
+        if self.over:  # what still runs lost a race to a backup
             return self._kill_all(_LOST_RACE)
         if now < self._next_scan:  # the usual answer, on every turn of the loop: no new list
             return ()
@@ -440,8 +475,9 @@ class Policy:
     def _handle_stragglers(self, now: float) -> list[Stopped]:
         """Mark stragglers; preempt those holding a slot work waits for; back up the rest."""
         stragglers, queue = self.stragglers, self.queue
+        in_flight = self.rules.max_workers if self.held_back else len(self.flight)
         scan = stragglers.scan(final=self.ledger.final_count, queued=queue.has_queued,
-                               waiting=queue.waiting, in_flight=len(self.flight))
+                               waiting=queue.waiting, in_flight=in_flight)
         if scan is None:
             return []
         may_preempt = scan.may_preempt

@@ -20,9 +20,9 @@ def shown_by_default() -> bool:
     return sys.stderr.isatty() or in_kernel()
 
 
-def progress_bar(total: int, enabled: bool) -> Any:
-    """A tqdm bar over ``total`` tasks (disabled unless ``enabled``), a widget in a notebook
-    that can show one."""
+def progress_bar(total: int | None, enabled: bool) -> Any:
+    """A tqdm bar over ``total`` tasks (None: not known, it counts), disabled unless
+    ``enabled``; a widget in a notebook that can show one."""
     if enabled and in_kernel() and _widgets_installed():
         from tqdm import notebook
 

@@ -35,6 +35,7 @@ from gpar.report import JobReport
 
 if TYPE_CHECKING:
     from envpack.stage import StagedImage
+    from gpar.feed import Feed
     from gpar.job import Control
     from gpar.output import OutputJob
 
@@ -58,10 +59,12 @@ def run_job(
     tasks: Any,
     output: OutputJob | None = None,
     control: Control | None = None,
+    feed: Feed | None = None,
 ) -> list[Any]:
     """Run fn over ``items`` under ``policy`` on ``tasks`` (a tasks.RayTasks, or the local
     cluster's server standing in for one); failed or unfinished slots hold TaskFailures.
-    ``control``: the Job's lock and cancel flag (job.py).
+    ``control``: the Job's lock and cancel flag (job.py); ``feed``: the input when it is
+    read as the job goes (``items`` is its list, which grows).
 
     With ``output`` (apply(output=)), each launch writes its values where ``output.sink(launch)``
     says, and what was accepted is checkpointed every CHECKPOINT_S.
@@ -70,9 +73,9 @@ def run_job(
 
     backend = RayBackend(items, environment, image, tasks, output)
     checkpoint = None if output is None else _Checkpoints(output, policy)
-    with progress_bar(len(items), progress) as bar:
+    with progress_bar(len(items) if feed is None else None, progress) as bar:
         loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
-                       control=control)
+                       control=control, feed=feed)
         return loop.run()
 
 

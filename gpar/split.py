@@ -29,6 +29,7 @@ class BatchSizer:
 
     def __init__(self, slots: int):
         self.slots = max(1, slots)
+        self.cap: int | None = None  # the most elements a batch may have now (imap's bound)
         self._elements = 0
         self._seconds = 0.0
 
@@ -37,6 +38,15 @@ class BatchSizer:
         self._elements += elements
         if seconds > 0.0:
             self._seconds += seconds
+
+    def batch_size_wanted(self) -> int:
+        """The batch size it asks for when plenty of work remains: TARGET_BATCH_S of work
+        (one element until an element was timed). What an input read as it goes reads
+        ahead by (feed.py)."""
+        if not self._elements:
+            return 1
+        per_element = self._seconds / self._elements
+        return max(1, int(TARGET_BATCH_S / max(per_element, 1e-9)))
 
     def next_size(self, remaining: int) -> int:
         """Elements for the next batch, when ``remaining`` elements are still to dispatch."""
@@ -53,4 +63,7 @@ class BatchSizer:
         if size > TARGET_BATCH_S / per_element:
             size = TARGET_BATCH_S / per_element
         size = int(size)
+        cap = self.cap
+        if cap is not None and size > cap:
+            size = cap
         return 1 if size < 1 else remaining if size > remaining else size

@@ -86,6 +86,12 @@ class Stragglers:
         self._preempted: dict[int, int] = {}  # element -> times preempted
         self._backed_up: set[int] = set()  # batches whose straggler got its backup
 
+    def grow(self, before: int, elements: int) -> None:
+        """The input, ``before`` elements long, grew to ``elements`` (imap): the backup rules
+        count what was read so far."""
+        self._backups_from = BACKUP_AFTER_DONE * elements
+        self._backups_left += int(BACKUP_SHARE * elements) - int(BACKUP_SHARE * before)
+
     def on_median(self, median_s: float) -> None:
         """The median element time changed: move the thresholds with it.
 

@@ -31,7 +31,8 @@ class WorkQueue:
 
     def __init__(self, elements: int, sizer: BatchSizer):
         self.sizer = sizer
-        self._queue: deque[Work] = deque([Work(range(elements), 0, whole=False)])
+        self._queue: deque[Work] = deque([Work(range(elements), 0, whole=False)]
+                                         if elements else [])
         self.queued = elements  # elements in the queue
         self._recuttable = elements  # of which in re-cuttable work: what the sizer divides
         self._parked: deque[Work] = deque()
@@ -58,6 +59,46 @@ class WorkQueue:
             self._queue.appendleft(work)
         else:
             self._queue.append(work)
+
+    def extend_input(self, indices: range) -> None:
+        """More of the input, read after what is queued: it joins the input's last run when
+        that is still queued, so batches are cut across both."""
+        queue = self._queue
+        last = queue[-1] if queue else None
+        if (last is not None and not last.whole and last.attempt == 0
+                and last.indices.stop == indices.start):
+            last.indices = range(last.indices.start, indices.stop)
+            self.queued += len(indices)
+            self._recuttable += len(indices)
+        else:
+            self.push(Work(indices, 0, whole=False))
+
+    def take(self, index: int) -> tuple[range, int, bool] | None:
+        """Element ``index`` alone, out of the work it waits in, as pop() gives work; None if
+        it waits nowhere. The rest of that work keeps its place."""
+        found = self._find(index)
+        if found is None:
+            return None
+        line, position = found
+        work = line[position]
+        at = index - work.indices.start
+        del line[position]
+        for part in (work.indices[at + 1:], work.indices[:at]):  # inserted before: reversed
+            if part:
+                line.insert(position, Work(part, work.attempt, work.whole, work.backup))
+        if line is self._queue:
+            self.queued -= 1
+            if not work.whole:
+                self._recuttable -= 1
+        return range(index, index + 1), work.attempt, work.backup
+
+    def _find(self, index: int) -> tuple[deque[Work], int] | None:
+        """The line (queued or parked) and position of the work holding ``index``."""
+        for line in (self._queue, self._parked):
+            for position, work in enumerate(line):
+                if index in work.indices:
+                    return line, position
+        return None
 
     def park(self, index: int, attempt: int) -> None:
         """Hold a preempted element until nothing else waits."""

@@ -405,3 +405,34 @@ def test_cancel_after_the_job_stopped_keeps_why_it_stopped():
     p.tick(1.0)
     p.cancel()
     assert p.stop == "quorum" and {f.reason for f in p.ledger.failures.values()} == {"quorum"}
+
+
+def test_an_input_read_as_the_job_goes_is_over_only_once_it_ended():
+    p = Policy(0, Rules(max_workers=2, max_failures=10), BatchSizer(2), input_ended=False)
+    assert not p.over and not p.launches(2)
+    p.extend(2)
+    for launch in launch_all(p, limit=2):
+        finish(p, launch)
+    assert p.ledger.final_count == 2 and not p.over  # more may come
+    p.end_input(max_failures=default_max_failures(2))
+    assert p.over
+
+
+def test_the_default_budget_is_its_floor_until_the_input_ends_then_scales_with_it():
+    p = Policy(0, Rules(max_workers=1, max_failures=default_max_failures(0)), BatchSizer(1),
+               input_ended=False)
+    p.extend(1000)
+    assert p.rules.max_failures == 10
+    p.end_input(max_failures=default_max_failures(p.elements))
+    assert p.rules.max_failures == 50
+
+
+def test_held_back_launches_nothing_but_the_element_the_stream_waits_for():
+    p = policy(6, max_workers=2)
+    p.sizer.cap = 0
+    assert not p.launches(2)
+    p.held_back = True
+    (launch,) = p.launch_alone(3)
+    assert launch.indices == range(3, 4) and not p.launch_alone(3)  # in flight: not again
+    p.sizer.cap = 2
+    assert [len(launch.indices) for launch in p.launches(4)] == [1, 1]  # two more, no more

@@ -14,10 +14,10 @@ def test_public_names_are_pinned():
         "AllTasksFailed", "AttemptRecord", "ClusterConnectionError", "DeadlineExceeded",
         "EnvironmentCaptureError", "EnvironmentMismatch",
         "FailureBudgetExceeded", "GparError", "IncompleteResultsWarning", "Job", "JobProgress",
-        "JobReport",
+        "JobReport", "JobStream",
         "LayerTooLarge", "OutputBusyError", "OutputExistsError", "Results",
         "SchemaConflictError", "SharedRandomStateWarning", "TaskError", "TaskFailedWarning",
-        "TaskFailure", "apply", "shutdown", "submit",
+        "TaskFailure", "apply", "imap", "shutdown", "submit",
     ]
 
 

@@ -55,3 +55,25 @@ def test_a_backup_keeps_its_flag():
     queue = WorkQueue(0, BatchSizer(1))
     queue.push(Work(range(4, 5), 1, whole=True, backup=True), front=True)
     assert queue.pop() == (range(4, 5), 1, True)
+
+
+def test_input_read_later_joins_the_inputs_run_still_queued():
+    sizer = BatchSizer(1)
+    sizer.observe(1, 0.001)
+    queue = WorkQueue(10, sizer)
+    queue.extend_input(range(10, 30))
+    assert queue.queued == 30 and indices(queue.pop()) == range(0, 20)  # across both
+    queue.extend_input(range(30, 32))
+    assert drain(queue) == [(range(20, 32), 0, False)]
+
+
+def test_one_element_is_taken_out_of_its_work_and_the_rest_keeps_its_place():
+    queue = WorkQueue(0, BatchSizer(1))
+    queue.push(Work(range(0, 5), 0, whole=False))
+    queue.push(Work(range(9, 10), 2, whole=True))
+    queue.park(7, 1)
+    assert queue.take(2) == (range(2, 3), 0, False)
+    assert queue.take(7) == (range(7, 8), 1, False)  # parked: out of the parked line
+    assert queue.take(8) is None and queue.queued == 5
+    assert [indices(work) for work in drain(queue)] == [
+        range(0, 1), range(1, 2), range(3, 4), range(4, 5), range(9, 10)]

@@ -1,0 +1,95 @@
+"""gpar.imap: results while the job runs, an iterator read a window ahead, and no more held
+unread than the bound."""
+
+import itertools
+
+import pytest
+from faults import alive, faulty, hanging, pids, wait_until
+
+import gpar
+from gpar.feed import MAX_READ_AHEAD
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def counted(xs, read):
+    for x in xs:
+        read.append(x)
+        yield x
+
+
+def test_an_endless_generator_is_read_a_window_ahead_and_unread_results_pause_launches():
+    read = []
+    stream = gpar.imap(counted(itertools.count(), read), abs, max_unread=50, progress=False)
+    head = list(itertools.islice(stream, 10))  # then the reader stops reading
+    job = stream.job
+    # what finished and was not read reaches the bound, and stays there: nothing more starts
+    assert head == list(range(10))
+    assert wait_until(lambda: job.progress.finished == 10 + 50, 120)
+    assert not wait_until(lambda: job.progress.finished > 10 + 50, 2)
+    assert len(read) - job.progress.finished <= MAX_READ_AHEAD  # read a window ahead, no more
+    assert list(itertools.islice(stream, 5)) == list(range(10, 15))  # reading on resumes it
+    stream.close()
+    assert wait_until(job.done, 60)
+
+
+def test_unordered_yields_a_quick_element_before_a_slow_one_launched_earlier(tmp_path):
+    gate = tmp_path / "go"
+    stream = gpar.imap(range(4), faulty, {(0, 0): ("wait_for", str(gate))}, str(tmp_path),
+                       ordered=False, max_workers=2, progress=False)
+    first = [next(stream) for _ in range(3)]
+    gate.touch()  # element 0 finishes only once three others were yielded
+    assert sorted(first) == [(1, 1), (2, 2), (3, 3)] and list(stream) == [(0, 0)]
+
+
+def test_an_ordered_stream_whose_head_hangs_still_finishes(tmp_path):
+    """The hung head holds back the stream, the unread results reach their bound and no new
+    batch starts: the head is still preempted and run again, as if work waited."""
+    elements = counted(range(40), [])
+    stream = gpar.imap(elements, faulty, {(0, 0): "hang"}, str(tmp_path), work_s=0.02,
+                       max_unread=5, max_workers=2, backups=False, progress=False)
+    assert list(stream) == list(range(40))
+    rows = [(row.attempt, row.outcome) for row in stream.job.report.attempts if row.task == 0]
+    assert rows == [(0, "preempted"), (1, "ok")]
+
+
+def test_breaking_out_cancels_what_runs_and_the_cluster_stays_usable(tmp_path):
+    table = hanging(range(10, 40))  # the rest hang: the loop must not wait for them
+    for count, value in enumerate(gpar.imap(counted(range(40), []), faulty, table,
+                                            str(tmp_path), max_workers=2, progress=False)):
+        assert value == count
+        if count == 9:
+            assert wait_until(lambda: len(pids(tmp_path)) >= 12, 60)  # two hang in the slots
+            break
+    hung = [int((tmp_path / f"{task}.0").read_text()) for task in range(10, 40)
+            if (tmp_path / f"{task}.0").exists()]
+    assert hung and wait_until(lambda: not any(alive(pid) for pid in hung), 60)
+    assert gpar.apply([-1], abs, progress=False) == [1]
+
+
+def test_failures_come_in_place_and_a_crossed_budget_raises_after_what_finished(tmp_path):
+    with pytest.warns(gpar.TaskFailedWarning, match="task 2 failed"):
+        values = list(gpar.imap(range(5), faulty, {(2, 0): "raise"}, str(tmp_path),
+                                max_workers=1, progress=False))
+    assert values[:2] == [0, 1] and values[2].reason == "error" and values[3:] == [3, 4]
+    (tmp_path / "again").mkdir()
+    seen = []
+    with pytest.raises(gpar.FailureBudgetExceeded):
+        for value in gpar.imap(counted(range(5), []), faulty, {(2, 0): "raise"},
+                               str(tmp_path / "again"), max_workers=1, max_failures=0,
+                               progress=False):
+            seen.append(value)
+    assert seen[:2] == [0, 1] and all(not isinstance(v, gpar.TaskFailure) or v.index == 2
+                                      for v in seen)
+
+
+@pytest.mark.parametrize(("call", "refusal"), [
+    (lambda: gpar.imap(range(3), abs, output="out"), "imap does not write outputs"),
+    (lambda: gpar.imap(iter(range(3)), abs, quorum=0.5), "quorum needs the number of"),
+    (lambda: gpar.imap(range(3), abs, ordered="yes"), "ordered takes True or False"),
+    (lambda: gpar.imap(range(3), abs, max_unread=0), "max_unread must be a positive int"),
+    (lambda: gpar.imap(3, abs), "xs must be iterable"),
+])
+def test_what_imap_cannot_do_is_refused_before_anything_runs(call, refusal):
+    with pytest.raises((TypeError, ValueError), match=refusal):
+        call()
