@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -53,6 +54,8 @@ class Control:
 
     lock: threading.Condition = field(default_factory=threading.Condition)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    wakeup: threading.Event = field(default_factory=threading.Event)  # the loop waits on it
+    # while it holds launches back with nothing running
     policy: Any = None
     report: JobReport | None = None
     values: list[Any] | None = None
@@ -173,6 +176,7 @@ class Job(Generic[Outcome]):
         """Stop the job: what runs is killed, nothing more starts, unfinished slots hold
         TaskFailure(reason="cancelled"). False if it had already ended."""
         self._control.cancelled.set()
+        self._control.wakeup.set()
         return not self.done()
 
     @property
@@ -228,6 +232,7 @@ class JobStream:
     def __init__(self, job: Job, ordered: bool):
         self._job, self._ordered = job, ordered
         self._next = 0  # ordered: the next index to yield; else the next in final_order
+        self._taken: deque[Any] = deque()  # taken from the job, not yet yielded
         self._ended = False
         if ordered:
             with job._control.lock:
@@ -242,18 +247,22 @@ class JobStream:
         return self
 
     def __next__(self) -> Any:
+        if self._taken:
+            self._job._control.consumed += 1  # read: no longer held (only this thread adds)
+            return self._taken.popleft()
         if self._ended:
             raise StopIteration
         control = self._job._control
         try:
             with control.lock:
                 control.lock.wait_for(self._ready)
-                taken = self._take()
+                self._take()
         except KeyboardInterrupt:
             self.close()
             raise
-        if taken is not None:
-            return taken[0]
+        if self._taken:
+            control.consumed += 1
+            return self._taken.popleft()
         self._ended = True
         self._job._result(None)  # raises, or warns as apply does
         raise StopIteration
@@ -268,32 +277,35 @@ class JobStream:
             return self._next < policy.elements and not policy.ledger.is_open(self._next)
         return self._next < len(policy.ledger.final_order)
 
-    def _take(self) -> tuple[Any] | None:
-        """(what to yield,), or None when the stream ends; under the lock."""
+    def _take(self) -> None:
+        """Take what may be yielded now into ``_taken`` (under the lock, which it then holds
+        once for all of them); none when the stream ends. Each counts as held until yielded."""
         control = self._job._control
         policy, values = control.policy, control.values
         if policy is None or values is None:
-            return None
-        ledger = policy.ledger
-        if self._ordered:
-            index = self._next
-            if index >= policy.elements or ledger.is_open(index):
-                return None
-        elif self._next < len(ledger.final_order):
-            index = ledger.final_order[self._next]
-        else:
-            return None
-        value = ledger.failures.get(index, values[index])
-        if (isinstance(value, TaskFailure) and value.reason == "cancelled"
-                and policy.stop in ("budget", "raise")):
-            return None  # the job stopped at a failure: raised once the values before it
-        if not isinstance(value, TaskFailure):  # failures stay: the end warns of them
-            values[index] = None
-        self._next += 1
-        control.consumed += 1
+            return
+        ledger, taken = policy.ledger, self._taken
+        stopped_at_a_failure = policy.stop in ("budget", "raise")
+        while True:
+            if self._ordered:
+                index = self._next
+                if index >= policy.elements or ledger.is_open(index):
+                    break
+            elif self._next < len(ledger.final_order):
+                index = ledger.final_order[self._next]
+            else:
+                break
+            value = ledger.failures.get(index, values[index])
+            if isinstance(value, TaskFailure):
+                if value.reason == "cancelled" and stopped_at_a_failure:
+                    break  # the job stopped at a failure: raised after the values before it
+            else:  # failures stay: the end warns of them
+                values[index] = None
+            taken.append(value if self._ordered else (index, value))
+            self._next += 1
         if self._ordered:
             control.head = self._next
-        return (value if self._ordered else (index, value),)
+        control.wakeup.set()  # what was read leaves room: the loop may launch again
 
     def close(self) -> None:
         """Stop: the job is cancelled, nothing more is launched."""

@@ -137,7 +137,12 @@ class JobLoop:
                     self.streams[launch.batch] = _Stream(launch, submitted=now)
                     backend.submit(launch)
                 lock.notify_all()  # those who wait for elements to become final
-            news = backend.wait(policy.next_check(now))
+            if policy.held_back and not self.streams:  # nothing runs: wait for the reader
+                self.control.wakeup.wait(policy.next_check(now))
+                self.control.wakeup.clear()
+                news = []
+            else:
+                news = backend.wait(policy.next_check(now))
             with lock:
                 for batch, each in news:
                     if batch in self.streams:
