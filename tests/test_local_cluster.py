@@ -457,3 +457,48 @@ def test_a_cluster_of_another_stamp_is_not_used_by_a_script_of_the_new_one(share
     finally:  # the old one too, whatever became of it (the fixture stops the current one)
         monkeypatch.setenv("GPAR_STATE_DIR", str(shared.state_dir))
         client.stop(old_state)
+
+
+def test_submit_and_imap_run_through_the_local_cluster_and_an_exit_mid_stream_cancels(
+        shared, tmp_path):
+    """A script that leaves while an imap runs neither hangs nor leaves its tasks running."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    shutil.copy(faults.__file__, shared.directory)
+    out = shared.run(f"""
+        import gpar
+        from faults import faulty, hanging, pids, wait_until
+        job = gpar.submit(range(6), abs, progress=False)
+        stream = gpar.imap((x for x in range(8)), faulty, hanging([6, 7]), {str(markers)!r},
+                           max_workers=2, backups=False, progress=False)
+        first = [next(stream) for _ in range(6)]
+        print(job.result(timeout=120), first, flush=True)
+        assert wait_until(lambda: len(pids({str(markers)!r})) == 8, 120)  # 6 and 7 hang
+    """)
+    assert out.strip() == "[0, 1, 2, 3, 4, 5] [0, 1, 2, 3, 4, 5]"
+    hung = [int((markers / f"{task}.0").read_text()) for task in (6, 7)]
+    assert wait_until(lambda: not any(map(alive, hung)), BOUND_S)
+    assert no_job_running(shared)
+
+
+def test_one_connection_to_the_cluster_answers_requests_from_several_threads(shared):
+    out = shared.run("""
+        import threading
+        from gpar import cluster
+        tasks = cluster.connect()
+        answers, errors = [], []
+        def ask():
+            try:
+                for _ in range(50):
+                    answers.append((tasks.cpus(), len(tasks.alive_nodes())))
+            except Exception as error:
+                errors.append(repr(error))
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(sorted(set(answers)), len(answers), errors[:1])
+    """)
+    assert out.split("]", 1)[1].strip() == "400 []"
+    assert len(eval(out.split("]", 1)[0] + "]")) == 1  # every thread got its own answer
