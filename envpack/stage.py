@@ -175,7 +175,7 @@ def _warn_unresolved(unresolved: Sequence[tuple[str, str]]) -> None:
         warnings.warn(
             f"{where} imports {name!r}, which is neither installed nor a local module here, so "
             f"the workers will not get it: install {name!r} here (gpar then ships it), or on "
-            "the cluster", UnresolvedImportWarning, stacklevel=5)  # the caller of gpar.apply
+            "the cluster", UnresolvedImportWarning, stacklevel=6)  # the caller of gpar.apply
 
 
 def layers_dir() -> Path:

@@ -178,19 +178,23 @@ def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
         return Job(0, lambda control: _Ended(Results([], JobReport(elements=0)), None, target),
                    _finished)
     tasks = cluster.connect(options.address)  # here: an embedded Ray starts in this thread
+    try:  # here too: what envpack warns of points at the caller's line
+        image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+    except BaseException:
+        tasks.close()
+        raise
 
     def work(control: Control) -> _Ended:
         with contextlib.closing(tasks):  # a local cluster's connection, held while it runs
-            return _run(items, captured, options, target, tasks, fn, args, kwargs, control)
+            return _run(items, captured, options, target, tasks, image, control)
 
     return Job(len(items), work, _finished, stream)
 
 
 def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
          options: gpar_options.Options, target: gpar_output.Target | None, tasks: Any,
-         fn: Callable[..., Any], args: tuple, kwargs: dict, control: Control) -> _Ended:
-    """The job itself, in its thread: stage the image, claim the output, run, commit."""
-    image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+         image: StagedImage, control: Control) -> _Ended:
+    """The job itself, in its thread: claim the output, run, commit."""
     feed = items if isinstance(items, Feed) else None
     # Claimed only now: a job that cannot start leaves the output as it was.
     with _claimed(target, options) as claim:
@@ -208,6 +212,7 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
                         counts=report, input_ended=feed is None)
         with control.lock:
             control.policy, control.report = policy, report
+            control.numbers = None if claim is None else claim.pending
         values = scheduler.run_job(
             pending, captured, policy, report=report, image=image, tasks=tasks, output=claim,
             progress=shown_by_default() if options.progress is None else options.progress,

@@ -2,15 +2,18 @@
 
 An endless or huge generator works because the loop reads only what its slots will want soon
 (joblib's ``pre_dispatch``): READ_AHEAD_BATCHES batches per slot of the size the batch sizer
-asks for. Elements read become the policy's (Policy.extend), and an element's item is dropped
-once it is final: what stays per element read is a list slot for its item and one for its
-value, a byte of ledger state and its place in the order elements became final (about 25
-bytes).
+asks for, at most MAX_READ_AHEAD elements and about MAX_READ_AHEAD_BYTES. It reads outside the
+job's lock, so a slow source holds up no reader of the results already in. Elements read
+become the policy's (Policy.extend), and an element's item is dropped once it is final: what
+stays per element read is a list slot for its item and one for its value, a byte of ledger
+state and its place in the order elements became final (about 25 bytes), and its row in the
+job's report.
 """
 
 from __future__ import annotations
 
 import itertools
+import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +21,10 @@ from gpar.policy import Policy, default_max_failures
 
 #: Batches per slot the input is read ahead of them (joblib's pre_dispatch default, 2 × n_jobs).
 READ_AHEAD_BATCHES = 2
+
+#: At most about this many bytes of the input are read ahead (from the pickled size of one
+#: item of each read). Not tuned: large items are what it bounds.
+MAX_READ_AHEAD_BYTES = 64 * 2**20
 
 #: At most this many elements are read ahead: with tiny elements, READ_AHEAD_BATCHES of
 #: TARGET_BATCH_S would be millions of them. Not tuned: on 2 slots its batches of 5,000 still
@@ -35,20 +42,32 @@ class Feed:
         self._iterator = iter(xs)
         self._budget_given = budget_given
         self._released = 0  # elements of ledger.final_order whose items were dropped
+        self._sampled_bytes = self._samples = 0  # the pickled size of an item of each read
 
     def __len__(self) -> int:
         """Elements read so far."""
         return len(self.items)
 
-    def top_up(self, policy: Policy, values: list[Any]) -> int:
-        """Read elements until the queue holds the window, or the input ends; returns how
-        many were read. What the iteration raises reaches the caller as it is."""
-        if self.ended:
+    def want(self, policy: Policy) -> int:
+        """How many elements to read now: what the window lacks; none while preempted
+        elements are parked: they leave the queue only once it is empty, so reading waits
+        for them to have their turn."""
+        if self.ended or policy.queue.parked:
             return 0
-        want = self._window(policy) - policy.queue.waiting
-        if want <= 0:
-            return 0
+        return max(0, self._window(policy) - policy.queue.waiting)
+
+    def read(self, want: int) -> list[Any]:
+        """Up to ``want`` elements from the input, outside the job's lock (a slow source
+        holds up no reader of results); fewer: it ended. What the iteration raises reaches
+        the caller as it is."""
         chunk = list(itertools.islice(self._iterator, want))
+        if chunk:
+            self._sample(chunk[0])
+        return chunk
+
+    def add(self, policy: Policy, values: list[Any], chunk: list[Any], want: int) -> None:
+        """Hand what was read to the policy (under the job's lock); the input ended if it
+        gave fewer than ``want``."""
         if chunk:
             self.items.extend(chunk)
             values.extend([None] * len(chunk))
@@ -57,7 +76,15 @@ class Feed:
             self.ended = True
             policy.end_input(None if self._budget_given
                              else default_max_failures(policy.elements))
-        return len(chunk)
+
+    def _sample(self, item: Any) -> None:
+        """Its pickled size, for the mean that bounds the window in bytes."""
+        try:
+            size = len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # what cannot be pickled here fails its own element later
+            return
+        self._sampled_bytes += size
+        self._samples += 1
 
     def release(self, final_order: Any) -> None:
         """Drop the items of elements that became final: they run no more."""
@@ -66,7 +93,10 @@ class Feed:
             items[index] = None
         self._released = len(final_order)
 
-    @staticmethod
-    def _window(policy: Policy) -> int:
+    def _window(self, policy: Policy) -> int:
         slots = policy.rules.max_workers
-        return min(MAX_READ_AHEAD, slots * READ_AHEAD_BATCHES * policy.sizer.batch_size_wanted())
+        window = min(MAX_READ_AHEAD, slots * READ_AHEAD_BATCHES * policy.sizer.batch_size_wanted())
+        if self._samples:
+            by_bytes = int(MAX_READ_AHEAD_BYTES * self._samples / max(1, self._sampled_bytes))
+            window = window if window < by_bytes else by_bytes
+        return max(window, slots)

@@ -1,8 +1,8 @@
 """A job you can hold: one apply() running in a thread of the caller's process.
 
     submit (the caller's thread): options checked, the call captured, the output's target
-      found, the cluster connected (an embedded Ray starts in this thread)
-      └─▶ the job's thread: stage the image, claim the output, run the loop, commit
+      found, the cluster connected (an embedded Ray starts in this thread), the image staged
+      └─▶ the job's thread: claim the output, run the loop, commit
     Job.result() (the thread that waits): how the job ended, with apply's warnings and
       exceptions raised there, where a notebook shows them and filterwarnings applies
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from gpar.results import TaskFailure
 
 Outcome = TypeVar("Outcome")
 
-#: How long the exit of a process waits for each of its running jobs to cancel its tasks.
+#: How long the exit of a process waits for its running jobs to cancel their tasks.
 EXIT_WAIT_S = 30.0
 
 
@@ -59,6 +60,7 @@ class Control:
     policy: Any = None
     report: JobReport | None = None
     values: list[Any] | None = None
+    numbers: Any = None  # the element of xs each element of the run is (a resumed output)
     # imap: how many results, and how many bytes of them, may wait unread before launches
     # pause (None: no bound), how many were read, and the element an ordered stream waits for
     max_unread: int | None = None
@@ -76,17 +78,21 @@ class Control:
     def room(self) -> int | None:
         """How many more elements may be launched before the results held unread (those in
         flight counted as held) reach the bound, counted and by their bytes, estimated from
-        the mean pickled size of the values so far; None: no bound."""
+        the mean pickled size of the values so far; None: no bound. One at least when
+        nothing is held: a single value larger than the bound still comes, alone."""
         if self.max_unread is None or self.policy is None:
             return None
         policy = self.policy
         held = policy.ledger.final_count - self.consumed
-        held += sum(len(batch.indices) for batch in policy.flight.batches.values())
+        held += sum(batch.end - batch.reported for batch in policy.flight.batches.values()
+                    if not batch.backup)  # a backup's element is its original's too
         room = self.max_unread - held
         if self._received and self.max_unread_bytes is not None:
             mean_bytes = self._received_bytes / self._received
             by_bytes = int(self.max_unread_bytes / mean_bytes) - held if mean_bytes else room
             room = room if room < by_bytes else by_bytes
+        if held <= 0 and room < 1:
+            return 1
         return room if room > 0 else 0
 
     def finals(self, seen: int) -> list[tuple[int, Any]]:
@@ -94,8 +100,7 @@ class Control:
         first ``seen``; under ``lock``."""
         if self.policy is None or self.values is None:
             return []
-        ledger, values = self.policy.ledger, self.values
-        numbers = self.report.task_numbers if self.report is not None else None
+        ledger, values, numbers = self.policy.ledger, self.values, self.numbers
         return [(index if numbers is None else numbers[index],
                  ledger.failures[index] if index in ledger.failures else values[index])
                 for index in ledger.final_order[seen:]]
@@ -145,8 +150,7 @@ class Job(Generic[Outcome]):
         try:
             ended = self._done.wait(timeout)
         except KeyboardInterrupt:
-            self.cancel()
-            self._thread.join()  # the loop kills what runs, then ends
+            self._cancel_and_wait()
             raise
         if not ended:
             raise TimeoutError(f"the job did not end within {timeout} s; it keeps running")
@@ -160,17 +164,27 @@ class Job(Generic[Outcome]):
         result()."""
         control, seen = self._control, 0
         while True:
-            with control.lock:
-                control.lock.wait_for(
-                    lambda seen=seen: self.done() or (
-                        control.policy is not None
-                        and len(control.policy.ledger.final_order) > seen))
-                finals = control.finals(seen)
+            try:
+                with control.lock:
+                    control.lock.wait_for(
+                        lambda seen=seen: self.done() or (
+                            control.policy is not None
+                            and len(control.policy.ledger.final_order) > seen))
+                    finals = control.finals(seen)
+            except KeyboardInterrupt:
+                self._cancel_and_wait()
+                raise
             seen += len(finals)
             yield from finals
             if not finals and self.done():
                 break
         self._result(None)
+
+    def _cancel_and_wait(self) -> None:
+        """Ctrl-C: cancel, and wait while the loop kills what runs (Ctrl-C again stops
+        waiting)."""
+        self.cancel()
+        self._thread.join()
 
     def cancel(self) -> bool:
         """Stop the job: what runs is killed, nothing more starts, unfinished slots hold
@@ -214,7 +228,11 @@ class Job(Generic[Outcome]):
         """A normal exit waits for the job; an exception cancels it."""
         if kind is not None:
             self.cancel()
-        self._done.wait()
+        try:
+            self._done.wait()
+        except KeyboardInterrupt:
+            self._cancel_and_wait()
+            raise
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
@@ -248,8 +266,7 @@ class JobStream:
 
     def __next__(self) -> Any:
         if self._taken:
-            self._job._control.consumed += 1  # read: no longer held (only this thread adds)
-            return self._taken.popleft()
+            return self._yield()
         if self._ended:
             raise StopIteration
         control = self._job._control
@@ -261,11 +278,20 @@ class JobStream:
             self.close()
             raise
         if self._taken:
-            control.consumed += 1
-            return self._taken.popleft()
+            return self._yield()
         self._ended = True
         self._job._result(None)  # raises, or warns as apply does
         raise StopIteration
+
+    def _yield(self) -> Any:
+        """The next value taken; it is no longer held (only this thread adds to consumed),
+        and a loop that holds launches back may launch again."""
+        control = self._job._control
+        control.consumed += 1
+        policy = control.policy
+        if policy is not None and policy.held_back:
+            control.wakeup.set()
+        return self._taken.popleft()
 
     def _ready(self) -> bool:
         policy = self._job._control.policy
@@ -285,7 +311,7 @@ class JobStream:
         if policy is None or values is None:
             return
         ledger, taken = policy.ledger, self._taken
-        stopped_at_a_failure = policy.stop in ("budget", "raise")
+        ends_at = _stream_ends_at(policy)
         while True:
             if self._ordered:
                 index = self._next
@@ -297,8 +323,8 @@ class JobStream:
                 break
             value = ledger.failures.get(index, values[index])
             if isinstance(value, TaskFailure):
-                if value.reason == "cancelled" and stopped_at_a_failure:
-                    break  # the job stopped at a failure: raised after the values before it
+                if value.reason in ends_at:
+                    break  # the end raises or warns
             else:  # failures stay: the end warns of them
                 values[index] = None
             taken.append(value if self._ordered else (index, value))
@@ -323,6 +349,19 @@ class JobStream:
         self.close()
 
 
+def _stream_ends_at(policy: Any) -> tuple[str, ...]:
+    """The reasons of the failures a stream ends at, rather than yields: once the job stopped
+    at a failure (errors="raise", the budget), after the values before it; once an input of
+    unknown length was cut (cancel, deadline), rather than yield what was read ahead."""
+    if policy.stop == "raise":
+        return ("error", "system", "cancelled")
+    if policy.stop == "budget":
+        return ("cancelled",)
+    if policy.stop is not None and not policy.input_ended:
+        return ("cancelled", "deadline")
+    return ()
+
+
 def _snapshot(report: JobReport) -> JobReport:
     """A report whose lists the loop no longer appends to."""
     snapshot = copy.copy(report)
@@ -341,8 +380,9 @@ def cancel_all() -> None:
     jobs = list(_running)
     for job in jobs:
         job.cancel()
+    deadline = time.monotonic() + EXIT_WAIT_S  # for all of them together
     for job in jobs:
-        job._thread.join(EXIT_WAIT_S)
+        job._thread.join(max(0.0, deadline - time.monotonic()))
 
 
 # At exit, before atexit's handlers: Ray's own (ray.shutdown) would otherwise run while a

@@ -125,8 +125,12 @@ class JobLoop:
                 for each in stopped:
                     self._stopped(each, now)
                 self.progress(ledger.final_count - final_before)  # refreshes the bar's clock
-                if self.feed is not None and policy.stop is None:
-                    self.feed.top_up(policy, self.values)
+                want = self.feed.want(policy) if self.feed is not None and not policy.over else 0
+            if want:  # the input, read outside the lock: a slow one holds up no reader
+                chunk = self.feed.read(want)
+            with lock:
+                if want:
+                    self.feed.add(policy, self.values, chunk, want)
                     self.report.elements = policy.elements
                 if policy.over:
                     lock.notify_all()
@@ -155,14 +159,17 @@ class JobLoop:
 
     def _launches(self) -> Sequence[Launch]:
         """What the policy launches now: nothing new while the caller holds launches back
-        (imap's unread results at their bound), but the element an ordered stream waits for."""
+        (imap's unread results at their bound), but the element an ordered stream waits for,
+        which also leaves the parked line at once (it holds back every result behind it)."""
         policy, control = self.policy, self.control
         room = control.room()
         policy.sizer.cap = room  # no batch past the bound
         policy.held_back = room == 0
-        if not policy.held_back:
-            return policy.launches(policy.rules.max_workers)
-        return () if control.head is None else policy.launch_alone(control.head)
+        head = () if control.head is None else policy.launch_alone(
+            control.head, parked_only=not policy.held_back)
+        if policy.held_back:
+            return head
+        return [*head, *policy.launches(policy.rules.max_workers)]
 
     def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
         final_before = self.ledger.final_count

@@ -197,12 +197,13 @@ class Policy:
             self._launch(work, decided)
         return decided
 
-    def launch_alone(self, index: int) -> Sequence[Launch]:
-        """Element ``index`` as a batch of its own, if it waits: what an ordered stream waits
-        for runs even while the caller holds launches back (held_back)."""
+    def launch_alone(self, index: int, parked_only: bool = False) -> Sequence[Launch]:
+        """Element ``index`` as a batch of its own, if it waits (``parked_only``: if it was
+        parked): what an ordered stream waits for runs even while the caller holds launches
+        back (held_back), and is not left parked behind the rest."""
         if self.over or not self.ledger.is_open(index):
             return ()
-        work = self.queue.take(index)
+        work = self.queue.take(index, parked_only)
         decided: list[Launch] = []
         if work is not None:
             self._launch(work, decided)

@@ -42,6 +42,10 @@ class WorkQueue:
         return bool(self._queue)
 
     @property
+    def parked(self) -> bool:
+        return bool(self._parked)
+
+    @property
     def waiting(self) -> int:
         """Elements waiting for a slot, parked ones included."""
         return self.queued + len(self._parked)
@@ -73,14 +77,20 @@ class WorkQueue:
         else:
             self.push(Work(indices, 0, whole=False))
 
-    def take(self, index: int) -> tuple[range, int, bool] | None:
-        """Element ``index`` alone, out of the work it waits in, as pop() gives work; None if
-        it waits nowhere. The rest of that work keeps its place."""
+    def take(self, index: int, parked_only: bool = False) -> tuple[range, int, bool] | None:
+        """Element ``index`` alone, out of the work it waits in, as pop() gives work (whole
+        work as it is); None if it waits nowhere (``parked_only``: if it is not parked). The
+        rest of that work keeps its place."""
         found = self._find(index)
-        if found is None:
+        if found is None or (parked_only and found[0] is not self._parked):
             return None
         line, position = found
         work = line[position]
+        if work.whole:  # its size is part of the rule that queued it: it leaves as it is
+            del line[position]
+            if line is self._queue:
+                self.queued -= len(work.indices)
+            return work.indices, work.attempt, work.backup
         at = index - work.indices.start
         del line[position]
         for part in (work.indices[at + 1:], work.indices[:at]):  # inserted before: reversed

@@ -2,6 +2,7 @@
 unread than the bound."""
 
 import itertools
+import threading
 
 import pytest
 from faults import alive, faulty, hanging, pids, wait_until
@@ -10,6 +11,10 @@ import gpar
 from gpar.feed import MAX_READ_AHEAD
 
 pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def make_bytes(x, size):
+    return bytes(size)
 
 
 def counted(xs, read):
@@ -37,9 +42,61 @@ def test_unordered_yields_a_quick_element_before_a_slow_one_launched_earlier(tmp
     gate = tmp_path / "go"
     stream = gpar.imap(range(4), faulty, {(0, 0): ("wait_for", str(gate))}, str(tmp_path),
                        ordered=False, max_workers=2, progress=False)
+    stuck = threading.Timer(120, gate.touch)  # never yielded before it: fail, not hang
+    stuck.start()
     first = [next(stream) for _ in range(3)]
     gate.touch()  # element 0 finishes only once three others were yielded
+    stuck.cancel()
     assert sorted(first) == [(1, 1), (2, 2), (3, 3)] and list(stream) == [(0, 0)]
+
+
+def test_values_larger_than_the_byte_bound_still_come_one_at_a_time():
+    values = gpar.imap(counted(range(12), []), make_bytes, 5_000, ordered=False,
+                       max_unread_bytes=1_000, progress=False)
+    stuck = threading.Timer(120, values.job.cancel)  # held back for good: end, and fail
+    stuck.start()
+    indices = sorted(index for index, _ in values)
+    stuck.cancel()
+    assert indices == list(range(12))
+
+
+def test_an_ordered_head_that_straggles_comes_back_before_the_rest_of_the_job(tmp_path):
+    """Preempted while work waits, the head is parked; parked work would leave only once
+    nothing else waits, while every result behind it waits for it."""
+    stream = gpar.imap(range(200), faulty, {(0, 0): "hang"}, str(tmp_path), work_s=0.05,
+                       max_workers=2, backups=False, progress=False)
+    assert next(stream) == 0
+    assert stream.job.progress.finished < 150  # not once nearly everything else was done
+    assert list(stream) == list(range(1, 200))
+
+
+def test_errors_raise_raises_from_the_loop_after_the_values_before_it(tmp_path):
+    seen = []
+    with pytest.raises(gpar.TaskError, match="task 3 failed"):
+        for value in gpar.imap(range(8), faulty, {(3, 0): "raise"}, str(tmp_path),
+                               max_workers=1, errors="raise", progress=False):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+
+
+def test_a_deadline_ends_a_stream_of_unknown_length_without_what_was_read_ahead(tmp_path):
+    table = hanging([5])
+    seen = []
+    with pytest.warns(gpar.IncompleteResultsWarning, match="deadline"):
+        for value in gpar.imap(counted(itertools.count(), []), faulty, table, str(tmp_path),
+                               max_workers=2, deadline=8, backups=False, progress=False):
+            seen.append(value)
+    assert seen[:5] == [0, 1, 2, 3, 4] and len(seen) == 5  # the stream ended at 5
+
+
+def test_a_stream_dropped_unread_cancels_its_job(tmp_path):
+    stream = gpar.imap(counted(itertools.count(), []), faulty, hanging([0, 1]),
+                       str(tmp_path), max_workers=2, progress=False)
+    job = stream.job
+    assert wait_until(lambda: len(pids(tmp_path)) >= 2, 60)
+    hung = pids(tmp_path)
+    del stream
+    assert wait_until(job.done, 60) and wait_until(lambda: not any(map(alive, hung)), 60)
 
 
 def test_an_ordered_stream_whose_head_hangs_still_finishes(tmp_path):
@@ -79,8 +136,9 @@ def test_failures_come_in_place_and_a_crossed_budget_raises_after_what_finished(
                                str(tmp_path / "again"), max_workers=1, max_failures=0,
                                progress=False):
             seen.append(value)
-    assert seen[:2] == [0, 1] and all(not isinstance(v, gpar.TaskFailure) or v.index == 2
-                                      for v in seen)
+    # what finished with or before the failure comes, and nothing the stop cancelled
+    assert seen[:2] == [0, 1] and seen[2].index == 2
+    assert all(isinstance(value, int) for value in seen[3:])
 
 
 @pytest.mark.parametrize(("call", "refusal"), [

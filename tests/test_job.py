@@ -63,9 +63,14 @@ def test_cancel_from_another_thread_kills_what_runs_and_marks_the_rest(tmp_path)
 def test_two_jobs_at_once_each_keep_their_own_report_and_budget(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    failing = submit(range(3), {(1, 0): "raise"}, tmp_path / "a", max_failures=0)
-    quiet = submit(range(5), {}, tmp_path / "b")
+    gate = tmp_path / "go"  # the failing job's elements wait until the other has finished
+    failing = submit(range(3), {(0, 0): ("wait_for", str(gate)), (1, 0): "raise",
+                                (2, 0): ("wait_for", str(gate))}, tmp_path / "a",
+                     max_failures=0, max_workers=1)
+    quiet = submit(range(5), {}, tmp_path / "b", max_workers=1)
     assert quiet.result(timeout=120) == [0, 1, 2, 3, 4]
+    assert not failing.done()  # both ran at once, on the cluster's two slots
+    gate.touch()
     with pytest.raises(gpar.FailureBudgetExceeded):
         failing.result(timeout=120)
     assert quiet.report.failed_attempts == 0 and quiet.report.elements == 5

@@ -124,8 +124,9 @@ def test_a_backup_racing_the_original_counts_once(output, tmp_path, monkeypatch)
     # the last element straggles: nothing waits behind it, so it gets a backup
     dataset = gpar.apply(range(12), waits_for_its_backup, str(tmp_path), output=output,
                          max_workers=2, progress=False)
-    assert attempts_of(tmp_path, 11) == 2 and dataset.report.backups == 1
-    assert len(written) == 2  # each attempt wrote its file
+    # a loaded machine may back up the backup too: two attempts at least, each wrote its file
+    assert attempts_of(tmp_path, 11) >= 2 and dataset.report.backups >= 1
+    assert len(written) >= 2
     assert len(written & {file.path for file in dataset.manifest.files}) == 1
     assert_exactly_once(dataset, range(12))
 
