@@ -67,6 +67,7 @@ class Control:
     max_unread_bytes: int | None = None
     consumed: int = 0
     head: int | None = None
+    held_back: bool = False  # the loop holds launches back for room (its policy's flag)
     _received_bytes: int = 0  # pickled bytes of the values received, and how many
     _received: int = 0
 
@@ -248,7 +249,7 @@ class JobStream:
     cancels the job; at its end it raises or warns as apply would."""
 
     def __init__(self, job: Job, ordered: bool):
-        self._job, self._ordered = job, ordered
+        self._job, self._ordered, self._control = job, ordered, job._control
         self._next = 0  # ordered: the next index to yield; else the next in final_order
         self._taken: deque[Any] = deque()  # taken from the job, not yet yielded
         self._ended = False
@@ -265,8 +266,13 @@ class JobStream:
         return self
 
     def __next__(self) -> Any:
-        if self._taken:
-            return self._yield()
+        taken = self._taken
+        if taken:  # the usual case, once per value: kept short
+            control = self._control
+            control.consumed += 1  # no longer held (only this thread adds to it)
+            if control.held_back:  # the loop waits for room: there is some now
+                control.wakeup.set()
+            return taken.popleft()
         if self._ended:
             raise StopIteration
         control = self._job._control
@@ -278,20 +284,10 @@ class JobStream:
             self.close()
             raise
         if self._taken:
-            return self._yield()
+            return next(self)
         self._ended = True
         self._job._result(None)  # raises, or warns as apply does
         raise StopIteration
-
-    def _yield(self) -> Any:
-        """The next value taken; it is no longer held (only this thread adds to consumed),
-        and a loop that holds launches back may launch again."""
-        control = self._job._control
-        control.consumed += 1
-        policy = control.policy
-        if policy is not None and policy.held_back:
-            control.wakeup.set()
-        return self._taken.popleft()
 
     def _ready(self) -> bool:
         policy = self._job._control.policy

@@ -164,7 +164,7 @@ class JobLoop:
         policy, control = self.policy, self.control
         room = control.room()
         policy.sizer.cap = room  # no batch past the bound
-        policy.held_back = room == 0
+        policy.held_back = control.held_back = room == 0
         head = () if control.head is None else policy.launch_alone(
             control.head, parked_only=not policy.held_back)
         if policy.held_back:

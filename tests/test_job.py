@@ -144,3 +144,38 @@ def test_as_completed_yields_a_failure_in_place_and_warns_at_its_end(tmp_path):
     with pytest.warns(gpar.TaskFailedWarning, match="task 1 failed"):
         seen = dict(job.as_completed())
     assert (seen[0], seen[2], seen[1].reason) == (0, 2, "error")
+
+
+def test_a_job_dropped_without_waiting_keeps_running(tmp_path):
+    import gc
+
+    gate = tmp_path / "go"
+    job = submit(range(2), gated([0], gate), tmp_path, max_workers=1)
+    assert wait_until(lambda: (tmp_path / "0.0").exists(), 60)
+    del job
+    gc.collect()
+    gate.touch()  # element 1 starts only after 0 ends, on the one slot: the job went on
+    assert wait_until(lambda: (tmp_path / "1.0").exists(), 60)
+
+
+def test_shutdown_cancels_the_processs_jobs_first(run_script, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    import shutil
+
+    import faults
+
+    shutil.copy(faults.__file__, tmp_path)
+    completed = run_script(f"""
+        import gpar
+        from faults import faulty, wait_until, pids
+        job = gpar.submit(range(2), faulty, {{(0, 0): "hang", (1, 0): "hang"}},
+                          {str(markers)!r}, max_workers=2, progress=False)
+        assert wait_until(lambda: len(pids({str(markers)!r})) == 2, 60)
+        gpar.shutdown()
+        print(job.done(), [failure.reason for failure in job.failures], flush=True)
+    """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "True ['cancelled', 'cancelled']"
+    hung = pids(markers)
+    assert wait_until(lambda: not any(alive(pid) for pid in hung), 30)
