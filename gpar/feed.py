@@ -6,8 +6,8 @@ asks for, at most MAX_READ_AHEAD elements and about MAX_READ_AHEAD_BYTES. It rea
 job's lock, so a slow source holds up no reader of the results already in. Elements read
 become the policy's (Policy.extend), and an element's item is dropped once it is final: what
 stays per element read is a list slot for its item and one for its value, a byte of ledger
-state and its place in the order elements became final (about 25 bytes), and its row in the
-job's report.
+state, its place in the order elements became final and its row in the job's report: about
+45 bytes (tests/test_imap.py measures a million).
 """
 
 from __future__ import annotations

@@ -151,3 +151,44 @@ def test_failures_come_in_place_and_a_crossed_budget_raises_after_what_finished(
 def test_what_imap_cannot_do_is_refused_before_anything_runs(call, refusal):
     with pytest.raises((TypeError, ValueError), match=refusal):
         call()
+
+
+def record_score(record):
+    return record[1] % 7
+
+
+@pytest.mark.slow
+def test_a_million_records_stream_through_in_memory_bounded_by_what_is_unread():
+    """A reader slower than the workers at first: the driver holds no more than the bound
+    of results, reads the generator no further than the window, and keeps a few dozen bytes
+    per element read (README: about 45)."""
+    import tracemalloc
+
+    elements, bound = 1_000_000, 1000
+    read = [0]  # how many were read: a count, so that the test itself keeps nothing of them
+
+    def records():
+        for i in range(elements):
+            read[0] += 1
+            yield "record", i
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        stream = gpar.imap(records(), record_score, max_unread=bound, progress=False)
+        most_held = most_ahead = consumed = total = 0
+        for value in stream:
+            consumed += 1
+            total += value
+            if consumed <= 10_000:
+                sum(range(2000))  # slower than the workers: what finishes waits for it
+            if consumed % 1000 == 0:
+                most_held = max(most_held, stream.job.progress.finished - consumed)
+                most_ahead = max(most_ahead, read[0] - consumed)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert consumed == elements and total == sum(i % 7 for i in range(elements))
+    assert bound // 2 <= most_held <= bound  # the bound was reached, and held
+    assert most_ahead <= bound + MAX_READ_AHEAD
+    assert peak <= 64 * elements, peak / elements
