@@ -192,3 +192,56 @@ def test_a_million_records_stream_through_in_memory_bounded_by_what_is_unread():
     assert bound // 2 <= most_held <= bound  # the bound was reached, and held
     assert most_ahead <= bound + MAX_READ_AHEAD
     assert peak <= 64 * elements, peak / elements
+
+
+def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_script, tmp_path):
+    import os
+    import select
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    import faults
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    shutil.copy(faults.__file__, tmp_path)
+    (tmp_path / "driver.py").write_text(textwrap.dedent(f"""
+        import signal, sys, time, gpar
+        from faults import faulty
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+        other = gpar.submit(range(2), faulty, {{}}, {str(markers / "other")!r},
+                            max_workers=1, progress=False)
+        table = {{(0, 0): ("sleep", 120), (1, 0): ("sleep", 120)}}
+        try:
+            for value in gpar.imap((x for x in range(2)), faulty, table, {str(markers)!r},
+                                   max_workers=1, progress=False):
+                pass
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        print(other.result(timeout=120), flush=True)
+    """))
+    (markers / "other").mkdir()
+    env = {**os.environ, "RAY_ADDRESS": run_script.address}
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as sink:  # the driver's own copy stays open
+        driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], env=env,
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=sink, text=True)
+    try:
+        assert wait_until(lambda: (markers / "0.0").exists() or driver.poll() is not None, 60)
+        assert driver.poll() is None, stderr.read_text()
+        streaming = int((markers / "0.0").read_text())
+        driver.send_signal(signal.SIGINT)
+        answered = select.select([driver.stdout], [], [], 60)[0]
+        line = driver.stdout.readline().strip() if answered else "(nothing in 60 s)"
+        assert line == "interrupted", stderr.read_text()[-5000:]
+        assert wait_until(lambda: not alive(streaming), 30)  # the stream's task was killed
+        out = driver.stdout.read()  # what the text stream holds already, then to the end
+        assert out.strip() == "[0, 1]", stderr.read_text()[-5000:]  # the other job ran on
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait()
+        driver.stdout.close()
