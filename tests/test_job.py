@@ -102,13 +102,15 @@ def test_a_normal_exit_of_the_with_block_waits_for_the_job(tmp_path):
     assert job.done() and job.result() == [0, 1, 2]
 
 
-def test_a_script_that_exits_with_a_job_running_cancels_it(run_script, tmp_path):
-    markers = tmp_path / "markers"
-    markers.mkdir()
+def run_with_two_hung_elements(run_script, tmp_path, then: str):
+    """A script that submits two elements that hang, waits until both run, then does
+    ``then``; what it printed, and the hung elements' pids."""
     import shutil
 
     import faults
 
+    markers = tmp_path / "markers"
+    markers.mkdir()
     shutil.copy(faults.__file__, tmp_path)
     completed = run_script(f"""
         import gpar
@@ -116,11 +118,16 @@ def test_a_script_that_exits_with_a_job_running_cancels_it(run_script, tmp_path)
         job = gpar.submit(range(2), faulty, {{(0, 0): "hang", (1, 0): "hang"}},
                           {str(markers)!r}, max_workers=2, progress=False)
         assert wait_until(lambda: len(pids({str(markers)!r})) == 2, 60)
-        print("leaving", flush=True)
+        {then}
     """)
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "leaving"
-    hung = pids(markers)
+    return completed.stdout.strip(), pids(markers)
+
+
+def test_a_script_that_exits_with_a_job_running_cancels_it(run_script, tmp_path):
+    out, hung = run_with_two_hung_elements(run_script, tmp_path,
+                                           'print("leaving", flush=True)')
+    assert out == "leaving"
     assert len(hung) == 2 and wait_until(lambda: not any(alive(pid) for pid in hung), 30)
 
 
@@ -159,23 +166,7 @@ def test_a_job_dropped_without_waiting_keeps_running(tmp_path):
 
 
 def test_shutdown_cancels_the_processs_jobs_first(run_script, tmp_path):
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    import shutil
-
-    import faults
-
-    shutil.copy(faults.__file__, tmp_path)
-    completed = run_script(f"""
-        import gpar
-        from faults import faulty, wait_until, pids
-        job = gpar.submit(range(2), faulty, {{(0, 0): "hang", (1, 0): "hang"}},
-                          {str(markers)!r}, max_workers=2, progress=False)
-        assert wait_until(lambda: len(pids({str(markers)!r})) == 2, 60)
-        gpar.shutdown()
-        print(job.done(), [failure.reason for failure in job.failures], flush=True)
-    """)
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "True ['cancelled', 'cancelled']"
-    hung = pids(markers)
+    out, hung = run_with_two_hung_elements(run_script, tmp_path, "gpar.shutdown(); print("
+                                           "job.done(), [f.reason for f in job.failures])")
+    assert out == "True ['cancelled', 'cancelled']"
     assert wait_until(lambda: not any(alive(pid) for pid in hung), 30)
