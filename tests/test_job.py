@@ -170,3 +170,13 @@ def test_shutdown_cancels_the_processs_jobs_first(run_script, tmp_path):
                                            "job.done(), [f.reason for f in job.failures])")
     assert out == "True ['cancelled', 'cancelled']"
     assert wait_until(lambda: not any(alive(pid) for pid in hung), 30)
+
+
+def test_a_job_cancelled_at_once_runs_nothing(tmp_path):
+    job = submit(range(4), {}, tmp_path)
+    job.cancel()
+    with pytest.warns(gpar.IncompleteResultsWarning, match="cancelling"):
+        results = job.result(timeout=120)
+    done = [value for value in results if not isinstance(value, gpar.TaskFailure)]
+    assert len(done) + len(results.failures) == 4  # what ran before the cancel was seen, ran
+    assert {failure.reason for failure in results.failures} == {"cancelled"}

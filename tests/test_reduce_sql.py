@@ -1181,3 +1181,19 @@ def test_datasets_of_one_s3_version_share_its_scan_and_a_new_version_is_seen(s3_
     assert fresh.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 3}]
     assert early.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 1}]
     assert scan(fresh) is not scan(early)
+
+
+def test_a_cancelled_job_commits_what_finished_and_releases_the_output(output, tmp_path):
+    gate = tmp_path / "never"
+    table = {(task, 0): ("wait_for", str(gate)) for task in range(2, 6)}
+    job = gpar.submit(range(6), mapper, table, str(tmp_path), locate(output), output=output,
+                      max_workers=2, progress=False)
+    assert wait_until(lambda: job.progress.finished == 2, 120)
+    job.cancel()
+    with pytest.warns(gpar.IncompleteResultsWarning, match="cancelling"):
+        dataset = job.result(timeout=120)
+    assert dataset.manifest.tasks == {0, 1}
+    gate.touch()
+    again = run(range(6), output, tmp_path, table)  # the lease was released: it resumes
+    assert again.manifest.tasks == set(range(6)) and again.report.elements == 4
+    assert_exactly_once(again, range(6))
