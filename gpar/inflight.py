@@ -67,6 +67,17 @@ class InFlight:
     def __len__(self) -> int:
         return len(self.batches)
 
+    @property
+    def in_fn(self) -> int:
+        """Batches with an element in fn now."""
+        return len(self._in_fn)
+
+    def unreported(self) -> int:
+        """Elements launched whose batches have not reported them yet, each once (a
+        backup's element is its original's too)."""
+        return sum(batch.end - batch.reported for batch in self.batches.values()
+                   if not batch.backup)
+
     def launch(self, indices: range, attempt: int, backup: bool) -> int:
         """Number a new batch of ``indices`` and hold it; returns its number."""
         batch = self._next

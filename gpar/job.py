@@ -16,7 +16,6 @@ tasks running (cancel_all).
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import deque
@@ -84,9 +83,7 @@ class Control:
         if self.max_unread is None or self.policy is None:
             return None
         policy = self.policy
-        held = policy.ledger.final_count - self.consumed
-        held += sum(batch.end - batch.reported for batch in policy.flight.batches.values()
-                    if not batch.backup)  # a backup's element is its original's too
+        held = policy.ledger.final_count - self.consumed + policy.flight.unreported()
         room = self.max_unread - held
         if self._received and self.max_unread_bytes is not None:
             mean_bytes = self._received_bytes / self._received
@@ -201,9 +198,8 @@ class Job(Generic[Outcome]):
             if policy is None:
                 return JobProgress(self._elements, 0, 0, 0)
             failed = len(policy.ledger.failures)
-            running = sum(batch.running is not None for batch in policy.flight.batches.values())
             return JobProgress(policy.elements, policy.ledger.final_count - failed, failed,
-                               running)
+                               policy.flight.in_fn)
 
     @property
     def report(self) -> JobReport:
@@ -212,7 +208,7 @@ class Job(Generic[Outcome]):
             report = self._control.report
             if report is None:
                 return JobReport(elements=self._elements)
-            return _snapshot(report)
+            return report.snapshot()
 
     @property
     def failures(self) -> list[TaskFailure]:
@@ -356,14 +352,6 @@ def _stream_ends_at(policy: Any) -> tuple[str, ...]:
     if policy.stop is not None and not policy.input_ended:
         return ("cancelled", "deadline")
     return ()
-
-
-def _snapshot(report: JobReport) -> JobReport:
-    """A report whose lists the loop no longer appends to."""
-    snapshot = copy.copy(report)
-    snapshot._blocks = list(report._blocks)
-    snapshot._unstarted = list(report._unstarted)
-    return snapshot
 
 
 #: Jobs of this process still running (their threads hold them too).

@@ -163,13 +163,12 @@ class JobLoop:
         which also leaves the parked line at once (it holds back every result behind it)."""
         policy, control = self.policy, self.control
         room = control.room()
-        policy.sizer.cap = room  # no batch past the bound
         policy.held_back = control.held_back = room == 0
         head = () if control.head is None else policy.launch_alone(
             control.head, parked_only=not policy.held_back)
         if policy.held_back:
             return head
-        return [*head, *policy.launches(policy.rules.max_workers)]
+        return [*head, *policy.launches(policy.rules.max_workers, most_elements=room)]
 
     def _on_news(self, batch: int, news: Progress | BatchLost) -> None:
         final_before = self.ledger.final_count

@@ -183,18 +183,22 @@ class Policy:
         if self.stop is None:
             self._stop("cancelled")
 
-    def launches(self, in_flight_limit: int) -> Sequence[Launch]:
-        """Batches to start now, while fewer than ``in_flight_limit`` are in flight."""
+    def launches(self, in_flight_limit: int,
+                 most_elements: int | None = None) -> Sequence[Launch]:
+        """Batches to start now, while fewer than ``in_flight_limit`` are in flight, and
+        ``most_elements`` in all (imap's bound on what it holds unread)."""
         batches = self.flight.batches
         if len(batches) >= in_flight_limit or self.over:  # usual: every slot busy; no new list
             return ()
         decided: list[Launch] = []
-        sizer = self.sizer
-        while len(batches) < in_flight_limit and (sizer.cap is None or sizer.cap > 0):
-            work = self.queue.pop()
+        left = most_elements
+        while len(batches) < in_flight_limit and (left is None or left > 0):
+            work = self.queue.pop(left)
             if work is None:
                 break
-            self._launch(work, decided)
+            launched = self._launch(work, decided)
+            if left is not None:
+                left -= launched
         return decided
 
     def launch_alone(self, index: int, parked_only: bool = False) -> Sequence[Launch]:
@@ -209,16 +213,16 @@ class Policy:
             self._launch(work, decided)
         return decided
 
-    def _launch(self, work: tuple[range, int, bool], decided: list[Launch]) -> None:
+    def _launch(self, work: tuple[range, int, bool], decided: list[Launch]) -> int:
+        """Launch ``work``'s open elements, if any; returns how many."""
         indices, attempt, backup = work
         indices = self.ledger.trim(indices)
         if indices:
-            if self.sizer.cap is not None:  # what may still be launched (imap's bound)
-                self.sizer.cap -= len(indices)
             batch = self.flight.launch(indices, attempt, backup)
             handoff_after_s = self.stragglers.threshold or BACKUP_MIN_S
             decided.append(Launch(batch, indices, attempt, backup, handoff_after_s))
             self.counts.batches += 1
+        return len(indices)
 
     def tick(self, now: float) -> Sequence[Stopped]:
         """Batches ended now: over task_timeout, preempted, left with nothing of their own to

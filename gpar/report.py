@@ -84,6 +84,12 @@ class JobReport(Counts):
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)
 
+    def snapshot(self) -> JobReport:
+        """A copy whose attempts stay as they are now (a running job's loop appends to its
+        own)."""
+        return dataclasses.replace(self, _blocks=list(self._blocks),
+                                   _unstarted=list(self._unstarted))
+
     def add_unstarted(self, elements: range) -> None:
         """Elements of a batch that was lost or killed, never seen starting (or, with output=,
         finished but not yet written): queued again, charged nothing, and no attempt of theirs."""

@@ -29,7 +29,6 @@ class BatchSizer:
 
     def __init__(self, slots: int):
         self.slots = max(1, slots)
-        self.cap: int | None = None  # the most elements a batch may have now (imap's bound)
         self._elements = 0
         self._seconds = 0.0
 
@@ -63,7 +62,4 @@ class BatchSizer:
         if size > TARGET_BATCH_S / per_element:
             size = TARGET_BATCH_S / per_element
         size = int(size)
-        cap = self.cap
-        if cap is not None and size > cap:
-            size = cap
         return 1 if size < 1 else remaining if size > remaining else size

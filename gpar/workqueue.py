@@ -98,8 +98,7 @@ class WorkQueue:
                 line.insert(position, Work(part, work.attempt, work.whole, work.backup))
         if line is self._queue:
             self.queued -= 1
-            if not work.whole:
-                self._recuttable -= 1
+            self._recuttable -= 1
         return range(index, index + 1), work.attempt, work.backup
 
     def _find(self, index: int) -> tuple[deque[Work], int] | None:
@@ -114,10 +113,11 @@ class WorkQueue:
         """Hold a preempted element until nothing else waits."""
         self._parked.append(Work(range(index, index + 1), attempt, whole=True))
 
-    def pop(self) -> tuple[range, int, bool] | None:
+    def pop(self, most: int | None = None) -> tuple[range, int, bool] | None:
         """The next work to launch, as (indices, attempt, backup): the queue's first,
-        re-cuttable work cut to the size the sizer asks for; a parked element once the queue
-        is empty; None if nothing waits. A plain tuple: one leaves for each batch."""
+        re-cuttable work cut to the size the sizer asks for (``most`` elements at most); a
+        parked element once the queue is empty; None if nothing waits. A plain tuple: one
+        leaves for each batch."""
         queue = self._queue
         if queue:
             work = queue[0]
@@ -126,6 +126,8 @@ class WorkQueue:
                 queue.popleft()
             else:
                 size = self.sizer.next_size(self._recuttable)
+                if most is not None and size > most:
+                    size = most
                 if size < len(indices):  # the rest stays first
                     work.indices = indices[size:]
                     indices = indices[:size]

@@ -73,3 +73,14 @@ def test_stuck_when_every_started_batch_straggles_and_work_waits():
     flight.batches[b].straggling = True
     assert flight.all_started_straggle(waiting=True)
     assert not flight.all_started_straggle(waiting=False)
+
+
+def test_elements_not_yet_reported_count_once_and_those_in_fn_by_batch():
+    flight = InFlight()
+    batch = flight.launch(range(0, 10), 0, backup=False)
+    flight.launch(range(4, 5), 1, backup=True)  # a backup of element 4: the same element
+    flight.batches[batch].reported = 3
+    flight.on_running(Running(batch, (4, 1.0)))
+    assert flight.unreported() == 7 and flight.in_fn == 1
+    flight.batches[batch].end = 6  # it handed 6..9 back: they are the queue's again
+    assert flight.unreported() == 3

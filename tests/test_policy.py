@@ -430,13 +430,12 @@ def test_the_default_budget_is_its_floor_until_the_input_ends_then_scales_with_i
 def test_held_back_launches_nothing_but_the_element_the_stream_waits_for():
     p = policy(600, max_workers=2)
     p.sizer.observe(10, 0.01)  # 1 ms per element: batches of a hundred or more
-    p.sizer.cap = 0
-    assert not p.launches(2)
+    assert not p.launches(2, most_elements=0)
     p.held_back = True
     (launch,) = p.launch_alone(3)
     assert launch.indices == range(3, 4) and not p.launch_alone(3)  # in flight: not again
-    p.sizer.cap = 30
-    assert [launch.indices for launch in p.launches(4)] == [range(0, 3), range(4, 31)]
+    launches = p.launches(4, most_elements=30)
+    assert [launch.indices for launch in launches] == [range(0, 3), range(4, 31)]
 
 
 def test_a_parked_head_leaves_the_parked_line_at_once():
