@@ -161,7 +161,8 @@ def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
            options: gpar_options.Options, caller_globals: dict[str, Any],
            stream: Control | None = None) -> Job:
     """Capture the call in the caller's thread, then run it in the Job's. ``stream``: imap's
-    bounds on what it holds unread; with it an iterator is read as the job goes (feed.py)."""
+    bounds on what it holds unread; with it an iterator is read as the job goes, by the
+    thread that iterates (feed.py)."""
     gpar_options.check_call(fn, args, kwargs, options=OPTION_NAMES)
     if stream is not None and not _is_sequence(xs):
         _refuse_for_an_open_input(xs, options)
@@ -182,20 +183,24 @@ def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
     tasks = cluster.connect(options.address)  # here: an embedded Ray starts in this thread
     try:  # here too: what envpack warns of points at the caller's line
         image = _staged_image(tasks, options.packages, code=(fn, *args, *kwargs.values()))
+        slots = options.max_workers or int(tasks.cpus())
+        if isinstance(items, Feed):  # its first window, in this thread as the rest will be
+            items.start(slots)
+            stream.feed = items
     except BaseException:
         tasks.close()
         raise
 
     def work(control: Control) -> _Ended:
         with contextlib.closing(tasks):  # a local cluster's connection, held while it runs
-            return _run(items, captured, options, target, tasks, image, control)
+            return _run(items, captured, options, target, tasks, image, slots, control)
 
     return Job(len(items), work, _finished, stream)
 
 
 def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
          options: gpar_options.Options, target: gpar_output.Target | None, tasks: Any,
-         image: StagedImage, control: Control) -> _Ended:
+         image: StagedImage, slots: int, control: Control) -> _Ended:
     """The job itself, in its thread: claim the output, run, commit."""
     feed = items if isinstance(items, Feed) else None
     # Claimed only now: a job that cannot start leaves the output as it was.
@@ -207,11 +212,10 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
             # element but did not end (its commit may merge files on the cluster, and cleans up)
             return _Ended(_committed(Results([], JobReport(elements=0)), claim, run_all), None,
                           claim)
-        slots = options.max_workers or int(tasks.cpus())
         report = JobReport(len(pending), environment_bytes=captured.nbytes, max_workers=slots,
                            skipped_globals=captured.skipped, image=image.report)
         policy = Policy(len(pending), _rules(options, slots, len(items)), BatchSizer(slots),
-                        counts=report, input_ended=feed is None)
+                        counts=report, input_ended=feed is None or feed.ended)
         with control.lock:
             control.policy, control.report = policy, report
             control.numbers = None if claim is None else claim.pending

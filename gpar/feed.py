@@ -1,9 +1,10 @@
 """The input of an imap over an iterator: read as the job goes, a bounded window ahead.
 
-An endless or huge generator works because the loop reads only what its slots will want soon
+An endless or huge generator works because only what the slots will want soon is read
 (joblib's ``pre_dispatch``): READ_AHEAD_BATCHES batches per slot of the size the batch sizer
-asks for, at most MAX_READ_AHEAD elements and about MAX_READ_AHEAD_BYTES. It reads outside the
-job's lock, so a slow source holds up no reader of the results already in. Elements read
+asks for, at most MAX_READ_AHEAD elements and about MAX_READ_AHEAD_BYTES. The loop asks; the
+thread that iterates the results reads, as a for loop over the input would (so an iterator
+bound to its thread, such as an sqlite3 cursor, works), outside the job's lock. Elements read
 become the policy's (Policy.extend), and an element's item is dropped once it is final: what
 stays per element read is a list slot for its item and one for its value, a byte of ledger
 state, its place in the order elements became final and its row in the job's report: about
@@ -48,6 +49,13 @@ class Feed:
         """Elements read so far."""
         return len(self.items)
 
+    def start(self, slots: int) -> None:
+        """Read the first window, before the job starts: a batch of one per slot, twice
+        over (no element was timed yet)."""
+        want = slots * READ_AHEAD_BATCHES
+        self.items = self.read(want)
+        self.ended = len(self.items) < want
+
     def want(self, policy: Policy) -> int:
         """How many elements to read now: what the window lacks; none while preempted
         elements are parked: they leave the queue only once it is empty, so reading waits
@@ -57,9 +65,9 @@ class Feed:
         return max(0, self._window(policy) - policy.queue.waiting)
 
     def read(self, want: int) -> list[Any]:
-        """Up to ``want`` elements from the input, outside the job's lock (a slow source
-        holds up no reader of results); fewer: it ended. What the iteration raises reaches
-        the caller as it is."""
+        """Up to ``want`` elements from the input, in the thread that iterates the job's
+        results (job.Control.wait_for), outside the job's lock; fewer: it ended. What the
+        iteration raises reaches that thread as it is."""
         chunk = list(itertools.islice(self._iterator, want))
         if chunk:
             self._sample(chunk[0])

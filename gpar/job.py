@@ -67,6 +67,11 @@ class Control:
     consumed: int = 0
     head: int | None = None
     held_back: bool = False  # the loop holds launches back for room (its policy's flag)
+    # imap of an iterator: its input (feed.py), how many elements the loop asks to be read,
+    # and whether a reader is reading them now
+    feed: Any = None
+    input_wanted: int = 0
+    reading: bool = False
     _received_bytes: int = 0  # pickled bytes of the values received, and how many
     _received: int = 0
 
@@ -92,6 +97,49 @@ class Control:
         if held <= 0 and room < 1:
             return 1
         return room if room > 0 else 0
+
+    def ask_input(self, want: int) -> None:
+        """The loop wants ``want`` more elements read (under ``lock``); not while a reader
+        reads: what it reads is not counted yet."""
+        if not self.reading:
+            self.input_wanted = want
+
+    def awaits_input(self) -> bool:
+        return bool(self.input_wanted or self.reading)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate()`` (under ``lock``, held), reading the input the loop asks
+        for meanwhile: an iterator is read only by the threads that wait for its job, as a
+        for loop over it would be, so one bound to its thread (an sqlite3 cursor) works.
+        False: ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not predicate():
+            if self.input_wanted:
+                self._read_input()
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.lock.wait(left)
+        return True
+
+    def _read_input(self) -> None:
+        """Read what the loop asks for, outside ``lock`` (a slow source holds up neither the
+        loop nor a reader of results). What the iteration raises cancels the job and reaches
+        the thread that read."""
+        want, self.input_wanted, self.reading = self.input_wanted, 0, True
+        self.lock.release()
+        try:
+            chunk = self.feed.read(want)
+        except BaseException:
+            self.cancelled.set()
+            raise
+        finally:
+            self.lock.acquire()
+            self.reading = False
+            self.wakeup.set()
+        self.feed.add(self.policy, self.values, chunk, want)
+        self.report.elements = self.policy.elements
 
     def finals(self, seen: int) -> list[tuple[int, Any]]:
         """(index in xs, value or TaskFailure) of the elements that became final after the
@@ -146,7 +194,8 @@ class Job(Generic[Outcome]):
         """result(); apply calls it directly, so that ``finish``'s warnings point at the line
         that called apply or result() alike: four frames above the warning's."""
         try:
-            ended = self._done.wait(timeout)
+            with self._control.lock:
+                ended = self._control.wait_for(self.done, timeout)
         except KeyboardInterrupt:
             self._cancel_and_wait()
             raise
@@ -164,7 +213,7 @@ class Job(Generic[Outcome]):
         while True:
             try:
                 with control.lock:
-                    control.lock.wait_for(
+                    control.wait_for(
                         lambda seen=seen: self.done() or (
                             control.policy is not None
                             and len(control.policy.ledger.final_order) > seen))
@@ -226,7 +275,8 @@ class Job(Generic[Outcome]):
         if kind is not None:
             self.cancel()
         try:
-            self._done.wait()
+            with self._control.lock:
+                self._control.wait_for(self.done)
         except KeyboardInterrupt:
             self._cancel_and_wait()
             raise
@@ -268,22 +318,30 @@ class JobStream:
             control.consumed += 1  # no longer held (only this thread adds to it)
             if control.held_back:  # the loop waits for room: there is some now
                 control.wakeup.set()
+            if control.input_wanted:  # read on while values are yielded, not only when
+                self._wait_for(lambda: not control.input_wanted)  # waiting for them
             return taken.popleft()
         if self._ended:
             raise StopIteration
-        control = self._job._control
-        try:
-            with control.lock:
-                control.lock.wait_for(self._ready)
-                self._take()
-        except KeyboardInterrupt:
-            self.close()
-            raise
+        self._wait_for(self._ready, then=self._take)
         if self._taken:
             return next(self)
         self._ended = True
         self._job._result(None)  # raises, or warns as apply does
         raise StopIteration
+
+    def _wait_for(self, predicate: Callable[[], bool],
+                  then: Callable[[], None] = lambda: None) -> None:
+        """Wait until ``predicate()``, reading the input meanwhile, then call ``then`` under
+        the lock still; Ctrl-C or an error of the input cancels the job."""
+        control = self._control
+        try:
+            with control.lock:
+                control.wait_for(predicate)
+                then()
+        except BaseException:
+            self.close()
+            raise
 
     def _ready(self) -> bool:
         policy = self._job._control.policy
@@ -327,6 +385,7 @@ class JobStream:
 
     def close(self) -> None:
         """Stop: the job is cancelled, nothing more is launched."""
+        self._taken.clear()
         if not self._ended:
             self._ended = True
             self._job.cancel()

@@ -125,13 +125,8 @@ class JobLoop:
                 for each in stopped:
                     self._stopped(each, now)
                 self.progress(ledger.final_count - final_before)  # refreshes the bar's clock
-                want = self.feed.want(policy) if self.feed is not None and not policy.over else 0
-            if want:  # the input, read outside the lock: a slow one holds up no reader
-                chunk = self.feed.read(want)
-            with lock:
-                if want:
-                    self.feed.add(policy, self.values, chunk, want)
-                    self.report.elements = policy.elements
+                if self.feed is not None:  # read by the thread that iterates: see Control
+                    self.control.ask_input(0 if policy.over else self.feed.want(policy))
                 if policy.over:
                     lock.notify_all()
                     return
@@ -141,7 +136,8 @@ class JobLoop:
                     self.streams[launch.batch] = _Stream(launch, submitted=now)
                     backend.submit(launch)
                 lock.notify_all()  # those who wait for elements to become final
-            if policy.held_back and not self.streams:  # nothing runs: wait for the reader
+            if not self.streams and (policy.held_back or self.control.awaits_input()):
+                # nothing runs: wait for the reader to read results, or the input
                 self.control.wakeup.wait(policy.next_check(now))
                 self.control.wakeup.clear()
                 news = []

@@ -247,10 +247,30 @@ def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_scri
         driver.stdout.close()
 
 
-@pytest.mark.xfail(strict=True, reason="an iterator is read in the job's thread, and an sqlite3 "
-                   "cursor refuses any thread but the one that made it (README says so)")
 def test_an_iterator_bound_to_the_callers_thread_streams():
     import sqlite3
 
-    rows = sqlite3.connect(":memory:").execute("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3")
-    assert list(gpar.imap(rows, sum, progress=False)) == [1, 2, 3]
+    rows = sqlite3.connect(":memory:").execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 29999) "
+        "SELECT i FROM n")  # more than the first window, read before the job starts
+    assert list(gpar.imap(rows, sum, progress=False)) == list(range(30_000))
+
+
+def test_the_input_is_read_by_the_thread_that_iterates_and_its_error_ends_the_job_there():
+    readers = set()
+
+    def records():
+        for i in range(50_000):
+            readers.add(threading.current_thread())
+            yield i
+        raise OSError("the file was truncated")
+
+    stream = gpar.imap(records(), abs, progress=False)
+    seen = []
+    with pytest.raises(OSError, match="truncated"):
+        for value in stream:
+            seen.append(value)
+    assert seen == list(range(len(seen))) and readers == {threading.current_thread()}
+    assert wait_until(stream.job.done, 60) and stream.job.progress.running == 0
+    assert list(stream) == []  # the stream has ended
+    assert gpar.apply(range(3), abs, progress=False) == [0, 1, 2]  # the cluster is usable
