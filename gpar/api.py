@@ -314,12 +314,13 @@ def _answer(results: Results,
     return Dataset(output.location, report=results.report, failures=results.failures)
 
 
-def _raise_if_mismatched(results: Results, failures: list[TaskFailure]) -> None:
+def _raise_if_mismatched(results: Results, every: list[TaskFailure],
+                         failures: list[TaskFailure]) -> None:
     """No element ran because the workers' environment differs: raise the workers'
     EnvironmentMismatch itself, as the one thing to fix, rather than AllTasksFailed. Its
     traceback does not cross the pickle: the worker's text is its ``__cause__``, as a
     TaskError's is."""
-    if (len(results.failures) == len(results) and failures
+    if (len(every) == len(results) and failures
             and all(isinstance(failure.exception, EnvironmentMismatch) for failure in failures)):
         first = failures[0]
         raise first.exception from RemoteTraceback(first.traceback) if first.traceback else None
@@ -328,9 +329,10 @@ def _raise_if_mismatched(results: Results, failures: list[TaskFailure]) -> None:
 def _raise_or_warn(results: Results, policy: Policy) -> None:
     """Turn how the job ended into the exception or warnings that README's "What apply
     guarantees" promises."""
-    failures = [f for f in results.failures if f.reason in ("error", "system")]
-    _raise_if_mismatched(results, failures)
-    unfinished = len(results.failures) - len(failures)
+    every = results.failures  # a scan of every value: once
+    failures = [f for f in every if f.reason in ("error", "system")]
+    _raise_if_mismatched(results, every, failures)
+    unfinished = len(every) - len(failures)
     if policy.stop == "raise":
         raise TaskError(policy.first_failure)
     if policy.stop == "budget":

@@ -365,6 +365,12 @@ class JobStream:
         while True:
             if self._ordered:
                 index = self._next
+                done_until = ledger.done_until(index)
+                if done_until > index:  # the usual case: a run of values, taken at once
+                    taken.extend(values[index:done_until])
+                    values[index:done_until] = [None] * (done_until - index)
+                    self._next = done_until
+                    continue
                 if index >= policy.elements or ledger.is_open(index):
                     break
             elif self._next < len(ledger.final_order):

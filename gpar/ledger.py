@@ -9,6 +9,7 @@ million-element job's ledger is a megabyte and a batch's elements are checked wi
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from gpar.results import TaskFailure
 
 OPEN, DONE, FAILED, CANCELLED = 0, 1, 2, 3
 _DONE_BYTE = bytes([DONE])
+_NOT_DONE = re.compile(b"[^%c]" % DONE)
 
 
 class Ledger:
@@ -35,6 +37,11 @@ class Ledger:
 
     def is_open(self, index: int) -> bool:
         return self.state[index] == OPEN
+
+    def done_until(self, start: int) -> int:
+        """The end of the run of done elements from ``start`` (one C scan of the states)."""
+        found = _NOT_DONE.search(self.state, start)
+        return len(self.state) if found is None else found.start()
 
     def all_final(self, indices: range) -> bool:
         return not self.state.count(OPEN, indices.start, indices.stop)

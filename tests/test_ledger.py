@@ -1,6 +1,9 @@
 """The element ledger alone: an element becomes final once, and attempts are numbered past
 every one it has had."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gpar.ledger import CANCELLED, DONE, FAILED, OPEN, Ledger
 from gpar.results import TaskFailure
 
@@ -62,3 +65,15 @@ def test_a_rerun_of_several_is_numbered_past_each_ones_last_attempt():
     assert ledger.rerun_attempt(range(0, 3), 0) == 2
     assert ledger.next_attempt(1, 0) == 3  # past the re-run
     assert ledger.rerun_attempt(range(3, 4), 0) == 1  # none had one alone
+
+
+@given(st.lists(st.sampled_from([OPEN, DONE, FAILED, CANCELLED]), max_size=40),
+       st.integers(0, 40))
+def test_done_until_is_the_end_of_the_run_of_done_elements(states, start):
+    ledger = Ledger(len(states))
+    ledger.state[:] = bytes(states)
+    start = min(start, len(states))
+    end = start
+    while end < len(states) and states[end] == DONE:
+        end += 1
+    assert ledger.done_until(start) == end
