@@ -156,6 +156,12 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     _collect_when_idle(bool(run.buffers))
 
 
+def start_worker() -> Iterator[Progress]:
+    """Nothing: the task that replaces a killed worker (tasks.START_WORKER) only needs this
+    process started and this module imported."""
+    return iter(())
+
+
 #: The script context this process last adopted, and its own sys.path and environment
 #: variables from before the first: each batch starts from those, not from the last script's.
 _adopted: CallerContext | None = None

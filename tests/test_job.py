@@ -4,7 +4,7 @@ looked at, waited for with a bound, and cancelled, from any thread."""
 import threading
 
 import pytest
-from faults import alive, faulty, pids, wait_until
+from faults import alive, faulty, hanging, pids, wait_until
 
 import gpar
 
@@ -58,6 +58,42 @@ def test_cancel_from_another_thread_kills_what_runs_and_marks_the_rest(tmp_path)
     assert [failure.reason for failure in results] == ["cancelled"] * 4
     assert wait_until(lambda: not any(alive(pid) for pid in running), 30)
     assert job.cancel() is False  # it had ended
+
+
+def idle_workers():
+    """The embedded cluster's worker processes waiting for a task (Ray titles them so)."""
+    import psutil
+    import ray
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    idle = set()
+    for child in psutil.Process(raylet).children():
+        try:
+            if child.cmdline()[:1] == ["ray::IDLE"]:
+                idle.add(child.pid)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return idle
+
+
+def getpid(x):
+    import os
+
+    return os.getpid()
+
+
+def test_a_cancel_starts_workers_in_place_of_those_it_killed(tmp_path):
+    """A cancel kills the processes of what runs; the next job must not wait for new ones."""
+    job = submit(range(4), hanging(range(4)), tmp_path, max_workers=2)
+    assert wait_until(lambda: len(pids(tmp_path)) == 2, 60)
+    killed, before = pids(tmp_path), idle_workers()
+    job.cancel()
+    with pytest.warns(gpar.IncompleteResultsWarning):
+        job.result(timeout=120)
+    assert wait_until(lambda: not any(alive(pid) for pid in killed), 30)
+    assert wait_until(lambda: len(idle_workers() - before) >= 2, 60)  # two new, waiting
+    ready = idle_workers()
+    assert set(gpar.apply(range(2), getpid, max_workers=2, progress=False)) <= ready
 
 
 def test_two_jobs_at_once_each_keep_their_own_report_and_budget(tmp_path):
