@@ -194,7 +194,13 @@ def test_a_million_records_stream_through_in_memory_bounded_by_what_is_unread():
     assert peak <= 64 * elements, peak / elements
 
 
-def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_script, tmp_path):
+@pytest.mark.parametrize("stream", [
+    "gpar.imap((x for x in range(2)), faulty, table, {markers!r}, max_workers=1, "
+    "progress=False)",
+    "gpar.submit(range(2), faulty, table, {markers!r}, max_workers=1, "
+    "progress=False).as_completed()"], ids=["imap", "as_completed"])
+def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_script, tmp_path,
+                                                                         stream):
     import os
     import select
     import shutil
@@ -209,19 +215,22 @@ def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_scri
     markers.mkdir()
     shutil.copy(faults.__file__, tmp_path)
     (tmp_path / "driver.py").write_text(textwrap.dedent(f"""
-        import signal, sys, time, gpar
+        import os, signal, sys, time, gpar
         from faults import faulty
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
         other = gpar.submit(range(2), faulty, {{}}, {str(markers / "other")!r},
                             max_workers=1, progress=False)
         table = {{(0, 0): ("sleep", 120), (1, 0): ("sleep", 120)}}
         try:
-            for value in gpar.imap((x for x in range(2)), faulty, table, {str(markers)!r},
-                                   max_workers=1, progress=False):
+            for value in {stream.format(markers=str(markers))}:
                 pass
         except KeyboardInterrupt:
             print("interrupted", flush=True)
         print(other.result(timeout=120), flush=True)
+        for _ in range(2400):  # the test says when to leave: an exit cancels jobs too
+            if os.path.exists({str(tmp_path / "leave")!r}):
+                break
+            time.sleep(0.05)
     """))
     (markers / "other").mkdir()
     env = {**os.environ, "RAY_ADDRESS": run_script.address}
@@ -238,8 +247,9 @@ def test_ctrl_c_while_iterating_cancels_that_stream_and_not_another_job(run_scri
         line = driver.stdout.readline().strip() if answered else "(nothing in 60 s)"
         assert line == "interrupted", stderr.read_text()[-5000:]
         assert wait_until(lambda: not alive(streaming), 30)  # the stream's task was killed
-        out = driver.stdout.read()  # what the text stream holds already, then to the end
-        assert out.strip() == "[0, 1]", stderr.read_text()[-5000:]  # the other job ran on
+        assert driver.stdout.readline().strip() == "[0, 1]"  # the other job ran on
+        (tmp_path / "leave").touch()
+        assert driver.wait(60) == 0, stderr.read_text()[-5000:]
     finally:
         if driver.poll() is None:
             driver.kill()
