@@ -46,6 +46,9 @@ def describe(status: dict | None) -> str:
         f"jobs: {status['connections']} running, {status['jobs_served']} served",
         f"memory: {memory / 2**20:.0f} MiB resident (server and Ray's processes)"
         if memory is not None else "memory: unknown",
+        f"environments held: {status['env_cache_buffers']} buffers, "
+        f"{status['env_cache_bytes'] / 2**20:.0f} of {status['env_cache_bound_bytes'] / 2**20:.0f}"
+        " MiB (GPAR_ENV_CACHE_BYTES)",
         f"idle stop: after {status['idle_s']:.0f} s without a job",
     ]
     return "\n".join(lines)

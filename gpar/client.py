@@ -347,6 +347,13 @@ class ServerTasks:
     def put(self, data: Any) -> Any:
         return self._call("put", data)
 
+    def missing(self, digests: list[str]) -> list[str]:
+        return self._call("missing", digests)
+
+    def put_environment(self, stream: bytes, digests: list[str], given: dict[str, Any],
+                        context: Any) -> Any:
+        return self._call("put_environment", stream, digests, given, context)
+
     def caller_context(self) -> CallerContext:
         return CallerContext(SESSION, tuple(os.path.abspath(entry or os.getcwd())
                                             for entry in sys.path),

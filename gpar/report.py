@@ -72,6 +72,7 @@ class JobReport(Counts):
 
     elements: int
     environment_bytes: int = 0
+    environment_bytes_sent: int = 0  # of them, what the cluster did not hold already
     max_workers: int = 0  # the cap on batches in flight the job ran with (the cluster's CPUs)
     skipped_globals: dict[str, str] = field(default_factory=dict)
     image: Any = None  # envpack's ImageReport: the layers shipped, cache hits, seconds spent

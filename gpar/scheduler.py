@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from gpar import pickled
+from gpar import envcache, pickled
 from gpar.environment import CapturedEnvironment
 from gpar.loop import JobLoop
 from gpar.policy import MAX_WAIT_S, Policy
@@ -72,6 +72,7 @@ def run_job(
     from gpar.progress import progress_bar
 
     backend = RayBackend(items, environment, image, tasks, output)
+    report.environment_bytes_sent = backend.environment_sent
     checkpoint = None if output is None else _Checkpoints(output, policy)
     with progress_bar(len(items) if feed is None else None, progress) as bar:
         loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
@@ -89,8 +90,8 @@ class RayBackend:
         self.unheard: dict[int, Launch] = {}  # batches that have not said anything yet
         self.running: set[int] = set()
         self.job = secrets.randbits(62)  # the batches' names in their workers' notes
-        buffers = [_as_array(buffer) for buffer in environment.buffers]
-        self.environment_ref = tasks.put((environment.stream, buffers, tasks.caller_context()))
+        self.environment_ref, self.environment_sent = envcache.ship(
+            tasks, environment.stream, environment.buffers, tasks.caller_context())
 
     def now(self) -> float:
         return time.time()
@@ -189,10 +190,3 @@ READ_NOTE = "gpar.notes:read_here"
 #: Ray's own retries are off for batches: the policy owns them.
 RUN_BATCH_OPTIONS = {"num_returns": "streaming", "max_retries": 0, "retry_exceptions": False}
 RUN_ALL_OPTIONS = {"num_returns": "streaming", "max_retries": 2}
-
-
-def _as_array(buffer: Any) -> Any:
-    """A pickle buffer as a uint8 array, which Ray stores once and maps read-only on workers."""
-    import numpy as np
-
-    return np.frombuffer(buffer.raw(), dtype=np.uint8)

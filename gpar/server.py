@@ -128,8 +128,19 @@ class Session:
         return self.tasks.probe()
 
     def do_put(self, data: Any) -> int:
+        return self._numbered(self.tasks.put(data))
+
+    def do_missing(self, digests: list[str]) -> list[str]:
+        return self.tasks.missing(digests)
+
+    def do_put_environment(self, stream: bytes, digests: list[str], given: dict[str, Any],
+                           context: Any) -> int:
+        return self._numbered(self.tasks.put_environment(stream, digests, given, context))
+
+    def _numbered(self, ref: Any) -> int:
+        """A reference the script holds by number."""
         number = next(self.numbers)
-        self.refs[number] = self.tasks.put(data)
+        self.refs[number] = ref
         return number
 
     def do_cpus(self) -> int:
@@ -157,7 +168,7 @@ class Session:
         self.tasks.cancel(key)
 
     def do_status(self) -> dict[str, Any]:
-        return self.server.status()
+        return {**self.server.status(), **self.tasks.env_cache_status()}
 
     def do_stop(self) -> None:
         return None
@@ -201,19 +212,11 @@ def warm_up(tasks: RayTasks) -> None:
 
     count = tasks.cpus()
     for key in range(count):
-        tasks.submit(key, StagedCall((), None, "gpar.server:warm", (), (),
+        tasks.submit(key, StagedCall((), None, "gpar.worker:warm", (), (),
                                      cloudpickle.dumps(())), RUN_ALL_OPTIONS, single=True)
     answered = 0
     while answered < count:
         answered += len(tasks.wait(1.0))
-
-
-def warm():
-    """What a warm-up task runs on a worker: the modules every batch imports."""
-    import gpar.worker  # noqa: F401
-    import reduce_sql.parts  # noqa: F401  (pyarrow: what output= batches write with)
-
-    yield os.getpid()
 
 
 def main(argv: list[str] | None = None) -> None:

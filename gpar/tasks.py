@@ -18,12 +18,13 @@ import dataclasses
 import pickle
 from typing import Any
 
+from gpar import envcache
 from gpar.records import BatchLost
 
 #: What a cancel starts in place of the worker it killed (force kills the process): a task
 #: that only starts a worker of the same image and imports what a batch needs, so that the
 #: next job finds one ready rather than waiting ~0.4 s for a process to start.
-START_WORKER = "gpar.worker:start_worker"
+START_WORKER = "gpar.worker:warm"
 _NO_ARGUMENTS = pickle.dumps(())
 
 #: The longest a lost batch's note from another node is waited for (notes.py) before the
@@ -56,6 +57,20 @@ class RayTasks:
 
     def put(self, data: Any) -> Any:
         return self.ray.put(data)
+
+    def missing(self, digests: list[str]) -> list[str]:
+        """Which of a call's buffers (by digest) the cluster does not hold (envcache.py)."""
+        return envcache.cache_for(self.connection_id).missing(digests)
+
+    def put_environment(self, stream: bytes, digests: list[str], given: dict[str, Any],
+                        context: Any) -> Any:
+        """Store a call's environment: its stream, its buffers by digest (``given``: those
+        the cluster lacked) and the caller's context; envcache.NotHeld if one was evicted."""
+        placed = envcache.cache_for(self.connection_id).placed(digests, given)
+        return self.ray.put((stream, placed, context))
+
+    def env_cache_status(self) -> dict[str, int]:
+        return envcache.cache_for(self.connection_id).status()
 
     def caller_context(self) -> Any:
         """What a nested call's batches adopt: the script's context this worker runs in, if

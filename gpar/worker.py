@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from gpar import environment, notes, pickled
+from gpar import envcache, environment, notes, pickled
 from gpar.records import CallerContext, ElementError, ErrorKind, Progress
 
 if TYPE_CHECKING:
@@ -123,7 +123,8 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     global _main_thread_calls
     _collect_when_idle(False)
     node_id = _node_id()
-    stream, buffers, context = environment
+    stream, placed, context = environment
+    buffers = envcache.resolve(placed)
     _adopt(context, image)
     run = _BatchRun(stream, buffers, items, count, sink, image, note)
     _main_thread_calls = run.calls
@@ -156,10 +157,13 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     _collect_when_idle(bool(run.buffers))
 
 
-def start_worker() -> Iterator[Progress]:
-    """Nothing: the task that replaces a killed worker (tasks.START_WORKER) only needs this
-    process started and this module imported."""
-    return iter(())
+def warm() -> Iterator[int]:
+    """A task that only readies a worker process: the modules every batch imports (this one
+    and, for output= batches, pyarrow). The local cluster warms each CPU so at its start;
+    a cancel replaces each worker it killed so (tasks.py)."""
+    import reduce_sql.parts  # noqa: F401
+
+    yield os.getpid()
 
 
 #: The script context this process last adopted, and its own sys.path and environment

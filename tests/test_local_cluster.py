@@ -285,6 +285,26 @@ def test_cluster_status_and_stop_from_the_shell(scripts):
     assert scripts.gpar("cluster", "status").startswith("not running")
 
 
+def test_a_second_script_loading_the_same_data_sends_nothing_large(scripts, tmp_path):
+    """The cluster keeps what a script's environment shipped by content, for the next
+    script of the user, within its bound (gpar cluster status shows it)."""
+    import numpy as np
+
+    np.save(tmp_path / "prices.npy", np.arange(5_000_000, dtype=np.float64))  # 40 MB
+    load = f"""
+        import numpy as np, gpar
+        prices = np.load({str(tmp_path / "prices.npy")!r})
+        results = gpar.apply(range(3), lambda i: float(prices[i] * 2), progress=False)
+        print(results, results.report.environment_bytes_sent)
+    """
+    first = scripts.run(load).split("] ")
+    second = scripts.run(load).split("] ")
+    assert first[0] == second[0] == "[0.0, 2.0, 4.0"
+    assert int(first[1]) >= 40_000_000 and int(second[1]) < 100_000
+    status = scripts.gpar("cluster", "status")
+    assert "environments held: 1 buffers, 38 of 2048 MiB" in status, status
+
+
 def test_only_the_owner_can_reach_the_cluster(shared):
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client

@@ -221,18 +221,51 @@ def store_down_to(count, within_s=20):
 """
 
 
-def test_a_calls_large_globals_leave_the_object_store_when_the_call_ends(run_script):
-    out = assert_ok(run_script(OBJECT_STORE + """
+def test_an_unchanged_global_is_sent_once_and_a_change_in_place_is_seen(run_script):
+    """A 200 MB global: the first call sends it, later calls (using it or not) refer to what
+    the cluster holds; a change in place is sent again, and fn sees it."""
+    out = assert_ok(run_script("""
 import numpy as np, gpar
 
-big = np.ones((4000, 1000))  # 32 MB, shipped out of band
-def row_sum(i):
-    return float(big[i].sum())
-before = objects_in_store()
-assert gpar.apply(range(50), row_sum, progress=False) == [1000.0] * 50
-print(store_down_to(before))
+BIG = np.random.default_rng(0).normal(size=25_000_000)  # 200 MB
+def element(i):
+    return float(BIG[i])
+sent = []
+for call in range(3):
+    assert gpar.apply(range(4), element, progress=False) == BIG[:4].tolist()
+    sent.append(gpar.apply(range(4), abs, progress=False).report.environment_bytes_sent)
+BIG[2] = 7.0
+results = gpar.apply(range(4), element, progress=False)
+print(results[2], *sent, results.report.environment_bytes_sent)
 """))
-    assert out.strip() == "True"
+    seven, *sent, changed = out.split()
+    assert seven == "7.0" and all(int(each) < 100_000 for each in sent)
+    assert int(changed) >= 200_000_000
+
+
+def test_the_cache_bound_evicts_and_the_call_still_runs(run_script):
+    """Past GPAR_ENV_CACHE_BYTES the least recently used buffers go; a call that needs them
+    again sends them again."""
+    out = assert_ok(run_script(OBJECT_STORE + """
+import os
+os.environ["GPAR_ENV_CACHE_BYTES"] = str(50 * 2**20)
+import numpy as np, gpar
+
+def first(i):
+    return float(globals()[NAME][i])
+before = objects_in_store()
+NAME, A = "A", np.full(5_000_000, 1.0)  # 40 MB
+sent = [gpar.apply(range(2), first, progress=False).report.environment_bytes_sent]
+del A
+NAME, B = "B", np.full(5_000_000, 2.0)  # the cache cannot hold both: A goes
+sent.append(gpar.apply(range(2), first, progress=False).report.environment_bytes_sent)
+del B
+NAME, A = "A", np.full(5_000_000, 1.0)  # A's content again: sent again
+results = gpar.apply(range(2), first, progress=False)
+sent.append(results.report.environment_bytes_sent)
+print(results, [each >= 40_000_000 for each in sent], store_down_to(before + 1))
+"""))
+    assert out.strip() == "[1.0, 1.0] [True, True, True] True"
 
 
 def test_the_object_store_stays_flat_over_many_calls_with_a_class_and_a_large_global(run_script):
@@ -254,7 +287,7 @@ def reads_big(i):
     return Scaler(1).scale(float(BIG[i]))
 for call in range(5):
     assert gpar.apply(range(4), reads_big, progress=False) == [1.0] * 4
-print(store_down_to(before))
+print(store_down_to(before + 1))  # BIG, held for the next call
 """))
     assert out.strip() == "True"
 
