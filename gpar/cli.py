@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"stop after this many seconds without a job (default: GPAR_IDLE_S, "
                             f"else {client.IDLE_S:.0f})")
     start.add_argument("--num-cpus", type=int, default=None, help="CPUs it offers (default: all)")
-    actions.add_parser("stop", help="stop it and every task it runs")
+    actions.add_parser("stop", help="stop it, and any it replaced, with every task they run")
     actions.add_parser("status", help="what runs, since when, its key, its memory")
     options = parser.parse_args(argv)
 
@@ -28,16 +28,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running: pid {state.pid}, {state.num_cpus} CPUs, stops after "
               f"{state.idle_s:.0f} s without a job")
     elif options.action == "stop":
-        print("stopped" if client.stop() else "not running")
+        stopped = client.stop_all()
+        print("\n".join(f"stopped: pid {state.pid}, with the jobs it ran" for state in stopped)
+              or "not running")
     else:
-        print(describe(client.status()))
+        print(describe(client.status(), client.retired()))
     return 0
 
 
-def describe(status: dict | None) -> str:
+def describe(status: dict | None, retired: list[client.ServerState]) -> str:
+    replaced = [f"retired: pid {state.pid} since {_time(state.started)}, replaced by another "
+                "version; it ends once the jobs it runs have ended" for state in retired]
     if status is None:
-        return f"not running (state directory {client.state_dir()})"
-    since = datetime.datetime.fromtimestamp(status["started"]).isoformat(timespec="seconds")
+        return "\n".join([f"not running (state directory {client.state_dir()})", *replaced])
+    since = _time(status["started"])
     memory = status["memory_bytes"]
     lines = [
         f"running: pid {status['pid']} since {since}, {status['num_cpus']} CPUs",
@@ -50,8 +54,13 @@ def describe(status: dict | None) -> str:
         f"{status['env_cache_bytes'] / 2**20:.0f} of {status['env_cache_bound_bytes'] / 2**20:.0f}"
         " MiB (GPAR_ENV_CACHE_BYTES)",
         f"idle stop: after {status['idle_s']:.0f} s without a job",
+        *replaced,
     ]
     return "\n".join(lines)
+
+
+def _time(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
 
 
 if __name__ == "__main__":

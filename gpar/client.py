@@ -78,9 +78,10 @@ def state_dir() -> Path:
 
 
 def slot() -> str:
-    """This Python environment's name among the user's servers: its interpreter and prefix,
+    """This Python environment's name among the user's servers: the interpreter its
+    executable resolves to (``python``, ``python3`` and ``python3.11`` are one), its prefix,
     and the host (a home directory shared by several hosts holds one state file for each)."""
-    where = f"{os.path.abspath(sys.executable)}\0{sys.prefix}\0{socket.gethostname()}"
+    where = f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{socket.gethostname()}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
@@ -133,10 +134,16 @@ def paths() -> tuple[Path, Path, Path]:
     return directory / f"{name}.json", directory / f"{name}.lock", directory / f"{name}.log"
 
 
-def read_state() -> ServerState | None:
-    """The state file's server; None without one, or with one this user did not write alone
-    (another owner, open to others, a link)."""
-    state_file, _, _ = paths()
+def retired_files() -> list[Path]:
+    """The state files of this environment's retired servers (see retire)."""
+    state_file = paths()[0]
+    return sorted(state_file.parent.glob(f"{state_file.stem}.retired-*.json"))
+
+
+def read_state(state_file: Path | None = None) -> ServerState | None:
+    """The server of ``state_file`` (default: this environment's); None without one, or with
+    one this user did not write alone (another owner, open to others, a link)."""
+    state_file = paths()[0] if state_file is None else state_file
     try:
         descriptor = os.open(state_file, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -225,6 +232,9 @@ def _start_server(idle_s: float | None = None, num_cpus: int | None = None) -> S
     while time.monotonic() < deadline:
         state = read_state()
         if state is not None and state.pid == process.pid:
+            # reaped by a thread once it ends (it outlives most scripts, not every notebook):
+            # neither a zombie nor a Popen dropped while it runs (a ResourceWarning)
+            threading.Thread(target=process.wait, name="gpar-server-reaper", daemon=True).start()
             return state
         if process.poll() is not None:
             break
@@ -247,14 +257,41 @@ def start(idle_s: float | None = None, num_cpus: int | None = None) -> ServerSta
                 tasks.close()
                 return state
         if state is not None:
-            stop(state)
+            retire(state)
         return _start_server(idle_s, num_cpus)
 
 
-def stop(state: ServerState | None = None) -> bool:
-    """Stop the server (this environment's, by default): asked first, then by its own pid and
-    process group, SIGTERM then SIGKILL. Whether one was running."""
-    state = state or read_state()
+def retire(state: ServerState) -> None:
+    """A server of another stamp (gpar or a package changed since it started) takes no new
+    job and ends once its running jobs have ended, rather than have them killed; its state
+    file moves aside, where ``gpar cluster status`` and ``stop`` still find it."""
+    state_file = paths()[0]
+    aside = state_file.with_name(f"{state_file.stem}.retired-{state.pid}.json")
+    with contextlib.suppress(OSError):
+        os.replace(state_file, aside)
+    try:
+        with contextlib.closing(ServerTasks(state)) as tasks:
+            tasks._call("retire", str(aside))
+    except Exception:  # it cannot be asked (gone, or a version without retire): stopped
+        stop(state, aside)
+
+
+def stop_all() -> list[ServerState]:
+    """Stop this environment's server and its retired ones (their jobs are killed); those
+    that were running."""
+    stopped = []
+    for state_file in [paths()[0], *retired_files()]:
+        state = read_state(state_file)
+        if state is not None and stop(state, state_file):
+            stopped.append(state)
+    return stopped
+
+
+def stop(state: ServerState | None = None, state_file: Path | None = None) -> bool:
+    """Stop a server (this environment's, by default; ``state_file``: where its state is):
+    asked first, then by its own pid and process group, SIGTERM then SIGKILL. Whether it
+    was running."""
+    state = state or read_state(state_file)
     if state is None:
         return False
     running = alive(state)
@@ -268,7 +305,7 @@ def stop(state: ServerState | None = None) -> bool:
                     os.killpg(state.pid, sig)
             if _exited(state, STOP_PATIENCE_S):
                 break
-    _remove_state(state)
+    _remove_state(state, state_file)
     return running
 
 
@@ -281,15 +318,22 @@ def _exited(state: ServerState, within_s: float) -> bool:
     return True
 
 
-def _remove_state(state: ServerState) -> None:
+def _remove_state(state: ServerState, state_file: Path | None = None) -> None:
     """Remove the state file if it is still this server's, and what it left behind."""
     import shutil
 
-    if read_state() == state:
+    state_file = paths()[0] if state_file is None else state_file
+    if read_state(state_file) == state:
         with contextlib.suppress(OSError):
-            paths()[0].unlink()
+            state_file.unlink()
     shutil.rmtree(os.path.dirname(state.socket), ignore_errors=True)
     shutil.rmtree(state.ray_temp_dir, ignore_errors=True)
+
+
+def retired() -> list[ServerState]:
+    """This environment's retired servers still running (their jobs have not all ended)."""
+    states = [read_state(state_file) for state_file in retired_files()]
+    return [state for state in states if state is not None and alive(state)]
 
 
 def status() -> dict[str, Any] | None:

@@ -110,16 +110,12 @@ def _refuse_another(address: str | None, context: Any) -> None:
 
 
 def shutdown() -> None:
-    """Stop the cluster of this process, or detach from the one given; with neither, stop
-    the user's local cluster of this Python environment. The next apply() reconnects. Jobs
-    of this process still running are cancelled first."""
+    """Stop the cluster of this process, or detach from the one given; the user's local
+    cluster keeps running for other scripts (``gpar cluster stop`` stops it). The next
+    apply() reconnects. Jobs of this process still running are cancelled first."""
     from gpar import job
 
     job.cancel_all()
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
-        return
-    from gpar import client
-
-    client.stop()

@@ -38,9 +38,11 @@ TICK_S = 0.5
 class Server:
     """Connections in, RayTasks out; counts what runs to know when it is idle."""
 
-    def __init__(self, state: client.ServerState, stopping: threading.Event):
-        self.state = state
+    def __init__(self, state: client.ServerState, state_file: Path,
+                 stopping: threading.Event):
+        self.state, self.state_file = state, state_file  # the file moves aside at retire
         self.stopping = stopping
+        self.retiring = threading.Event()  # no new job: end once the running ones have
         self.lock = threading.Lock()
         self.connections = 0
         self.jobs = 0
@@ -50,13 +52,16 @@ class Server:
         listener.settimeout(TICK_S)
         while not self.stopping.is_set():
             with self.lock:
-                idle = self.connections == 0 and time.time() - self.last_active > \
-                    self.state.idle_s
+                idle = self.connections == 0 and (
+                    self.retiring.is_set() or time.time() - self.last_active > self.state.idle_s)
             if idle:
                 return
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
+                continue
+            if self.retiring.is_set():  # refused at once: the script goes to the new server
+                connection.close()
                 continue
             with self.lock:  # counted at once: the idle clock must not stop a job starting
                 self.connections += 1
@@ -95,6 +100,7 @@ class Server:
                     "idle_s": self.state.idle_s, "num_cpus": self.state.num_cpus,
                     "connections": self.connections - 1,  # not the one asking
                     "jobs_served": self.jobs - 1, "last_active": self.last_active,
+                    "retiring": self.retiring.is_set(),
                     "memory_bytes": tree_memory(os.getpid())}
 
 
@@ -172,6 +178,12 @@ class Session:
 
     def do_stop(self) -> None:
         return None
+
+    def do_retire(self, state_file: str) -> None:
+        """Another stamp's server takes over: end once the jobs running here have ended;
+        ``state_file``: where this one's state was moved."""
+        self.server.state_file = Path(state_file)
+        self.server.retiring.set()
 
 
 def process_tree(pid: int) -> dict[int, list[str]]:
@@ -255,12 +267,12 @@ def serve(options: argparse.Namespace, private: str, stopping: threading.Event) 
         slot=options.state.stem, ray_temp_dir=private, idle_s=options.idle_s,
         num_cpus=tasks.cpus())
     _write_private(options.state, json.dumps(asdict(state)))
-    server = Server(state, stopping)
+    server = Server(state, options.state, stopping)
     try:
         server.serve(listener)
     finally:
         listener.close()
-        _remove_state_file(options.state, state)
+        _remove_state_file(server.state_file, state)
         import ray
 
         ray.shutdown()

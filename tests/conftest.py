@@ -41,7 +41,7 @@ def stop_local_clusters(state_dir: Path) -> None:
             state = client.ServerState(**json.loads(state_file.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        client.stop(state)
+        client.stop(state, state_file)
 
 
 @pytest.fixture(scope="session")

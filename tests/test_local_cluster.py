@@ -211,7 +211,7 @@ def test_a_script_of_another_python_environment_gets_its_own_cluster(scripts, tm
     stop_other = subprocess.run([str(other), "-m", "gpar.cli", "cluster", "stop"],
                                 env=scripts.env, capture_output=True, text=True,
                                 timeout=BOUND_S)
-    assert stop_other.stdout.strip() == "stopped", stop_other.stderr
+    assert stop_other.stdout.startswith(f"stopped: pid {there}"), stop_other.stderr
     assert gone(int(there))
 
 
@@ -280,7 +280,7 @@ def test_cluster_status_and_stop_from_the_shell(scripts):
     assert "idle stop: after 600 s" in status  # from the environment of the script that started it
     members = warm_workers(scripts)
 
-    assert scripts.gpar("cluster", "stop").strip() == "stopped"
+    assert scripts.gpar("cluster", "stop").strip() == f"stopped: pid {pid}, with the jobs it ran"
     assert all(gone(member) for member in members)  # Ray's processes too
     assert scripts.gpar("cluster", "status").startswith("not running")
 
@@ -303,6 +303,11 @@ def test_a_second_script_loading_the_same_data_sends_nothing_large(scripts, tmp_
     assert int(first[1]) >= 40_000_000 and int(second[1]) < 100_000
     status = scripts.gpar("cluster", "status")
     assert "environments held: 1 buffers, 38 of 2048 MiB" in status, status
+
+
+def test_shutdown_in_a_script_detaches_it_and_leaves_the_cluster_to_other_scripts(shared):
+    pid = shared.run(SHOW + "    gpar.shutdown()\n").split()[0]
+    assert shared.run(SHOW).split()[0] == pid  # the same cluster, still running
 
 
 def test_only_the_owner_can_reach_the_cluster(shared):
@@ -457,26 +462,62 @@ def test_a_state_directory_or_file_others_could_write_is_not_trusted(tmp_path, m
     assert client.read_state().pid == os.getpid()
 
 
-def test_a_cluster_of_another_stamp_is_not_used_by_a_script_of_the_new_one(shared, tmp_path,
-                                                                           monkeypatch):
+def test_a_cluster_of_another_stamp_retires_and_finishes_the_job_it_runs(scripts, tmp_path):
     """A script whose gpar is another, edited source tree (a checkout of another version)
-    while the user's cluster runs: it must not run on code it does not have. (Last of the
-    tests on ``shared``: another cluster serves that state directory afterwards.)"""
-    old = int(shared.run(SHOW).split()[0])
-    old_state = client.ServerState(**shared.state())
-    source = tmp_path / "source"
-    root = Path(gpar.__file__).parent.parent
-    for package in ("gpar", "envpack", "reduce_sql"):
-        shutil.copytree(root / package, source / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    with open(source / "gpar" / "api.py", "a") as handle:
-        handle.write("\n# edited\n")
+    starts while a job runs on the user's cluster: it must not run on code it does not have,
+    and the running job must not be killed. The old cluster retires: it finishes that job,
+    listed by status meanwhile, then ends by itself."""
+    gate = tmp_path / "go"
+    waiting = scripts.start(f"""
+        import os, time, gpar
+        def held(x):
+            while not os.path.exists({str(gate)!r}):
+                time.sleep(0.05)
+            return x
+        print(gpar.apply(range(2), held, progress=False), flush=True)
+    """)
     try:
-        new = int(shared.run(SHOW, PYTHONPATH=str(source)).split()[0])
-        assert new != old
-    finally:  # the old one too, whatever became of it (the fixture stops the current one)
-        monkeypatch.setenv("GPAR_STATE_DIR", str(shared.state_dir))
-        client.stop(old_state)
+        assert wait_until(lambda: isinstance(scripts.state(), dict) and "jobs: 1 running"
+                          in scripts.gpar("cluster", "status"), BOUND_S)
+        old = scripts.state()["pid"]
+        source = tmp_path / "source"
+        root = Path(gpar.__file__).parent.parent
+        for package in ("gpar", "envpack", "reduce_sql"):
+            shutil.copytree(root / package, source / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        with open(source / "gpar" / "api.py", "a") as handle:
+            handle.write("\n# edited\n")
+        new = int(scripts.run(SHOW, PYTHONPATH=str(source)).split()[0])
+        assert new != old and client.process_start(old) is not None  # still running
+        assert f"retired: pid {old} since" in scripts.gpar("cluster", "status")
+        gate.touch()
+        out, err = waiting.communicate(timeout=BOUND_S)
+        assert out.strip() == "[0, 1]", err
+        assert gone(old)  # by itself, once its job had ended
+        assert not list(scripts.state_dir.glob("*.retired-*"))
+    finally:
+        gate.touch()
+        waiting.communicate(timeout=BOUND_S)
+
+
+def test_the_script_that_starts_the_cluster_leaves_no_resource_warning(scripts):
+    process = scripts.start("""
+        import gc, gpar
+        print(gpar.apply(range(2), abs, progress=False))
+        gc.collect()
+    """, PYTHONWARNINGS="always::ResourceWarning")
+    out, err = process.communicate(timeout=BOUND_S)
+    assert out.strip() == "[0, 1]" and "ResourceWarning: subprocess" not in err, err
+
+
+def test_python_python3_and_the_gpar_command_find_one_cluster(scripts):
+    bin_dir = Path(sys.executable).parent
+    here = scripts.run(SHOW, python=str(bin_dir / "python")).split()[0]
+    there = scripts.run(SHOW, python=str(bin_dir / "python3")).split()[0]
+    assert here == there
+    status = subprocess.run([str(bin_dir / "gpar"), "cluster", "status"], env=scripts.env,
+                            capture_output=True, text=True, timeout=BOUND_S)
+    assert f"running: pid {here} since" in status.stdout, status.stderr
 
 
 def test_submit_and_imap_run_through_the_local_cluster_and_an_exit_mid_stream_cancels(
