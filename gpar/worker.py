@@ -38,9 +38,12 @@ not after every batch, as one took ~40 ms in a worker with pandas and statsmodel
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import dataclasses
+import functools
 import gc
 import importlib
+import operator
 import os
 import pickle
 import queue
@@ -50,7 +53,7 @@ import threading
 import time
 import traceback
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -422,6 +425,30 @@ class _BatchRun:
 VALUES_PROTOCOL = 4
 
 
+def _keeping_byte_order(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
+    """``pickler``, but a numpy array of the other byte order comes back in it: protocol 4
+    rebuilds one native ('>f8' became '<f8'), where a for loop keeps it. A dispatch table
+    entry: looked up for arrays only, after pickle's own fast paths."""
+    import numpy as np
+
+    def reduce_array(array: Any) -> Any:
+        if array.dtype.isnative:
+            return array.__reduce_ex__(VALUES_PROTOCOL)
+        native = array.astype(array.dtype.newbyteorder("="))
+        return operator.methodcaller("astype", array.dtype), (native,)
+
+    own = getattr(pickler, "dispatch_table", None)  # cloudpickle's; pickle's C class has none
+    table = {**(own if isinstance(own, Mapping) else copyreg.dispatch_table),
+             np.ndarray: reduce_array}
+    return type(pickler.__name__, (pickler,), {"dispatch_table": table})
+
+
+@functools.cache
+def _value_picklers() -> tuple[type[pickle.Pickler], ...]:
+    """pickle's, then cloudpickle's (for what pickle refuses), each keeping byte order."""
+    return tuple(map(_keeping_byte_order, (pickle.Pickler, cloudpickle.Pickler)))
+
+
 def _pickle_values(
     values: list[Any], errors: dict[int, ElementError], done_from: int
 ) -> tuple[bytes, dict[int, ElementError]]:
@@ -431,8 +458,7 @@ def _pickle_values(
     object (~10 ms for 20,000 ints here); cloudpickle only for what pickle refuses (__main__
     classes, lambdas).
     """
-    data, refused = pickled.dumps(values, (pickle.Pickler, cloudpickle.Pickler),
-                                  VALUES_PROTOCOL)
+    data, refused = pickled.dumps(values, _value_picklers(), VALUES_PROTOCOL)
     if not refused:
         return data, errors
     return data, {**errors, **{done_from + position: ElementError(

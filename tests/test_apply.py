@@ -317,6 +317,20 @@ def test_arrays_come_back_writable_like_from_a_for_loop():
     assert view.flags.writeable and whole.flags.writeable and table[0] == 0.0
 
 
+def as_stored(x, dtype):
+    return (np.arange(3) + x).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [">f8", "<f8", ">i4", [("when", ">i8"), ("level", "<f4")]])
+def test_an_array_comes_back_in_its_byte_order_with_its_values(dtype):
+    """A big-endian array (read from a file written elsewhere) is not made native on its way
+    back: for x in xs would keep it, and so does joblib."""
+    values = gpar.apply(range(2), as_stored, dtype, progress=False)
+    for x, value in enumerate(values):
+        assert value.dtype == np.dtype(dtype) and value.flags.writeable
+        assert value.tolist() == as_stored(x, dtype).tolist()
+
+
 class LoadedError(Exception):
     def __init__(self, message):
         super().__init__(message)
