@@ -261,7 +261,7 @@ class _BatchRun:
             if not self._image_verified():
                 return
             try:
-                call = environment.restore(self.stream, self.buffers)
+                call = environment.restore(self.stream, self.buffers, reuse_copies=True)
                 items, unloaded = pickled.loads(self.items)
             except BaseException as exc:
                 self._fail_all(exc)
