@@ -40,6 +40,7 @@ from typing import Any
 
 from gpar.errors import ClusterConnectionError
 from gpar.records import CallerContext
+from gpar.seam import Tasks
 
 #: How long a server may take to start (Ray's start is ~3.5 s on 2 idle cores).
 START_TIMEOUT_S = 120.0
@@ -348,9 +349,10 @@ def status() -> dict[str, Any] | None:
     return {**answer, "current": state.stamp == stamp()}
 
 
-class ServerTasks:
-    """tasks.RayTasks's methods, run by the server on one connection (one job): the server
-    cancels whatever the connection started when it closes, a script that dies included."""
+class ServerTasks(Tasks):
+    """A script's seam.Tasks: each request answered by the server's RayTasks on one
+    connection (one job); the server cancels whatever the connection started when it closes,
+    a script that dies included."""
 
     def __init__(self, state: ServerState):
         self.conn = Client(state.socket, family="AF_UNIX", authkey=bytes.fromhex(state.key))

@@ -28,7 +28,9 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 from pathlib import Path
 from typing import Any
 
-from gpar import client, cluster
+from envpack.stage import StagedCall
+from gpar import client, cluster, seam
+from gpar.seam import Held
 from gpar.tasks import RayTasks
 
 #: How often the accept loop looks at the idle clock and the stop flag.
@@ -105,7 +107,8 @@ class Server:
 
 
 class Session:
-    """One connection: a job's RayTasks, and the object references it put, by number."""
+    """One connection: a job's RayTasks, and the object references it holds for the
+    script, by number."""
 
     def __init__(self, server: Server):
         self.server = server
@@ -120,7 +123,7 @@ class Session:
             except (EOFError, OSError):
                 return
             try:
-                answer = (True, getattr(self, f"do_{method}")(*args))
+                answer = (True, self._answer(method, args))
             except Exception as exc:
                 answer = (False, exc)
             try:
@@ -130,48 +133,35 @@ class Session:
             if method == "stop":
                 self.server.stopping.set()
 
-    def do_probe(self) -> Any:
-        return self.tasks.probe()
+    def _answer(self, method: str, args: tuple) -> Any:
+        """A request of seam.REQUESTS asked of this session's RayTasks, with the script's
+        Held references resolved and a Ray reference answered held; else one of the
+        server's own (do_*)."""
+        if method in seam.REQUESTS:
+            return self._held(getattr(self.tasks, method)(*map(self._resolved, args)))
+        return getattr(self, f"do_{method}")(*args)
 
-    def do_put(self, data: Any) -> int:
-        return self._numbered(self.tasks.put(data))
+    def _resolved(self, value: Any) -> Any:
+        """``value`` with this session's Ray references where the script holds them."""
+        if isinstance(value, Held):
+            return self.refs[value.number]
+        if isinstance(value, StagedCall):
+            return replace(value, layers=tuple((digest, self._resolved(ref))
+                                               for digest, ref in value.layers),
+                           refs=tuple(map(self._resolved, value.refs)))
+        if isinstance(value, tuple):  # a batch's note: (job, batch, the StagedCall reading it)
+            return tuple(map(self._resolved, value))
+        return value
 
-    def do_missing(self, digests: list[str]) -> list[str]:
-        return self.tasks.missing(digests)
+    def _held(self, value: Any) -> Any:
+        """A Ray reference as the script holds it: by its number here."""
+        import ray
 
-    def do_put_environment(self, stream: bytes, digests: list[str], given: dict[str, Any],
-                           context: Any) -> int:
-        return self._numbered(self.tasks.put_environment(stream, digests, given, context))
-
-    def _numbered(self, ref: Any) -> int:
-        """A reference the script holds by number."""
+        if not isinstance(value, ray.ObjectRef):
+            return value
         number = next(self.numbers)
-        self.refs[number] = ref
-        return number
-
-    def do_cpus(self) -> int:
-        return self.tasks.cpus()
-
-    def do_alive_nodes(self) -> set[str]:
-        return self.tasks.alive_nodes()
-
-    def do_submit(self, key: Any, call: Any, options: dict, placement: Any,
-                  single: bool, note: Any) -> None:
-        if note is not None:
-            note = (*note[:2], self._resolved(note[2]))
-        self.tasks.submit(key, self._resolved(call), options, placement, single, note)
-
-    def _resolved(self, call: Any) -> Any:
-        """``call`` with this session's references where the script has their numbers."""
-        return replace(call, layers=tuple((digest, self.refs[number])
-                                          for digest, number in call.layers),
-                       refs=tuple(self.refs[number] for number in call.refs))
-
-    def do_wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
-        return self.tasks.wait(timeout_s)
-
-    def do_cancel(self, key: Any) -> None:
-        self.tasks.cancel(key)
+        self.refs[number] = value
+        return Held(number)
 
     def do_status(self) -> dict[str, Any]:
         return {**self.server.status(), **self.tasks.env_cache_status()}
@@ -219,7 +209,6 @@ def warm_up(tasks: RayTasks) -> None:
     imported what a batch needs."""
     import cloudpickle
 
-    from envpack.stage import StagedCall
     from gpar.scheduler import RUN_ALL_OPTIONS
 
     count = tasks.cpus()

@@ -20,6 +20,7 @@ from typing import Any
 
 from gpar import envcache
 from gpar.records import BatchLost
+from gpar.seam import Tasks
 
 #: What a cancel starts in place of the worker it killed (force kills the process): a task
 #: that only starts a worker of the same image and imports what a batch needs, so that the
@@ -32,7 +33,7 @@ _NO_ARGUMENTS = pickle.dumps(())
 NOTE_READ_S = 5.0
 
 
-class RayTasks:
+class RayTasks(Tasks):
     """Staged calls as Ray tasks of the cluster this process is attached to."""
 
     def __init__(self) -> None:
@@ -59,13 +60,10 @@ class RayTasks:
         return self.ray.put(data)
 
     def missing(self, digests: list[str]) -> list[str]:
-        """Which of a call's buffers (by digest) the cluster does not hold (envcache.py)."""
         return envcache.cache_for(self.connection_id).missing(digests)
 
     def put_environment(self, stream: bytes, digests: list[str], given: dict[str, Any],
                         context: Any) -> Any:
-        """Store a call's environment: its stream, its buffers by digest (``given``: those
-        the cluster lacked) and the caller's context; envcache.NotHeld if one was evicted."""
         placed = envcache.cache_for(self.connection_id).placed(digests, given)
         return self.ray.put((stream, placed, context))
 
