@@ -16,6 +16,8 @@ tasks running (cancel_all).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +32,10 @@ Outcome = TypeVar("Outcome")
 
 #: How long the exit of a process waits for its running jobs to cancel their tasks.
 EXIT_WAIT_S = 30.0
+
+#: A job still running after this long has its page's URL printed on stderr, once
+#: (GPAR_JOB_PAGE=off: never).
+ANNOUNCE_PAGE_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Control:
     # while it holds launches back with nothing running
     policy: Any = None
     report: JobReport | None = None
+    loop: Any = None  # the JobLoop, once it runs: where its batches run (jobpage.py)
     values: list[Any] | None = None
     numbers: Any = None  # the element of xs each element of the run is (a resumed output)
     # imap: how many results, and how many bytes of them, may wait unread before launches
@@ -167,7 +174,11 @@ class Job(Generic[Outcome]):
         self._thread = threading.Thread(target=self._run, args=(work,), name="gpar-job",
                                         daemon=True)  # the exit cancels it: see cancel_all
         _running.add(self)
+        self._announce = threading.Timer(ANNOUNCE_PAGE_AFTER_S, self._announce_page)
+        self._announce.daemon = True
         self._thread.start()
+        if os.environ.get("GPAR_JOB_PAGE", "").lower() not in ("off", "0", "no"):
+            self._announce.start()
 
     def _run(self, work: Callable[[Control], Outcome]) -> None:
         try:
@@ -175,10 +186,24 @@ class Job(Generic[Outcome]):
         except BaseException as error:  # raised again by result(), in the waiting thread
             self._error = error
         finally:
+            self._announce.cancel()
             with self._control.lock:
                 self._done.set()
                 self._control.lock.notify_all()
             _running.discard(self)
+
+    def _announce_page(self) -> None:
+        if not self.done():
+            print(f"gpar: the job's page: {self.url}", file=sys.stderr, flush=True)
+
+    @property
+    def url(self) -> str:
+        """The job's live page (progress, what runs, failures, Table 1, Figure 8, a cancel
+        button), served by this process on 127.0.0.1 while it lives; the token in it is what
+        lets a browser in."""
+        from gpar import jobpage
+
+        return jobpage.url_of(self)
 
     def done(self) -> bool:
         """The job has ended: result() returns (or raises) at once."""

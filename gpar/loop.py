@@ -95,6 +95,7 @@ class JobLoop:
         self.values: list[Any] = [None] * policy.elements
         with self.control.lock:
             self.control.values = self.values
+            self.control.loop = self  # its batches' nodes and workers, for the job page
         self.streams: dict[int, _Stream] = {}
         self.slow_nodes: SlowNodes | None = None  # made at the first straggler
         self.finished_on: Counter[str] = Counter()  # node -> element attempts finished there

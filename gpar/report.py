@@ -143,8 +143,9 @@ class JobReport(Counts):
                           "p95_s": float(np.percentile(values, 95)), "n": len(times)}
         return pd.DataFrame.from_dict(rows, orient="index")
 
-    def plot_cdf(self, path: str) -> None:
-        """Draw the paper's Figure 8: the CDF of worker startup time and of run time."""
+    def plot_cdf(self, path: Any, format: str | None = None) -> None:
+        """Draw the paper's Figure 8: the CDF of worker startup time and of run time, to a
+        file's path or a binary file (``format``: "svg", "png", ... when not by suffix)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -164,5 +165,6 @@ class JobReport(Counts):
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right")
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, format=format)
+        plt.close(figure)
         plt.close(figure)
