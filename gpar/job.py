@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Control:
     policy: Any = None
     report: JobReport | None = None
     loop: Any = None  # the JobLoop, once it runs: where its batches run (jobpage.py)
+    page: Callable[[], str] | None = None  # the job's page's URL, made when first asked
     values: list[Any] | None = None
     numbers: Any = None  # the element of xs each element of the run is (a resumed output)
     # imap: how many results, and how many bytes of them, may wait unread before launches
@@ -174,6 +176,8 @@ class Job(Generic[Outcome]):
         self._thread = threading.Thread(target=self._run, args=(work,), name="gpar-job",
                                         daemon=True)  # the exit cancels it: see cancel_all
         _running.add(self)
+        job = weakref.ref(self)  # the control does not keep its job alive
+        self._control.page = lambda: job().url
         self._announce = threading.Timer(ANNOUNCE_PAGE_AFTER_S, self._announce_page)
         self._announce.daemon = True
         self._thread.start()

@@ -74,7 +74,8 @@ def run_job(
     backend = RayBackend(items, environment, image, tasks, output)
     report.environment_bytes_sent = backend.environment_sent
     checkpoint = None if output is None else _Checkpoints(output, policy)
-    with progress_bar(len(items) if feed is None else None, progress) as bar:
+    page = None if control is None else control.page
+    with progress_bar(len(items) if feed is None else None, progress, page) as bar:
         loop = JobLoop(policy, report, backend, progress=bar.update, checkpoint=checkpoint,
                        control=control, feed=feed)
         return loop.run()

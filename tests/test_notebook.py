@@ -75,6 +75,9 @@ def test_a_notebook_with_ipywidgets_shows_a_widget_quietly(tmp_path, ray_tmpdir)
     assert _stream(outputs, "stdout") == "[0, 2, 4, 6]\n"
     assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {})
                for output in outputs)
+    links = [output["data"]["text/html"] for output in outputs
+             if "text/html" in output.get("data", {})]  # the job's page, under the bar
+    assert len(links) == 1 and "/jobs/" in links[0] and "token=" in links[0]
     assert "4/4" not in _stream(outputs, "stderr")  # the widget, not a text bar too
     assert_quiet(notebook, kernel_output)
 
