@@ -195,7 +195,9 @@ def _start(xs: Iterable[Any], fn: Callable[..., Any], args: tuple, kwargs: dict,
         with contextlib.closing(tasks):  # a local cluster's connection, held while it runs
             return _run(items, captured, options, target, tasks, image, slots, control)
 
-    return Job(len(items), work, _finished, stream)
+    control = Control() if stream is None else stream
+    control.tasks = tasks  # told where the job's page is, once it has one
+    return Job(len(items), work, _finished, control)
 
 
 def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,

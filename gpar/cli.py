@@ -54,6 +54,8 @@ def describe(status: dict | None, retired: list[client.ServerState]) -> str:
         f"{status['env_cache_bytes'] / 2**20:.0f} of {status['env_cache_bound_bytes'] / 2**20:.0f}"
         " MiB (GPAR_ENV_CACHE_BYTES)",
         f"idle stop: after {status['idle_s']:.0f} s without a job",
+        *(f"job page: {url}" for url in status["pages"]),
+        *([f"jobs' pages: {status['index']}"] if status["index"] else []),
         *replaced,
     ]
     return "\n".join(lines)

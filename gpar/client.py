@@ -423,5 +423,8 @@ class ServerTasks(Tasks):
         if not self.broken:  # else the server cancels it as the connection closes
             self._call("cancel", key)
 
+    def show_page(self, url: str) -> None:
+        self._call("show_page", url)
+
     def close(self) -> None:
         self.conn.close()

@@ -67,6 +67,7 @@ class Control:
     report: JobReport | None = None
     loop: Any = None  # the JobLoop, once it runs: where its batches run (jobpage.py)
     page: Callable[[], str] | None = None  # the job's page's URL, made when first asked
+    tasks: Any = None  # the cluster the job runs on (seam.Tasks), told of the page
     values: list[Any] | None = None
     numbers: Any = None  # the element of xs each element of the run is (a resumed output)
     # imap: how many results, and how many bytes of them, may wait unread before launches

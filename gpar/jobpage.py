@@ -10,7 +10,9 @@ driver serves its UI.
         POST /jobs/<id>/cancel?token=…       Job.cancel()
 
 A request without this process's token (a secret in the URL, Jupyter's pattern) is refused.
-Nothing is computed for a job no one looks at: the state is taken when the page asks, copied
+The local cluster's server serves an index of the pages of the jobs it runs (``index_page``),
+with a token of its own: ``gpar cluster status`` prints it. Nothing is computed for a job no
+one looks at: the state is taken when the page asks, copied
 under the loop's lock, and summed up outside it. A job whose page was asked for keeps it,
 with its last state, until the process exits.
 """
@@ -18,7 +20,9 @@ with its last state, until the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import html
 import io
 import itertools
 import math
@@ -26,6 +30,7 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
@@ -163,6 +168,7 @@ class PageServer:
         self.jobs: dict[str, Any] = {}
         self.figures: dict[str, _Figure] = {}
         self.port = 0
+        self.pages: Callable[[], list[str]] = list  # an index's pages (none: no index)
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -170,6 +176,7 @@ class PageServer:
         from aiohttp import web
 
         app = web.Application()
+        app.router.add_get("/", self._index)
         app.router.add_get("/jobs/{job}", self._page)
         app.router.add_get("/jobs/{job}/state", self._state)
         app.router.add_get("/jobs/{job}/figure8.svg", self._figure)
@@ -193,22 +200,50 @@ class PageServer:
         ready.wait()
 
     def url(self, job: Any) -> str:
-        """The page of ``job``, which the server keeps from now on."""
+        """The page of ``job``, which the server keeps from now on; the first time, the
+        cluster it runs on is told (the local cluster lists it)."""
         with self._lock:
             name = getattr(job, "_page_name", None)
-            if name is None:
+            new = name is None
+            if new:
                 name = job._page_name = str(next(self._numbers))
                 self.jobs[name] = job
-        return f"http://127.0.0.1:{self.port}/jobs/{name}?token={self.token}"
+        url = f"http://127.0.0.1:{self.port}/jobs/{name}?token={self.token}"
+        tasks = job._control.tasks
+        if new and tasks is not None:
+            with contextlib.suppress(Exception):  # the job has ended, its connection closed
+                tasks.show_page(url)
+        return url
 
-    def _job(self, request: Any) -> Any:
-        """The job a request names, if it carries the token; else the refusal raised."""
+    def index(self, pages: Callable[[], list[str]]) -> str:
+        """Serve a page listing ``pages()`` (the local cluster's jobs' pages); its URL."""
+        self.pages = pages
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
+
+    def _check(self, request: Any) -> None:
+        """Refuse a request without this process's token."""
         from aiohttp import web
 
         token = request.query.get("token", "")
         if not hmac.compare_digest(token.encode(), self.token.encode()):
             raise web.HTTPForbidden(text="gpar job page: a token is needed (the URL gpar "
-                                         "printed, or Job.url)")
+                                         "printed, Job.url, or gpar cluster status)")
+
+    async def _index(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self._check(request)
+        links = "".join(f'<li><a href="{html.escape(url)}">{html.escape(url.split("?")[0])}'
+                        "</a></li>" for url in self.pages())
+        return web.Response(text=f"<!doctype html><title>gpar jobs</title><h1>Jobs running "
+                                 f"on the local cluster</h1><ul>{links or '<li>none</li>'}</ul>",
+                            content_type="text/html")
+
+    def _job(self, request: Any) -> Any:
+        """The job a request names, if it carries the token; else the refusal raised."""
+        from aiohttp import web
+
+        self._check(request)
         job = self.jobs.get(request.match_info["job"])
         if job is None:
             raise web.HTTPNotFound(text="no such job in this process")
@@ -262,13 +297,22 @@ _server_lock = threading.Lock()
 
 def url_of(job: Any) -> str:
     """``job``'s page, the process's page server started if need be."""
+    return _page_server().url(job)
+
+
+def index_page(pages: Callable[[], list[str]]) -> str:
+    """The URL of a page listing ``pages()``, served by this process (the local cluster's)."""
+    return _page_server().index(pages)
+
+
+def _page_server() -> PageServer:
     global _server
     with _server_lock:
         if _server is None:
             server = PageServer()
             server.start()
             _server = server
-    return _server.url(job)
+        return _server
 
 
 _PAGE = resources.files("gpar").joinpath("jobpage.html").read_text()

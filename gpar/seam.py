@@ -78,6 +78,10 @@ class Tasks(Protocol):
         """This job is done with the connection."""
         ...
 
+    def show_page(self, url: str) -> None:
+        """The job's page is at ``url`` (the local cluster lists the pages of its jobs)."""
+        ...
+
 
 #: The requests a Session forwards to its RayTasks, by method name.
 REQUESTS = frozenset({"probe", "put", "missing", "put_environment", "cpus", "alive_nodes",

@@ -45,6 +45,8 @@ class Server:
         self.state, self.state_file = state, state_file  # the file moves aside at retire
         self.stopping = stopping
         self.retiring = threading.Event()  # no new job: end once the running ones have
+        self.sessions: set[Session] = set()  # one per job running here
+        self.index: str | None = None  # the URL of the page listing the jobs' pages
         self.lock = threading.Lock()
         self.connections = 0
         self.jobs = 0
@@ -83,12 +85,18 @@ class Server:
         with self.lock:
             self.jobs += 1
         session = Session(self)
+        self.sessions.add(session)
         try:
             session.run(conn)
         finally:
+            self.sessions.discard(session)
             session.tasks.cancel_all()
             conn.close()
             self._ended()
+
+    def pages(self) -> list[str]:
+        """The pages of the jobs running here now, those that have one."""
+        return sorted(session.page for session in list(self.sessions) if session.page)
 
     def _ended(self) -> None:
         with self.lock:
@@ -103,6 +111,7 @@ class Server:
                     "connections": self.connections - 1,  # not the one asking
                     "jobs_served": self.jobs - 1, "last_active": self.last_active,
                     "retiring": self.retiring.is_set(),
+                    "pages": self.pages(), "index": self.index,
                     "memory_bytes": tree_memory(os.getpid())}
 
 
@@ -115,6 +124,7 @@ class Session:
         self.tasks = RayTasks()
         self.refs: dict[int, Any] = {}
         self.numbers = itertools.count()
+        self.page: str | None = None  # the job's page, served by its script
 
     def run(self, conn: Connection) -> None:
         while True:
@@ -168,6 +178,15 @@ class Session:
 
     def do_stop(self) -> None:
         return None
+
+    def do_show_page(self, url: str) -> None:
+        """The job's page: listed by status and by the cluster's own index page."""
+        self.page = url
+        with self.server.lock:
+            if self.server.index is None:
+                from gpar import jobpage
+
+                self.server.index = jobpage.index_page(self.server.pages)
 
     def do_retire(self, state_file: str) -> None:
         """Another stamp's server takes over: end once the jobs running here have ended;

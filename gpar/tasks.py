@@ -131,6 +131,9 @@ class RayTasks(Tasks):
     def close(self) -> None:
         """Nothing to close: this process stays attached to its cluster."""
 
+    def show_page(self, url: str) -> None:
+        """Nothing lists a page here: the process serves its own."""
+
     def cancel_all(self) -> None:
         for key in list(self.streams):
             self.cancel(key)

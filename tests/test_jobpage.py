@@ -150,10 +150,20 @@ def test_a_scripts_job_on_the_local_cluster_prints_its_page_which_shows_it(brows
         while "job's page" not in line:
             line = script.stderr.readline()
             assert line, "the script ended without printing its job's page"
+        url = line.split("job's page: ")[1].strip()
         page = browser.new_page()
-        page.goto(line.split("job's page: ")[1].strip())
+        page.goto(url)
         assert wait_until(lambda: shows_numbers(page, 1, 1, 2), 60)
         assert "as the table says" in text_of(page, "#failures")
+        status = subprocess.run([sys.executable, "-m", "gpar.cli", "cluster", "status"],
+                                env=env, capture_output=True, text=True,
+                                timeout=BOUND_S).stdout  # the cluster lists the page
+        assert f"job page: {url}" in status, status
+        index = status.split("jobs' pages: ")[1].split()[0]
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(index.split("?")[0])
+        page.goto(index)
+        assert page.locator(f'a[href="{url}"]').count() == 1
         gate.touch()
         out, err = script.communicate(timeout=BOUND_S)
         assert out.split() == ["0", "2", "3"], err
