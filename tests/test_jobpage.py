@@ -125,6 +125,32 @@ def test_a_wrong_or_missing_token_is_refused_and_only_loopback_listens(tmp_path)
     job.result(timeout=BOUND_S)
 
 
+@pytest.mark.parametrize("setting", ["", "off"])
+def test_a_script_prints_the_page_of_a_job_that_runs_a_while_unless_told_not_to(
+        run_script, tmp_path, setting):
+    gate = tmp_path / "go"
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time, gpar
+        from gpar import job as gpar_job
+        def waits(x):
+            while not os.path.exists({str(gate)!r}):
+                time.sleep(0.05)
+            return x
+        job = gpar.submit(range(2), waits, progress=False)
+        time.sleep(gpar_job.ANNOUNCE_PAGE_AFTER_S + 1)  # past it, the job still running
+        print("still running", not job.done(), file=sys.stderr, flush=True)
+        open({str(gate)!r}, "w").close()
+        print(job.result())
+    """))
+    env = {**os.environ, "RAY_ADDRESS": run_script.address, "GPAR_JOB_PAGE": setting}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=BOUND_S)
+    assert done.stdout.strip() == "[0, 1]" and "still running True" in done.stderr
+    printed = [line for line in done.stderr.splitlines() if "job's page: http://127.0.0.1:" in line]
+    assert len(printed) == (0 if setting == "off" else 1), done.stderr
+
+
 def test_a_scripts_job_on_the_local_cluster_prints_its_page_which_shows_it(browser, tmp_path):
     """A script through the local cluster: the URL comes on stderr once the job has run a
     few seconds; the page, served by the script, shows the job and its failure."""
