@@ -182,7 +182,8 @@ class Job(Generic[Outcome]):
         self._announce = threading.Timer(ANNOUNCE_PAGE_AFTER_S, self._announce_page)
         self._announce.daemon = True
         self._thread.start()
-        if os.environ.get("GPAR_JOB_PAGE", "").lower() not in ("off", "0", "no"):
+        if (os.environ.get("GPAR_JOB_PAGE", "").lower() not in ("off", "0", "no")
+                and not _in_a_ray_worker()):
             self._announce.start()
 
     def _run(self, work: Callable[[Control], Outcome]) -> None:
@@ -316,6 +317,13 @@ class Job(Generic[Outcome]):
         progress = self.progress
         return (f"<gpar.Job {state}: {progress.finished} finished, {progress.failed} failed "
                 f"of {progress.total}>")
+
+
+def _in_a_ray_worker() -> bool:
+    """A job submitted inside fn: its page is not announced (a worker's stderr is Ray's log,
+    and its process may lack the page's server)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
 
 
 class JobStream:

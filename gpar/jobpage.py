@@ -110,7 +110,7 @@ def _running(policy: Any, loop: Any, now: float) -> list[dict[str, Any]]:
 def _failed_attempts(report: Any) -> list[dict[str, Any]]:
     """The latest attempts that did not end ok, each with its message."""
     rows = []
-    for block in report._blocks:
+    for block in report.blocks:
         for offset, (outcome, message) in block.failed.items():
             if outcome in _FAILED:
                 rows.append({"index": block.first_task + offset, "attempt": block.attempt,
@@ -141,7 +141,7 @@ def _options(rules: Any, now: float) -> dict[str, Any]:
 
 def _nodes(report: Any, avoided: set[str]) -> list[dict[str, Any]]:
     attempts, failures, straggles = Counter(), Counter(), Counter()
-    for block in report._blocks:
+    for block in report.blocks:
         attempts[block.node] += len(block.finished)
         for outcome, _ in block.failed.values():
             failures[block.node] += outcome in _FAILED
@@ -274,7 +274,7 @@ class PageServer:
         """Figure 8, drawn again when attempts came in since, at most every FIGURE_EVERY_S."""
         figure = self.figures.setdefault(name, _Figure())
         report = job.report
-        attempts = sum(len(block.finished) for block in report._blocks)
+        attempts = sum(len(block.finished) for block in report.blocks)
         if attempts != figure.attempts and (
                 time.monotonic() - figure.drawn_at >= FIGURE_EVERY_S or job.done()
                 or not figure.svg):

@@ -85,6 +85,12 @@ class JobReport(Counts):
     def add_block(self, block: AttemptBlock) -> None:
         self._blocks.append(block)
 
+    @property
+    def blocks(self) -> Sequence[AttemptBlock]:
+        """The attempts as stored, a block per report of a batch's consecutive elements: what
+        a summary that needs no row per element reads (the job page)."""
+        return self._blocks
+
     def snapshot(self) -> JobReport:
         """A copy whose attempts stay as they are now (a running job's loop appends to its
         own)."""

@@ -164,7 +164,8 @@ def warm() -> Iterator[int]:
     """A task that only readies a worker process: the modules every batch imports (this one
     and, for output= batches, pyarrow). The local cluster warms each CPU so at its start;
     a cancel replaces each worker it killed so (tasks.py)."""
-    import reduce_sql.parts  # noqa: F401
+    with contextlib.suppress(ImportError):  # workers without pyarrow write no output=
+        import reduce_sql.parts  # noqa: F401
 
     yield os.getpid()
 
@@ -444,9 +445,11 @@ def _keeping_byte_order(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
 
 
 @functools.cache
-def _value_picklers() -> tuple[type[pickle.Pickler], ...]:
-    """pickle's, then cloudpickle's (for what pickle refuses), each keeping byte order."""
-    return tuple(map(_keeping_byte_order, (pickle.Pickler, cloudpickle.Pickler)))
+def _value_picklers(numpy_loaded: bool) -> tuple[type[pickle.Pickler], ...]:
+    """pickle's, then cloudpickle's (for what pickle refuses), each keeping the byte order of
+    numpy's arrays once numpy is loaded (a worker may have none: no array to return then)."""
+    picklers = (pickle.Pickler, cloudpickle.Pickler)
+    return tuple(map(_keeping_byte_order, picklers)) if numpy_loaded else picklers
 
 
 def _pickle_values(
@@ -458,7 +461,8 @@ def _pickle_values(
     object (~10 ms for 20,000 ints here); cloudpickle only for what pickle refuses (__main__
     classes, lambdas).
     """
-    data, refused = pickled.dumps(values, _value_picklers(), VALUES_PROTOCOL)
+    data, refused = pickled.dumps(values, _value_picklers("numpy" in sys.modules),
+                                  VALUES_PROTOCOL)
     if not refused:
         return data, errors
     return data, {**errors, **{done_from + position: ElementError(

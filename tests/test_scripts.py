@@ -246,14 +246,14 @@ print(results[2], *sent, results.report.environment_bytes_sent)
 def test_the_cache_bound_evicts_and_the_call_still_runs(run_script):
     """Past GPAR_ENV_CACHE_BYTES the least recently used buffers go; a call that needs them
     again sends them again."""
-    out = assert_ok(run_script(OBJECT_STORE + """
+    out = assert_ok(run_script("""
 import os
 os.environ["GPAR_ENV_CACHE_BYTES"] = str(50 * 2**20)
 import numpy as np, gpar
+from gpar import envcache
 
 def first(i):
     return float(globals()[NAME][i])
-before = objects_in_store()
 NAME, A = "A", np.full(5_000_000, 1.0)  # 40 MB
 sent = [gpar.apply(range(2), first, progress=False).report.environment_bytes_sent]
 del A
@@ -263,9 +263,11 @@ del B
 NAME, A = "A", np.full(5_000_000, 1.0)  # A's content again: sent again
 results = gpar.apply(range(2), first, progress=False)
 sent.append(results.report.environment_bytes_sent)
-print(results, [each >= 40_000_000 for each in sent], store_down_to(before + 1))
+held = [cache.status() for cache in envcache._caches.values()]
+print(results, [each >= 40_000_000 for each in sent], held[0]["env_cache_buffers"],
+      held[0]["env_cache_bytes"])
 """))
-    assert out.strip() == "[1.0, 1.0] [True, True, True] True"
+    assert out.strip() == "[1.0, 1.0] [True, True, True] 1 40000000"  # A alone, in its bound
 
 
 def test_the_object_store_stays_flat_over_many_calls_with_a_class_and_a_large_global(run_script):
