@@ -276,8 +276,11 @@ class _BatchRun:
 
     def _run_elements(self, call: environment.Call, items: Sequence[Any],
                       unloaded: dict[int, ElementError]) -> None:
-        """fn on each item, in order; the ``unloaded`` items never reached this worker."""
+        """fn on each item, in order; the ``unloaded`` items never reached this worker.
+        Kept lean: it runs once per element (~0.5 us here, a bare loop 0.07)."""
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
+        if args or kwargs:  # else the usual call, fn(x), without unpacking two empties
+            fn = functools.partial(_with_arguments, fn, args, kwargs)
         values, finished, clock, claim = self.values, self.finished, time.time, self.claim
         writer, note = self.writer, self.note
         for position, item in enumerate(items):
@@ -285,12 +288,12 @@ class _BatchRun:
                 if position >= self.end:
                     note[2] = ~position
                     return
-            if position in unloaded:
+            if unloaded and position in unloaded:
                 self.errors[position], value = unloaded[position], None
             else:
                 note[2] = position
                 try:
-                    value = fn(item, *args, **kwargs)
+                    value = fn(item)
                 except BaseException as exc:  # SystemExit too: it would end this thread
                     self.errors[position] = _element_error(exc, "error",
                                                            isinstance(exc, retry_on))
@@ -424,6 +427,10 @@ class _BatchRun:
 #: a value that is a view of a global or an argument is one (fn receives large arrays
 #: read-only, environment.py); the caller gets ordinary writable arrays, as from a for loop.
 VALUES_PROTOCOL = 4
+
+
+def _with_arguments(fn: Callable[..., Any], args: tuple, kwargs: dict, item: Any) -> Any:
+    return fn(item, *args, **kwargs)
 
 
 def _keeping_byte_order(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
