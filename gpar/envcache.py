@@ -81,10 +81,13 @@ class BufferCache:
 
     def placed(self, digests: Sequence[str], given: dict[str, Any]) -> list[tuple[Any, int]]:
         """(pack reference, position) of each digest, the ``given`` buffers put first as one
-        pack; NotHeld if one is neither held nor given."""
+        pack; NotHeld if one is neither held nor given. Packs this call does not need go
+        while the cache holds more than its bound (an earlier call may have left it over)."""
         with self._lock:
+            keep = set(digests)
             if given:
-                self._add(list(given), list(given.values()), keep=set(digests))
+                self._add(list(given), list(given.values()), keep)
+            self._evict(self.bound_bytes, keep)
             absent = [each for each in digests if each not in self._where]
             if absent:
                 raise NotHeld(absent)
