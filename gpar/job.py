@@ -177,9 +177,9 @@ class Job(Generic[Outcome]):
         self._thread = threading.Thread(target=self._run, args=(work,), name="gpar-job",
                                         daemon=True)  # the exit cancels it: see cancel_all
         _running.add(self)
-        job = weakref.ref(self)  # the control does not keep its job alive
+        job = weakref.ref(self)  # neither the control nor the timer keeps its job alive
         self._control.page = lambda: job().url
-        self._announce = threading.Timer(ANNOUNCE_PAGE_AFTER_S, self._announce_page)
+        self._announce = threading.Timer(ANNOUNCE_PAGE_AFTER_S, _announce_page, (job,))
         self._announce.daemon = True
         self._thread.start()
         if (os.environ.get("GPAR_JOB_PAGE", "").lower() not in ("off", "0", "no")
@@ -197,10 +197,6 @@ class Job(Generic[Outcome]):
                 self._done.set()
                 self._control.lock.notify_all()
             _running.discard(self)
-
-    def _announce_page(self) -> None:
-        if not self.done():
-            print(f"gpar: the job's page: {self.url}", file=sys.stderr, flush=True)
 
     @property
     def url(self) -> str:
@@ -317,6 +313,13 @@ class Job(Generic[Outcome]):
         progress = self.progress
         return (f"<gpar.Job {state}: {progress.finished} finished, {progress.failed} failed "
                 f"of {progress.total}>")
+
+
+def _announce_page(job: weakref.ref[Job]) -> None:
+    """Print a running job's page on stderr (its Job's timer)."""
+    running = job()
+    if running is not None and not running.done():
+        print(f"gpar: the job's page: {running.url}", file=sys.stderr, flush=True)
 
 
 def _in_a_ray_worker() -> bool:

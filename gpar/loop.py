@@ -107,6 +107,8 @@ class JobLoop:
             for batch in list(self.streams):
                 self.backend.cancel(batch)
             self.streams.clear()
+            with self.control.lock:  # else the control and the loop keep each other, and the
+                self.control.loop = None  # backend's environment, until a garbage collection
         for index, failure in self.ledger.failures.items():
             self.values[index] = failure
         return self.values

@@ -216,3 +216,21 @@ def test_a_job_cancelled_at_once_runs_nothing(tmp_path):
     done = [value for value in results if not isinstance(value, gpar.TaskFailure)]
     assert len(done) + len(results.failures) == 4  # what ran before the cancel was seen, ran
     assert {failure.reason for failure in results.failures} == {"cancelled"}
+
+
+def test_a_finished_job_is_freed_at_once_not_at_a_garbage_collection():
+    """Nothing of a job keeps itself alive in a cycle (its loop, its page's timer): what it
+    holds (the environment's reference, its results) goes as soon as the caller drops it."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        job = gpar.submit(range(4), abs, progress=False)
+        assert job.result(timeout=120) == [0, 1, 2, 3]
+        dropped = weakref.ref(job)
+        control = weakref.ref(job._control)
+        del job
+        assert dropped() is None and control() is None
+    finally:
+        gc.enable()
