@@ -152,13 +152,12 @@ class JobReport(Counts):
     def plot_cdf(self, path: Any, format: str | None = None) -> None:
         """Draw the paper's Figure 8: the CDF of worker startup time and of run time, to a
         file's path or a binary file (``format``: "svg", "png", ... when not by suffix)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import numpy as np
+        from matplotlib.figure import Figure  # not pyplot: no backend chosen or switched (a
+        # notebook's stays inline), and safe in the job page's threads
 
-        figure, axes = plt.subplots(figsize=(6, 4))
+        figure = Figure(figsize=(6, 4))
+        axes = figure.subplots()
         for label, times in (("startup time", self.startup_times()),
                              ("run time", self.run_times())):
             values = np.sort(np.asarray(times))
@@ -169,8 +168,7 @@ class JobReport(Counts):
         axes.set_ylabel("fraction of attempts")
         axes.set_title(f"{self.elements} tasks: startup and run time")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right")
+        if axes.lines:  # none yet: a running job's page asks before any attempt ended
+            axes.legend(loc="lower right")
         figure.tight_layout()
         figure.savefig(path, dpi=120, format=format)
-        plt.close(figure)
-        plt.close(figure)

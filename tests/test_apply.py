@@ -454,6 +454,22 @@ def test_report_table1_and_cdf_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_cdf_plot_leaves_matplotlibs_backend_and_warns_of_nothing_when_empty(monkeypatch):
+    """A running job's page draws Figure 8 in a thread of a notebook's kernel, from no attempt
+    at first: the notebook's own plots must stay inline, and no warning reach its cells."""
+    import io
+    import warnings
+
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "use", lambda *_, **__: pytest.fail("backend switched"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        svg = io.BytesIO()
+        gpar.JobReport(elements=0).plot_cdf(svg, format="svg")
+    assert svg.getvalue().lstrip().startswith(b"<?xml")
+
+
 SAMPLE = np.arange(100.0)
 SHARED_RNG = np.random.default_rng(0)
 
