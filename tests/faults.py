@@ -85,7 +85,7 @@ def alive(pid: int) -> bool:
         return False
     try:  # a zombie is dead for our purpose
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone meanwhile: the file, or the process as the file is read
         return False
 
 
