@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# gpar[s3] pins the DuckDB its httpfs wheel is built for: its tests run again in a venv of its own
+S3_VENV ?= .venv-s3
+S3_PY := $(S3_VENV)/bin/python
 
 .PHONY: demo test bench
 
@@ -11,12 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(S3_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(S3_VENV)
+	$(S3_PY) -m pip install --quiet --upgrade pip
+	$(S3_PY) -m pip install --quiet -e '.[test,s3]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(PY) -m forecasting_demo --out demo-output
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(S3_VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not httpfs"
+	$(S3_PY) -m pytest -m "s3 or httpfs"
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench]'

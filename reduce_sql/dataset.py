@@ -198,9 +198,17 @@ def query(sql: str, params: dict[str, Any] | list[Any] | None = None,
 
 def _run(connection: Any, sql: str, params: dict[str, Any] | list[Any] | None) -> pa.Table:
     """The result of ``sql``'s last statement; a table of no columns for one that has none
-    (SET, CREATE ...: DuckDB 1.x returns no relation for those, 2.x a status column)."""
+    (SET, CREATE, INSERT ...), whatever the DuckDB: 1.x returns no relation for those, 2.x a
+    status column, "Success" or the "Count" of rows written."""
+    from duckdb import StatementType as Kind
+
     relation = connection.sql(sql, params=params)
-    return pa.table({}) if relation is None else relation.to_arrow_table()
+    if relation is None or (
+            relation.columns in (["Success"], ["Count"])
+            and connection.extract_statements(sql)[-1].type
+            not in (Kind.SELECT, Kind.EXPLAIN, Kind.PRAGMA, Kind.CALL)):  # answers, always
+        return pa.table({})
+    return relation.to_arrow_table()
 
 
 def _database(*, private: bool, **tables: Dataset) -> Any:
@@ -220,10 +228,16 @@ def _new_database() -> Any:
     # connection's own. The footers stay parsed; DuckDB 1.3-1.5 also reads a query's column
     # chunks whole and keeps them in its external file cache (evictable, up to its memory
     # limit) for local files as for S3: one horizon of bench_reduce's clustered output 20 ms
-    # -> 11-14 ms from a fresh Dataset. (2.0 ignores the second setting; caching local files
-    # there, cache_local_files, measured slower.) Both caches check each file's mtime.
+    # -> 11-14 ms from a fresh Dataset. Both caches check each file's mtime.
     connection.execute("SET GLOBAL parquet_metadata_cache = true")
-    connection.execute("SET GLOBAL prefetch_all_parquet_files = true")
+    if int(duckdb.__version__.split(".")[0]) < 2:
+        connection.execute("SET GLOBAL prefetch_all_parquet_files = true")
+    else:
+        # 2.0 prefetches every column chunk a query touches whole, so a filter read the whole
+        # column though the page index excludes most of its pages (one horizon of a group of
+        # 104,000 rows: 849 kB read; 50 kB without prefetching). bench_reduce's 20.8 M rows,
+        # warm, either way: MAPE by model x horizon 0.17-0.20 s, one horizon 0.010-0.014 s.
+        connection.execute("SET GLOBAL disable_parquet_prefetching = true")
     return connection
 
 
@@ -267,6 +281,9 @@ _shared_lock = threading.Lock()
 _shared: dict[int, tuple[Any, dict[str, tuple]]] = {}
 #: Every Dataset of the process, so a forked child can disconnect them all
 _opened: weakref.WeakSet[Dataset] = weakref.WeakSet()
+#: In a forked child, the parent's DuckDB objects, never closed: DuckDB 2.0 crashes the child
+#: (SIGSEGV) when it destroys a database made before the fork, whose threads it lacks
+_parents: list[Any] = []
 
 
 def _unconnected_after_fork() -> None:
@@ -274,7 +291,9 @@ def _unconnected_after_fork() -> None:
     the DuckDB connections are the parent's; the child makes its own."""
     global _shared_lock
     _shared_lock = threading.Lock()
+    _parents.extend(_shared.values())
     for dataset in list(_opened):
+        _parents.append(dataset._database)
         dataset._unconnected()
 
 
@@ -287,6 +306,7 @@ def _shared_database() -> tuple[Any, dict[str, tuple]]:
     so makes its own."""
     pid = os.getpid()
     if pid not in _shared:
+        _parents.extend(_shared.values())
         _shared.clear()
         _shared[pid] = _new_database(), {}
     return _shared[pid]

@@ -17,6 +17,15 @@ import gpar
 from gpar import cluster as gpar_cluster
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``s3`` every test that uses the S3 server, by its fixture or as the ``output``
+    fixture's s3 case: make test runs them again where gpar[s3] is installed."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "s3_environment" in item.fixturenames or params.get("output") == "s3":
+            item.add_marker(pytest.mark.s3)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def local_clusters():
     """Scripts that run with no address start the user's local cluster: in tests, one of a

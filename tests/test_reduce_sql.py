@@ -820,12 +820,13 @@ def test_each_file_has_a_page_index(tmp_path):
                for i in range(group.num_columns))
 
 
-@pytest.mark.skipif(tuple(map(int, duckdb.__version__.split(".")[:2])) < (2, 0),
-                    reason="DuckDB reads a file's page index from 2.0 on; gpar[s3] installs "
-                           "1.5.5, the newest DuckDB for which PyPI has httpfs")
 def test_duckdb_reads_the_page_index_so_a_filter_skips_pages_within_a_group(tmp_path):
+    """On the DuckDB a plain install gets, with the settings a Dataset's database has (2.0
+    prefetches a column chunk whole unless told not to)."""
+    from reduce_sql import dataset as dataset_module
+
     path = clustered_file(tmp_path)
-    profile = duckdb.connect().sql(
+    profile = dataset_module._new_database().sql(
         f"EXPLAIN ANALYZE SELECT sum(error) FROM '{path}' WHERE horizon = 52").fetchall()
     read = re.search(r"Data Read:\s+([\d.]+) (\w+)", profile[0][1])
     assert read is not None and float(read[1]) * {"B": 1, "kB": 1e3, "MB": 1e6}[read[2]] < (
@@ -907,22 +908,31 @@ def test_datasets_opened_per_query_share_one_duckdb_not_their_views(tmp_path, mo
     assert len(made) == 1
 
 
-def test_a_fresh_dataset_queries_with_the_footers_and_bytes_earlier_ones_read(tmp_path):
+def test_a_fresh_dataset_queries_with_the_footers_and_settings_earlier_ones_had(tmp_path):
     """The next cell's Dataset is a new cursor of the shared DuckDB: it runs with the Parquet
-    footers cached and reads the bytes an earlier Dataset's query kept, as a kept-open one
-    would (a setting made with a plain SET would hold for the database's first connection
-    alone)."""
+    footers cached and the database's settings, as a kept-open one would (a setting made with
+    a plain SET would hold for the database's first connection alone)."""
     committed(tmp_path / "out", [{"x": list(range(1000))}, {"x": [7]}])
     first = reduce_sql.Dataset(tmp_path / "out")
     assert first.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 499_507}]
-    fresh = reduce_sql.Dataset(tmp_path / "out")
-    settings = fresh.sql("SELECT current_setting('parquet_metadata_cache') AS footers, "
-                         "current_setting('prefetch_all_parquet_files') AS whole_chunks")
-    assert settings.to_pylist() == [{"footers": True, "whole_chunks": True}]
-    if (1, 3) <= tuple(map(int, duckdb.__version__.split(".")[:2])) < (2, 0):  # 2.0 keeps
-        cached = fresh.sql(  # local files out of this cache; 1.2 has none
-            "SELECT DISTINCT path FROM duckdb_external_file_cache() WHERE loaded").column("path")
-        assert set(first.files) <= set(cached.to_pylist())
+    chunks = ("disable_parquet_prefetching" if int(duckdb.__version__.split(".")[0]) >= 2
+              else "prefetch_all_parquet_files")  # see dataset._new_database
+    settings = reduce_sql.Dataset(tmp_path / "out").sql(
+        f"SELECT current_setting('parquet_metadata_cache') AS footers, "
+        f"current_setting('{chunks}') AS chunks")
+    assert settings.to_pylist() == [{"footers": True, "chunks": True}]
+
+
+def test_a_statement_with_no_answer_returns_a_table_of_no_columns(tmp_path):
+    """SET, CREATE, INSERT: the same empty table on any DuckDB (2.0 answers them with a status
+    column of its own); what does answer (RETURNING, EXPLAIN, CALL) is returned."""
+    dataset = committed(tmp_path / "a", [{"x": [1]}])
+    for statement in ("SET threads = 2", "CREATE TABLE t AS SELECT x FROM data",
+                      "INSERT INTO t VALUES (2)", "UPDATE t SET x = 3 WHERE x = 2"):
+        assert dataset.sql(statement).num_columns == 0, statement
+    assert dataset.sql("INSERT INTO t VALUES (4) RETURNING x").to_pylist() == [{"x": 4}]
+    assert dataset.sql("SELECT sum(x) AS Count FROM t").to_pylist() == [{"Count": 8}]
+    assert dataset.sql("CALL pragma_version()").num_rows == 1
 
 
 def test_a_statement_that_is_not_a_select_stays_in_its_dataset(tmp_path):
@@ -1053,6 +1063,7 @@ def reader_of(dataset: reduce_sql.Dataset) -> str:
     return "duckdb" if "read_parquet" in view.column("sql")[0].as_py() else "pyarrow"
 
 
+@pytest.mark.httpfs
 def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(s3_environment,
                                                                                 monkeypatch):
     """DuckDB reads an S3 output's files itself (httpfs, from gpar[s3]), as it reads local
@@ -1071,6 +1082,7 @@ def test_an_s3_output_is_read_by_duckdb_and_the_bytes_kept_for_the_next_dataset(
     assert {f"s3://{path}" for path in dataset.files} <= set(cached.to_pylist())
 
 
+@pytest.mark.httpfs
 def test_s3_keys_become_a_secret_for_their_output_alone():
     """The keys a Location carries reach DuckDB as a secret scoped to that output's root:
     quoted, addressed as pyarrow addresses the endpoint, not used for a sibling prefix; and
@@ -1104,6 +1116,7 @@ def test_s3_keys_become_a_secret_for_their_output_alone():
                              held)  # DuckDB would read [1] as a glob
 
 
+@pytest.mark.httpfs
 def test_a_dataset_with_other_s3_options_for_an_open_root_reads_through_pyarrow(
         s3_environment, monkeypatch):
     """Two Datasets of one output whose options differ (here the endpoint, written with a
