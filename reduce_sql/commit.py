@@ -1,27 +1,31 @@
-"""The driver's side: claim an output for a job, then commit the attempts it accepted.
+"""The driver's side: claim an output for a job, then commit the attempts it accepted. The
+output is a Delta Lake table (delta.py): each commit is one Delta transaction.
 
     begin(location, job)  ─▶ takes the output's lease (one writer at a time, lease.py); refuses
                               another job's output (unless overwrite); says which tasks a
                               previous run of this same job already committed (resume)
-    checkpoint(location, parts so far) ─▶ while the job runs: a manifest marked unfinished, so
-                                a driver that dies resumes from it; nothing compacted or deleted
-    commit(location, parts) ─▶ unify schemas ─▶ compact small files ─▶ write the manifest LAST,
-                                atomically ─▶ delete files no reader can hold
+    checkpoint(location, parts so far) ─▶ while the job runs: a version marked unfinished, so
+                                a driver that dies resumes from it; nothing merged or deleted
+    commit(location, parts) ─▶ unify schemas ─▶ rewrite files whose column types differ from
+                                the table's ─▶ compact small files ─▶ one transaction ─▶
+                                delete files no reader can hold
 
-Readers read only the manifest, so a file no manifest lists (a failed, duplicate, abandoned or
-killed attempt's, or a partial one) is never read: each task's rows count exactly once. A file a
-task's attempt shares with other elements of its batch is committed only if every one of them is
-accepted from it (the worker makes that so: worker.py).
+Readers read a version's files only, so a file no version lists (a failed, duplicate, abandoned
+or killed attempt's, or a partial one) is never read: each task's rows count exactly once. A
+file a task's attempt shares with other elements of its batch is committed only if every one of
+them is accepted from it (the worker makes that so: worker.py). What a resume needs (the job,
+which tasks each file holds, tasks with no rows, whether the job finished) each commit records
+beside its transaction (delta.STATE_KEY).
 
-Snapshot isolation: a reader keeps the manifest it opened. A file an earlier manifest listed and
-the new one does not (merged by compaction, or replaced with overwrite) is *retired*: the new
-manifest says since when, and it is deleted by the first commit RETAIN_S later. Files no manifest
-ever listed are deleted at once.
+Snapshot isolation: a reader keeps the version it opened. A file an earlier version listed and
+the new one does not (merged by compaction, or replaced with overwrite) is *retired*: removed
+from the table (a merge's with data_change false: its rows stay), and deleted by the first
+commit RETAIN_S later, as Delta's vacuum would. Files no version ever listed are deleted at once.
+Only files gpar named are ever deleted.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 import json
@@ -35,14 +39,16 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reduce_sql.errors import OutputExistsError, SchemaConflictError
+from reduce_sql import delta
+from reduce_sql.errors import NoDatasetError, OutputExistsError, SchemaConflictError
 from reduce_sql.lease import LEASE, Lease
 from reduce_sql.parts import DATA_DIR, FILE_ROWS, Part
 from reduce_sql.store import Location
 from reduce_sql.tables import write_table
 
-MANIFEST = "_gpar_manifest.json"
 JOB_MARKER = "_gpar_job.json"
+#: Where outputs of an earlier format kept their state: such an output is refused, by name
+OLD_MANIFEST = "_gpar_manifest.json"
 
 #: Compact when a commit would leave more files than this. Not a benchmark's: measured once,
 #: DuckDB on 2 cores: each file costs a query ~0.13 ms, and small files' small row groups
@@ -63,17 +69,19 @@ RETAIN_S = 3600.0
 
 @dataclass(frozen=True)
 class CommittedFile:
-    """A file the manifest lists, and the tasks whose rows it holds."""
+    """A file a version lists, and the tasks whose rows it holds."""
 
     path: str
     tasks: tuple[int, ...]
     rows: int
     bytes: int
+    stats: str = ""  # its Delta statistics (tables.delta_stats)
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The committed state of an output: what readers read, and what a resume skips."""
+    """The committed state of an output, one version of its table: what readers read, and
+    what a resume skips."""
 
     job: str
     schema: pa.Schema
@@ -84,7 +92,10 @@ class Manifest:
     #: every file holds exactly ``schema``'s columns, in its order: a reader need not match
     #: them by name, which costs DuckDB ~2 ms a query (bench/bench_reduce.py)
     uniform: bool = False
-    elements: int | None = None  # the job's tasks (len(xs)); None in manifests before it
+    elements: int | None = None  # the job's tasks (len(xs))
+    version: int | None = None  # the table's version; None: not committed, or no table
+    table: delta.TableVersion | None = dataclasses.field(  # what it was read from
+        default=None, repr=False, compare=False)
 
     @property
     def tasks(self) -> set[int]:
@@ -94,31 +105,25 @@ class Manifest:
     def rows(self) -> int:
         return sum(file.rows for file in self.files)
 
-    def to_json(self) -> bytes:
-        return json.dumps({
-            "format": 1,
-            "job": self.job,
-            "committed_at": time.time(),
-            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
-            "files": [{"path": f.path, "tasks": _as_ranges(f.tasks), "rows": f.rows,
-                       "bytes": f.bytes} for f in self.files],
-            "empty_tasks": _as_ranges(self.empty_tasks),
-            "finished": self.finished,
-            "retired": [list(each) for each in self.retired],
-            "uniform": self.uniform,
-            "elements": self.elements,
-        }, indent=1).encode()
+    def state(self) -> dict[str, Any]:
+        """What a commit records beside its transaction; the files come from the table."""
+        return {"format": 2, "job": self.job,
+                "tasks": {file.path: _as_ranges(file.tasks) for file in self.files},
+                "empty_tasks": _as_ranges(self.empty_tasks), "finished": self.finished,
+                "retired": [list(each) for each in self.retired], "uniform": self.uniform,
+                "elements": self.elements}
 
     @classmethod
-    def from_json(cls, content: bytes) -> Manifest:
-        data = json.loads(content)
-        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
-        files = tuple(CommittedFile(f["path"], _from_ranges(f["tasks"]), f["rows"], f["bytes"])
-                      for f in data["files"])
-        return cls(data["job"], schema, files, _from_ranges(data["empty_tasks"]),
-                   data.get("finished", True),
-                   tuple((path, since) for path, since in data.get("retired", ())),
-                   data.get("uniform", False), data.get("elements"))
+    def of(cls, state: dict[str, Any], schema: pa.Schema,
+           table: delta.TableVersion | None = None) -> Manifest:
+        tasks = state.get("tasks", {})
+        files = tuple(CommittedFile(file.path, _from_ranges(tasks.get(file.path, [])),
+                                    file.rows, file.size, file.stats)
+                      for file in (table.files if table else ()))
+        return cls(state["job"], schema, files, _from_ranges(state["empty_tasks"]),
+                   state["finished"], tuple((path, since) for path, since in state["retired"]),
+                   state["uniform"], state["elements"], table.version if table else None,
+                   table)
 
 
 RunAll = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
@@ -128,9 +133,27 @@ def _serially(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     return [fn(item) for item in items]
 
 
-def read_manifest(location: Location) -> Manifest | None:
-    content = location.read_bytes(MANIFEST)
-    return None if content is None else Manifest.from_json(content)
+def read_manifest(location: Location, version: int | None = None) -> Manifest | None:
+    """The output's ``version`` (default: the latest), or None where no job committed."""
+    if location.read_bytes(OLD_MANIFEST) is not None and not delta.is_table(location):
+        raise NoDatasetError(
+            f"{location.uri} holds an output of an earlier gpar, which kept its own manifest; "
+            "outputs are Delta Lake tables now: write it again (the same apply with "
+            "overwrite=True)")
+    manifest = _read_version(location, version)
+    return None if manifest is None else dataclasses.replace(manifest, table=None)
+
+
+def _read_version(location: Location, version: int | None = None) -> Manifest | None:
+    """read_manifest, where an output of the earlier format is read as none (overwrite)."""
+    table = delta.read(location, version)
+    if table is not None:
+        state = table.state or {"job": "", "empty_tasks": [], "finished": True, "retired": [],
+                                "uniform": False, "elements": None}  # another writer's table
+        return Manifest.of(state, table.schema, table)
+    marker = location.read_bytes(JOB_MARKER)  # no table: a job whose tasks gave no columns
+    state = json.loads(marker).get("state") if marker else None
+    return None if state is None or version is not None else Manifest.of(state, pa.schema([]))
 
 
 class Claim(NamedTuple):
@@ -160,27 +183,34 @@ def begin(location: Location, job: str, overwrite: bool = False) -> Claim:
 
 
 def _claim(location: Location, job: str, overwrite: bool, lease: Lease) -> Claim:
+    if overwrite:  # whatever is there, even an output of an earlier format, is replaced
+        replacing = (delta.is_table(location) or
+                     location.read_bytes(OLD_MANIFEST) is not None)
+        _mark(location, {"job": job})
+        return Claim(None, replacing, lease)
     manifest = read_manifest(location)
     marker = location.read_bytes(JOB_MARKER)
     if manifest is not None:
         owner = manifest.job
     else:  # a run that never committed still says whose output this is
         owner = json.loads(marker)["job"] if marker else None
-    if not overwrite:
-        if owner is not None and owner != job:
-            raise OutputExistsError(
-                f"{location.uri} holds the output of another job (different input, function, "
-                "arguments, or globals and helpers fn reads); pass overwrite=True to replace "
-                "it, or choose another output")
-        if owner is None and set(location.files()) - {LEASE}:
-            raise OutputExistsError(
-                f"{location.uri} is not empty and holds no gpar output; choose an empty or new "
-                "location, or pass overwrite=True (files gpar did not write are left alone)")
-    location.write_atomically(JOB_MARKER, json.dumps({"job": job}).encode())
-    if overwrite:
-        return Claim(None, manifest is not None, lease)
+    if owner is not None and owner != job:
+        raise OutputExistsError(
+            f"{location.uri} holds the output of another job (different input, function, "
+            "arguments, or globals and helpers fn reads); pass overwrite=True to replace "
+            "it, or choose another output")
+    if owner is None and set(location.files()) - {LEASE}:
+        raise OutputExistsError(
+            f"{location.uri} is not empty and holds no gpar output; choose an empty or new "
+            "location, or pass overwrite=True (files gpar did not write are left alone)")
+    if marker is None:
+        _mark(location, {"job": job})
     return Claim(manifest if manifest is not None and manifest.job == job else None, False,
                  lease)
+
+
+def _mark(location: Location, content: dict[str, Any]) -> None:
+    location.write_atomically(JOB_MARKER, json.dumps(content).encode())
 
 
 def commit(location: Location, job: str, parts: Sequence[Part],
@@ -200,7 +230,9 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     never writes such a file; if one appears, the next run of the job writes the task again).
     ``elements``, the job's task count, lets a reader tell a partial output from a whole one.
     """
-    manifest = _accepted(job, parts, previous, elements)
+    current = _read_version(location)  # the version readers may hold now
+    manifest = _accepted(location, job, parts, previous, elements, current, run_all,
+                         cluster_by)
     if len(manifest.files) > COMPACT_ABOVE_FILES:
         try:
             manifest = dataclasses.replace(manifest, files=_compacted(
@@ -208,12 +240,11 @@ def commit(location: Location, job: str, parts: Sequence[Part],
         except Exception:  # a merge is an optimization: commit the files as they are
             pass
     now = time.time()
-    current = read_manifest(location)  # the version readers may hold now
     retired = _retired(current, manifest.files, now)
     manifest = dataclasses.replace(
         manifest, retired=tuple(each for each in retired if now - each[1] < RETAIN_S))
-    _write(location, manifest, lease)
-    location.delete(leftovers(location, manifest, now))
+    manifest = _write(location, manifest, lease, current)
+    location.delete([*leftovers(location, manifest, now), OLD_MANIFEST])
     return manifest
 
 
@@ -235,17 +266,44 @@ def checkpoint(location: Location, job: str, parts: Sequence[Part],
     resumes from here. Nothing is merged or deleted: files of running attempts are not listed
     yet, and the job's commit() does both at its end.
     """
-    manifest = _accepted(job, parts, previous, elements)
-    retired = _retired(read_manifest(location), manifest.files, time.time())
+    current = _read_version(location)
+    manifest = _accepted(location, job, parts, previous, elements, current)
+    retired = _retired(current, manifest.files, time.time())
     manifest = dataclasses.replace(manifest, finished=False, retired=retired)
-    _write(location, manifest, lease)
-    return manifest
+    return _write(location, manifest, lease, current)
 
 
-def _write(location: Location, manifest: Manifest, lease: Lease | None) -> None:
+def _write(location: Location, manifest: Manifest, lease: Lease | None,
+           current: Manifest | None) -> Manifest:
+    """``manifest`` committed on top of ``current``, the version read before: one transaction,
+    with the job as Delta's idempotent writer; returned with its version."""
     if lease is not None:
         lease.check()
-    location.write_atomically(MANIFEST, manifest.to_json())
+    if not manifest.schema.names:  # Delta needs a column: the state waits in the job marker
+        _mark(location, {"job": manifest.job, "state": manifest.state()})
+        return manifest
+    table = current.table if current is not None else None
+    removes: list[tuple[delta.AddedFile, bool]] = []
+    adds = [delta.AddedFile(file.path, file.bytes, file.rows, file.stats)
+            for file in manifest.files]
+    if table is not None:
+        listed, kept = {file.path for file in manifest.files}, manifest.tasks
+        tasks = {file.path: file.tasks for file in current.files}
+        removes = [(file, not set(tasks.get(file.path, ())) <= kept)  # a merge keeps the rows
+                   for file in table.files if file.path not in listed]
+        if manifest.schema.equals(table.schema):
+            present = {file.path for file in table.files}
+            adds = [add for add in adds if add.path not in present]
+        else:  # the table is written anew, its files with their statistics
+            stats = {file.path: file.stats for file in delta.read(
+                location, table.version, with_stats=True).files}
+            adds = [dataclasses.replace(add, stats=add.stats or stats.get(add.path, ""))
+                    for add in adds]
+    app_version = table.app_version(manifest.job) + 1 if table is not None else 1
+    delta.commit(location, manifest.schema, adds, removes, manifest.state(),
+                 (manifest.job, app_version), table)
+    return dataclasses.replace(manifest, version=table.version + 1 if table else 0,
+                               table=None)
 
 
 def _retired(current: Manifest | None, files: Sequence[CommittedFile],
@@ -258,30 +316,53 @@ def _retired(current: Manifest | None, files: Sequence[CommittedFile],
             *((file.path, now) for file in current.files if file.path not in listed))
 
 
-def _accepted(job: str, parts: Sequence[Part], previous: Manifest | None,
-              elements: int | None = None) -> Manifest:
+def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Manifest | None,
+              elements: int | None, current: Manifest | None,
+              run_all: RunAll | None = None, cluster_by: Sequence[str] = ()) -> Manifest:
     """The manifest committing ``parts`` on top of ``previous``: their schemas unified;
     ``previous``'s files and each file every one of whose tasks was accepted from it; every
-    task committed without rows."""
+    task committed without rows. A file whose column types differ from the unified schema's
+    is rewritten in it (Delta readers such as polars refuse an int column in a float table);
+    ``current``, the table's version now, tells the types of ``previous``'s files."""
     with_rows = [part for part in parts if part.rows] or (
         [] if previous and previous.schema.names else list(parts))
     earlier = [previous.schema] if previous and previous.schema.names else []
     # tasks mostly return one schema: read and unify each distinct one once
-    distinct = dict.fromkeys(part.schema for part in with_rows)
-    schemas = earlier + [pa.ipc.read_schema(pa.py_buffer(schema)) for schema in distinct]
+    distinct = {schema: pa.ipc.read_schema(pa.py_buffer(schema))
+                for schema in dict.fromkeys(part.schema for part in with_rows)}
+    schemas = earlier + list(distinct.values())
     by_file: dict[str, list[Part]] = {}
     for part in parts:
         if part.rows:
             by_file.setdefault(part.path, []).append(part)
-    files = [*(previous.files if previous else ()),
-             *(CommittedFile(path, tuple(p.task for p in group), sum(p.rows for p in group),
-                             sum(p.bytes for p in group))
-               for path, group in by_file.items() if len(group) == group[0].file_tasks)]
+    new = [(CommittedFile(path, tuple(p.task for p in group), sum(p.rows for p in group),
+                          sum(p.bytes for p in group), group[0].stats),
+            distinct[group[0].schema])
+           for path, group in by_file.items() if len(group) == group[0].file_tasks]
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     schema = _unified(schemas, with_rows)
-    uniform = (all(each.equals(schema, check_metadata=False) for each in schemas)
-               and (not previous or not previous.files or previous.uniform))
+    table_schema = current.schema if current is not None and current.job == job else None
+    retyped = [file for file in (previous.files if previous else ())
+               if table_schema is not None and _retyped(table_schema, schema)] + [
+        file for file, file_schema in new if _retyped(file_schema, schema)]
+    files = [*(previous.files if previous else ()), *(file for file, _ in new)]
+    uniform = (all(file_schema.equals(schema, check_metadata=False) for _, file_schema in new)
+               and not retyped
+               and (not previous or not previous.files
+                    or (previous.uniform and previous.schema.equals(schema))))
+    if retyped:
+        rewrite = functools.partial(merge_files, location, job, schema, tuple(cluster_by))
+        rewritten = dict(zip((file.path for file in retyped),
+                             (run_all or _serially)(rewrite, [[file] for file in retyped]),
+                             strict=True))
+        files = [rewritten.get(file.path, file) for file in files]
     return Manifest(job, schema, tuple(files), empty, uniform=uniform, elements=elements)
+
+
+def _retyped(schema: pa.Schema, unified: pa.Schema) -> bool:
+    """Whether a column of ``schema`` has another type in ``unified``."""
+    return any(unified.field(field.name).type != field.type for field in schema
+               if field.name in unified.names)
 
 
 #: The names gpar gives files under data/: a task attempt's part (parts.py), a merge (below).
@@ -352,9 +433,9 @@ def merge_files(location: Location, job: str, schema: pa.Schema, cluster_by: tup
     table = pa.concat_tables(
         [_conformed(_read(location, file.path), schema) for file in group])
     path = f"{DATA_DIR}/compact-{job[:12]}-{uuid.uuid4().hex[:12]}.parquet"
-    size = write_table(table, location.path(path), location.filesystem, cluster_by)
+    size, stats = write_table(table, location.path(path), location.filesystem, cluster_by)
     tasks = tuple(task for file in group for task in file.tasks)
-    return CommittedFile(path, tasks, table.num_rows, size)
+    return CommittedFile(path, tasks, table.num_rows, size, stats)
 
 
 def _read(location: Location, path: str) -> pa.Table:

@@ -1,9 +1,10 @@
 """DuckDB SQL over committed outputs, in place: no copy, no load step.
 
-A Dataset is a view named ``data`` over exactly the files its manifest lists: the version it
-opened, which a job committing meanwhile leaves readable (commit.py keeps what it replaces for
-RETAIN_S). DuckDB's own Parquet reader reads them (parallel, row groups skipped by their
-statistics, and pages by the page index from DuckDB 2.0): local files, and files in an object
+A Dataset is a view named ``data`` over exactly the files of one version of the output's Delta
+table: the latest when it opened, or the ``version=`` asked for, which a job committing
+meanwhile leaves readable (commit.py keeps what it replaces for RETAIN_S). DuckDB's own
+Parquet reader reads them (parallel, row groups skipped by their statistics, and pages by the
+page index from DuckDB 2.0): local files, and files in an object
 store when httpfs.py can give it S3; otherwise those through a pyarrow dataset, into which
 DuckDB pushes its projections and filters.
 
@@ -38,11 +39,11 @@ from reduce_sql.store import Location, locate
 class Dataset:
     """The committed output at ``uri``; ``.sql("SELECT … FROM data …")`` queries it."""
 
-    def __init__(self, uri: str | os.PathLike | Location, *, report: Any = None,
-                 failures: list | None = None):
+    def __init__(self, uri: str | os.PathLike | Location, *, version: int | None = None,
+                 report: Any = None, failures: list | None = None):
         self.location = uri if isinstance(uri, Location) else locate(uri)
         try:
-            manifest = read_manifest(self.location)
+            manifest = read_manifest(self.location, version)
         except NotADirectoryError:  # a local file: said below
             manifest = None
         if manifest is None and self.location.is_file:
@@ -50,8 +51,8 @@ class Dataset:
                                  "(or s3:// prefix) an apply(output=...) wrote")
         if manifest is None:
             raise NoDatasetError(
-                f"{self.location.uri} holds no committed output (no manifest): write one with "
-                "gpar.apply(xs, fn, output=...)")
+                f"{self.location.uri} holds no committed output (no Delta table): write one "
+                "with gpar.apply(xs, fn, output=...)")
         if not manifest.finished:
             warnings.warn(PartialOutputWarning(
                 f"{self.location.uri} holds a checkpoint of a job that has not finished (still "

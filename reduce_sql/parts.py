@@ -41,8 +41,9 @@ class Part:
     task: int
     rows: int
     bytes: int  # the element's share of the file
-    schema: bytes  # the Arrow schema, serialized: the commit unifies without reading files
+    schema: bytes  # the file's Arrow schema, serialized: the commit unifies without reading
     file_tasks: int = 1  # elements with rows in the file: a commit takes all of them or none
+    stats: str = ""  # the file's statistics, as its Delta add action carries them
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class BatchWriter:
     def _write_file(self, held: list[tuple[int, pa.Table]],
                     table: pa.Table) -> list[tuple[int, Part | Exception]]:
         with_rows = [position for position, each in held if each.num_rows]
-        size, path = 0, None
+        size, stats, path = 0, "", None
         if with_rows:
             sink, location = self.sink, self.sink.location
             path = (f"{DATA_DIR}/part-{sink.job[:12]}-{sink.tasks[with_rows[0]]:09d}-"
@@ -140,13 +141,16 @@ class BatchWriter:
             try:
                 if not location.is_s3:
                     location.filesystem.create_dir(location.path(DATA_DIR), recursive=True)
-                size = write_table(table, location.path(path), location.filesystem,
-                                   sink.cluster_by)
+                size, stats = write_table(table, location.path(path), location.filesystem,
+                                          sink.cluster_by)
             except Exception as exc:  # storage may recover: the elements are retried
                 return [(position, exc) for position, _ in held]
         schema = table.schema.serialize().to_pybytes()
-        total = max(table.num_rows, 1)
-        return [(position, Part(path if each.num_rows else None, self.sink.tasks[position],
-                                each.num_rows, size * each.num_rows // total, schema,
-                                len(with_rows)))
-                for position, each in held]
+        total, before, parts = max(table.num_rows, 1), 0, []
+        for position, each in held:  # shares by rows that add up to the file's size exactly
+            share = size * (before + each.num_rows) // total - size * before // total
+            before += each.num_rows
+            parts.append((position, Part(path if each.num_rows else None,
+                                         self.sink.tasks[position], each.num_rows, share,
+                                         schema, len(with_rows), stats)))
+        return parts

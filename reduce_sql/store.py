@@ -104,6 +104,12 @@ class Location:
                 pass
 
 
+#: Characters delta-rs (deltalake 1.6) cannot address in a table's path: it crashes the
+#: process, refuses it, or reads %XX and, in s3:// URIs, ? and # as URL syntax
+#: (tests/test_reduce_sql.py tries each)
+UNADDRESSABLE = {"local": "[]^|\\%", "s3": "[]^|\\%?#"}
+
+
 def locate(uri: str | os.PathLike) -> Location:
     """The Location of ``uri``: a local path (relative to the working directory) or s3://."""
     text = os.fspath(uri) if isinstance(uri, str | os.PathLike) else None
@@ -116,11 +122,22 @@ def locate(uri: str | os.PathLike) -> Location:
         options = tuple((option, os.environ[variable])
                         for option, variable in _S3_OPTIONS_FROM_ENV.items()
                         if os.environ.get(variable))
-        return Location(text, bucket_and_prefix, options)
+        return _addressable(Location(text, bucket_and_prefix, options))
     if "://" in text:
         raise ValueError(
             f"{text!r}: only local directories and s3:// URIs are supported as outputs")
-    return Location(text, Path(text).expanduser().resolve().as_posix())
+    return _addressable(Location(text, Path(text).expanduser().resolve().as_posix()))
+
+
+def _addressable(location: Location) -> Location:
+    refused = sorted(set(location.root) & set(UNADDRESSABLE["s3" if location.is_s3 else
+                                                            "local"]))
+    if refused:
+        raise ValueError(
+            f"{location.root!r} holds {' '.join(refused)}, which the Delta Lake library that "
+            "writes and reads outputs (deltalake) cannot address in a path: choose a path "
+            "without them")
+    return location
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,8 +7,11 @@ outputs ((d) row groups, (e) Parquet options): dictionary encoding and zstd only
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,29 +136,76 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class Written(NamedTuple):
+    """A file write_table wrote: its size, and its Delta statistics (see delta_stats)."""
+
+    size: int
+    stats: str
+
+
 def write_table(table: pa.Table, path: str, filesystem: Any,
-                cluster_by: Sequence[str] = ()) -> int:
-    """Write ``table`` as one Parquet file with the tuned options; returns its size in bytes.
+                cluster_by: Sequence[str] = ()) -> Written:
+    """Write ``table`` as one Parquet file with the tuned options.
 
     With ``cluster_by``, the rows are sorted by those columns first, so each row group and each
     page holds a narrow range of them, and a query filtering on them skips most groups by their
     statistics (and, in DuckDB 2.0 and later, most pages by the page index).
     """
     options = parquet_options(table.schema)
+    footer: list[pq.FileMetaData] = []
     with filesystem.open_output_stream(path) as stream:
-        if not cluster_by:
-            pq.write_table(table, stream, row_group_size=ROW_GROUP_ROWS, **options)
-            return stream.tell()
-        # Sorted SORTED_ROWS at a time: a worker holds that many sorted rows, not a sorted copy
-        # of a larger file. One chunk first: taking rows across a batch's chunks (one per
-        # element) costs 1.2-1.5 x as much.
-        table = table.combine_chunks()
-        order = pc.sort_indices(table, [(name, "ascending") for name in cluster_by])
-        with pq.ParquetWriter(stream, table.schema, **options) as writer:
-            for start in range(0, len(order), SORTED_ROWS):
-                rows = table.take(order[start:start + SORTED_ROWS])
-                writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
-        return stream.tell()
+        with pq.ParquetWriter(stream, table.schema, metadata_collector=footer,
+                              **options) as writer:
+            if not cluster_by:
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            else:
+                # Sorted SORTED_ROWS at a time: a worker holds that many sorted rows, not a
+                # sorted copy of a larger file. One chunk first: taking rows across a batch's
+                # chunks (one per element) costs 1.2-1.5 x as much.
+                table = table.combine_chunks()
+                order = pc.sort_indices(table, [(name, "ascending") for name in cluster_by])
+                for start in range(0, len(order), SORTED_ROWS):
+                    rows = table.take(order[start:start + SORTED_ROWS])
+                    writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
+        return Written(stream.tell(), delta_stats(footer[0], table.schema))
+
+
+def delta_stats(footer: pq.FileMetaData, schema: pa.Schema) -> str:
+    """The file's statistics as a Delta Lake add action carries them: its rows, and per
+    top-level column of numbers, text or dates its minimum, maximum and nulls, from the
+    row groups' own. Readers skip files by them, so a column whose statistics are missing
+    from any group, or whose type has no exact JSON form here, gets none."""
+    by_column: dict[str, list[Any]] = {}
+    for group in range(footer.num_row_groups):
+        row_group = footer.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            by_column.setdefault(chunk.path_in_schema, []).append(chunk.statistics)
+    low, high, nulls = {}, {}, {}
+    for field in schema:
+        statistics = by_column.get(field.name)
+        if not statistics or any(each is None or not each.has_null_count for each in statistics):
+            continue
+        nulls[field.name] = sum(each.null_count for each in statistics)
+        kind = field.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_date32(kind)):
+            continue
+        bounded = [each for each in statistics if each.has_min_max]
+        if not bounded:
+            continue
+        low[field.name], high[field.name] = _json_value(min(each.min for each in bounded)), \
+            _json_value(max(each.max for each in bounded))
+        if any(isinstance(bound, float) and not math.isfinite(bound)
+               for bound in (low[field.name], high[field.name])):
+            del low[field.name], high[field.name]
+    return json.dumps({"numRecords": footer.num_rows, "minValues": low, "maxValues": high,
+                       "nullCount": nulls})
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime.date) else value
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
