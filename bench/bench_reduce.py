@@ -12,8 +12,8 @@ rows in all.
     price of the clustered layout.
 (b) The reduce, over the committed files: MAPE by model × horizon, and by model at horizon 52
     (on the clustered output and on the plain one), each as its users call it: a Dataset opened
-    per query (Dataset(out).sql, DuckDB), a polars scan_parquet made per query over the same
-    files, pandas reading the three columns; and a Dataset kept open. Medians after one
+    per query (Dataset(out).sql, DuckDB), a polars scan_delta made per query over the same
+    Delta table, pandas reading the three columns; and a Dataset kept open. Medians after one
     warm-up; peak memory is the rise of the process's peak RSS. Also the first query of a new
     process, for gpar and for polars.
 (c) The same write and queries on a real S3-compatible server (SeaweedFS on loopback).
@@ -23,6 +23,7 @@ rows in all.
 (e) Parquet options: the committed files rewritten under each set, as sorted: write time, size,
     and DuckDB's and polars' times for the first query (options that speed one reader may speed
     the other more); this sets reduce_sql.tables.parquet_options.
+(f) The commit of 1,000 task files (20 rows each, written once): one Delta transaction.
 """
 
 from __future__ import annotations
@@ -137,10 +138,8 @@ def queries(clustered: str, plain: str, polars_options: dict | None,
             pandas_filesystem) -> dict[str, tuple[float, float]]:
     """Each query as its users call it: a Dataset opened per query (a notebook cell, a script),
     a polars scan made per query, pandas reading the files; and an open Dataset beside."""
-    def polars_scan(uri: str):
-        files = reduce_sql.Dataset(uri).files
-        return pl.scan_parquet(files if polars_options is None else [f"s3://{f}" for f in files],
-                               storage_options=polars_options)
+    def polars_scan(uri: str):  # the same Delta table, its latest version
+        return pl.scan_delta(uri, storage_options=polars_options)
 
     mape = (pl.col("error").abs().mean() * 100).alias("mape")
     pandas_files = {uri: reduce_sql.Dataset(uri).files for uri in (clustered, plain)}
@@ -176,7 +175,7 @@ def queries(clustered: str, plain: str, polars_options: dict | None,
 FIRST_QUERY = {  # what a new process pays for its first query, its imports included
     "gpar": "import reduce_sql\nreduce_sql.Dataset(URI).sql(SQL)",
     "polars": "import polars as pl\n"
-              "pl.scan_parquet(FILES, storage_options=STORAGE).filter(pl.col('horizon') == 52)"
+              "pl.scan_delta(URI, storage_options=STORAGE).filter(pl.col('horizon') == 52)"
               ".group_by('model').agg(pl.col('error').abs().mean()).collect()",
 }
 
@@ -185,10 +184,8 @@ def first_in_process(uri: str, polars_options: dict | None = None) -> dict[str, 
     """Median seconds of the one-horizon query as the first of a new process (3 processes
     each), its imports included (reduce_sql imports pyarrow and DuckDB on first use), for
     gpar (a first Dataset: its DuckDB made, footers read) and for polars."""
-    files = reduce_sql.Dataset(uri).files
     header = (f"import time\nstarted = time.perf_counter()\n"
               f"URI, SQL = {str(uri)!r}, {AT_HORIZON_52!r}\n"
-              f"FILES = {files if polars_options is None else [f's3://{f}' for f in files]!r}\n"
               f"STORAGE = {polars_options!r}\n")
     found = {}
     for engine, code in FIRST_QUERY.items():
@@ -280,6 +277,29 @@ def by_parquet_options(dataset: reduce_sql.Dataset, work: Path) -> dict[str, tup
     return found
 
 
+COMMITTED_FILES = 1_000
+
+
+def commit_seconds(work: Path) -> float:
+    """Median seconds of committing COMMITTED_FILES task files, each its own, as one version of
+    a new table (files written once; each round commits them to a table of its own)."""
+    from reduce_sql import commit
+    from reduce_sql.parts import Sink
+    from reduce_sql.store import locate
+
+    location = locate(work / "commit")
+    writer = Sink(location, "c" * 64, 0, list(range(COMMITTED_FILES))).open()
+    parts = [part for task in range(COMMITTED_FILES) for _, part in writer.write(
+        [[(task, pa.table({"task": [task] * 20, "value": [1.0] * 20}))]])]
+    times = []
+    for _ in range(REPEATS):
+        shutil.rmtree(work / "commit" / "_delta_log", ignore_errors=True)
+        started = time.perf_counter()
+        commit.commit(location, "c" * 64, parts, run_all=lambda fn, groups: [])  # no merge
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpar-bench-reduce-"))
     try:
@@ -304,6 +324,7 @@ def main() -> None:
         local = queries(str(work / "c0"), str(work / "p0"), None, None)
         first = first_in_process(work / "c0")
         load.append(os.getloadavg()[0])
+        committing = commit_seconds(work)
         layouts = by_layout(dataset, work)
         formats = by_parquet_options(dataset, work)
 
@@ -392,11 +413,14 @@ def main() -> None:
     for label, (written, megabytes, duck, polars_) in formats.items():
         print(f"| {label} | {written:.2f} | {megabytes:.0f} | {duck:.3f} | {polars_:.3f} |")
     print()
+    print(f"### (f) The commit of {COMMITTED_FILES:,} task files\n")
+    print(f"{committing:.3f} s (median of {REPEATS}): one Delta transaction adding the files "
+          "with their statistics, the job's state beside it.\n")
 
 
 def _query_table(results: dict[str, tuple[float, float]], files: int) -> None:
     print("| query | Dataset(out).sql, a new Dataset per query | an open Dataset | polars "
-          "scan_parquet, a new scan per query | pandas read + groupby | new Dataset ÷ polars "
+          "scan_delta, a new scan per query | pandas read + groupby | new Dataset ÷ polars "
           "/ pandas ÷ new Dataset |")
     print("|---|---|---|---|---|---|")
     for key, label in (("all", "MAPE by model × horizon"),

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["ray", "cloudpickle", "numpy", "joblib", "duckdb", "pyarrow", "polars"]
+PACKAGES = ["ray", "cloudpickle", "numpy", "joblib", "duckdb", "deltalake", "pyarrow", "polars"]
 
 
 def _version(name: str) -> str:

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from gpar.output import OutputJob
 
 #: How often a job with output= commits what it has accepted so far (a checkpoint): a driver
-#: that dies loses at most about this much finished work. A checkpoint rewrites the manifest,
-#: which grows with the tasks (100k tasks: ~3 s, 16 MB), while the loop waits: the next one
+#: that dies loses at most about this much finished work. A checkpoint is a commit whose state
+#: (the tasks each file holds) grows with the tasks (measured as a manifest file of that
+#: state: 100k tasks ~3 s, 16 MB), while the loop waits: the next one
 #: comes CHECKPOINT_SPACING times its own duration later, if that is longer. A bound on lost
 #: work chosen by hand, not by a benchmark: the spacing keeps checkpoints under a tenth of the
 #: loop's time.

@@ -1,7 +1,9 @@
-"""reduce_sql: mapper outputs as Parquet with an exactly-once commit, queried in place by DuckDB.
+"""reduce_sql: mapper outputs as a Delta Lake table with an exactly-once commit, queried in
+place by DuckDB (or by any Delta reader).
 
     gpar.apply(xs, fn, output="out/")      fn returns a table; workers write Parquet
     reduce_sql.Dataset("out/").sql("SELECT … FROM data …")     DuckDB over the committed files
+    reduce_sql.Dataset("out/", version=2)                       an earlier version
     reduce_sql.query("… FROM a JOIN b …", a="out/", b="s3://bucket/other")
 
 Dataset and query are imported on first use (PEP 562): they load pyarrow and DuckDB, which

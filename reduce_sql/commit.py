@@ -62,7 +62,7 @@ COMPACT_FILE_ROWS = FILE_ROWS
 #: reduce_sql.parts.FILE_ROWS; a file much smaller is mostly per-file cost to a query.
 SMALL_FILE_ROWS = FILE_ROWS // 8
 
-#: Seconds a retired file is kept for readers that opened an older manifest (Delta Lake's
+#: Seconds a retired file is kept for readers that opened an older version (Delta Lake's
 #: VACUUM keeps 7 days by default; an analyst's session is hours, and the disk is theirs).
 RETAIN_S = 3600.0
 
@@ -289,9 +289,10 @@ def _write(location: Location, manifest: Manifest, lease: Lease | None,
     if table is not None:
         listed, kept = {file.path for file in manifest.files}, manifest.tasks
         tasks = {file.path: file.tasks for file in current.files}
-        removes = [(file, not set(tasks.get(file.path, ())) <= kept)  # a merge keeps the rows
-                   for file in table.files if file.path not in listed]
-        if manifest.schema.equals(table.schema):
+        merging = current.job == manifest.job  # else the job's output replaces another's
+        removes = [(file, not (merging and set(tasks.get(file.path, ())) <= kept))
+                   for file in table.files if file.path not in listed]  # a merge keeps rows
+        if delta.same_columns(manifest.schema, table.schema):
             present = {file.path for file in table.files}
             adds = [add for add in adds if add.path not in present]
         else:  # the table is written anew, its files with their statistics
@@ -360,9 +361,9 @@ def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Man
 
 
 def _retyped(schema: pa.Schema, unified: pa.Schema) -> bool:
-    """Whether a column of ``schema`` has another type in ``unified``."""
-    return any(unified.field(field.name).type != field.type for field in schema
-               if field.name in unified.names)
+    """Whether a column of ``schema`` has another type in ``unified``, as Delta sees types."""
+    types, wanted = delta.column_types(schema), delta.column_types(unified)
+    return any(wanted.get(name, kind) != kind for name, kind in types.items())
 
 
 #: The names gpar gives files under data/: a task attempt's part (parts.py), a merge (below).

@@ -118,6 +118,12 @@ class Dataset:
         return self.manifest.schema
 
     @property
+    def version(self) -> int | None:
+        """The Delta table's version this Dataset reads (None: a job whose tasks gave no
+        columns, which makes no table)."""
+        return self.manifest.version
+
+    @property
     def num_rows(self) -> int:
         return self.manifest.rows
 
@@ -175,8 +181,8 @@ class Dataset:
         return self.num_rows
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.location.uri!r}: {self.num_rows:,} rows in "
-                f"{len(self.manifest.files)} files, columns {self.schema.names})")
+        return (f"Dataset({self.location.uri!r}, version {self.version}: {self.num_rows:,} "
+                f"rows in {len(self.manifest.files)} files, columns {self.schema.names})")
 
 
 def query(sql: str, params: dict[str, Any] | list[Any] | None = None,

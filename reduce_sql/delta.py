@@ -67,6 +67,21 @@ class TableVersion:
         return self.table.transaction_version(app_id) or 0
 
 
+def column_types(schema: pa.Schema) -> dict[str, str]:
+    """Each column's type as Delta Lake names it: Arrow types it holds alike (large and small
+    strings, list item names) are the same here."""
+    from deltalake import Schema
+
+    return {field["name"]: json.dumps(field["type"])
+            for field in json.loads(Schema.from_arrow(schema).to_json())["fields"]}
+
+
+def same_columns(schema: pa.Schema, other: pa.Schema) -> bool:
+    """Whether a table of ``schema`` has ``other``'s columns, in its order, as Delta sees them:
+    a commit of another schema writes the table anew."""
+    return list(column_types(schema).items()) == list(column_types(other).items())
+
+
 def uri(location: Location) -> str:
     return f"s3://{location.root}" if location.is_s3 else location.root
 
@@ -168,7 +183,7 @@ def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
                                           commit_properties=properties)
             return
         table = current.table
-        if not schema.equals(current.schema):
+        if not same_columns(schema, current.schema):
             table.create_write_transaction(add_actions, mode="overwrite", schema=schema,
                                            commit_properties=properties)
             return

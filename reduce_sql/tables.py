@@ -49,7 +49,7 @@ ACCEPTED = "a pandas DataFrame, a pyarrow Table, a dict of columns or a list of 
 
 def as_table(value: Any) -> pa.Table:
     """fn's return value as a table, or OutputTypeError saying what it was and what is accepted."""
-    table = _decoded(_converted(value))
+    table = _stored(_converted(value))
     unreadable = [name for name in table.column_names if "\0" in name]
     if unreadable:  # DuckDB cuts names at NUL: such a column could never be queried
         raise OutputTypeError(f"column names must not contain NUL characters: {unreadable!r}")
@@ -97,37 +97,66 @@ def _named_index_as_columns(frame: Any) -> Any:
     return frame.reset_index(level=kept) if kept else frame
 
 
-def _decoded(table: pa.Table) -> pa.Table:
-    """Dictionary columns (a pandas categorical), also inside lists, maps and structs, as their
-    values. One task's categorical and another's strings then unify; Parquet
-    dictionary-encodes them on disk all the same."""
+def _stored(table: pa.Table) -> pa.Table:
+    """The table in types a Delta Lake table holds, casting where no value changes:
+    dictionaries (a pandas categorical) as their values, so one task's categorical and
+    another's strings unify (Parquet dictionary-encodes them on disk all the same); times in
+    microseconds (s, ms, and ns that are whole microseconds) and zones as UTC, the same
+    instants;
+    unsigned integers as the next wider signed type, half floats as floats. A type Delta
+    cannot hold, or a value the cast would change, is an OutputTypeError naming the column."""
     for index, field in enumerate(table.schema):
-        plain = _without_dictionaries(field.type)
-        if plain != field.type:
-            try:
-                column = table.column(index).cast(plain)
-            except pa.ArrowException as exc:
-                raise OutputTypeError(f"column {field.name!r} ({field.type}) could not be "
-                                      f"stored as {plain}: {exc}") from exc
-            table = table.set_column(index, field.with_type(plain), column)
+        try:
+            kind = _storable(field.type)
+        except TypeError as exc:
+            raise OutputTypeError(f"column {field.name!r} is {field.type}, which a Delta Lake "
+                                  f"table cannot hold: {exc}") from None
+        if kind == field.type:
+            continue
+        column = table.column(index)
+        try:
+            column = column.cast(kind)
+        except pa.ArrowInvalid as exc:
+            hint = (": round them to microseconds (Series.dt.floor('us'))"
+                    if pa.types.is_timestamp(field.type) else "")
+            raise OutputTypeError(f"column {field.name!r} ({field.type}) holds values a Delta "
+                                  f"Lake table's {kind} cannot hold ({exc}){hint}") from None
+        except pa.ArrowException as exc:
+            raise OutputTypeError(f"column {field.name!r} ({field.type}) could not be stored "
+                                  f"as {kind}: {exc}") from exc
+        table = table.set_column(index, field.with_type(kind), column)
     return table
 
 
-def _without_dictionaries(kind: pa.DataType) -> pa.DataType:
+#: Unsigned integers as the signed type that holds every value (uint64: those up to 2**63)
+_SIGNED = {pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64(),
+           pa.uint64(): pa.int64()}
+
+
+def _storable(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(kind):
-        return _without_dictionaries(kind.value_type)
+        return _storable(kind.value_type)
+    if pa.types.is_timestamp(kind):
+        return pa.timestamp("us", "UTC" if kind.tz else None)
+    if kind in _SIGNED:
+        return _SIGNED[kind]
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if (pa.types.is_time(kind) or pa.types.is_duration(kind) or pa.types.is_interval(kind)
+            or pa.types.is_decimal256(kind)):
+        raise TypeError("store it as text, or as a number (seconds, say)")
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
+        item = kind.value_field.with_type(_storable(kind.value_type))
         return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
     if pa.types.is_fixed_size_list(kind):
-        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
+        item = kind.value_field.with_type(_storable(kind.value_type))
         return pa.list_(item, kind.list_size)
     if pa.types.is_map(kind):
-        return pa.map_(kind.key_field.with_type(_without_dictionaries(kind.key_type)),
-                       kind.item_field.with_type(_without_dictionaries(kind.item_type)),
+        return pa.map_(kind.key_field.with_type(_storable(kind.key_type)),
+                       kind.item_field.with_type(_storable(kind.item_type)),
                        kind.keys_sorted)
     if pa.types.is_struct(kind):
-        return pa.struct([field.with_type(_without_dictionaries(field.type)) for field in kind])
+        return pa.struct([field.with_type(_storable(field.type)) for field in kind])
     return kind
 
 

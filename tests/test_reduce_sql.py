@@ -1343,3 +1343,33 @@ def test_a_table_created_by_two_drivers_at_once_ends_with_one(tmp_path, monkeypa
     assert outcomes == ["NoneType", "OutputBusyError"]
     assert engines_read(location) == dict.fromkeys(("polars", "pandas", "duckdb"),
                                                    (3 * ROWS, 3 * ROWS))
+
+
+def test_columns_are_stored_in_types_every_delta_reader_reads_with_the_same_values(tmp_path):
+    """pandas' datetime64[s] (Delta has no seconds), uint8 (none unsigned: int8 would read 200
+    as -56), zoned times and categoricals become types Delta holds, values unchanged; a type
+    it cannot hold is refused naming the column."""
+    import datetime
+
+    import numpy as np
+
+    frame = pd.DataFrame({
+        "day": pd.to_datetime(["2020-01-02", "2021-03-04"]).astype("datetime64[s]"),
+        "small": np.array([200, 7], dtype="uint8"),
+        "at": pd.to_datetime(["2020-01-02 10:00", "2020-01-02 11:00"]).tz_localize("Europe/Paris"),
+        "kind": pd.Categorical(["a", "b"]),
+        "when": pd.to_datetime(["2020-01-01 00:00:00.000001"] * 2)})  # ns, whole µs
+    location = locate(tmp_path / "out")
+    commit_module.commit(location, "j" * 64, parts_of(location, [frame]))
+    read = polars.scan_delta(location.root).collect().to_pandas()
+    assert read["small"].tolist() == [200, 7] and read["kind"].tolist() == ["a", "b"]
+    assert read["day"].tolist() == frame["day"].tolist()
+    assert [value.timestamp() for value in read["at"]] == [
+        value.timestamp() for value in frame["at"]]
+    assert read["when"].tolist() == frame["when"].tolist()
+    duck = reduce_sql.Dataset(location).to_pandas()
+    assert duck["small"].tolist() == [200, 7] and duck["day"].tolist() == frame["day"].tolist()
+    with pytest.raises(reduce_sql.OutputTypeError, match="'clock'.*cannot hold"):
+        parts_of(location, [{"clock": [datetime.time(9, 30)]}])
+    with pytest.raises(reduce_sql.OutputTypeError, match="'ns'.*round them to microseconds"):
+        parts_of(location, [{"ns": pd.to_datetime(["2020-01-01 00:00:00.000000001"])}])
