@@ -337,17 +337,19 @@ def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Man
         if part.rows:
             by_file.setdefault(part.path, []).append(part)
     new = [(CommittedFile(path, tuple(p.task for p in group), sum(p.rows for p in group),
-                          sum(p.bytes for p in group), group[0].stats),
-            distinct[group[0].schema])
+                          sum(p.bytes for p in group), group[0].stats), group[0].schema)
            for path, group in by_file.items() if len(group) == group[0].file_tasks]
     empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
     schema = _unified(schemas, with_rows)
+    wanted = delta.column_types(schema) if schema.names else {}
+    retyped_schemas = {key: _retyped(each, wanted) for key, each in distinct.items()}
     table_schema = current.schema if current is not None and current.job == job else None
     retyped = [file for file in (previous.files if previous else ())
-               if table_schema is not None and _retyped(table_schema, schema)] + [
-        file for file, file_schema in new if _retyped(file_schema, schema)]
+               if table_schema is not None and _retyped(table_schema, wanted)] + [
+        file for file, key in new if retyped_schemas[key]]
     files = [*(previous.files if previous else ()), *(file for file, _ in new)]
-    uniform = (all(file_schema.equals(schema, check_metadata=False) for _, file_schema in new)
+    uniform = (all(distinct[key].equals(schema, check_metadata=False) for key in
+                   {key for _, key in new})
                and not retyped
                and (not previous or not previous.files
                     or (previous.uniform and previous.schema.equals(schema))))
@@ -360,10 +362,11 @@ def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Man
     return Manifest(job, schema, tuple(files), empty, uniform=uniform, elements=elements)
 
 
-def _retyped(schema: pa.Schema, unified: pa.Schema) -> bool:
-    """Whether a column of ``schema`` has another type in ``unified``, as Delta sees types."""
-    types, wanted = delta.column_types(schema), delta.column_types(unified)
-    return any(wanted.get(name, kind) != kind for name, kind in types.items())
+def _retyped(schema: pa.Schema, wanted: dict[str, str]) -> bool:
+    """Whether a column of ``schema`` has another type than ``wanted`` (the table's columns'
+    delta.column_types), as Delta sees types."""
+    return any(wanted.get(name, kind) != kind
+               for name, kind in delta.column_types(schema).items())
 
 
 #: The names gpar gives files under data/: a task attempt's part (parts.py), a merge (below).
