@@ -3,9 +3,9 @@
     ReduceSqlError
     ├── OutputTypeError      fn returned something that is not a table (also a TypeError)
     ├── OutputExistsError    the output holds another job's data; overwrite=True replaces it
-    ├── OutputBusyError      another driver is writing the output now (it holds the lease)
+    ├── OutputBusyError      another driver writes the output (holds the lease, or committed meanwhile)
     ├── SchemaConflictError  two tasks returned a column with types that cannot be unified
-    ├── NoDatasetError       the location holds no committed output (no manifest)
+    ├── NoDatasetError       the location holds no committed output (no Delta table)
     └── StaleDatasetError    the version a Dataset opened was replaced long enough ago that
                              its files are gone; open the Dataset again
 

@@ -1,8 +1,8 @@
-"""One writer per output: a lease with an expiry, kept in the store beside the manifest.
+"""One writer per output: a lease with an expiry, kept in the store beside the table.
 
     begin ─▶ Lease.acquire: refused (OutputBusyError) while another driver's lease runs
           ─▶ renewed every LEASE_S / 4 while the job runs (a daemon thread)
-          ─▶ check() before each manifest write: a driver that lost its lease writes nothing
+          ─▶ check() before each commit: a driver that lost its lease commits nothing
           ─▶ release() when the job ends, however it ends
 
 A driver killed outright leaves its lease to expire after LEASE_S; one whose process is gone from
@@ -78,7 +78,7 @@ class Lease:
         while not self._stop.wait(LEASE_S / 4):
             try:
                 if self._read_holder() != self.holder:
-                    return  # taken over: check() refuses the next manifest write
+                    return  # taken over: check() refuses the next commit
                 self._write(exclusive=False)
             except OSError:  # the store is unreachable for now: the next renewal may succeed
                 pass

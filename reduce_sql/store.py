@@ -59,7 +59,7 @@ class Location:
         """The file's content, or None when there is no such file.
 
         An S3 read learns the object's size when it opens, then asks for that many bytes: an
-        object replaced in between (a checkpoint rewriting the manifest) would come back cut
+        object replaced in between (a lease renewed, a job marker rewritten) would come back cut
         at the old size. So a read whose length is not the object's size now is done again.
         """
         filesystem, path = self.filesystem, self.path(relative)
