@@ -3,7 +3,8 @@
     ReduceSqlError
     ├── OutputTypeError      fn returned something that is not a table (also a TypeError)
     ├── OutputExistsError    the output holds another job's data; overwrite=True replaces it
-    ├── OutputBusyError      another driver writes the output (holds its lease, or committed first)
+    ├── OutputBusyError      another driver writes the output: it holds the lease, or it
+                             committed since this one read the table
     ├── SchemaConflictError  two tasks returned a column with types that cannot be unified
     ├── NoDatasetError       the location holds no committed output (no Delta table)
     └── StaleDatasetError    the version a Dataset opened was replaced long enough ago that
