@@ -194,6 +194,11 @@ def _claim(location: Location, job: str, overwrite: bool, lease: Lease) -> Claim
         owner = manifest.job
     else:  # a run that never committed still says whose output this is
         owner = json.loads(marker)["job"] if marker else None
+    if owner == "":
+        raise OutputExistsError(
+            f"{location.uri} is a Delta table whose files a writer other than gpar changed "
+            "(an optimize, a delete, an update), so which tasks it holds is unknown: pass "
+            "overwrite=True to write the job again, or choose another output")
     if owner is not None and owner != job:
         raise OutputExistsError(
             f"{location.uri} holds the output of another job (different input, function, "
@@ -233,19 +238,26 @@ def commit(location: Location, job: str, parts: Sequence[Part],
     current = _read_version(location)  # the version readers may hold now
     manifest = _accepted(location, job, parts, previous, elements, current, run_all,
                          cluster_by)
-    if len(manifest.files) > COMPACT_ABOVE_FILES:
+    manifest = _write(location, _retiring(current, manifest), lease, current)
+    if len(manifest.files) > COMPACT_ABOVE_FILES:  # a transaction of its own: no data change
         try:
-            manifest = dataclasses.replace(manifest, files=_compacted(
-                location, job, manifest, run_all or _serially, cluster_by))
-        except Exception:  # a merge is an optimization: commit the files as they are
-            pass
-    now = time.time()
-    retired = _retired(current, manifest.files, now)
-    manifest = dataclasses.replace(
-        manifest, retired=tuple(each for each in retired if now - each[1] < RETAIN_S))
-    manifest = _write(location, manifest, lease, current)
-    location.delete([*leftovers(location, manifest, now), OLD_MANIFEST])
+            files = _compacted(location, job, manifest, run_all or _serially, cluster_by)
+        except Exception:  # a merge is an optimization: the files stay as they are
+            files = manifest.files
+        if files != manifest.files:
+            current = _read_version(location)
+            manifest = _write(location, _retiring(current, dataclasses.replace(
+                manifest, files=files)), lease, current)
+    location.delete([*leftovers(location, manifest, time.time()), OLD_MANIFEST])
     return manifest
+
+
+def _retiring(current: Manifest | None, manifest: Manifest) -> Manifest:
+    """``manifest`` with the files ``current`` lists and it does not retired from now, and
+    those retired RETAIN_S ago forgotten (the commit deletes them)."""
+    now = time.time()
+    return dataclasses.replace(manifest, retired=tuple(
+        each for each in _retired(current, manifest.files, now) if now - each[1] < RETAIN_S))
 
 
 def leftovers(location: Location, manifest: Manifest, now: float) -> list[str]:
@@ -276,35 +288,34 @@ def checkpoint(location: Location, job: str, parts: Sequence[Part],
 def _write(location: Location, manifest: Manifest, lease: Lease | None,
            current: Manifest | None) -> Manifest:
     """``manifest`` committed on top of ``current``, the version read before: one transaction,
-    with the job as Delta's idempotent writer; returned with its version."""
+    with the job as Delta's idempotent writer; returned with its version. An add is a data
+    change unless every task of its file was committed already (a merge, a rewrite)."""
     if lease is not None:
         lease.check()
-    if not manifest.schema.names:  # Delta needs a column: the state waits in the job marker
-        _mark(location, {"job": manifest.job, "state": manifest.state()})
-        return manifest
     table = current.table if current is not None else None
+    if not manifest.schema.names and table is None:  # Delta needs a column: the state waits
+        _mark(location, {"job": manifest.job, "state": manifest.state()})  # in the marker
+        return manifest
+    schema = manifest.schema if manifest.schema.names else table.schema  # else: no rows now
+    merging = current is not None and current.job == manifest.job  # else: replacing it
+    committed = current.tasks if merging else set()
+    present = {file.path for file in table.files} if table is not None else set()
+    adds = [delta.AddedFile(file.path, file.bytes, file.rows, file.stats,
+                            data_change=not set(file.tasks) <= committed)
+            for file in manifest.files if file.path not in present]
     removes: list[tuple[delta.AddedFile, bool]] = []
-    adds = [delta.AddedFile(file.path, file.bytes, file.rows, file.stats)
-            for file in manifest.files]
     if table is not None:
         listed, kept = {file.path for file in manifest.files}, manifest.tasks
         tasks = {file.path: file.tasks for file in current.files}
-        merging = current.job == manifest.job  # else the job's output replaces another's
         removes = [(file, not (merging and set(tasks.get(file.path, ())) <= kept))
-                   for file in table.files if file.path not in listed]  # a merge keeps rows
-        if delta.same_columns(manifest.schema, table.schema):
-            present = {file.path for file in table.files}
-            adds = [add for add in adds if add.path not in present]
-        else:  # the table is written anew, its files with their statistics
-            stats = {file.path: file.stats for file in delta.read(
-                location, table.version, with_stats=True).files}
-            adds = [dataclasses.replace(add, stats=add.stats or stats.get(add.path, ""))
-                    for add in adds]
+                   for file in table.files if file.path not in listed]
+    if (table is not None and not adds and not removes and current.state() == manifest.state()
+            and delta.same_columns(schema, table.schema)):
+        return dataclasses.replace(manifest, version=current.version, table=None)  # as it is
     app_version = table.app_version(manifest.job) + 1 if table is not None else 1
-    delta.commit(location, manifest.schema, adds, removes, manifest.state(),
-                 (manifest.job, app_version), table)
-    return dataclasses.replace(manifest, version=table.version + 1 if table else 0,
-                               table=None)
+    version = delta.commit(location, schema, adds, removes, manifest.state(),
+                           (manifest.job, app_version), table, merging)
+    return dataclasses.replace(manifest, version=version, table=None)
 
 
 def _retired(current: Manifest | None, files: Sequence[CommittedFile],
@@ -320,14 +331,19 @@ def _retired(current: Manifest | None, files: Sequence[CommittedFile],
 def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Manifest | None,
               elements: int | None, current: Manifest | None,
               run_all: RunAll | None = None, cluster_by: Sequence[str] = ()) -> Manifest:
-    """The manifest committing ``parts`` on top of ``previous``: their schemas unified;
-    ``previous``'s files and each file every one of whose tasks was accepted from it; every
-    task committed without rows. A file whose column types differ from the unified schema's
-    is rewritten in it (Delta readers such as polars refuse an int column in a float table);
-    ``current``, the table's version now, tells the types of ``previous``'s files."""
+    """The manifest committing ``parts`` on top of what the job committed: the table now
+    (``current``) when it is this job's, which holds what its checkpoints committed, else
+    ``previous``. Their schemas unified; the committed files and each new file every one of
+    whose tasks was accepted from it; every task committed without rows. A new file whose
+    column types differ from the unified schema's is rewritten in it (Delta readers such as
+    polars refuse an int column in a float table); if the committed files' types differ, all
+    of them are, under new names (a version never removes and adds one path)."""
+    base = current if current is not None and current.job == job else previous
+    done = base.tasks if base is not None else set()
+    parts = [part for part in parts if part.task not in done]  # a checkpoint committed these
     with_rows = [part for part in parts if part.rows] or (
-        [] if previous and previous.schema.names else list(parts))
-    earlier = [previous.schema] if previous and previous.schema.names else []
+        [] if base and base.schema.names else list(parts))
+    earlier = [base.schema] if base and base.schema.names else []
     # tasks mostly return one schema: read and unify each distinct one once
     distinct = {schema: pa.ipc.read_schema(pa.py_buffer(schema))
                 for schema in dict.fromkeys(part.schema for part in with_rows)}
@@ -339,20 +355,20 @@ def _accepted(location: Location, job: str, parts: Sequence[Part], previous: Man
     new = [(CommittedFile(path, tuple(p.task for p in group), sum(p.rows for p in group),
                           sum(p.bytes for p in group), group[0].stats), group[0].schema)
            for path, group in by_file.items() if len(group) == group[0].file_tasks]
-    empty = (*(previous.empty_tasks if previous else ()), *(p.task for p in parts if not p.rows))
+    empty = (*(base.empty_tasks if base else ()), *(p.task for p in parts if not p.rows))
     schema = _unified(schemas, with_rows)
     wanted = delta.column_types(schema) if schema.names else {}
     retyped_schemas = {key: _retyped(each, wanted) for key, each in distinct.items()}
-    table_schema = current.schema if current is not None and current.job == job else None
-    retyped = [file for file in (previous.files if previous else ())
-               if table_schema is not None and _retyped(table_schema, wanted)] + [
-        file for file, key in new if retyped_schemas[key]]
-    files = [*(previous.files if previous else ()), *(file for file, _ in new)]
+    committed_files = base.files if base else ()
+    retyped = [*(committed_files if base is not None and base.schema.names
+                 and _retyped(base.schema, wanted) else ()),
+               *(file for file, key in new if retyped_schemas[key])]
+    files = [*committed_files, *(file for file, _ in new)]
     uniform = (all(distinct[key].equals(schema, check_metadata=False) for key in
                    {key for _, key in new})
                and not retyped
-               and (not previous or not previous.files
-                    or (previous.uniform and previous.schema.equals(schema))))
+               and (not committed_files
+                    or (base.uniform and base.schema.equals(schema))))
     if retyped:
         rewrite = functools.partial(merge_files, location, job, schema, tuple(cluster_by))
         rewritten = dict(zip((file.path for file in retyped),
@@ -448,8 +464,18 @@ def _read(location: Location, path: str) -> pa.Table:
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with every column of ``schema``, in its order and type (nulls where missing)."""
-    columns = [table.column(field.name).cast(field.type) if field.name in table.column_names
-               else pa.nulls(table.num_rows, field.type) for field in schema]
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except pa.ArrowInvalid as exc:  # an int beyond 2**53 in a column widened to float
+            raise SchemaConflictError(
+                f"column {field.name!r} is {table.schema.field(field.name).type} in some tasks "
+                f"and {field.type} in others, and its values do not all fit the latter: {exc}. "
+                "Make fn return one type for it in every task") from None
     return pa.Table.from_arrays(columns, schema=schema)
 
 

@@ -10,17 +10,24 @@ the version's rows; a plain Parquet glob of the directory does not (removed file
 RETAIN_S has passed, as in any Delta table).
 
 delta-rs' runtime cannot serve a process forked after it started (it panics): a forked child
-reads through a fresh interpreter instead, and never commits.
+reads through a fresh interpreter instead, and never commits. A commit that adds columns
+declares them first (a metadata-only version), and one that changes a column's type names
+every file anew: a version never removes and adds the same path, which Delta readers other
+than delta-rs would resolve by dropping the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import os
+import pickle
+import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +36,9 @@ import pyarrow as pa
 from reduce_sql.errors import OutputBusyError
 from reduce_sql.store import Location
 
-#: The custom metadata key under which a commit records reduce_sql's state of its version.
-STATE_KEY = "reduce_sql"
+#: The custom metadata key under which a commit records reduce_sql's state of its version,
+#: and the one naming the commit itself
+STATE_KEY, TOKEN_KEY = "reduce_sql", "reduce_sql_commit"
 
 #: Whether this process was forked from one that had loaded deltalake (see the module).
 _forked_from_user = False
@@ -52,6 +60,7 @@ class AddedFile:
     size: int
     rows: int
     stats: str
+    data_change: bool = True  # as an add: its rows are new to the table (not a merge's)
 
 
 @dataclass(frozen=True)
@@ -108,14 +117,22 @@ def is_table(location: Location) -> bool:
 
 def read(location: Location, version: int | None = None,
          with_stats: bool = False) -> TableVersion | None:
-    """The table's ``version`` (default: the latest), or None when there is no table."""
+    """The table's ``version`` (default: the latest), or None when there is no table. Its
+    state is None when a writer other than reduce_sql changed the files since (an optimize, a
+    delete): which tasks they hold is then unknown."""
     if _forked_from_user:
         return _read_in_fresh_interpreter(location, version, with_stats)
     if not is_table(location):
         return None
     from deltalake import DeltaTable
 
-    table = DeltaTable(uri(location), version=version, storage_options=storage_options(location))
+    try:
+        table = DeltaTable(uri(location), version=version,
+                           storage_options=storage_options(location))
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        return _read_in_fresh_interpreter(location, version, with_stats)  # forked: see module
     actions = pa.table(table.get_add_actions())
     if with_stats:
         files = tuple(AddedFile(row["path"], row["size_bytes"], row["num_records"] or 0,
@@ -125,8 +142,10 @@ def read(location: Location, version: int | None = None,
         files = tuple(AddedFile(path, size, rows or 0, "") for path, size, rows in zip(
             columns["path"], columns["size_bytes"], columns["num_records"], strict=True))
     at = table.version()
-    return TableVersion(at, pa.schema(table.schema().to_arrow()), files, _state(location, at),
-                        table)
+    state = _state(location, at)
+    if state is not None and set(state["tasks"]) != {file.path for file in files}:
+        state = None
+    return TableVersion(at, pa.schema(table.schema().to_arrow()), files, state, table)
 
 
 #: Commits looked back through for reduce_sql's state (another writer's commits may follow it)
@@ -138,24 +157,36 @@ def _state(location: Location, version: int) -> dict | None:
     recorded, read from that commit's entry in the log (deltalake's history() numbers
     versions from the latest, whatever version the table was opened at)."""
     for at in range(version, max(-1, version - STATE_LOOKBACK), -1):
-        content = location.read_bytes(f"_delta_log/{at:020d}.json")
-        if content is None:  # cleaned up: too old to say
+        info = _commit_info(location, at)
+        if info is None:  # cleaned up: too old to say
             return None
-        for line in content.splitlines():
-            info = json.loads(line).get("commitInfo") if line.strip() else None
-            if info and STATE_KEY in info:
-                return json.loads(info[STATE_KEY])
+        if STATE_KEY in info:
+            return json.loads(info[STATE_KEY])
     return None
+
+
+def _commit_info(location: Location, version: int) -> dict | None:
+    """The commitInfo of ``version``'s log entry ({} if it has none), None if there is none."""
+    content = location.read_bytes(f"_delta_log/{version:020d}.json")
+    if content is None:
+        return None
+    for line in content.splitlines():
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if info is not None:
+            return info
+    return {}
 
 
 def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
            removes: list[tuple[AddedFile, bool]], state: dict, app: tuple[str, int],
-           current: TableVersion | None) -> None:
+           current: TableVersion | None, merging: bool = True) -> int:
     """One transaction on top of ``current`` (None: create the table): ``adds`` added, each of
     ``removes`` removed (with whether its rows leave the table: a merge's do not), ``state``
-    recorded, and the job ``app`` = (id, version) as Delta's idempotent writer. A schema
-    other than the table's replaces it: the table is overwritten with ``adds``, which must
-    then name every file. Another writer's commit since ``current`` fails it (no retry)."""
+    recorded, and the job ``app`` = (id, version) as Delta's idempotent writer; returns the
+    new version. Columns added by the job (``merging``: the table is its own) are declared
+    first; any other change of schema overwrites the table with ``adds``, which must then
+    name every file, none of them the table's. Another writer's commit since ``current``
+    fails it (no retry)."""
     from deltalake import Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import (
@@ -172,32 +203,61 @@ def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
             "loaded it (a multiprocessing child on Linux): start such children with "
             "multiprocessing.get_context('spawn'), or run apply(output=...) in the parent")
     now = int(time.time() * 1000)
-    properties = CommitProperties(custom_metadata={STATE_KEY: json.dumps(state)},
-                                  app_transactions=[Transaction(*app)], max_commit_retries=0)
-    add_actions = [AddAction(file.path, file.size, {}, now, True, file.stats) for file in adds]
+    token = uuid.uuid4().hex  # which commit is this one, whoever else writes as the job
+    properties = CommitProperties(
+        custom_metadata={STATE_KEY: json.dumps(state), TOKEN_KEY: token},
+        app_transactions=[Transaction(*app)], max_commit_retries=0)
+    add_actions = [AddAction(file.path, file.size, {}, now, file.data_change, file.stats)
+                   for file in adds]
     try:
         if current is None:
             create_table_with_add_actions(uri(location), Schema.from_arrow(schema), add_actions,
                                           mode="error",
                                           storage_options=storage_options(location),
                                           commit_properties=properties)
-            return
+            return 0
         table = current.table
         if not same_columns(schema, current.schema):
-            table.create_write_transaction(add_actions, mode="overwrite", schema=schema,
-                                           commit_properties=properties)
-            return
+            old, new = column_types(current.schema), column_types(schema)
+            if merging and list(new.items())[:len(old)] == list(old.items()):  # added: first
+                table.alter.add_columns(list(Schema.from_arrow(pa.schema(
+                    [field for field in schema if field.name not in old])).fields))
+            else:  # a type changed, or another job's output is replaced: every file is new
+                if {file.path for file in adds} & {file.path for file in current.files}:
+                    raise RuntimeError("a commit changing a column's type must name every "
+                                       "file anew")
+                base = table.version()
+                table.create_write_transaction(add_actions, mode="overwrite", schema=schema,
+                                               commit_properties=properties)
+                return base + 1  # no retries: the next version or none
         remove_actions = [RemoveAction(file.path, data_change, now, file.size)
                           for file, data_change in removes]
+        base = table.version()  # after the columns' version, if any
         table.create_write_transaction([*remove_actions, *add_actions], mode="append",
                                        schema=schema, commit_properties=properties)
+        return base + 1
     except DeltaError as exc:
+        if isinstance(exc, CommitFailedError) and current is not None:
+            landed = _landed(location, current.version, token)
+            if landed is not None:  # the store answered with an error, yet it is in the log
+                return landed
         if isinstance(exc, CommitFailedError) or (current is None and is_table(location)):
             raise OutputBusyError(
                 f"{location.uri}: another writer committed to the output since this one read "
                 f"it ({exc}); nothing of this commit was written: run the job again once the "
                 "other has ended") from exc
         raise
+
+
+def _landed(location: Location, after: int, token: str) -> int | None:
+    """The version of the commit ``token`` names if it is in the log after all (its answer
+    lost on the way back), else None."""
+    for version in itertools.count(after + 1):
+        info = _commit_info(location, version)
+        if info is None:
+            return None
+        if info.get(TOKEN_KEY) == token:
+            return version
 
 
 def _stats_json(row: dict) -> str:
@@ -213,16 +273,18 @@ def _stats_json(row: dict) -> str:
 
 def _read_in_fresh_interpreter(location: Location, version: int | None,
                                with_stats: bool) -> TableVersion | None:
-    """read(), in a spawned process: deltalake would panic in this forked one. The version
-    comes back without its DeltaTable, which only a commit uses."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """read(), in a new interpreter (``python -m reduce_sql.delta``), not a multiprocessing
+    spawn, which would run the user's script again: deltalake would panic in this forked
+    process. The version comes back without its DeltaTable, which only a commit uses."""
+    completed = subprocess.run([sys.executable, "-m", "reduce_sql.delta"], check=True,
+                               input=pickle.dumps((location, version, with_stats)),
+                               capture_output=True)
+    return pickle.loads(completed.stdout)
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_read_unforked, location, version, with_stats).result()
 
+if __name__ == "__main__":  # _read_in_fresh_interpreter's other end
+    from reduce_sql import delta  # this module by its name: what it returns unpickles there
 
-def _read_unforked(location: Location, version: int | None,
-                   with_stats: bool) -> TableVersion | None:
-    found = read(location, version, with_stats)
-    return None if found is None else dataclasses.replace(found, table=None)
+    found = delta.read(*pickle.loads(sys.stdin.buffer.read()))
+    sys.stdout.buffer.write(pickle.dumps(
+        None if found is None else dataclasses.replace(found, table=None)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -145,6 +144,8 @@ def _storable(kind: pa.DataType) -> pa.DataType:
     if (pa.types.is_time(kind) or pa.types.is_duration(kind) or pa.types.is_interval(kind)
             or pa.types.is_decimal256(kind)):
         raise TypeError("store it as text, or as a number (seconds, say)")
+    if pa.types.is_union(kind) or pa.types.is_run_end_encoded(kind):
+        raise TypeError("store each kind of value in a column of its own")
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         item = kind.value_field.with_type(_storable(kind.value_type))
         return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
@@ -201,9 +202,10 @@ def write_table(table: pa.Table, path: str, filesystem: Any,
 
 def delta_stats(footer: pq.FileMetaData, schema: pa.Schema) -> str:
     """The file's statistics as a Delta Lake add action carries them: its rows, and per
-    top-level column of numbers, text or dates its minimum, maximum and nulls, from the
-    row groups' own. Readers skip files by them, so a column whose statistics are missing
-    from any group, or whose type has no exact JSON form here, gets none."""
+    top-level column its nulls and, for integers, text and dates, its minimum and maximum,
+    from the row groups' own. Readers skip files by them, so a column whose bounds are
+    missing from any group with values, or whose type has no exact JSON form here, gets
+    none."""
     by_column: dict[str, list[Any]] = {}
     for group in range(footer.num_row_groups):
         row_group = footer.row_group(group)
@@ -217,18 +219,15 @@ def delta_stats(footer: pq.FileMetaData, schema: pa.Schema) -> str:
             continue
         nulls[field.name] = sum(each.null_count for each in statistics)
         kind = field.type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                or pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                or pa.types.is_date32(kind)):
-            continue
+        if not (pa.types.is_integer(kind) or pa.types.is_string(kind)
+                or pa.types.is_large_string(kind) or pa.types.is_date32(kind)):
+            continue  # floats too: Parquet's bounds leave NaN out, which some readers sort last
+        if any(each.num_values and not each.has_min_max for each in statistics):
+            continue  # a group with values but no bounds (pyarrow drops long strings')
         bounded = [each for each in statistics if each.has_min_max]
-        if not bounded:
-            continue
-        low[field.name], high[field.name] = _json_value(min(each.min for each in bounded)), \
-            _json_value(max(each.max for each in bounded))
-        if any(isinstance(bound, float) and not math.isfinite(bound)
-               for bound in (low[field.name], high[field.name])):
-            del low[field.name], high[field.name]
+        if bounded:
+            low[field.name] = _json_value(min(each.min for each in bounded))
+            high[field.name] = _json_value(max(each.max for each in bounded))
     return json.dumps({"numRecords": footer.num_rows, "minValues": low, "maxValues": high,
                        "nullCount": nulls})
 

@@ -472,7 +472,14 @@ def test_many_small_files_are_merged_by_the_commit(tmp_path):
     manifest = commit_module.commit(location, "j" * 64, parts)
     assert len(manifest.files) == 1 and manifest.tasks == set(range(40))
     assert_exactly_once(reduce_sql.Dataset(location), range(40))
-    assert location.files("data") == [manifest.files[0].path]  # the small files are gone
+    # committed, then merged in a transaction of its own: the small files are retired, kept
+    # for the version that listed them
+    assert {path for path, _ in manifest.retired} == {part.path for part in parts}
+    assert set(location.files("data")) == {manifest.files[0].path, *(p.path for p in parts)}
+    assert engines_read(location, manifest.version - 1) == engines_read(location)
+    merge = log_actions(location)[manifest.version]
+    assert {action["dataChange"] for kind in ("add", "remove") for action in merge[kind]} == {
+        False}  # a stream reading the table's changes reads no row twice
 
 
 def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, monkeypatch):
@@ -547,11 +554,12 @@ def test_the_cli_prints_writes_and_describes(tmp_path):
     assert typo.returncode == 1 and "syntax error" in typo.stderr.lower()
 
 
-def parts_of(location, tables, job="j" * 64):
-    """A Part for each table, written one file each (as elements that each ran long are)."""
+def parts_of(location, tables, job="j" * 64, first=0):
+    """A Part for each table (tasks ``first`` on), written one file each (as elements that
+    each ran long are)."""
     from reduce_sql.parts import Sink
 
-    writer = Sink(location, job, 0, list(range(len(tables)))).open()
+    writer = Sink(location, job, 0, list(range(first, first + len(tables)))).open()
     return [part for task, table in enumerate(tables)
             for _, part in writer.write([[(task, writer.table_for(table))]])]
 
@@ -667,7 +675,8 @@ def test_a_reader_keeps_the_version_it_opened_while_a_job_commits(output, tmp_pa
     assert len(final.files) == 1  # the 30 files early reads were merged away...
     assert_exactly_once(early, range(30))  # ...and early still reads them
     assert_exactly_once(reduce_sql.Dataset(output), range(40))
-    assert {path for path, _ in final.retired} == {p.path for p in parts[:30]}
+    # the 30 a version listed, and the 10 the commit listed before it merged them
+    assert {path for path, _ in final.retired} == {p.path for p in parts}
 
     monkeypatch.setattr(commit_module, "RETAIN_S", 0.0)  # the grace period has passed
     commit_module.commit(location, "j" * 64, [], previous=final)  # the next commit removes them
@@ -1374,3 +1383,86 @@ def test_columns_are_stored_in_types_every_delta_reader_reads_with_the_same_valu
         parts_of(location, [{"clock": [datetime.time(9, 30)]}])
     with pytest.raises(reduce_sql.OutputTypeError, match="'ns'.*round them to microseconds"):
         parts_of(location, [{"ns": pd.to_datetime(["2020-01-01 00:00:00.000000001"])}])
+
+
+def log_actions(location) -> list[dict[str, list[dict]]]:
+    """Each version's add and remove actions, as the table's log holds them."""
+    import json
+
+    versions = []
+    for name in sorted(path for path in location.files("_delta_log") if path.endswith(".json")):
+        actions = [json.loads(line) for line in location.read_bytes(name).splitlines()]
+        versions.append({kind: [action[kind] for action in actions if kind in action]
+                         for kind in ("add", "remove")})
+    return versions
+
+
+def assert_no_path_added_and_removed_at_once(location) -> None:
+    """Delta readers other than delta-rs drop a file a version both adds and removes."""
+    for version, actions in enumerate(log_actions(location)):
+        both = ({action["path"] for action in actions["add"]}
+                & {action["path"] for action in actions["remove"]})
+        assert not both, f"version {version} adds and removes {both}"
+
+
+def test_a_later_run_adding_a_column_and_widening_a_type_is_read_exactly(tmp_path):
+    """Run 1 checkpoints integer values; run 2 (a resume) adds a column at a checkpoint and
+    returns floats at its end: every engine reads every row with the widened type, no
+    version both adds and removes a path, no file of integers is left in the float table."""
+    location = locate(tmp_path / "out")
+
+    def rows(task, value=int, **extra):
+        return {"task": [task] * ROWS, "k": list(range(ROWS)),
+                "value": [value(task * 1000 + k) for k in range(ROWS)], **extra}
+
+    run1 = parts_of(location, [rows(task) for task in range(3)])
+    begun = commit_module.checkpoint(location, "j" * 64, run1, elements=9)
+    with_note = parts_of(location, [rows(task, note=["n"] * ROWS) for task in range(3, 6)],
+                         first=3)
+    commit_module.checkpoint(location, "j" * 64, with_note, begun, elements=9)
+    floats = parts_of(location, [rows(task, float) for task in range(6, 9)], first=6)
+    final = commit_module.commit(location, "j" * 64, [*with_note, *floats], begun,
+                                 elements=9)
+    assert final.tasks == set(range(9))
+    assert engines_read(location) == dict.fromkeys(("polars", "pandas", "duckdb"),
+                                                   (9 * ROWS, 9 * ROWS))
+    table = polars.scan_delta(location.root).collect()
+    assert table.schema["value"] == polars.Float64 and table["note"].null_count() == 6 * ROWS
+    assert sorted(table["value"].to_list()) == sorted(
+        float(task * 1000 + k) for task in range(9) for k in range(ROWS))
+    assert_no_path_added_and_removed_at_once(location)
+
+
+def test_a_table_another_writer_changed_is_not_resumed(tmp_path):
+    """An optimize by another engine renames the files: which tasks they hold is unknown, so
+    a re-run of the job is refused (it would write every task again beside them)."""
+    location = locate(tmp_path / "out")
+    tables = [{"task": [task] * ROWS, "k": list(range(ROWS))} for task in range(3)]
+    commit_module.commit(location, "j" * 64, parts_of(location, tables), elements=3)
+    deltalake.DeltaTable(location.root).optimize.compact()
+    with pytest.raises(reduce_sql.OutputExistsError, match="writer other than gpar"):
+        commit_module.begin(location, "j" * 64)
+    assert engines_read(location)["duckdb"] == (3 * ROWS, 3 * ROWS)
+
+
+def test_replacing_an_output_with_a_job_that_wrote_no_rows_leaves_no_old_rows(tmp_path):
+    location = locate(tmp_path / "out")
+    old = [{"task": [task] * ROWS, "k": list(range(ROWS))} for task in range(3)]
+    commit_module.commit(location, "j" * 64, parts_of(location, old), elements=3)
+    claim = commit_module.begin(location, "k" * 64, overwrite=True)
+    try:
+        commit_module.commit(location, "k" * 64, [], lease=claim.lease, elements=0)
+    finally:
+        claim.lease.release()
+    assert polars.scan_delta(location.root).collect().height == 0
+    assert reduce_sql.Dataset(location).manifest.job == "k" * 64
+
+
+def test_an_integer_a_widened_float_cannot_hold_is_a_schema_conflict(tmp_path):
+    location = locate(tmp_path / "out")
+    parts = parts_of(location, [{"id": [2**53 + 1]}, {"id": [0.5]}])
+    with pytest.raises(reduce_sql.SchemaConflictError, match="'id' is int64"):
+        commit_module.commit(location, "j" * 64, parts)
+    with pytest.raises(reduce_sql.OutputTypeError, match="'u'.*column of its own"):
+        parts_of(location, [{"u": pa.UnionArray.from_sparse(
+            pa.array([0], pa.int8()), [pa.array([1]), pa.array(["a"])])}])
