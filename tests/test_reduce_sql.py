@@ -1319,12 +1319,12 @@ def both_commit_at_once(monkeypatch) -> None:
     monkeypatch.setattr(delta, "commit", at_once)
 
 
-def test_two_compactions_at_once_never_duplicate_a_row(tmp_path, monkeypatch):
+def test_two_compactions_at_once_never_duplicate_a_row(output, monkeypatch):
     """Two commits merging the same small files from the same version (the lease keeps a
     second driver out; here it is bypassed): one commits, the other is refused."""
     from concurrent.futures import ThreadPoolExecutor
 
-    location = locate(tmp_path / "out")
+    location = locate(output)
     monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 100)
     tables = [{"task": [task] * ROWS, "k": list(range(ROWS))} for task in range(20)]
     committed_once = commit_module.commit(location, "j" * 64, parts_of(location, tables))
@@ -1339,10 +1339,10 @@ def test_two_compactions_at_once_never_duplicate_a_row(tmp_path, monkeypatch):
                                                    (20 * ROWS, 20 * ROWS))
 
 
-def test_a_table_created_by_two_drivers_at_once_ends_with_one(tmp_path, monkeypatch):
+def test_a_table_created_by_two_drivers_at_once_ends_with_one(output, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    location = locate(tmp_path / "out")
+    location = locate(output)
     runs = [parts_of(location, [{"task": [task] * ROWS, "k": list(range(ROWS))}
                                 for task in range(3)]) for _ in range(2)]
     both_commit_at_once(monkeypatch)
