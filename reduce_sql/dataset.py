@@ -20,6 +20,7 @@ so the Dataset that runs one moves, from then on, to a DuckDB of its own.
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import os
 import threading
@@ -288,9 +289,15 @@ _shared_lock = threading.Lock()
 _shared: dict[int, tuple[Any, dict[str, tuple]]] = {}
 #: Every Dataset of the process, so a forked child can disconnect them all
 _opened: weakref.WeakSet[Dataset] = weakref.WeakSet()
-#: In a forked child, the parent's DuckDB objects, never closed: DuckDB 2.0 crashes the child
-#: (SIGSEGV) when it destroys a database made before the fork, whose threads it lacks
-_parents: list[Any] = []
+
+
+def _never_destroyed(objects: Any) -> None:
+    """Keep the parent's DuckDB objects in a forked child alive for good, even through the
+    interpreter's exit: DuckDB 2.0 crashes the child (SIGSEGV, or SIGABRT once it queried)
+    when it destroys a database made before the fork, whose threads it lacks."""
+    for each in objects:
+        if each is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(each))
 
 
 def _unconnected_after_fork() -> None:
@@ -298,9 +305,10 @@ def _unconnected_after_fork() -> None:
     the DuckDB connections are the parent's; the child makes its own."""
     global _shared_lock
     _shared_lock = threading.Lock()
-    _parents.extend(_shared.values())
+    _never_destroyed(database for database, _ in _shared.values())
+    _shared.clear()
     for dataset in list(_opened):
-        _parents.append(dataset._database)
+        _never_destroyed([dataset._database])
         dataset._unconnected()
 
 
@@ -313,8 +321,6 @@ def _shared_database() -> tuple[Any, dict[str, tuple]]:
     so makes its own."""
     pid = os.getpid()
     if pid not in _shared:
-        _parents.extend(_shared.values())
-        _shared.clear()
         _shared[pid] = _new_database(), {}
     return _shared[pid]
 

@@ -1065,6 +1065,27 @@ def test_a_forked_child_queries_while_a_parent_thread_held_the_locks(tmp_path):
     assert os.waitstatus_to_exitcode(status[-1][1]) == 0  # both answered, rightly
 
 
+def test_a_forked_child_that_exits_as_scripts_do_ends_cleanly(tmp_path):
+    """A child of os.fork that queries and then exits through sys.exit (not multiprocessing's
+    os._exit): the interpreter's teardown leaves the parent's DuckDB alone (destroying it
+    aborted the child, DuckDB 2.0)."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, sys, reduce_sql\n"
+        f"d = reduce_sql.Dataset({str(tmp_path / 'out')!r})\n"
+        "d.sql('SELECT count(*) FROM data')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        f"    d.sql('SELECT count(*) FROM data'); reduce_sql.Dataset({str(tmp_path / 'out')!r})"
+        ".sql('SELECT 1')\n"
+        "    sys.exit(0)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    committed(tmp_path / "out", [{"x": [1, 2, 3]}])
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert ran.stdout.strip() == "0", ran.stderr
+
+
 def test_concurrent_queries_from_threads_each_get_their_own_answer(tmp_path):
     """Threads querying one Dataset, and threads each opening their own, at once."""
     from concurrent.futures import ThreadPoolExecutor
