@@ -19,7 +19,6 @@ than delta-rs would resolve by dropping the file.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import itertools
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from reduce_sql.errors import OutputBusyError
-from reduce_sql.store import Location
+from reduce_sql.store import S3_OPTIONS_FROM_ENV, Location
 
 #: The custom metadata key under which a commit records reduce_sql's state of its version,
 #: and the one naming the commit itself
@@ -67,7 +66,7 @@ class AddedFile:
 class TableVersion:
     version: int
     schema: pa.Schema
-    files: tuple[AddedFile, ...]  # their stats left out unless read(with_stats=True)
+    files: tuple[AddedFile, ...]  # their stats left out: a commit never adds them again
     state: dict | None  # what the newest reduce_sql commit up to this version recorded
     table: Any = field(repr=False, compare=False)  # deltalake's DeltaTable at this version
 
@@ -99,10 +98,7 @@ def storage_options(location: Location) -> dict[str, str] | None:
     """delta-rs' options for the store: the ones the driver resolved (store.Location)."""
     if not location.is_s3:
         return None
-    names = {"endpoint_override": "AWS_ENDPOINT_URL", "region": "AWS_REGION",
-             "access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
-             "session_token": "AWS_SESSION_TOKEN"}
-    options = {names[name]: value for name, value in location.s3_options}
+    options = {S3_OPTIONS_FROM_ENV[name]: value for name, value in location.s3_options}
     if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
         options["AWS_ALLOW_HTTP"] = "true"
     return options
@@ -115,13 +111,12 @@ def is_table(location: Location) -> bool:
     return log.type == pafs.FileType.Directory
 
 
-def read(location: Location, version: int | None = None,
-         with_stats: bool = False) -> TableVersion | None:
+def read(location: Location, version: int | None = None) -> TableVersion | None:
     """The table's ``version`` (default: the latest), or None when there is no table. Its
     state is None when a writer other than reduce_sql changed the files since (an optimize, a
     delete): which tasks they hold is then unknown."""
     if _forked_from_user:
-        return _read_in_fresh_interpreter(location, version, with_stats)
+        return _read_in_fresh_interpreter(location, version)
     if not is_table(location):
         return None
     from deltalake import DeltaTable
@@ -132,15 +127,11 @@ def read(location: Location, version: int | None = None,
     except BaseException as exc:  # pyo3's PanicException derives from BaseException
         if type(exc).__name__ != "PanicException":
             raise
-        return _read_in_fresh_interpreter(location, version, with_stats)  # forked: see module
-    actions = pa.table(table.get_add_actions())
-    if with_stats:
-        files = tuple(AddedFile(row["path"], row["size_bytes"], row["num_records"] or 0,
-                                _stats_json(row)) for row in actions.to_pylist())
-    else:
-        columns = actions.select(["path", "size_bytes", "num_records"]).to_pydict()
-        files = tuple(AddedFile(path, size, rows or 0, "") for path, size, rows in zip(
-            columns["path"], columns["size_bytes"], columns["num_records"], strict=True))
+        return _read_in_fresh_interpreter(location, version)  # forked: see the module
+    actions = pa.table(table.get_add_actions()).select(["path", "size_bytes", "num_records"])
+    columns = actions.to_pydict()
+    files = tuple(AddedFile(path, size, rows or 0, "") for path, size, rows in zip(
+        columns["path"], columns["size_bytes"], columns["num_records"], strict=True))
     at = table.version()
     state = _state(location, at)
     if state is not None and set(state["tasks"]) != {file.path for file in files}:
@@ -260,24 +251,12 @@ def _landed(location: Location, after: int, token: str) -> int | None:
             return version
 
 
-def _stats_json(row: dict) -> str:
-    """A file's statistics as its add action carried them (deltalake parses them apart)."""
-    def present(values: dict | None) -> dict:
-        return {name: value.isoformat() if isinstance(value, datetime.date) else value
-                for name, value in (values or {}).items() if value is not None}
-
-    return json.dumps({"numRecords": row["num_records"], "minValues": present(row.get("min")),
-                       "maxValues": present(row.get("max")),
-                       "nullCount": present(row.get("null_count"))})
-
-
-def _read_in_fresh_interpreter(location: Location, version: int | None,
-                               with_stats: bool) -> TableVersion | None:
+def _read_in_fresh_interpreter(location: Location, version: int | None) -> TableVersion | None:
     """read(), in a new interpreter (``python -m reduce_sql.delta``), not a multiprocessing
     spawn, which would run the user's script again: deltalake would panic in this forked
     process. The version comes back without its DeltaTable, which only a commit uses."""
     completed = subprocess.run([sys.executable, "-m", "reduce_sql.delta"], check=True,
-                               input=pickle.dumps((location, version, with_stats)),
+                               input=pickle.dumps((location, version)),
                                capture_output=True)
     return pickle.loads(completed.stdout)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 #: AWS environment variables a driver passes on to the workers' S3 filesystem.
-_S3_OPTIONS_FROM_ENV = {
+S3_OPTIONS_FROM_ENV = {
     "endpoint_override": "AWS_ENDPOINT_URL",
     "region": "AWS_REGION",
     "access_key": "AWS_ACCESS_KEY_ID",
@@ -120,7 +120,7 @@ def locate(uri: str | os.PathLike) -> Location:
         if not bucket_and_prefix:
             raise ValueError(f"{text!r} names no bucket: use s3://bucket/prefix")
         options = tuple((option, os.environ[variable])
-                        for option, variable in _S3_OPTIONS_FROM_ENV.items()
+                        for option, variable in S3_OPTIONS_FROM_ENV.items()
                         if os.environ.get(variable))
         return _addressable(Location(text, bucket_and_prefix, options))
     if "://" in text:

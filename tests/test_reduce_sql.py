@@ -1297,31 +1297,31 @@ def engines_read(location, version: int | None = None) -> dict[str, tuple[int, i
 
 
 def test_a_resumed_and_compacted_job_is_read_exactly_by_every_engine_at_each_version(
-        output, tmp_path, monkeypatch):
+        output, tmp_path):
     """A job cut by its deadline, then run again (resume), whose commit merges the first
-    run's files with the new ones: polars, pandas and DuckDB read exactly the job's rows at
-    the latest version and the first run's rows at its version; the first run's files stay
+    run's files with the new ones (the default threshold: the first run leaves as many files
+    as it allows, the second one more): polars, pandas and DuckDB read exactly the job's rows
+    at the latest version and the first run's rows at its version; the first run's files stay
     on disk for that version's readers (a Parquet glob of the directory would count them
     twice: no Delta reader does)."""
-    monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 100)
+    slow = commit_module.COMPACT_ABOVE_FILES
     gate = tmp_path / "gate"
-    table = {(task, 0): ("sleep", 0.3) for task in range(6)}  # each a file of its own
+    table = {(task, 0): ("sleep", 0.3) for task in range(slow)}  # each a file of its own
     table |= {(task, attempt): ("wait_for", str(gate))  # whichever attempt: until the gate
-              for task in range(6, 10) for attempt in range(4)}
+              for task in range(slow, slow + 4) for attempt in range(4)}
     with pytest.warns(gpar.IncompleteResultsWarning, match="deadline"):
-        first = run(range(10), output, tmp_path, table, deadline=10, backups=False)
-    assert first.manifest.tasks == set(range(6)) and len(first.files) == 6
+        first = run(range(slow + 4), output, tmp_path, table, deadline=20, backups=False)
+    assert first.manifest.tasks == set(range(slow)) and len(first.files) == slow
     gate.touch()
-    monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 4)
-    again = run(range(10), output, tmp_path, table)
+    again = run(range(slow + 4), output, tmp_path, table)
     location = locate(output)
     assert again.report.elements == 4 and again.manifest.version > first.manifest.version
     assert all("compact-" in path for path in again.files)  # merged: the first run's retired
     assert set(first.files) <= {location.path(path) for path in location.files("data")}
     assert engines_read(location) == dict.fromkeys(("polars", "pandas", "duckdb"),
-                                                   (10 * ROWS, 10 * ROWS))
+                                                   ((slow + 4) * ROWS, (slow + 4) * ROWS))
     assert engines_read(location, first.manifest.version) == dict.fromkeys(
-        ("polars", "pandas", "duckdb"), (6 * ROWS, 6 * ROWS))
+        ("polars", "pandas", "duckdb"), (slow * ROWS, slow * ROWS))
 
 
 def both_commit_at_once(monkeypatch) -> None:
