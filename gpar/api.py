@@ -235,7 +235,10 @@ def _finished(ended: _Ended) -> Results | Dataset:
     """What apply returns for a job that ended, raising or warning as README promises; in the
     thread that waits for it (warnings point at its caller's caller: see Job._result)."""
     if ended.policy is not None:
-        _raise_or_warn(ended.results, ended.policy)
+        # without output=, the ledger knows the failures: no scan of every value
+        every = (ended.results.failures if ended.output is not None
+                 else ended.policy.ledger.failed())
+        _raise_or_warn(ended.results, every, ended.policy)
     return _answer(ended.results, ended.output)
 
 
@@ -328,10 +331,9 @@ def _raise_if_mismatched(results: Results, every: list[TaskFailure],
         raise first.exception from RemoteTraceback(first.traceback) if first.traceback else None
 
 
-def _raise_or_warn(results: Results, policy: Policy) -> None:
-    """Turn how the job ended into the exception or warnings that README's "What apply
-    guarantees" promises."""
-    every = results.failures  # a scan of every value: once
+def _raise_or_warn(results: Results, every: list[TaskFailure], policy: Policy) -> None:
+    """Turn how the job ended, ``every`` TaskFailure in ``results`` in input order, into the
+    exception or warnings that README's "What apply guarantees" promises."""
     failures = [f for f in every if f.reason in ("error", "system")]
     _raise_if_mismatched(results, every, failures)
     unfinished = len(every) - len(failures)

@@ -35,7 +35,7 @@ import cloudpickle
 
 from envpack import reach
 from envpack.reach import unwrap
-from gpar import pickled
+from gpar import pickled, plaindata
 from gpar.errors import EnvironmentCaptureError
 from gpar.options import EnvMode
 
@@ -138,7 +138,8 @@ def restore(stream: bytes, buffers: list[Any], reuse_copies: bool = False) -> Ca
     ``reuse_copies`` (a worker, whose batches run one after another): the writable copies of
     small buffers are written into the memory of the previous batch's (see _writable)."""
     buffers = _writable(buffers, _spare if reuse_copies else {})
-    (names, *values, call), failures = pickled.loads(stream, buffers)
+    ((names, _), *values, call), failures = pickled.loads(stream, buffers,
+                                                           plaindata.resolver(buffers))
     lost = {names[position - 1]: failure for position, failure in failures.items()
             if 0 < position <= len(names)}
     if call is None:
@@ -243,11 +244,17 @@ def _roots(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any,
 
 
 def _dump(call: Call) -> tuple[CapturedEnvironment, dict[int, pickled.Failure]]:
-    """The call in parts: the globals' names, each global, the call; and the parts refused."""
+    """The call in parts: the globals' names (with the template of large plain ones,
+    plaindata.py, the stream's first out-of-band buffer), each global, the call; and the
+    parts refused."""
     buffers: list[pickle.PickleBuffer] = []
-    parts = [list(call.namespace), *call.namespace.values(),
-             dataclasses.replace(call, namespace={})]
-    stream, refused = pickled.dumps(parts, (cloudpickle.Pickler,), 5, buffers)
+    in_template = plaindata.qualifying(call.namespace)
+    head = (list(call.namespace),
+            plaindata.template(call.namespace, in_template) if in_template else None)
+    parts = [head, *call.namespace.values(), dataclasses.replace(call, namespace={})]
+    pickler = (plaindata.referring(cloudpickle.Pickler, in_template) if in_template
+               else cloudpickle.Pickler)
+    stream, refused = pickled.dumps(parts, (pickler,), 5, buffers)
     return CapturedEnvironment(stream, buffers, skipped={}), refused
 
 

@@ -80,6 +80,11 @@ class Ledger:
         """The element has failed for good."""
         self._finalize(failure.index, FAILED, failure)
 
+    def failed(self) -> list[TaskFailure]:
+        """The failures of elements final without a value (failed or cancelled), in input
+        order."""
+        return [self.failures[index] for index in sorted(self.failures)]
+
     def cancel_open(self, failure_of: Callable[[int, int], TaskFailure]) -> None:
         """The job stopped: every open element is cancelled, its slot holding
         ``failure_of(index, failed attempts)``."""

@@ -22,7 +22,7 @@ import io
 import pickle
 import pickletools
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -69,13 +69,17 @@ def dumps(values: Sequence[Any], picklers: Sequence[type[pickle.Pickler]], proto
     return data, refused
 
 
-def loads(data: bytes, buffers: Sequence[Any] = ()) -> tuple[Sequence[Any], dict[int, Failure]]:
-    """The values ``dumps`` wrote, None for each that has none, and why it has none."""
+def loads(data: bytes, buffers: Sequence[Any] = (),
+          persistent_load: Callable[[Any], Any] | None = None,
+          ) -> tuple[Sequence[Any], dict[int, Failure]]:
+    """The values ``dumps`` wrote, None for each that has none, and why it has none.
+    ``persistent_load``: what the pickler's persistent ids stand for (pickle's own hook)."""
     head = pickle.loads(data)  # the header alone, when one leads
     if not isinstance(head, _Header):
         return head, {}
     body_bytes = head.ends[-1] if head.ends else 0
-    return _loads_each(memoryview(data)[len(data) - body_bytes:], head, buffers)
+    return _loads_each(memoryview(data)[len(data) - body_bytes:], head, buffers,
+                       persistent_load)
 
 
 def _plain(values: Sequence[Any]) -> bool:
@@ -111,8 +115,9 @@ def _dumps_each(values: Sequence[Any], pickler_class: type[pickle.Pickler], prot
     return header + body.getvalue(), refused
 
 
-def _loads_each(body: memoryview, header: _Header,
-                buffers: Sequence[Any]) -> tuple[list[Any], dict[int, Failure]]:
+def _loads_each(body: memoryview, header: _Header, buffers: Sequence[Any],
+                persistent_load: Callable[[Any], Any] | None,
+                ) -> tuple[list[Any], dict[int, Failure]]:
     values: list[Any] = []
     failures = dict(header.refused)
     starts = array("q", [0]) + header.ends[:-1]
@@ -126,6 +131,8 @@ def _loads_each(body: memoryview, header: _Header,
         if unpickler is None:
             unpickler = pickle.Unpickler(io.BytesIO(body[start:]),
                                          buffers=_after(buffers, buffer_starts, position))
+            if persistent_load is not None:
+                unpickler.persistent_load = persistent_load
         try:
             values.append(unpickler.load())
         except Exception as exc:  # unpickling raises anything
@@ -135,7 +142,7 @@ def _loads_each(body: memoryview, header: _Header,
             values.append(None)
             unpickler = _resumed(unpickler, body, starts[segment], start, end, position,
                                  _after(buffers, buffer_starts, position),
-                                 _after(buffers, buffer_starts, position + 1))
+                                 _after(buffers, buffer_starts, position + 1), persistent_load)
     return values, failures
 
 
@@ -183,8 +190,10 @@ class _Resumed(pickle._Unpickler):
     read after a failure); ``size``: the memo's size, holes included."""
 
     def __init__(self, file: io.BytesIO, memo: dict[int, Any], size: int, buffers: Any,
-                 position: int = -1):
+                 persistent_load: Callable[[Any], Any] | None, position: int = -1):
         super().__init__(file, buffers=buffers)
+        if persistent_load is not None:
+            self.persistent_load = persistent_load
         hole = _Hole(position)
         self.memo = _Holes({index: memo.get(index, hole) for index in range(size)})
 
@@ -199,7 +208,8 @@ class _Resumed(pickle._Unpickler):
 
 
 def _resumed(failed: Any, body: memoryview, segment_start: int, start: int, end: int,
-             position: int, its_buffers: Any, later_buffers: Any) -> _Resumed:
+             position: int, its_buffers: Any, later_buffers: Any,
+             persistent_load: Callable[[Any], Any] | None) -> _Resumed:
     """An unpickler for the elements after the one at ``position``, ``body[start:end]``,
     that failed.
 
@@ -211,7 +221,7 @@ def _resumed(failed: Any, body: memoryview, segment_start: int, start: int, end:
     """
     before = _memoized(body[segment_start:start])
     memo = {index: value for index, value in failed.memo.copy().items() if index < before}
-    again = _Resumed(io.BytesIO(body[start:end]), memo, before, its_buffers)
+    again = _Resumed(io.BytesIO(body[start:end]), memo, before, its_buffers, persistent_load)
     try:
         again.load()
     except Exception:  # as before, most likely: its stack is what matters
@@ -221,4 +231,4 @@ def _resumed(failed: Any, body: memoryview, segment_start: int, start: int, end:
     finished = {index: value for index, value in dict.items(again.memo)
                 if index < before or id(value) not in half_built}  # earlier ones are whole
     return _Resumed(io.BytesIO(body[end:]), finished, before + _memoized(body[start:end]),
-                    later_buffers, position)
+                    later_buffers, persistent_load, position)

@@ -114,6 +114,43 @@ def test_large_buffers_stay_shared_and_read_only_small_ones_become_the_batchs_ow
     assert small.flags.writeable and not any(np.shares_memory(small, s) for s in stored)
 
 
+def test_a_large_plain_global_is_each_batchs_own_copy_of_one_unpickled_template():
+    """A list of 100,000 ints in the globals: each batch (a restore) gets a list of its own,
+    whatever an earlier batch on the worker did to its copy, while what shares the list in
+    the caller shares it in the batch; the second batch copies the template the first
+    unpickled instead of unpickling it again (its items are the very same int objects)."""
+    namespace = main_namespace("""
+        ROWS = list(range(1_000_000, 1_100_000))
+        LOOKUP = {"rows": ROWS, "scale": 2}
+        KINDS = {str(n): n for n in range(2_000)}
+        def grow(x):
+            ROWS.append(x)
+            KINDS["new"] = x
+            return len(ROWS), LOOKUP["rows"] is ROWS, len(KINDS)
+    """)
+    captured = capture(namespace["grow"], (), {}, namespace, mode="full", retry_on=())
+    assert len(captured.stream) < 10_000  # the list went to the template, not the stream
+    stored = [bytes(buffer.raw()) for buffer in captured.buffers]
+    first = restore(captured.stream, stored)
+    assert first.fn(7) == (100_001, True, 2_001)
+    second = restore(captured.stream, stored)
+    assert second.fn(8) == (100_001, True, 2_001)
+    assert second.namespace["ROWS"] is not first.namespace["ROWS"]
+    assert second.namespace["ROWS"][5] is first.namespace["ROWS"][5]
+    assert namespace["ROWS"][-1] == 1_099_999  # the caller's is untouched
+
+
+def test_a_plain_global_named_twice_stays_one_object():
+    namespace = main_namespace("""
+        A = list(range(5_000))
+        B = A
+        def f(x):
+            return A is B
+    """)
+    call, _ = ship(namespace, "f")
+    assert call.fn(0) is True
+
+
 def test_an_importable_callers_namespace_is_not_shipped():
     import json
 

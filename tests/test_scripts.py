@@ -90,6 +90,28 @@ def test_a_global_mutated_by_a_task_is_seen_neither_by_the_caller_nor_a_later_ca
     assert out.strip() == "[1, 1, 1, 1] [1, 1, 1, 1] [] {'calls': 0}"
 
 
+def test_a_large_list_global_grown_by_a_batch_is_fresh_in_the_next_one_on_that_worker(
+        run_script):
+    """A list of plain values of 1,000 items and more is unpickled once per worker and copied
+    for each batch (gpar/plaindata.py): a copy a batch grew must not be the next's."""
+    out = assert_ok(run_script("""
+        import os, time, gpar
+        ROWS = list(range(5_000))
+        BY_NAME = {"rows": ROWS}
+        def grow(x):
+            ROWS.append(x)
+            time.sleep(0.6)  # longer than a batch's target: one element per batch
+            return len(ROWS), BY_NAME["rows"] is ROWS, os.getpid()
+        results = gpar.apply(range(6), grow, max_workers=2, progress=False)
+        print([(size, shared) for size, shared, _ in results], results.report.batches)
+        print(len({pid for _, _, pid in results}), len(ROWS))
+    """))
+    batches, caller = out.splitlines()
+    assert batches == f"{[(5_001, True)] * 6} 6"
+    pids, rows = caller.split()
+    assert int(pids) < 6 and rows == "5000"  # a worker ran several batches; the caller's intact
+
+
 def test_a_large_global_array_arrives_read_only_and_a_change_reaches_no_later_batch(
         run_script):
     """Large arrays are mapped in place on the workers, so writing into one must fail rather
