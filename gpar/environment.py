@@ -27,7 +27,7 @@ import pickle
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -35,7 +35,7 @@ import cloudpickle
 
 from envpack import reach
 from envpack.reach import unwrap
-from gpar import pickled, plaindata
+from gpar import batchcopies, pickled, plaindata
 from gpar.errors import EnvironmentCaptureError
 from gpar.options import EnvMode
 
@@ -132,12 +132,11 @@ def _raise_for_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         "picklable data and create resources such as files inside fn.")
 
 
-def restore(stream: bytes, buffers: list[Any], reuse_copies: bool = False) -> Call:
+def restore(stream: bytes, buffers: list[Any], identity: Hashable = None) -> Call:
     """Unpickle a call on the worker and give fn the captured globals: those that unpickle
     there. Raises EnvironmentCaptureError naming a global the call needs that does not.
-    ``reuse_copies`` (a worker, whose batches run one after another): the writable copies of
-    small buffers are written into the memory of the previous batch's (see _writable)."""
-    buffers = _writable(buffers, _spare if reuse_copies else {})
+    ``identity``: what names the buffers' content for good, if anything does (batchcopies)."""
+    buffers = _writable(buffers, identity)
     ((names, _), *values, call), failures = pickled.loads(stream, buffers,
                                                            plaindata.resolver(buffers))
     lost = {names[position - 1]: failure for position, failure in failures.items()
@@ -258,34 +257,15 @@ def _dump(call: Call) -> tuple[CapturedEnvironment, dict[int, pickled.Failure]]:
     return CapturedEnvironment(stream, buffers, skipped={}), refused
 
 
-#: The last batch's writable copies, by size, for the next batch to write its own into: fresh
-#: memory costs its page faults (80 MB of small arrays: 55 ms a batch here, 10 ms in memory
-#: touched already). The previous batch has ended, so nothing of it reads them any more.
-_spare: dict[int, list[bytearray]] = {}
-
-
-def _writable(buffers: list[Any], spare: dict[int, list[bytearray]]) -> list[Any]:
-    """The buffers under SHARED_MIN_BYTES as writable copies, each batch's own (taken from
-    ``spare`` where one of the size is left, which then holds this batch's); the others as
-    they are, shared read-only."""
-    copies: dict[int, list[bytearray]] = {}
-    writable = []
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        if view.nbytes >= SHARED_MIN_BYTES:
-            writable.append(buffer)
-            continue
-        left = spare.get(view.nbytes)
-        if left:
-            copy = left.pop()
-            copy[:] = view
-        else:
-            copy = bytearray(view)
-        copies.setdefault(view.nbytes, []).append(copy)
-        writable.append(copy)
-    if spare or copies:
-        spare.clear()
-        spare.update(copies)
+def _writable(buffers: list[Any], identity: Hashable) -> list[Any]:
+    """The buffers under SHARED_MIN_BYTES as writable copies, each batch's own (copied on
+    write: batchcopies.py); the others as they are, shared read-only."""
+    views = [memoryview(buffer).cast("B") for buffer in buffers]
+    small = [position for position, view in enumerate(views) if view.nbytes < SHARED_MIN_BYTES]
+    writable = list(buffers)
+    for position, copy in zip(small, batchcopies.private_views([views[p] for p in small], identity),
+                              strict=True):
+        writable[position] = copy
     return writable
 
 

@@ -53,7 +53,7 @@ import threading
 import time
 import traceback
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +129,8 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
     stream, placed, context = environment
     buffers = envcache.resolve(placed)
     _adopt(context, image)
-    run = _BatchRun(stream, buffers, items, count, sink, image, note)
+    identity = tuple((ref.binary(), position) for ref, position in placed)  # ids never reused
+    run = _BatchRun(stream, buffers, items, count, sink, image, note, identity)
     _main_thread_calls = run.calls
     try:
         run.thread.start()
@@ -239,8 +240,10 @@ class _BatchRun:
     """The element thread's state: appended to by it, read by run_batch's snapshots."""
 
     def __init__(self, stream: bytes, buffers: list[Any], items: bytes, count: int, sink: Any,
-                 image: ImageCheck | None = None, note: tuple[int, int] | None = None):
+                 image: ImageCheck | None = None, note: tuple[int, int] | None = None,
+                 identity: Hashable = None):
         self.stream, self.buffers, self.items, self.count = stream, buffers, items, count
+        self.identity = identity  # what names the buffers' content for good, if known
         self.writer = None if sink is None else sink.open()  # a reduce_sql BatchWriter
         self.image = image
         self.note = notes.begin(*note) if note else notes.scratch()  # [2]: where fn is
@@ -262,7 +265,7 @@ class _BatchRun:
             if not self._image_verified():
                 return
             try:
-                call = environment.restore(self.stream, self.buffers, reuse_copies=True)
+                call = environment.restore(self.stream, self.buffers, self.identity)
                 items, unloaded = pickled.loads(self.items)
             except BaseException as exc:
                 self._fail_all(exc)

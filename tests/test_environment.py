@@ -114,6 +114,27 @@ def test_large_buffers_stay_shared_and_read_only_small_ones_become_the_batchs_ow
     assert small.flags.writeable and not any(np.shares_memory(small, s) for s in stored)
 
 
+def test_small_arrays_are_written_once_per_worker_and_each_batch_writes_its_own(monkeypatch):
+    """Three batches of one call on one worker: the small arrays are copied into one file,
+    once; a batch's write into its array reaches neither the next batch nor the stored
+    buffer."""
+    from gpar import batchcopies
+
+    namespace = main_namespace("import numpy as np\nkept = [np.zeros(1_000) for _ in range(50)]\n"
+                               "def f(x):\n    kept[0][0] += 1\n    return float(kept[0][0])\n")
+    captured = capture(namespace["f"], (), {}, namespace, mode="full", retry_on=())
+    stored = [np.frombuffer(b.raw(), dtype=np.uint8).copy() for b in captured.buffers]
+    for array in stored:
+        array.flags.writeable = False
+    writes = []
+    monkeypatch.setattr(batchcopies, "_written",
+                        lambda views, real=batchcopies._written: writes.append(1) or real(views))
+    identity = ("a call's buffers", len(stored))
+    assert [restore(captured.stream, stored, identity).fn(0) for _ in range(3)] == [1.0] * 3
+    assert len(writes) == 1
+    assert not any(array.any() for array in stored)
+
+
 def test_a_large_plain_global_is_each_batchs_own_copy_of_one_unpickled_template():
     """A list of 100,000 ints in the globals: each batch (a restore) gets a list of its own,
     whatever an earlier batch on the worker did to its copy, while what shares the list in
