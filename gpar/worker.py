@@ -37,6 +37,7 @@ not after every batch, as one took ~40 ms in a worker with pandas and statsmodel
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copyreg
 import dataclasses
@@ -254,7 +255,10 @@ class _BatchRun:
         self.elements_started = time.time()  # set again once the environment is restored
         self.restored = False  # until then no element is in fn: say nothing about one
         self.end = count  # positions from here on are not this batch's to start
-        self.claim = threading.Lock()  # held to start an element and to hand elements back
+        # the positions no one has taken: the element thread takes each before it starts it
+        # (popleft), a hand-off takes the rest (pop); a deque's pops are atomic, so each
+        # position is taken once, without a lock per element (one cost 0.3 us here)
+        self.untaken = collections.deque(range(count))
         self.settling = threading.Lock()  # held to hold a table, and to take or settle them
         self.writing = threading.Lock()  # held while a file is written
         self.calls: queue.SimpleQueue = queue.SimpleQueue()  # requests, then _FINISHED
@@ -279,18 +283,21 @@ class _BatchRun:
 
     def _run_elements(self, call: environment.Call, items: Sequence[Any],
                       unloaded: dict[int, ElementError]) -> None:
-        """fn on each item, in order; the ``unloaded`` items never reached this worker.
-        Kept lean: it runs once per element (~0.5 us here, a bare loop 0.07)."""
+        """fn on each item, in order, until a hand-off takes the rest; the ``unloaded`` items
+        never reached this worker. Kept lean: it runs once per element (~0.3 us here, a bare
+        loop 0.07)."""
         fn, args, kwargs, retry_on = call.fn, call.args, call.kwargs, call.retry_on
         if args or kwargs:  # else the usual call, fn(x), without unpacking two empties
             fn = functools.partial(_with_arguments, fn, args, kwargs)
-        values, finished, clock, claim = self.values, self.finished, time.time, self.claim
+        values, finished, clock, take = self.values, self.finished, time.time, self.untaken.popleft
         writer, note = self.writer, self.note
-        for position, item in enumerate(items):
-            with claim:
-                if position >= self.end:
-                    note[2] = ~position
-                    return
+        while True:
+            try:
+                position = take()
+            except IndexError:  # all taken: run, or handed off
+                note[2] = ~len(values)
+                return
+            item = items[position]
             if unloaded and position in unloaded:
                 self.errors[position], value = unloaded[position], None
             else:
@@ -307,7 +314,6 @@ class _BatchRun:
             else:
                 values.append(None)  # its Part once written
                 self._hold(position, value)
-        note[2] = ~len(items)
 
     def _image_verified(self) -> bool:
         """Check the worker has the caller's distributions; if not, fail every element with
@@ -391,17 +397,25 @@ class _BatchRun:
             self.finished.append(now)
 
     def hand_off(self, after_s: float) -> bool:
-        """Give back the elements behind the one in fn if it has run ``after_s``; whether it
-        did. Under the claim lock, so the element thread cannot start the next one meanwhile."""
-        with self.claim:
-            done = len(self.finished)
-            if not self.restored or done + 1 >= self.end:
-                return False
-            started = self.finished[done - 1] if done else self.elements_started
-            if time.time() - started <= after_s:
-                return False
-            self.end = done + 1
-            return True
+        """Give back the elements no one has started if the one in fn has run ``after_s``;
+        whether it did. It takes them from ``untaken``, so the element thread never starts
+        one (that thread may have started the next element meanwhile: that one stays)."""
+        done = len(self.finished)
+        if not self.restored or done + 1 >= self.end:
+            return False
+        started = self.finished[done - 1] if done else self.elements_started
+        if time.time() - started <= after_s:
+            return False
+        taken, take = [], self.untaken.pop
+        while True:
+            try:
+                taken.append(take())
+            except IndexError:
+                break
+        if not taken:
+            return False
+        self.end = taken[-1]  # the lowest: the element thread takes from the other end
+        return True
 
     def snapshot(self, reported: int, node_id: str) -> tuple[Progress, int]:
         # values and errors are set before finished grows, or written moves
