@@ -20,6 +20,7 @@ import time
 ROUNDS = 5
 ELEMENTS = 4
 TRIVIAL_ITEMS = 100_000
+INSIDE_ROUNDS = 7  # the trivial items' rounds inside one script, gpar and the pool interleaved
 IDLE_WINDOW_S = 10.0
 
 SCRIPTS = {
@@ -46,20 +47,28 @@ print(ray.get([f.remote(x) for x in range(4)]))
 }
 
 INSIDE = """
-import time, gpar
-gpar.apply([1], abs, progress=False)
-one = []
-for _ in range(20):
-    started = time.perf_counter()
+import multiprocessing, statistics, time, gpar
+if __name__ == "__main__":
     gpar.apply([1], abs, progress=False)
-    one.append(time.perf_counter() - started)
-items = list(range(ITEMS))
-started = time.perf_counter()
-assert gpar.apply(items, abs, progress=False) == items
-many = time.perf_counter() - started
-import statistics
-print(statistics.median(one), many / len(items))
-""".replace("ITEMS", str(TRIVIAL_ITEMS))
+    one = []
+    for _ in range(20):
+        started = time.perf_counter()
+        gpar.apply([1], abs, progress=False)
+        one.append(time.perf_counter() - started)
+    items = list(range(ITEMS))
+    many, pooled = [], []
+    with multiprocessing.Pool(2) as pool:
+        pool.map(abs, range(8))
+        for _ in range(INSIDE_ROUNDS):
+            started = time.perf_counter()
+            assert gpar.apply(items, abs, progress=False) == items
+            many.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            assert pool.map(abs, items) == items
+            pooled.append(time.perf_counter() - started)
+    print(statistics.median(one), statistics.median(many) / len(items),
+          statistics.median(pooled) / len(items))
+""".replace("ITEMS", str(TRIVIAL_ITEMS)).replace("INSIDE_ROUNDS", str(INSIDE_ROUNDS))
 
 
 def run(source: str, env: dict[str, str]) -> float:
@@ -100,7 +109,7 @@ def main() -> None:
                 times[name].append(run(source, env))
         inside = subprocess.run([sys.executable, "-c", INSIDE], env=env, check=True,
                                 capture_output=True, text=True).stdout.split()
-        one_s, per_item_s = float(inside[0]), float(inside[1])
+        one_s, per_item_s, pool_per_item_s = map(float, inside)
         pid = client.read_state().pid
         time.sleep(2.0)  # the last script's tasks wind down
         cpu_before = tree_cpu_s(pid)
@@ -127,7 +136,9 @@ def main() -> None:
     lines += [
         "",
         f"Inside a script on the warm local cluster: a one-element call {one_s * 1e3:.1f} ms "
-        f"(median of 20); {TRIVIAL_ITEMS:,} trivial items {per_item_s * 1e6:.1f} µs per item.",
+        f"(median of 20); {TRIVIAL_ITEMS:,} trivial items {per_item_s * 1e6:.2f} µs per item, "
+        f"multiprocessing.Pool(2).map {pool_per_item_s * 1e6:.2f} µs in the same script "
+        f"({per_item_s / pool_per_item_s:.1f} ×; medians of {INSIDE_ROUNDS} interleaved rounds).",
         f"The idle local cluster (server and Ray's processes): {memory / 2**20:.0f} MiB "
         f"resident, {idle_cpu:.1%} of one core over {IDLE_WINDOW_S:.0f} s.",
     ]

@@ -38,6 +38,7 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
+from gpar import seam
 from gpar.errors import ClusterConnectionError
 from gpar.records import CallerContext
 from gpar.seam import Tasks
@@ -375,7 +376,7 @@ class ServerTasks(Tasks):
         self.broken = True  # until the answer is read whole
         try:
             self.conn.send((method, args))
-            answer = self.conn.recv()
+            answer = (True, None) if method in seam.ONE_WAY else self.conn.recv()
         except (EOFError, OSError) as exc:
             raise ClusterConnectionError(
                 "the local gpar cluster stopped while this script was using it (stopped by "

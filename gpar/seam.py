@@ -86,3 +86,8 @@ class Tasks(Protocol):
 #: The requests a Session forwards to its RayTasks, by method name.
 REQUESTS = frozenset({"probe", "put", "missing", "put_environment", "cpus", "alive_nodes",
                       "submit", "wait", "cancel"})
+
+#: Requests that answer nothing: a script sends them without waiting for the server (a
+#: launch no longer waits a round trip, 1-5 ms here); what one raised is raised by the next
+#: request that answers.
+ONE_WAY = frozenset({"submit"})

@@ -125,6 +125,7 @@ class Session:
         self.refs: dict[int, Any] = {}
         self.numbers = itertools.count()
         self.page: str | None = None  # the job's page, served by its script
+        self.unanswered: Exception | None = None  # what a one-way request raised
 
     def run(self, conn: Connection) -> None:
         while True:
@@ -136,6 +137,12 @@ class Session:
                 answer = (True, self._answer(method, args))
             except Exception as exc:
                 answer = (False, exc)
+            if method in seam.ONE_WAY:
+                if not answer[0] and self.unanswered is None:
+                    self.unanswered = answer[1]
+                continue
+            if self.unanswered is not None:
+                answer, self.unanswered = (False, self.unanswered), None
             try:
                 conn.send(answer)
             except Exception as exc:  # the exception itself would not pickle
