@@ -9,15 +9,6 @@ Names load on first use (PEP 562): ``import envpack.errors`` or ``envpack.reach`
 
 import importlib
 
-# The functions manifest() and verify() share their names with submodules, and importing a
-# submodule sets the package's attribute to it, once. So both are imported first (they are
-# light), and their attributes dropped: from then on each name is the function, found by
-# __getattr__.
-import envpack.manifest  # noqa: F401
-import envpack.verify  # noqa: F401
-
-del envpack, manifest, verify  # noqa: F821 - bound by those imports
-
 #: Public name -> the submodule that defines it.
 _HOMES = {
     "WorkerFacts": "envpack.delta",
@@ -31,12 +22,12 @@ _HOMES = {
     "Layer": "envpack.layers",
     "build": "envpack.layers",
     "layer_of": "envpack.layers",
-    "Distribution": "envpack.manifest",
-    "LocalModule": "envpack.manifest",
-    "Manifest": "envpack.manifest",
-    "ImageCheck": "envpack.verify",
-    "check_of": "envpack.verify",
-    "verify": "envpack.verify",
+    "Distribution": "envpack.records",
+    "LocalModule": "envpack.records",
+    "Manifest": "envpack.records",
+    "ImageCheck": "envpack.checks",
+    "check_of": "envpack.checks",
+    "verify": "envpack.checks",
 }
 
 __all__ = sorted(_HOMES)

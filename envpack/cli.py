@@ -24,7 +24,7 @@ from envpack.delta import WorkerFacts, select
 from envpack.discover import manifest
 from envpack.imports import Import, imports_in_source
 from envpack.layers import build, layer_of
-from envpack.manifest import Distribution, LocalModule, Manifest
+from envpack.records import Distribution, LocalModule, Manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from envpack import _boot
 from envpack.discover import canonical
-from envpack.manifest import Distribution, LocalModule, Manifest
+from envpack.records import Distribution, LocalModule, Manifest
 
 
 @dataclass(frozen=True)

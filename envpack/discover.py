@@ -46,7 +46,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from envpack import _boot
 from envpack.imports import Import, imports_in_source, is_standard_library, top_level
-from envpack.manifest import Distribution, LocalModule, Manifest
+from envpack.records import Distribution, LocalModule, Manifest
 
 #: Installed with the interpreter and loaded by .pth hooks, not by the caller's code.
 INSTALLER = frozenset({"pip", "setuptools", "wheel"})

@@ -27,7 +27,7 @@ from pathlib import Path
 from envpack import _boot
 from envpack.discover import record_files
 from envpack.errors import LayerTooLarge
-from envpack.manifest import Distribution, LocalModule
+from envpack.records import Distribution, LocalModule
 
 #: Largest layer: Ray's limit for one package in its object directory (GCS_STORAGE_MAX_SIZE,
 #: the gRPC message limit of 512 MiB); beyond it a layer is better installed on the cluster.

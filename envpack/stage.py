@@ -25,7 +25,7 @@ When the workers run the caller's interpreter on the caller's host (the embedded
 delta is normally empty: no layer, no runtime_env, and tasks run in Ray's ordinary worker
 processes; the step then costs the warm manifest, a few ms. Those processes import the caller's
 local modules from the caller's files; one that imported a module the caller has since edited
-drops it when the image check names other contents (verify.py). A runtime_env per edit would
+drops it when the image check names other contents (checks.py). A runtime_env per edit would
 do it too, but workers outside Ray's default pool are killed when idle and restarted by the
 next call (~0.3-0.7 s a call, measured here).
 
@@ -48,10 +48,10 @@ from typing import Any, Protocol
 import cloudpickle
 
 from envpack import _boot, discover, imports
+from envpack.checks import ImageCheck, check_of
 from envpack.delta import WorkerFacts, select
 from envpack.errors import UnresolvedImportWarning
 from envpack.layers import Layer, build, layer_of
-from envpack.verify import ImageCheck, check_of
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gpar import cluster, environment, scheduler
+from gpar import cluster, environment, raybackend
 from gpar import options as gpar_options
 from gpar import output as gpar_output
 from gpar.errors import (
@@ -209,7 +209,7 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
     with _claimed(target, options) as claim:
         pending = (feed.items if feed is not None else items if claim is None
                    else [items[i] for i in claim.pending])
-        run_all = functools.partial(scheduler.run_all, image, tasks)
+        run_all = functools.partial(raybackend.run_all, image, tasks)
         if feed is None and len(pending) == 0:  # an empty xs, or a run that committed every
             # element but did not end (its commit may merge files on the cluster, and cleans up)
             return _Ended(_committed(Results([], JobReport(elements=0)), claim, run_all), None,
@@ -221,7 +221,7 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
         with control.lock:
             control.policy, control.report = policy, report
             control.numbers = None if claim is None else claim.pending
-        values = scheduler.run_job(
+        values = raybackend.run_job(
             pending, captured, policy, report=report, image=image, tasks=tasks, output=claim,
             progress=shown_by_default() if options.progress is None else options.progress,
             control=control, feed=feed)

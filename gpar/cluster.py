@@ -28,7 +28,7 @@ WORKER_NICENESS = 0
 
 
 def connect(address: str | None = None, **local_options: Any) -> Any:
-    """The cluster a job runs on, as a tasks.RayTasks (or the local server's stand-in).
+    """The cluster a job runs on, as a raytasks.RayTasks (or the local server's stand-in).
 
     In order: the cluster this process is attached to (inside a Ray task, a nested apply,
     that is its worker's); ``address``, else RAY_ADDRESS ("local": a cluster of this process
@@ -60,7 +60,7 @@ def connect(address: str | None = None, **local_options: Any) -> Any:
 
 
 def _attached() -> Any:
-    from gpar.tasks import RayTasks
+    from gpar.raytasks import RayTasks
 
     return RayTasks()
 

@@ -9,7 +9,7 @@
                                ─▶ (batch, BatchLost) ─▶ policy.on_lost(Lost)
                ◀─ values, a TaskFailure in each slot without one
 
-Two backends drive it: Ray (scheduler.py) and the cluster simulator (simulator.py), so the
+Two backends drive it: Ray (raybackend.py) and the cluster simulator (simulator.py), so the
 simulator tests the very code that runs a job. The loop owns what a backend must not decide:
 the report, the values, progress, checkpoints and slow-node placement.
 """

@@ -70,7 +70,7 @@ class OutputJob:
 
     def commit(self, values: list[Any], run_all: RunAll | None = None) -> Any:
         """Commit the accepted Parts; merges of small files run through ``run_all`` (the
-        cluster's, scheduler.run_all; on the driver without one, or for one merge).
+        cluster's, raybackend.run_all; on the driver without one, or for one merge).
 
         A task the commit could not take (its file also held another attempt's winner, which
         the workers prevent) becomes a TaskFailure in ``values``: the next run writes it.

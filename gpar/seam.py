@@ -1,6 +1,6 @@
 """What a job asks of the cluster it runs on: one interface, two sides.
 
-    Tasks ◀── RayTasks (tasks.py): where Ray is attached: this process, or the local
+    Tasks ◀── RayTasks (raytasks.py): where Ray is attached: this process, or the local
           │    cluster's server
           ◀── ServerTasks (client.py): a script's stand-in, each request sent over a socket
                to a Session of the server (server.py), which asks its RayTasks the same
@@ -26,7 +26,7 @@ class Held(NamedTuple):
 
 
 class Tasks(Protocol):
-    """The cluster as a job's backend (scheduler.RayBackend) and envpack's staging see it."""
+    """The cluster as a job's backend (raybackend.RayBackend) and envpack's staging see it."""
 
     connection_id: str  # references live as long as this connection
 

@@ -2,7 +2,7 @@
 
     start ─▶ embedded Ray (cluster.start_embedded), workers warmed
           ─▶ socket in a private directory; state file written last (client.py reads it)
-    each connection (one job of a script) ─▶ a thread with its own tasks.RayTasks:
+    each connection (one job of a script) ─▶ a thread with its own raytasks.RayTasks:
           put / submit / wait / cancel / ... ; closed ─▶ what it started is cancelled
     no connection for idle_s, "stop", or SIGTERM ─▶ Ray shut down, state removed, exit
 
@@ -30,8 +30,8 @@ from typing import Any
 
 from envpack.stage import StagedCall
 from gpar import client, cluster, seam
+from gpar.raytasks import RayTasks
 from gpar.seam import Held
-from gpar.tasks import RayTasks
 
 #: How often the accept loop looks at the idle clock and the stop flag.
 TICK_S = 0.5
@@ -235,7 +235,7 @@ def warm_up(tasks: RayTasks) -> None:
     imported what a batch needs."""
     import cloudpickle
 
-    from gpar.scheduler import RUN_ALL_OPTIONS
+    from gpar.raybackend import RUN_ALL_OPTIONS
 
     count = tasks.cpus()
     for key in range(count):

@@ -165,7 +165,7 @@ def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
 def warm() -> Iterator[int]:
     """A task that only readies a worker process: the modules every batch imports (this one
     and, for output= batches, pyarrow). The local cluster warms each CPU so at its start;
-    a cancel replaces each worker it killed so (tasks.py)."""
+    a cancel replaces each worker it killed so (raytasks.py)."""
     with contextlib.suppress(ImportError):  # workers without pyarrow write no output=
         import reduce_sql.parts  # noqa: F401
 
@@ -192,7 +192,7 @@ def _adopt(context: CallerContext | None, image: ImageCheck | None) -> None:
     if context is None or context == _adopted:
         return
     from envpack import _boot
-    from envpack.verify import forget_local_modules
+    from envpack.checks import forget_local_modules
 
     if _own is None:
         _own = (list(sys.path), dict(os.environ))

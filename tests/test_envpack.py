@@ -19,8 +19,8 @@ from fake_dists import install
 
 import envpack
 from envpack import _boot, layers
+from envpack.checks import ImageCheck, check_of
 from envpack.delta import WorkerFacts, select
-from envpack.verify import ImageCheck, check_of
 
 
 def names(manifest):
@@ -463,7 +463,7 @@ def test_a_submission_applies_the_image_and_the_placement_together(cluster):
     import ray
 
     from envpack import stage
-    from gpar.tasks import _ray_placement
+    from gpar.raytasks import _ray_placement
 
     image = stage.StagedImage((), None, {"env_vars": {"ENVPACK_IMAGE": "ep-image"}},
                               stage.ImageReport("d", (), 0))
@@ -484,7 +484,7 @@ def test_the_probe_counts_only_what_a_worker_has_installed_not_what_it_was_stage
 
 
 def test_a_mismatch_says_what_shipping_can_fix_and_what_it_cannot():
-    from envpack.verify import describe
+    from envpack.checks import describe
 
     text = describe([("ep-alpha", "1.0", "not installed"),
                      ("python (compiled: ep-beta)", "3.11", "3.12"), ("ray", "2.60.0", "2.59")])

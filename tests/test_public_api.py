@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import envpack
 import gpar
 
 
@@ -38,10 +39,12 @@ def test_import_gpar_loads_no_ray_pandas_pyarrow_or_duckdb():
     assert out.strip() == str([False] * len(heavy))
 
 
-def test_envpacks_functions_keep_their_names_once_their_submodules_are_imported():
-    """manifest() and verify() share their names with envpack's submodules; a worker imports
-    the submodule envpack.verify, then the function verify."""
-    code = ("import envpack.verify, envpack.manifest, envpack; "
+def test_envpacks_functions_keep_their_names_once_its_submodules_are_imported():
+    """A submodule named like one of envpack's functions would replace it on the package
+    once imported (a worker imports the submodule that verifies, then calls verify)."""
+    package = Path(envpack.__file__).parent
+    assert not {path.stem for path in package.glob("*.py")} & set(envpack.__all__)
+    code = ("import envpack.checks, envpack.records, envpack.discover, envpack; "
             "from envpack import verify, manifest; "
             "print(callable(envpack.verify), callable(envpack.manifest), callable(verify), "
             "callable(manifest))")

@@ -109,7 +109,7 @@ def test_a_backup_racing_the_original_counts_once(output, tmp_path, monkeypatch)
     """Both attempts of the last element write their file; the driver stops the loser only
     after that (a cancel that arrives late, as from a loaded driver), so the commit must take
     one attempt's file and leave the other's out."""
-    from gpar.tasks import RayTasks
+    from gpar.raytasks import RayTasks
 
     location, written = locate(output), set()
     cancel = RayTasks.cancel
@@ -146,9 +146,9 @@ def test_an_abandoned_attempt_that_writes_late_is_never_read(output, tmp_path):
 
 CHECKPOINTED_JOB = """
 import os, pathlib, sys, time
-import gpar, gpar.scheduler, reduce_sql.commit
+import gpar, gpar.raybackend, reduce_sql.commit
 
-gpar.scheduler.CHECKPOINT_S = 0.2
+gpar.raybackend.CHECKPOINT_S = 0.2
 reduce_sql.commit.COMPACT_ABOVE_FILES = 2  # the last commit merges all eight tasks' files
 output, markers = sys.argv[1], pathlib.Path(sys.argv[2])
 

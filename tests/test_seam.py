@@ -5,7 +5,7 @@ import inspect
 
 from gpar import seam
 from gpar.client import ServerTasks
-from gpar.tasks import RayTasks
+from gpar.raytasks import RayTasks
 
 
 def test_both_sides_implement_every_method_of_the_seam_with_its_parameters():

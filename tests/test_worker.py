@@ -10,7 +10,6 @@ import cloudpickle
 
 from gpar import environment, pickled, worker
 
-
 #: What the elements below record, and the gate the second one waits at: module globals, so
 #: fn travels by reference and the batch runs the very functions and lists of this module.
 RAN: list[int] = []
@@ -67,7 +66,7 @@ def test_a_hand_off_racing_the_element_thread_splits_the_batch_exactly():
     try:
         for _ in range(200):
             run = started_batch(record, 20_000)
-            wait_for(lambda: run.restored)
+            wait_for(lambda run=run: run.restored)
             time.sleep(rng.random() * 0.005)
             handed_off = run.hand_off(-1.0)
             run.thread.join(10)

@@ -1,6 +1,6 @@
 """The Ray side of a job: the few operations the driver loop needs from a Ray cluster.
 
-    RayBackend (scheduler.py) ──▶ RayTasks: put, submit, wait, cancel, alive_nodes, cpus
+    RayBackend (raybackend.py) ──▶ RayTasks: put, submit, wait, cancel, alive_nodes, cpus
                                   in this process when it is attached to Ray, or in the
                                   local cluster's server for a script (server.py), reached
                                   through the same methods over its socket (client.py)

@@ -1,7 +1,7 @@
 """The Ray backend of the driver loop: batches as Ray streaming tasks.
 
     run_job ─▶ put(environment) once
-            ─▶ JobLoop (loop.py) with RayBackend, over tasks.RayTasks (here or in the
+            ─▶ JobLoop (loop.py) with RayBackend, over raytasks.RayTasks (here or in the
                local cluster's server):
                  submit ─▶ run_batch stream (a Ray streaming task, started through the job's
                            image: envpack stages what the worker lacks first)
@@ -62,7 +62,7 @@ def run_job(
     control: Control | None = None,
     feed: Feed | None = None,
 ) -> list[Any]:
-    """Run fn over ``items`` under ``policy`` on ``tasks`` (a tasks.RayTasks, or the local
+    """Run fn over ``items`` under ``policy`` on ``tasks`` (a raytasks.RayTasks, or the local
     cluster's server standing in for one); failed or unfinished slots hold TaskFailures.
     ``control``: the Job's lock and cancel flag (job.py); ``feed``: the input when it is
     read as the job goes (``items`` is its list, which grows).
@@ -167,7 +167,7 @@ def run_all(image: StagedImage, tasks: Any, fn: Callable[[Any], Any],
     if len(items) <= 1:
         return [fn(item) for item in items]
     for key, item in enumerate(items):
-        tasks.submit(("run_all", key), image.call("gpar.scheduler:call", [], (fn, item)),
+        tasks.submit(("run_all", key), image.call("gpar.raybackend:call", [], (fn, item)),
                      RUN_ALL_OPTIONS, single=True)
     values: dict[Any, Any] = {}
     while len(values) < len(items):

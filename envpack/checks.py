@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from envpack.errors import EnvironmentMismatch
-from envpack.manifest import Manifest
+from envpack.records import Manifest
 
 
 @dataclass(frozen=True)
