@@ -65,7 +65,7 @@ class ServerState:
     key: str  # hex; both ends of a connection prove they know it
     stamp: str
     slot: str
-    ray_temp_dir: str
+    private_dir: str  # the socket and Ray's session files, the user's alone
     idle_s: float
     num_cpus: int
 
@@ -328,8 +328,7 @@ def _remove_state(state: ServerState, state_file: Path | None = None) -> None:
     if read_state(state_file) == state:
         with contextlib.suppress(OSError):
             state_file.unlink()
-    shutil.rmtree(os.path.dirname(state.socket), ignore_errors=True)
-    shutil.rmtree(state.ray_temp_dir, ignore_errors=True)
+    shutil.rmtree(state.private_dir, ignore_errors=True)
 
 
 def retired() -> list[ServerState]:

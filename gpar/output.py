@@ -9,6 +9,7 @@ Ray: the commit is handed the Ray backend's run_all to merge small files on the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,8 @@ class OutputJob:
 
     def checkpoint(self, values: list[Any]) -> None:
         """Commit the Parts accepted so far, marked unfinished (reduce_sql.commit.checkpoint).
-        Best effort: one that fails (a storage error, a schema conflict) is skipped and the job
-        goes on; its commit runs the same steps and reports what fails."""
+        Best effort: one that fails (a storage error, a schema conflict) is logged and the
+        job goes on; its commit runs the same steps and raises what fails."""
         from reduce_sql.commit import checkpoint
 
         if not self.checkpoints:
@@ -66,7 +67,9 @@ class OutputJob:
                 checkpoint(self.location, self.job, parts, self.previous, self.lease,
                            self.elements)
         except Exception:
-            pass
+            logging.getLogger(__name__).warning(
+                "a checkpoint of the output at %s failed; the job goes on, and its final "
+                "commit tries again", self.location.uri, exc_info=True)
 
     def commit(self, values: list[Any], run_all: RunAll | None = None) -> Any:
         """Commit the accepted Parts; merges of small files run through ``run_all`` (the

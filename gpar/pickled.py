@@ -187,7 +187,11 @@ class _Holes(dict):
 
 class _Resumed(pickle._Unpickler):
     """Python's own unpickler, whose memo can be a dict with holes (and whose stack can be
-    read after a failure); ``size``: the memo's size, holes included."""
+    read after a failure); ``size``: the memo's size, holes included.
+
+    ``pickle._Unpickler`` is private: this relies on its ``memo``, ``stack``, ``metastack``,
+    ``append`` and ``dispatch`` table as CPython 3.11 has them (tests/test_pickled.py fails if
+    another version changes them)."""
 
     def __init__(self, file: io.BytesIO, memo: dict[int, Any], size: int, buffers: Any,
                  persistent_load: Callable[[Any], Any] | None, position: int = -1):

@@ -279,7 +279,7 @@ def serve(options: argparse.Namespace, private: str, stopping: threading.Event) 
     state = client.ServerState(
         pid=os.getpid(), started=time.time(), process_start=client.process_start(os.getpid()),
         socket=socket_path, key=secrets.token_hex(32), stamp=options.stamp,
-        slot=options.state.stem, ray_temp_dir=private, idle_s=options.idle_s,
+        slot=options.state.stem, private_dir=private, idle_s=options.idle_s,
         num_cpus=tasks.cpus())
     _write_private(options.state, json.dumps(asdict(state)))
     server = Server(state, options.state, stopping)

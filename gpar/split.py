@@ -20,7 +20,7 @@ TARGET_BATCH_S = 0.5
 MIN_BATCH_S = 0.02
 
 #: Keep at least this many batches per slot in the remaining work, for load balance. Batches
-#: shrink toward the end, and each costs the gap above: 4 made ~58 batches of 200 elements.
+#: shrink toward the end, and each costs the gap above.
 BATCHES_PER_SLOT = 2
 
 

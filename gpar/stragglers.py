@@ -95,8 +95,8 @@ class Stragglers:
     def on_median(self, median_s: float) -> None:
         """The median element time changed: move the thresholds with it.
 
-        Called on every report, so it compares instead of calling min() and max(), which
-        take five times as long with two numbers.
+        Called on every report: comparisons, not min() and max() (see
+        split.BatchSizer.next_size).
         """
         threshold, tail = BACKUP_SLOWDOWN * median_s, TAIL_SLOWDOWN * median_s
         self.threshold = threshold if threshold > BACKUP_MIN_S else BACKUP_MIN_S

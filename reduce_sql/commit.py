@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import re
 import time
 import uuid
@@ -243,6 +244,9 @@ def commit(location: Location, job: str, parts: Sequence[Part],
         try:
             files = _compacted(location, job, manifest, run_all or _serially, cluster_by)
         except Exception:  # a merge is an optimization: the files stay as they are
+            logging.getLogger(__name__).warning(
+                "merging the small files of %s failed; they stay as they are", location.uri,
+                exc_info=True)
             files = manifest.files
         if files != manifest.files:
             current = _read_version(location)

@@ -454,7 +454,7 @@ def test_a_state_directory_or_file_others_could_write_is_not_trusted(tmp_path, m
     state_file.write_text(json.dumps({"pid": os.getpid(), "started": 0.0,
                                       "process_start": client.process_start(os.getpid()),
                                       "socket": "/nowhere", "key": "00", "stamp": "s",
-                                      "slot": "s", "ray_temp_dir": "/nowhere", "idle_s": 1.0,
+                                      "slot": "s", "private_dir": "/nowhere", "idle_s": 1.0,
                                       "num_cpus": 1}))
     state_file.chmod(0o644)  # as another process might leave it
     assert client.read_state() is None

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 import warnings
 from pathlib import Path
@@ -493,6 +494,35 @@ def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, mon
     assert len(dataset.manifest.files) == 2
     assert sorted(dataset.manifest.files[0].tasks) == [0, 1, 2, 3, 4]
     assert all("compact-" in file.path for file in dataset.manifest.files)
+
+
+def test_a_merge_that_fails_leaves_the_files_committed_and_says_so(output, tmp_path,
+                                                                   monkeypatch, caplog):
+    def storage_fails(*args):
+        raise OSError("the store refused the merged file")
+
+    monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 4)
+    monkeypatch.setattr(commit_module, "_compacted", storage_fails)
+    slow = {(task, 0): ("sleep", 0.3) for task in range(6)}  # a file each
+    dataset = run(range(6), output, tmp_path, slow)
+    assert_exactly_once(dataset, range(6))
+    assert len(dataset.manifest.files) == 6
+    assert "merging the small files" in caplog.text and "refused the merged file" in caplog.text
+
+
+def test_a_checkpoint_that_fails_is_logged_and_the_job_goes_on(tmp_path, monkeypatch, caplog):
+    import reduce_sql.commit
+    from gpar import output as gpar_output
+
+    def storage_fails(*args):
+        raise OSError("the store is away")
+
+    monkeypatch.setattr(reduce_sql.commit, "checkpoint", storage_fails)
+    monkeypatch.setattr(gpar_output, "_parts", lambda values: values)
+    job = types.SimpleNamespace(checkpoints=True, location=locate(tmp_path), job="j",
+                                previous=None, lease=None, elements=1)
+    gpar_output.OutputJob.checkpoint(job, ["a part"])
+    assert "checkpoint of the output" in caplog.text and "the store is away" in caplog.text
 
 
 def test_query_joins_datasets_by_name(tmp_path):
