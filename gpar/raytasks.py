@@ -73,7 +73,7 @@ class RayTasks(Tasks):
     def caller_context(self) -> Any:
         """What a nested call's batches adopt: the script's context this worker runs in, if
         any (none on a driver attached to Ray: its workers inherit its own)."""
-        from gpar.worker import adopted_context
+        from gpar.scriptcontext import adopted_context
 
         return adopted_context()
 
@@ -105,7 +105,7 @@ class RayTasks(Tasks):
     def wait(self, timeout_s: float) -> list[tuple[Any, Any]]:
         """(key, value or BatchLost) of the streams that have news, waiting at most
         ``timeout_s`` for the first; [] at once when nothing runs."""
-        from gpar.worker import blocking_call
+        from gpar.mainthread import blocking_call
 
         if not self.key_of:
             return []
@@ -176,7 +176,7 @@ class RayTasks(Tasks):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from envpack.stage import start
-        from gpar.worker import blocking_call
+        from gpar.mainthread import blocking_call
 
         options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": 0}
         streams = [start(note[2], options, {"scheduling_strategy":

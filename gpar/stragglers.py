@@ -22,7 +22,7 @@ BACKUP_AFTER_DONE = 0.5
 BACKUP_SLOWDOWN = 3.0
 #: ...and at least this long (a 1 ms median must not make a 4 ms element a straggler). Not
 #: tuned by a benchmark: a floor five times worker.FLUSH_S, the grain at which the driver hears
-#: of an element, and above worker.WRITE_ALONE_AFTER_S, which is set below it.
+#: of an element, and above heldtables.WRITE_ALONE_AFTER_S, which is set below it.
 BACKUP_MIN_S = 0.5
 #: At most this share of the elements is backed up. Not tuned: a cap on the work a heavy
 #: tail can add, above the 2 % of stragglers in bench/bench_simulator.py's paper-scale job.

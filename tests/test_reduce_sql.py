@@ -795,10 +795,10 @@ def test_a_lease_expires_or_dies_with_its_driver_on_this_host(tmp_path):
 def test_an_element_that_runs_long_is_written_in_a_file_of_its_own(output, tmp_path):
     """Only an element that ran long can get a backup, and the commit takes a file whole: so
     that element never shares a file with others."""
-    from gpar import worker
+    from gpar import heldtables
     from gpar.stragglers import BACKUP_MIN_S
 
-    assert worker.WRITE_ALONE_AFTER_S < BACKUP_MIN_S
+    assert heldtables.WRITE_ALONE_AFTER_S < BACKUP_MIN_S
     dataset = run(range(12), output, tmp_path, {(5, 0): ("sleep", 0.6)}, max_workers=1)
     assert_exactly_once(dataset, range(12))
     holding = [file for file in dataset.manifest.files if 5 in file.tasks]

@@ -1,5 +1,5 @@
-"""A batch's element thread against its hand-off, without Ray: each element runs here or is
-given back, never both, never neither."""
+"""A batch's element thread (gpar/elements.py) against its hand-off, without Ray: each element
+runs here or is given back, never both, never neither."""
 
 import random
 import sys
@@ -8,7 +8,8 @@ import time
 
 import cloudpickle
 
-from gpar import environment, pickled, worker
+from gpar import environment, pickled
+from gpar.elements import BatchRun
 
 #: What the elements below record, and the gate the second one waits at: module globals, so
 #: fn travels by reference and the batch runs the very functions and lists of this module.
@@ -32,8 +33,8 @@ def started_batch(fn, count):
     RAN.clear()
     captured = environment.capture(fn, (), {}, {"__name__": __name__}, mode="full", retry_on=())
     items, _ = pickled.dumps(list(range(count)), (cloudpickle.Pickler,), 5)
-    run = worker._BatchRun(captured.stream, [bytes(b.raw()) for b in captured.buffers], items,
-                           count, None)
+    run = BatchRun(captured.stream, [bytes(b.raw()) for b in captured.buffers], items,
+                   count, None)
     run.thread.start()
     return run
 
