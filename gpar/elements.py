@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpar import elementerrors, environment, notes, pickled
 from gpar.heldtables import HeldTables
-from gpar.records import ElementError, Progress
+from gpar.records import ElementError, InFn, Progress, between_elements
 from gpar.values import pickle_values
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class BatchRun:
             try:
                 position = take()
             except IndexError:  # all taken: run, or handed off
-                note[2] = ~len(values)
+                note[2] = between_elements(len(values))
                 return
             item = items[position]
             if unloaded and position in unloaded:
@@ -169,7 +169,8 @@ class BatchRun:
         done = len(self.finished) if self.output is None else self.output.written
         position, running = len(self.finished), None
         if position < self.end:  # the element in fn (with output=, none while the last are written)
-            running = (position, self.finished[position - 1] if position else self.elements_started)
+            running = InFn(position,
+                           self.finished[position - 1] if position else self.elements_started)
         # dict.copy() runs in C under the GIL: the element thread cannot insert mid-iteration
         errors = {p: e for p, e in self.errors.copy().items() if reported <= p < done}
         values, errors = pickle_values(self.values[reported:done], errors, reported)

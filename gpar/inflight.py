@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from gpar.records import Ended, Running
+from gpar.records import Ended, InFn, Running
 
 
 @dataclass(slots=True)
@@ -23,7 +23,7 @@ class Batch:
     backup: bool
     end: int  # positions [end, len) were handed back by the worker
     reported: int = 0  # positions [0, reported) have reported
-    running: tuple[int, float | None] | None = None  # (position, started_at) of the one in fn
+    running: InFn | None = None  # the element in fn
     straggling: bool = False
 
     def unstarted(self) -> tuple[range, ...]:
@@ -31,7 +31,7 @@ class Batch:
         finished but not yet written (output=); behind it, not seen starting."""
         if self.running is None:
             return (self.indices[self.reported:self.end],)
-        position = self.running[0]
+        position = self.running.position
         return (self.indices[self.reported:position],
                 self.indices[max(position + 1, self.reported):self.end])
 
@@ -98,10 +98,10 @@ class InFlight:
             live.running = None
             self._in_fn.pop(batch, None)
             return
-        if live.running is None or live.running[0] != running[0]:
+        if live.running is None or live.running.position != running.position:
             live.straggling = False
         live.running = running
-        self._in_fn[batch] = running[1]
+        self._in_fn[batch] = running.since
         self._in_fn.move_to_end(batch)
 
     def forget(self, batch: int) -> Batch | None:
@@ -133,7 +133,7 @@ class InFlight:
         found = []
         for batch in self._in_fn:
             live = self.batches[batch]
-            if now - live.running[1] <= limit:
+            if now - live.running.since <= limit:
                 break
             found.append((batch, live))
         return found

@@ -7,8 +7,9 @@ stays in the file when it dies (a segfault, an OOM kill, os._exit), so when a ba
 driver reads it, on the worker's node, and charges the element that was in fn, however soon
 after it started the worker died. A lost node takes its notes with it.
 
-``where``: the position of the element in fn, or ``~n`` when the batch's first n elements had
-finished and none is in fn (before the first, between two, after the last).
+``where``: the position of the element in fn, or ``records.between_elements(n)`` when the
+batch's first n elements had finished and none is in fn (before the first, between two, after
+the last).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from gpar.records import between_elements
 
 #: Notes of dead workers are removed when a worker starts, once this old (their worker started
 #: that long ago): younger ones may be a lost batch's that the driver has not read yet.
@@ -42,7 +45,7 @@ def begin(job: int, batch: int) -> memoryview:
     global _note
     if _note is None:
         _note = _open() or scratch()  # where none can be written, batches go unnamed
-    _note[_WHERE] = ~0
+    _note[_WHERE] = between_elements(0)
     _note[_JOB], _note[_BATCH] = job, batch
     return _note
 

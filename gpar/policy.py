@@ -79,11 +79,13 @@ from gpar.records import (
     ElementError,
     Ended,
     HandedOff,
+    InFn,
     Launch,
     Lost,
     Reported,
     Running,
     Stopped,
+    finished_before,
 )
 from gpar.results import TaskFailure
 from gpar.split import BatchSizer
@@ -329,13 +331,14 @@ class Policy:
         if at is None or 0 <= at < live.reported:  # no note, or not this batch's
             return self._lost_unread(batch, live, error)
         if 0 <= at < live.end:  # the element in fn killed its worker
-            started = live.running[1] if live.running and live.running[0] == at else None
-            live.running = (at, started)
+            started = (live.running.since if live.running and live.running.position == at
+                       else None)
+            live.running = InFn(at, started)
             ran = live.indices[live.reported:at]
             self._rerun(ran, live.attempt)
             behind = self._requeue(live.indices[at + 1:live.end], live.attempt)
             return self._charge_lost(batch, live, error, behind, (ran,))
-        done = live.end if at >= 0 else min(max(~at, live.reported), live.end)
+        done = live.end if at >= 0 else min(max(finished_before(at), live.reported), live.end)
         return self._lost_outside_fn(batch, live, error, done)
 
     # ------------------------------------------------------------ lost batches
@@ -350,7 +353,7 @@ class Policy:
                 self._split(open_ones, live.attempt)
                 return Stopped(batch, None, (live.indices[live.reported:live.end],),
                                killed=False)
-            live.running = (live.indices.index(open_ones[0]), None)
+            live.running = InFn(live.indices.index(open_ones[0]), None)
         return self._charge_lost(batch, live, error, self._requeue_unstarted(live))
 
     def _lost_outside_fn(self, batch: int, live: Batch, error: ElementError,
@@ -363,7 +366,7 @@ class Policy:
         rest = self.ledger.trim(live.indices[done:live.end])
         if len(ran_open) + len(rest) == 1:
             index = (ran_open or rest)[0]
-            live.running = (live.indices.index(index), None)
+            live.running = InFn(live.indices.index(index), None)
             others = (range(ran.start, index), range(index + 1, ran.stop)) if index in ran \
                 else (ran,)
             others = tuple(filter(None, others))

@@ -69,7 +69,7 @@ class Progress:
     values: bytes  # the pickled list of values, None where ``errors`` holds the position
     errors: dict[int, ElementError]
     finished: array  # of doubles: wall-clock time each element finished
-    running: tuple[int, float] | None  # (position, wall-clock start) of the element in fn;
+    running: InFn | None  # the element in fn;
     # None: none is (with output=, the last tables are being written), or the batch is done
     end: int  # positions from here on were handed back: this batch never starts them
     elements_started: float  # when the first element started, the environment restored
@@ -87,12 +87,24 @@ class BatchLost:
     """A batch's stream broke before its last message: its worker died or its node was lost.
 
     ``at``: where the worker's note (worker.py) says it was when it died: the position of the
-    element in fn, or ``~n`` when its first n elements had finished and none was in fn; None
+    element in fn, or ``between_elements(n)`` when its first n elements had finished and none
+    was in fn; None
     when the note could not be read (its node was gone)."""
 
     exc_type: str
     message: str
     at: int | None = None
+
+
+def between_elements(finished: int) -> int:
+    """A worker note's ``where`` (notes.py, BatchLost.at) when the batch's first ``finished``
+    elements are done and none is in fn: ``~finished``, below zero, apart from a position."""
+    return ~finished
+
+
+def finished_before(where: int) -> int:
+    """The elements done by a ``where`` below zero (between_elements)."""
+    return ~where
 
 
 #: How an attempt ended without its worker's report: "timeout", "system" (lost with its batch;
@@ -144,12 +156,20 @@ class Counts:
 # two are made for each batch, and a frozen dataclass takes two and a half times as long.
 
 
+class InFn(NamedTuple):
+    """The element of a batch in fn: its position in the batch, and since when (wall clock;
+    None where no one knows, as for the element a dead worker's note names)."""
+
+    position: int
+    since: float | None
+
+
 class Running(NamedTuple):
-    """Batch ``batch``'s element at position ``running[0]`` entered fn at ``running[1]``;
-    ``running`` None: none is in fn (with output=, its worker writes the last tables)."""
+    """Batch ``batch``'s element ``running`` is in fn; None: none is (with output=, its
+    worker writes the last tables)."""
 
     batch: int
-    running: tuple[int, float] | None
+    running: InFn | None
 
 
 class HandedOff(NamedTuple):

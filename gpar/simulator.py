@@ -29,7 +29,7 @@ from typing import Any
 from gpar.loop import JobLoop
 from gpar.options import ErrorsMode
 from gpar.policy import Policy, Rules, default_max_failures
-from gpar.records import BatchLost, ElementError, Launch, Progress
+from gpar.records import BatchLost, ElementError, InFn, Launch, Progress
 from gpar.report import JobReport
 from gpar.split import BatchSizer
 from gpar.worker import FLUSH_S
@@ -303,7 +303,7 @@ class SimBackend:
         running.reported = done
         in_fn = None
         if done < running.end:
-            in_fn = (running.position, running.element_started)
+            in_fn = InFn(running.position, running.element_started)
         node = running.node
         return Progress(first, pickle.dumps(values), errors, running.finished[first:done],
                         in_fn, running.end, running.started, f"node-{node}",

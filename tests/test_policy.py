@@ -3,7 +3,7 @@
 import pytest
 
 from gpar.policy import Policy, Rules, default_max_failures
-from gpar.records import ElementError, HandedOff, Lost, Reported, Running
+from gpar.records import ElementError, HandedOff, InFn, Lost, Reported, Running
 from gpar.split import BatchSizer
 from gpar.stragglers import BACKUP_MIN_S, BACKUP_SLOWDOWN, TAIL_SLOWDOWN, WRITING_PATIENCE
 
@@ -95,7 +95,7 @@ def test_task_timeout_kills_the_batch_charges_the_element_and_requeues_the_rest(
     launch = launch_all(p, limit=1)[0]
     assert len(launch.indices) > 3
     p.on_reported(Reported(launch.batch, 0, 2, {}, 0.002))
-    p.on_running(Running(launch.batch, (2, 1.0)))
+    p.on_running(Running(launch.batch, InFn(2, 1.0)))
     assert not p.tick(1.0 + timeout - 0.01)
     (stopped,) = p.tick(1.0 + timeout + 0.1)
     assert stopped.batch == launch.batch and stopped.killed
@@ -130,7 +130,7 @@ def test_a_straggler_gets_one_backup_and_the_first_finisher_wins():
         finish(p, launch, seconds=0.2)
     slow = launches[9]
     threshold = max(BACKUP_MIN_S, BACKUP_SLOWDOWN * 0.2)  # the median element took 0.2 s
-    p.on_running(Running(slow.batch, (0, 0.0)))
+    p.on_running(Running(slow.batch, InFn(0, 0.0)))
     p.tick(threshold - 0.05)
     assert launch_all(p) == []  # not slow enough yet
     p.tick(threshold + 0.05)
@@ -149,7 +149,7 @@ def test_at_the_tail_a_shorter_straggle_earns_a_backup():
         launches = launch_all(p)
         for launch in launches[:9]:
             finish(p, launch, seconds=1.0)
-        p.on_running(Running(launches[9].batch, (0, 0.0)))
+        p.on_running(Running(launches[9].batch, InFn(0, 0.0)))
         return p
 
     tail = TAIL_SLOWDOWN * 1.0 + 0.05
@@ -169,7 +169,7 @@ def test_elements_a_worker_hands_back_are_queued_again_uncharged():
     (only,) = launch_all(p, limit=1)
     assert only.handoff_after_s == BACKUP_MIN_S  # what the worker is told: 3x a tiny median
     p.on_reported(Reported(only.batch, 0, 10, {}, 0.01))
-    p.on_running(Running(only.batch, (10, 1.0)))
+    p.on_running(Running(only.batch, InFn(10, 1.0)))
     p.on_handed_off(HandedOff(only.batch, 11))  # it gives back what is behind element 10
     launches = launch_all(p, limit=10)
     handed_off = [i for launch in launches for i in launch.indices]
@@ -186,7 +186,7 @@ def test_no_backups_when_turned_off():
     launches = launch_all(p)
     for launch in launches[:9]:
         finish(p, launch, seconds=0.1)
-    p.on_running(Running(launches[9].batch, (0, 0.0)))
+    p.on_running(Running(launches[9].batch, InFn(0, 0.0)))
     p.tick(100.0)
     assert launch_all(p) == []
 
@@ -207,7 +207,7 @@ def test_elements_finished_but_not_yet_written_are_requeued_uncharged_with_their
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(Reported(only.batch, 0, 10, {}, 0.01))
-    p.on_running(Running(only.batch, (30, 1.0)))  # 10..29 finished in fn, not yet written
+    p.on_running(Running(only.batch, InFn(30, 1.0)))  # 10..29 finished in fn, not yet written
     stopped = p.on_lost(Lost(only.batch, CRASH))
     assert stopped.ended.index == 30 and p.counts.failed_attempts == 1
     assert stopped.unstarted == (only.indices[10:30], only.indices[31:])
@@ -234,7 +234,7 @@ def test_a_lost_batch_charges_the_element_in_fn_and_requeues_the_unstarted():
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(Reported(only.batch, 0, 50, {}, 0.01))
-    p.on_running(Running(only.batch, (50, 1.0)))
+    p.on_running(Running(only.batch, InFn(50, 1.0)))
     stopped = p.on_lost(Lost(only.batch, CRASH))
     assert (stopped.ended.index, stopped.ended.attempt) == (50, 0)
     assert stopped.unstarted == (only.indices[51:],) and p.counts.failed_attempts == 1
@@ -266,7 +266,7 @@ def test_a_lost_batch_keeps_the_start_the_driver_saw():
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
     p.on_reported(Reported(only.batch, 0, 50, {}, 0.01))
-    p.on_running(Running(only.batch, (50, 1.5)))
+    p.on_running(Running(only.batch, InFn(50, 1.5)))
     stopped = p.on_lost(Lost(only.batch, CRASH, at=50))
     assert (stopped.ended.index, stopped.ended.started_at) == (50, 1.5)
     assert stopped.ran == (range(50, 50),) and stopped.unstarted == (only.indices[51:],)
@@ -307,7 +307,7 @@ def test_a_batch_lost_with_its_node_says_its_element_is_not_known():
     p = policy(200, max_workers=1)
     p.sizer.observe(1, 1e-6)
     (only,) = launch_all(p, limit=1)
-    p.on_running(Running(only.batch, (7, 1.0)))
+    p.on_running(Running(only.batch, InFn(7, 1.0)))
     stopped = p.on_lost(Lost(only.batch, CRASH, at=None))
     assert stopped.ended.index == 7 and "not known" in stopped.ended.message
 
@@ -336,7 +336,7 @@ def test_stragglers_are_reported_once_each():
     p = policy(4, max_workers=4)
     launches = p.launches(4)
     for launch in launches:
-        p.on_running(Running(launch.batch, (0, 0.0)))
+        p.on_running(Running(launch.batch, InFn(0, 0.0)))
     p.on_reported(Reported(launches[0].batch, 0, 1, {}, 0.1))
     p.tick(5.0)
     assert sorted(p.take_stragglers()) == [1, 2, 3]
@@ -353,7 +353,7 @@ def test_a_straggler_whose_worker_still_writes_finished_elements_is_preempted_la
     p.sizer.observe(1, 0.01)
     (only,) = launch_all(p, limit=1)  # the rest of the elements wait
     p.on_reported(Reported(only.batch, 0, 3, {}, 0.03))
-    p.on_running(Running(only.batch, (3 + held, 10.0)))
+    p.on_running(Running(only.batch, InFn(3 + held, 10.0)))
     first = p.tick(10.0 + BACKUP_MIN_S + 0.1)
     if not held:
         assert [stopped.ended.outcome for stopped in first] == ["preempted"]
@@ -381,7 +381,7 @@ def test_a_batch_writing_its_last_tables_has_no_element_in_fn_to_straggle():
     (only,) = launch_all(p, limit=1)  # the rest of the elements wait
     last = len(only.indices) - 1
     p.on_reported(Reported(only.batch, 0, 3, {}, 0.03))
-    p.on_running(Running(only.batch, (last, 10.0)))  # the last element in fn...
+    p.on_running(Running(only.batch, InFn(last, 10.0)))  # the last element in fn...
     p.on_running(Running(only.batch, None))  # ...finished: its tables are written
     assert not p.tick(10.0 + 100 * BACKUP_MIN_S)  # neither preempted nor backed up
     finish(p, only)
