@@ -314,9 +314,9 @@ def _answer(results: Results,
     """What apply returns: the results, or with output= the committed Dataset."""
     if output is None:
         return results
-    from reduce_sql import Dataset
+    from gpar.outputdataset import OutputDataset
 
-    return Dataset(output.location, report=results.report, failures=results.failures)
+    return OutputDataset(output.location, results.report, results.failures)
 
 
 def _raise_if_mismatched(results: Results, every: list[TaskFailure],

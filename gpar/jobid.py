@@ -3,8 +3,8 @@
 A digest of xs, the extra arguments, fn and what fn and its arguments reach (envpack/reach.py:
 the globals their code loads, closures, defaults, classes and their members, ...), each object
 in the order the walk gives and once (a cycle is marked, not followed). Functions count by their
-code, a class of the caller's by its name, an object with ``_gpar_job_key`` (a reduce_sql
-Dataset: the version it opened) by that, anything else by value. Equal in any process that
+code, a class of the caller's by its name, a reduce_sql Dataset by the version it opened,
+anything else by value. Equal in any process that
 makes the same call; a changed constant or helper makes another job, whose results an earlier
 run's output must not stand in for. Globals reached only through ``globals()[name]`` are not
 seen.
@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import pickle
+import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
@@ -125,10 +126,10 @@ class _Fingerprint:
             return type(value).__qualname__.encode()
         if isinstance(value, type) and self.is_callers(value.__module__ or "__main__"):
             return value.__qualname__.encode()  # by value: cloudpickle's copy is not stable
-        job_key = getattr(type(value), "_gpar_job_key", None)
+        datasets = sys.modules.get("reduce_sql.dataset")  # none is made without it
         try:
-            if job_key is not None:  # a reduce_sql.Dataset: its version, not the keys it reads
-                return _stable_pickle(job_key(value))
+            if datasets is not None and isinstance(value, datasets.Dataset):
+                return _stable_pickle(value.version_key())  # not the keys it reads
             return _stable_pickle(value)
         except Exception:  # cannot be pickled: its type still counts
             return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()

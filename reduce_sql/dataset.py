@@ -41,7 +41,7 @@ class Dataset:
     """The committed output at ``uri``; ``.sql("SELECT … FROM data …")`` queries it."""
 
     def __init__(self, uri: str | os.PathLike | Location, *, version: int | None = None,
-                 report: Any = None, failures: list | None = None):
+                 warn_if_partial: bool = True):
         self.location = uri if isinstance(uri, Location) else locate(uri)
         try:
             manifest = read_manifest(self.location, version)
@@ -62,15 +62,13 @@ class Dataset:
                 "committed to see them all); if its driver stopped, run the same job again to "
                 "finish it."),
                 stacklevel=2)
-        elif report is None and len(manifest.tasks) < (manifest.elements or 0):
-            warnings.warn(PartialOutputWarning(  # apply warned its caller as the job ended
+        elif warn_if_partial and len(manifest.tasks) < (manifest.elements or 0):
+            warnings.warn(PartialOutputWarning(
                 f"{self.location.uri} holds the output of {len(manifest.tasks):,} of its job's "
                 f"{manifest.elements:,} tasks: the others failed, or a deadline or quorum cut "
                 "them off. Queries see only these; run the same job again to write the rest."),
                 stacklevel=2)
         self.manifest: Manifest = manifest
-        self.report = report  # the JobReport when the Dataset comes from gpar.apply
-        self.failures = failures or []  # TaskFailures of that job's tasks with no output
         self._unconnected()
 
     def _unconnected(self) -> None:
@@ -80,19 +78,15 @@ class Dataset:
         self._lock = threading.Lock()
         _opened.add(self)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """A Dataset sent elsewhere (captured by a worker's fn, pickled) is the version it
-        opened, not the job's report and failures (large, and the driver's); its DuckDB is
-        this process's, so the copy makes its own, without what a statement that was not a
-        SELECT changed here."""
-        return {"location": self.location, "manifest": self.manifest}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, report=None, failures=[])
-        self._unconnected()
+    def __reduce__(self) -> tuple:
+        """A Dataset sent elsewhere (captured by a worker's fn, pickled) is a Dataset of the
+        version it opened, whatever a subclass adds (large, and this process's); its DuckDB
+        is this process's, so the copy makes its own, without what a statement that was not
+        a SELECT changed here."""
+        return _sent, (self.location, self.manifest)
 
     def __copy__(self) -> Dataset:
-        """A copy in this process keeps the report and failures; its DuckDB is its own."""
+        """A copy in this process keeps what a subclass adds; its DuckDB is its own."""
         return self._copied(self._public())
 
     def __deepcopy__(self, memo: dict) -> Dataset:
@@ -107,10 +101,10 @@ class Dataset:
         copied._unconnected()
         return copied
 
-    def _gpar_job_key(self) -> tuple:
-        """What a job whose fn uses this Dataset depends on (gpar/jobid.py): the output,
-        however its path was spelled, and the version opened (file names are never reused);
-        not the keys that read it, which rotate."""
+    def version_key(self) -> tuple:
+        """What names the version this Dataset reads, for good: the output, however its path
+        was spelled, and the version's files (their names are never reused); not the keys
+        that read it, which rotate. (A job whose fn uses the Dataset depends on this.)"""
         return (self.location.is_s3, self.location.root, self.manifest.job,
                 tuple(file.path for file in self.manifest.files), self.manifest.empty_tasks)
 
@@ -342,3 +336,11 @@ def _reads_only(query: str) -> bool:
         statements = _shared_database()[0].extract_statements(query)
     return bool(statements) and all(
         statement.type == duckdb.StatementType.SELECT for statement in statements)
+
+
+def _sent(location: Location, manifest: Manifest) -> Dataset:
+    """A Dataset unpickled: the version it was opened at, on a DuckDB of its own."""
+    dataset = object.__new__(Dataset)
+    dataset.location, dataset.manifest = location, manifest
+    dataset._unconnected()
+    return dataset

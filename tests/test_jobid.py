@@ -132,7 +132,8 @@ def test_a_dataset_fn_uses_counts_by_its_version_not_its_keys_or_report(tmp_path
     from gpar.jobid import job_digest
     from reduce_sql.store import locate
 
-    gpar.apply(range(2), lambda i: {"x": [i]}, output=tmp_path / "evals", progress=False)
+    returned = gpar.apply(range(2), lambda i: {"x": [i]}, output=tmp_path / "evals",
+                          progress=False)
     location = locate(tmp_path / "evals")
 
     def digest(dataset: reduce_sql.Dataset) -> str:
@@ -140,9 +141,9 @@ def test_a_dataset_fn_uses_counts_by_its_version_not_its_keys_or_report(tmp_path
 
     plain = reduce_sql.Dataset(location)
     with_keys = reduce_sql.Dataset(dataclasses.replace(
-        location, s3_options=(("session_token", "rotated"),)), report="another run's")
+        location, s3_options=(("session_token", "rotated"),)))
     spelled_otherwise = reduce_sql.Dataset(f"{tmp_path}/./evals/")
-    assert digest(plain) == digest(with_keys) == digest(spelled_otherwise)
+    assert digest(plain) == digest(with_keys) == digest(spelled_otherwise) == digest(returned)
     gpar.apply(range(2), lambda i: {"x": [i + 1]}, output=tmp_path / "evals", overwrite=True,
                progress=False)
     assert digest(reduce_sql.Dataset(location)) != digest(plain)

@@ -1032,9 +1032,21 @@ def test_a_dataset_used_by_fn_travels_to_the_workers(tmp_path):
     sent = pickle.loads(pickle.dumps(tinkered))
     assert sent.sql("SELECT sum(x) AS s FROM data").to_pylist() == [{"s": 5}]
     assert sent.sql(setting)[0][0].as_py() == threads  # the SET stayed where it was made
-    tinkered.report = "the job's report"
+    tinkered.note = "a user's attribute"
     for kept in (copy.copy(tinkered), copy.deepcopy(tinkered)):  # in this process: all of it
-        assert kept.report == "the job's report" and kept.sql(setting)[0][0].as_py() == threads
+        assert kept.note == "a user's attribute" and kept.sql(setting)[0][0].as_py() == threads
+
+
+def test_the_dataset_apply_returns_carries_the_jobs_report_only_in_this_process(tmp_path):
+    """reduce_sql knows nothing of gpar's jobs: the report and failures travel beside the
+    Dataset apply returns, and a copy sent elsewhere is a plain Dataset of that version."""
+    dataset = gpar.apply(range(3), rows_of, output=tmp_path / "out", progress=False)
+    assert isinstance(dataset, reduce_sql.Dataset) and dataset.report.elements == 3
+    assert dataset.failures == [] and copy.copy(dataset).report is dataset.report
+    sent = pickle.loads(pickle.dumps(dataset))
+    assert type(sent) is reduce_sql.Dataset and not hasattr(sent, "report")
+    assert sent.num_rows == dataset.num_rows
+    assert b"gpar.outputdataset" not in pickle.dumps(dataset)
 
 
 def test_a_two_stage_script_run_again_resumes_its_second_stage(tmp_path):
