@@ -214,10 +214,11 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
             # element but did not end (its commit may merge files on the cluster, and cleans up)
             return _Ended(_committed(Results([], JobReport(elements=0)), claim, run_all), None,
                           claim)
-        report = JobReport(len(pending), environment_bytes=captured.nbytes, max_workers=slots,
-                           skipped_globals=captured.skipped, image=image.report)
         policy = Policy(len(pending), _rules(options, slots, len(items)), BatchSizer(slots),
-                        counts=report, input_ended=feed is None or feed.ended)
+                        input_ended=feed is None or feed.ended)
+        report = JobReport(len(pending), counts=policy.counts,
+                           environment_bytes=captured.nbytes, max_workers=slots,
+                           skipped_globals=captured.skipped, image=image.report)
         with control.lock:
             control.policy, control.report = policy, report
             control.numbers = None if claim is None else claim.pending

@@ -135,14 +135,14 @@ class Policy:
     """The state of one job; see the module docstring for the rules."""
 
     def __init__(self, elements: int, rules: Rules, sizer: BatchSizer,
-                 counts: Counts | None = None, input_ended: bool = True):
+                 input_ended: bool = True):
         self.elements, self.rules, self.sizer = elements, rules, sizer
         # False while more input may come (imap of an iterator): extend(), then end_input()
         self.input_ended = input_ended
         # True while the caller holds new launches back (imap: its unread results are at
         # the bound); stragglers are then handled as if work waited for their slots
         self.held_back = False
-        self.counts = Counts() if counts is None else counts  # the job's JobReport, if any
+        self.counts = Counts()  # its own: the job's report reads them (JobReport.counts)
         self.stop: StopReason | None = None  # None while the job runs
         self.first_failure: TaskFailure | None = None  # the first element that failed for good
         self.ledger = Ledger(elements)

@@ -141,7 +141,8 @@ class Stopped:
 
 @dataclass(kw_only=True)
 class Counts:
-    """What a job's policy counts as it decides; a JobReport is one, so nothing is copied."""
+    """What a job's policy counts as it decides, in counts of its own: the job's JobReport reads
+    them (its snapshots copy them)."""
 
     batches: int = 0  # batches launched
     batches_lost: int = 0  # lost batches re-run in halves: no element was known to be in fn

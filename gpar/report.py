@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from gpar.records import Counts, EndedOutcome, ErrorKind
 
+#: What a JobReport reads from its counts.
+_COUNT_NAMES = frozenset(each.name for each in dataclasses.fields(Counts))
+
 #: How an attempt ended. "ok"; charged failures: "error" (fn raised), "input", "result",
 #: "output", "environment" (see ElementError's kinds), "system" (also an attempt lost with its
 #: batch), "timeout"; not charged: "preempted", "cancelled" (the job stopped, or another
@@ -66,11 +69,13 @@ class AttemptBlock:
 
 
 @dataclass
-class JobReport(Counts):
+class JobReport:
     """What happened in one apply() call: attempts, what was shipped, what was left out, and
-    what the scheduling policy counted (it counts into the report itself)."""
+    what the scheduling policy counted: ``counts``, the policy's own, read as the report's
+    attributes (``report.retries``); a snapshot copies them."""
 
     elements: int
+    counts: Counts = field(default_factory=Counts)
     environment_bytes: int = 0
     environment_bytes_sent: int = 0  # of them, what the cluster did not hold already
     max_workers: int = 0  # the cap on batches in flight the job ran with (the cluster's CPUs)
@@ -94,8 +99,15 @@ class JobReport(Counts):
     def snapshot(self) -> JobReport:
         """A copy whose attempts stay as they are now (a running job's loop appends to its
         own)."""
-        return dataclasses.replace(self, _blocks=list(self._blocks),
+        return dataclasses.replace(self, counts=dataclasses.replace(self.counts),
+                                   _blocks=list(self._blocks),
                                    _unstarted=list(self._unstarted))
+
+    def __getattr__(self, name: str) -> Any:
+        """A count of the policy's (``batches``, ``retries``, ...; records.Counts)."""
+        if name in _COUNT_NAMES:
+            return getattr(self.counts, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def add_unstarted(self, elements: range) -> None:
         """Elements of a batch that was lost or killed, never seen starting (or, with output=,

@@ -82,8 +82,8 @@ def simulate(elements: int, run_time: Callable[[int, int], float], *,
         max_failures=default_max_failures(elements) if max_failures is None else max_failures,
         deadline_at=deadline_s, task_timeout_s=task_timeout_s, quorum=quorum,
         backups=backups, errors=errors)
-    report = JobReport(elements)
-    policy = Policy(elements, rules, BatchSizer(rules.max_workers), counts=report)
+    policy = Policy(elements, rules, BatchSizer(rules.max_workers))
+    report = JobReport(elements, counts=policy.counts)
     backend = SimBackend(cluster, run_time, faults or {}, max_time_s)
     values = JobLoop(policy, report, backend).run()
     return Simulation(values, report, policy, backend.clock, backend.starts,

@@ -437,6 +437,22 @@ def test_each_batch_has_its_startup_time_when_one_worker_ran_two_sent_together()
     assert report.table1().loc["startup", "n"] == 2
 
 
+def test_the_report_reads_the_policys_counts_and_a_snapshot_keeps_those_of_its_moment():
+    """The policy counts into counts of its own, which the job's report reads; the copy a
+    running job hands out (Job.report) no longer changes."""
+    from gpar.policy import Policy, Rules
+    from gpar.report import JobReport
+    from gpar.split import BatchSizer
+
+    policy = Policy(4, Rules(max_workers=2), BatchSizer(2))
+    report = JobReport(4, counts=policy.counts)
+    policy.launches(2)
+    taken = report.snapshot()
+    policy.launches(4)
+    assert (taken.batches, report.batches) == (2, 4)
+    assert report.counts is policy.counts and not isinstance(report, type(policy.counts))
+
+
 def test_report_table1_and_cdf_plot(tmp_path):
     results = gpar.apply(range(30), square, max_workers=2, progress=False)
     table = results.report.table1()
