@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -108,10 +109,12 @@ def private_state_dir() -> Path:
     return directory
 
 
+@functools.cache
 def stamp() -> str:
     """What a server must share with the script to run its code as the script would: Python,
     cloudpickle, gpar's own source files, and the site-packages directories (installing,
-    upgrading or removing a package, Ray included, changes their modification time)."""
+    upgrading or removing a package, Ray included, changes their modification time). Once
+    per process (~1 ms of stat calls): it runs the code it loaded, whatever changes later."""
     import cloudpickle
 
     import gpar
