@@ -33,6 +33,7 @@ from gpar.errors import (
 from gpar.feed import Feed
 from gpar.job import Control, Job, JobStream
 from gpar.options import EnvMode, ErrorsMode
+from gpar.outcomes import FAILED
 from gpar.policy import Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
@@ -335,7 +336,7 @@ def _raise_if_mismatched(results: Results, every: list[TaskFailure],
 def _raise_or_warn(results: Results, every: list[TaskFailure], policy: Policy) -> None:
     """Turn how the job ended, ``every`` TaskFailure in ``results`` in input order, into the
     exception or warnings that README's "What apply guarantees" promises."""
-    failures = [f for f in every if f.reason in ("error", "system")]
+    failures = [f for f in every if f.reason in FAILED]
     _raise_if_mismatched(results, every, failures)
     unfinished = len(every) - len(failures)
     if policy.stop == "raise":

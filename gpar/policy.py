@@ -68,12 +68,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from gpar.durations import DurationSample
 from gpar.inflight import Batch, InFlight
 from gpar.ledger import Ledger
 from gpar.options import ErrorsMode
+from gpar.outcomes import CUT_OFF, StopReason, failure_reason
 from gpar.records import (
     Counts,
     ElementError,
@@ -102,8 +102,6 @@ MAX_WAIT_S = 1.0
 #: CPU is in bench/bench_simulator.py's policy figure.
 SCAN_S = 0.05
 
-#: Why a job stopped before every element was final.
-StopReason = Literal["quorum", "deadline", "budget", "raise", "cancelled"]
 
 
 def quorum_count(quorum: float, elements: int) -> int:
@@ -431,10 +429,8 @@ class Policy:
         self._check_budget()
 
     def _fail(self, index: int, error: ElementError, attempts: int) -> None:
-        fns_fault = (error.kind in ("error", "input")
-                     or (error.kind == "output" and not error.retryable))
         failure = TaskFailure(index, error.exc_type, error.message, error.traceback, attempts,
-                              "error" if fns_fault else "system", error.exception)
+                              failure_reason(error.kind, error.retryable), error.exception)
         self.ledger.fail(failure)
         self.first_failure = self.first_failure or failure
         if self.rules.errors == "raise":
@@ -453,7 +449,7 @@ class Policy:
         """Stop the job; open elements become TaskFailures naming why (deadline, quorum...)."""
         self.stop = reason
         message = _STOP_MESSAGES[reason]
-        slot_reason = reason if reason in ("deadline", "quorum") else "cancelled"
+        slot_reason = CUT_OFF[reason]
         self.ledger.cancel_open(lambda index, attempts: TaskFailure(
             index, "Cancelled", message, "", attempts, slot_reason))
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
+
+from gpar.outcomes import EndedOutcome, ErrorKind
 
 
 class Launch(NamedTuple):
@@ -28,11 +30,6 @@ class Launch(NamedTuple):
     handoff_after_s: float
 
 
-#: Why an element has no value: "error" (fn raised), "input" (the element could not be pickled
-#: or unpickled to reach fn), "result" (the value cannot be pickled, or unpickled on the
-#: driver), "output" (its table could not be written), "environment" (the call could not be
-#: restored on this worker), "system" (lost with its batch), "timeout" (over task_timeout).
-ErrorKind = Literal["error", "input", "result", "output", "environment", "system", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -107,9 +104,6 @@ def finished_before(where: int) -> int:
     return ~where
 
 
-#: How an attempt ended without its worker's report: "timeout", "system" (lost with its batch;
-#: both charged), "preempted" or "cancelled" (not charged).
-EndedOutcome = Literal["timeout", "system", "preempted", "cancelled"]
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from gpar.records import Counts, EndedOutcome, ErrorKind
+from gpar.outcomes import Outcome
+from gpar.records import Counts
 
 #: What a JobReport reads from its counts.
 _COUNT_NAMES = frozenset(each.name for each in dataclasses.fields(Counts))
 
-#: How an attempt ended. "ok"; charged failures: "error" (fn raised), "input", "result",
-#: "output", "environment" (see ElementError's kinds), "system" (also an attempt lost with its
-#: batch), "timeout"; not charged: "preempted", "cancelled" (the job stopped, or another
-#: attempt finished first), "lost" (it finished, but its worker died before it sent the
-#: value; started and finished NaN).
-Outcome = Literal["ok", "lost", ErrorKind, EndedOutcome]
 
 
 @dataclass(frozen=True)

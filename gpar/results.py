@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from gpar.outcomes import FailureReason
 
 if TYPE_CHECKING:
     from gpar.report import JobReport
 
-#: Why an element has no value: see TaskFailure.
-FailureReason = Literal["error", "system", "deadline", "quorum", "cancelled"]
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from gpar import outcomes
 from gpar.policy import default_max_failures, quorum_count
 from gpar.results import TaskFailure
 from gpar.simulator import SimCluster, simulate
 from gpar.stragglers import BACKUP_MIN_S, BACKUP_SLOWDOWN
 from gpar.worker import FLUSH_S
 
-CHARGED = {"error", "result", "output", "environment", "system", "timeout"}
+CHARGED = outcomes.CHARGED
 REASONS = {"error", "system", "deadline", "quorum", "cancelled"}
 
 
