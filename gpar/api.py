@@ -33,8 +33,8 @@ from gpar.errors import (
 from gpar.feed import Feed
 from gpar.job import Control, Job, JobStream
 from gpar.options import EnvMode, ErrorsMode
-from gpar.outcomes import FAILED
-from gpar.policy import Policy, Rules, default_max_failures
+from gpar.outcomes import CUT_OFF, FAILED
+from gpar.policy import JobEnd, Policy, Rules, default_max_failures
 from gpar.progress import shown_by_default
 from gpar.report import JobReport
 from gpar.results import Results, TaskFailure
@@ -150,11 +150,11 @@ def _checked_options(arguments: dict[str, Any]) -> gpar_options.Options:
 
 
 class _Ended(NamedTuple):
-    """What a job's thread hands back: its results, the policy that judged it (None: nothing
+    """What a job's thread hands back: its results, how the policy ended it (None: nothing
     ran), and the output it wrote (None without output=)."""
 
     results: Results
-    policy: Policy | None
+    end: JobEnd | None
     output: gpar_output.OutputJob | gpar_output.Target | None
 
 
@@ -230,17 +230,17 @@ def _run(items: Sequence[Any] | Feed, captured: environment.CapturedEnvironment,
         results = Results(values, report)
         if claim is not None:
             results = _committed(results, claim, run_all)
-        return _Ended(results, policy, claim)
+        return _Ended(results, policy.end(), claim)
 
 
 def _finished(ended: _Ended) -> Results | Dataset:
     """What apply returns for a job that ended, raising or warning as README promises; in the
     thread that waits for it (warnings point at its caller's caller: see Job._result)."""
-    if ended.policy is not None:
-        # without output=, the ledger knows the failures: no scan of every value
-        every = (ended.results.failures if ended.output is not None
-                 else ended.policy.ledger.failed())
-        _raise_or_warn(ended.results, every, ended.policy)
+    if ended.end is not None:
+        # without output=, the policy knows the failures: no scan of every value (with it,
+        # the results are placed in xs' order, and the commit may fail some)
+        every = ended.results.failures if ended.output is not None else ended.end.failures
+        _raise_or_warn(ended.results, every, ended.end)
     return _answer(ended.results, ended.output)
 
 
@@ -333,22 +333,22 @@ def _raise_if_mismatched(results: Results, every: list[TaskFailure],
         raise first.exception from RemoteTraceback(first.traceback) if first.traceback else None
 
 
-def _raise_or_warn(results: Results, every: list[TaskFailure], policy: Policy) -> None:
+def _raise_or_warn(results: Results, every: list[TaskFailure], end: JobEnd) -> None:
     """Turn how the job ended, ``every`` TaskFailure in ``results`` in input order, into the
     exception or warnings that README's "What apply guarantees" promises."""
     failures = [f for f in every if f.reason in FAILED]
     _raise_if_mismatched(results, every, failures)
     unfinished = len(every) - len(failures)
-    if policy.stop == "raise":
-        raise TaskError(policy.first_failure)
-    if policy.stop == "budget":
+    if end.stop == "raise":
+        raise TaskError(end.first_failure)
+    if end.stop == "budget":
         raise FailureBudgetExceeded(
-            f"{policy.counts.failed_attempts} attempts failed, more than max_failures="
-            f"{policy.rules.max_failures}; the job was cancelled, finished results are in "
+            f"{end.failed_attempts} attempts failed, more than max_failures="
+            f"{end.max_failures}; the job was cancelled, finished results are in "
             ".partial. The first failure: "
-            f"{describe_failure(policy.first_failure) if policy.first_failure else 'none final'}",
+            f"{describe_failure(end.first_failure) if end.first_failure else 'none final'}",
             results)
-    if policy.stop == "deadline" and unfinished == len(results):
+    if end.stop == "deadline" and unfinished == len(results):
         raise DeadlineExceeded(
             f"the deadline passed before any of the {len(results)} tasks finished", results)
     if failures and len(failures) == len(results):
@@ -361,9 +361,9 @@ def _raise_or_warn(results: Results, every: list[TaskFailure], policy: Policy) -
         warnings.warn(describe_failure(failure), TaskFailedWarning, stacklevel=5)
     if unfinished:
         warnings.warn(
-            f"{_ENDED_BY.get(policy.stop, policy.stop)} ended it with {unfinished} of "
+            f"{_ENDED_BY.get(end.stop, end.stop)} ended it with {unfinished} of "
             f"{len(results)} tasks "
-            f"unfinished; their slots hold TaskFailure(reason={policy.stop!r})",
+            f"unfinished; their slots hold TaskFailure(reason={CUT_OFF[end.stop]!r})",
             IncompleteResultsWarning, stacklevel=5)
 
 

@@ -68,6 +68,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gpar.durations import DurationSample
 from gpar.inflight import Batch, InFlight
@@ -129,6 +130,16 @@ class Rules:
     errors: ErrorsMode = "warn"
 
 
+class JobEnd(NamedTuple):
+    """How the policy ended a job: what its caller turns into an exception or warnings."""
+
+    stop: StopReason | None  # None: every element became final
+    first_failure: TaskFailure | None  # the first element that failed for good
+    failed_attempts: int
+    max_failures: int
+    failures: list[TaskFailure]  # every element without a value, in input order
+
+
 class Policy:
     """The state of one job; see the module docstring for the rules."""
 
@@ -182,6 +193,11 @@ class Policy:
         runs), unless it has already stopped."""
         if self.stop is None:
             self._stop("cancelled")
+
+    def end(self) -> JobEnd:
+        """How the job ended (once ``over``)."""
+        return JobEnd(self.stop, self.first_failure, self.counts.failed_attempts,
+                      self.rules.max_failures, self.ledger.failed())
 
     def launches(self, in_flight_limit: int,
                  most_elements: int | None = None) -> Sequence[Launch]:
