@@ -27,7 +27,7 @@ Rules (README's "What apply guarantees"):
   marked "quorum".
 * **Hand-off**: a batch of several elements hands the elements queued behind one that has run
   longer than its launch's ``handoff_after_s`` back to the queue. The worker decides it, so an
-  element given away is never started by that batch (worker.py).
+  element given away is never started by that batch (elements.py).
 * **Stragglers** run more than BACKUP_SLOWDOWN times the median element time (and at least
   BACKUP_MIN_S); with no element finished yet, nothing is a straggler.
 * **Preemption** (no starvation): while elements wait (in the queue, or parked) and every slot
@@ -49,7 +49,7 @@ Rules (README's "What apply guarantees"):
   never the last): elements that straggle wherever they run are what backups are for, a node
   that is slow for everything is not. The loop forgets them if every batch in flight straggles
   while work waits (hangs look like slow nodes) or the nodes left are all avoided.
-* **Lost batch** (worker died): reported elements are kept. The worker's note (worker.py) says
+* **Lost batch** (worker died): reported elements are kept. The worker's note (notes.py) says
   where it was: the element in fn lost its attempt (charged, a system failure, retried alone);
   those before it finished, their values lost with the worker: queued again uncharged, as new
   attempts; those behind it never started: queued again uncharged, attempt number unchanged.

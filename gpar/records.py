@@ -83,7 +83,7 @@ class Progress:
 class BatchLost:
     """A batch's stream broke before its last message: its worker died or its node was lost.
 
-    ``at``: where the worker's note (worker.py) says it was when it died: the position of the
+    ``at``: where the worker's note (notes.py) says it was when it died: the position of the
     element in fn, or ``between_elements(n)`` when its first n elements had finished and none
     was in fn; None
     when the note could not be read (its node was gone)."""

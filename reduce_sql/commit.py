@@ -13,7 +13,7 @@ output is a Delta Lake table (delta.py): each commit is one Delta transaction.
 Readers read a version's files only, so a file no version lists (a failed, duplicate, abandoned
 or killed attempt's, or a partial one) is never read: each task's rows count exactly once. A
 file a task's attempt shares with other elements of its batch is committed only if every one of
-them is accepted from it (the worker makes that so: worker.py). What a resume needs (the job,
+them is accepted from it (the worker makes that so). What a resume needs (the job,
 which tasks each file holds, tasks with no rows, whether the job finished) each commit records
 beside its transaction (delta.STATE_KEY).
 

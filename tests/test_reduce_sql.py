@@ -484,7 +484,7 @@ def test_many_small_files_are_merged_by_the_commit(tmp_path):
 
 
 def test_compaction_into_several_files_runs_on_the_cluster(output, tmp_path, monkeypatch):
-    """Elements that each run long are written one file each (worker.py); the commit merges
+    """Elements that each run long are written one file each (heldtables.py); the commit merges
     them on the cluster, several merges at once."""
     monkeypatch.setattr(commit_module, "COMPACT_FILE_ROWS", 5 * ROWS)  # several merges
     monkeypatch.setattr(commit_module, "COMPACT_ABOVE_FILES", 4)
