@@ -14,17 +14,20 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Hashable, Sequence
 
 from gpar import envcache
 
-#: Each buffer starts at a multiple of this in the file: numpy's widest alignment need.
+#: Each buffer starts at a multiple of this in the file (Arrow's alignment; more than any
+#: numpy dtype needs).
 ALIGN = 64
 
 #: The file of the last call's buffers: (what names their content, its descriptor, each one's
-#: offset). One: a worker runs one batch at a time, and the batches of one call follow one
-#: another.
+#: offset). One, as a worker runs one batch at a time (calls of several scripts alternating on
+#: it write theirs again); dropped once the worker is idle (forget).
 _kept: tuple[Hashable, int, list[int]] | None = None
+_keeping = threading.Lock()  # the batch's thread and the idle timer's
 
 
 def private_views(views: Sequence[memoryview], identity: Hashable = None) -> list[memoryview]:
@@ -36,15 +39,28 @@ def private_views(views: Sequence[memoryview], identity: Hashable = None) -> lis
         return []
     if identity is None:
         identity = tuple(map(envcache.digest, views))
-    if _kept is None or _kept[0] != identity:
-        if _kept is not None:
-            os.close(_kept[1])
-        _kept = (identity, *_written(views))
-    _, descriptor, offsets = _kept
-    mapped = mmap.mmap(descriptor, _size(views, offsets), access=mmap.ACCESS_COPY)
+    with _keeping:
+        if _kept is None or _kept[0] != identity:
+            forget_unlocked()
+            _kept = (identity, *_written(views))
+        _, descriptor, offsets = _kept
+        mapped = mmap.mmap(descriptor, _size(views, offsets), access=mmap.ACCESS_COPY)
     whole = memoryview(mapped)
     return [whole[offset:offset + view.nbytes] for view, offset in zip(views, offsets,
                                                                            strict=True)]
+
+
+def forget() -> None:
+    """Close the kept file (its pages go once no batch maps them)."""
+    with _keeping:
+        forget_unlocked()
+
+
+def forget_unlocked() -> None:
+    global _kept
+    kept, _kept = _kept, None
+    if kept is not None:
+        os.close(kept[1])
 
 
 def _written(views: Sequence[memoryview]) -> tuple[int, list[int]]:
@@ -54,10 +70,14 @@ def _written(views: Sequence[memoryview]) -> tuple[int, list[int]]:
         offsets.append(end)
         end += -(-view.nbytes // ALIGN) * ALIGN
     descriptor = _anonymous_file()
-    os.ftruncate(descriptor, max(end, 1))
-    with mmap.mmap(descriptor, max(end, 1)) as shared:
-        for view, offset in zip(views, offsets, strict=True):
-            shared[offset:offset + view.nbytes] = view
+    try:
+        os.ftruncate(descriptor, max(end, 1))
+        with mmap.mmap(descriptor, max(end, 1)) as shared:
+            for view, offset in zip(views, offsets, strict=True):
+                shared[offset:offset + view.nbytes] = view
+    except BaseException:
+        os.close(descriptor)
+        raise
     return descriptor, offsets
 
 

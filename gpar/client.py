@@ -109,12 +109,21 @@ def private_state_dir() -> Path:
     return directory
 
 
-@functools.cache
 def stamp() -> str:
     """What a server must share with the script to run its code as the script would: Python,
     cloudpickle, gpar's own source files, and the site-packages directories (installing,
-    upgrading or removing a package, Ray included, changes their modification time). Once
-    per process (~1 ms of stat calls): it runs the code it loaded, whatever changes later."""
+    upgrading or removing a package, Ray included, changes their modification time)."""
+    parts = [_own_code()]
+    for entry in [*site.getsitepackages(), site.getusersitepackages()]:
+        if os.path.isdir(entry):  # the interpreter's own: the same whatever a script adds
+            parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _own_code() -> str:
+    """Python, cloudpickle and gpar's source files, once per process (~70 stat calls, ~1 ms):
+    a process runs the gpar it loaded, whatever is edited later."""
     import cloudpickle
 
     import gpar
@@ -126,10 +135,7 @@ def stamp() -> str:
         for path in sorted(root.glob("*.py")):
             info = path.stat()
             parts.append(f"{path}:{info.st_mtime_ns}:{info.st_size}")
-    for entry in [*site.getsitepackages(), site.getusersitepackages()]:
-        if os.path.isdir(entry):  # the interpreter's own: the same whatever a script adds
-            parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return "\n".join(parts)
 
 
 def paths() -> tuple[Path, Path, Path]:

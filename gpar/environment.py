@@ -7,16 +7,18 @@ fn reads its globals from. Filling it with the captured namespace (env="full") m
 fn reaches only through ``globals()[name]`` or ``eval`` resolve; cloudpickle's own closure
 analysis (env="referenced") ships only the names fn's code mentions.
 
-The stream is written part by part (gpar/pickled.py): the names of the shipped globals, each
-global's value, then the call, by one Pickler, so objects are still shared across parts. A
-global that cannot be unpickled on a worker (its module missing there, a connection that
-cannot reopen) is then left out, and breaks only a call that uses it, which names it.
+The stream is written part by part (gpar/pickled.py): the names of the shipped globals (with
+the template of large plain globals, plaindata.py), each global's value, then the call, by one
+Pickler, so objects are still shared across parts. A global that cannot be unpickled on a
+worker (its module missing there, a connection that cannot reopen) is then left out, and breaks
+only a call that uses it, which names it.
 
 Large buffers (numpy arrays, pandas columns) leave the stream out of band (pickle protocol 5):
 they are stored once in Ray's object store and every task on a node maps those of
 SHARED_MIN_BYTES and more in place, read-only (joblib memory-maps large arrays read-only by
-default for the same reason). Everything else, small arrays included, is unpickled afresh by
-each batch, so what fn mutates stays in that batch.
+default for the same reason). Everything else is each batch's own, so what fn mutates stays in
+that batch: smaller buffers as copies on write (batchcopies.py), large plain globals as copies
+of the worker's template (plaindata.py), the rest unpickled afresh.
 """
 
 from __future__ import annotations
@@ -137,8 +139,8 @@ def restore(stream: bytes, buffers: list[Any], identity: Hashable = None) -> Cal
     there. Raises EnvironmentCaptureError naming a global the call needs that does not.
     ``identity``: what names the buffers' content for good, if anything does (batchcopies)."""
     buffers = _writable(buffers, identity)
-    ((names, _), *values, call), failures = pickled.loads(stream, buffers,
-                                                           plaindata.resolver(buffers))
+    ((names, _), *values, call), failures = pickled.loads(
+        stream, buffers, plaindata.resolver(buffers, identity))
     lost = {names[position - 1]: failure for position, failure in failures.items()
             if 0 < position <= len(names)}
     if call is None:

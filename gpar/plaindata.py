@@ -16,13 +16,15 @@ list for fn (its items cannot change) at ~0.1 ms.
 
 What qualifies: a list, dict or set (copied per batch) or a tuple or frozenset (immutable:
 shared) of at least TEMPLATE_MIN_ITEMS items, each an int, float, complex, str, bytes, bool or
-None, and nothing else that is the same object.
+None, bound to one global name (two names for one list keep it in the stream; other objects
+may refer to it).
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from gpar import envcache
@@ -74,29 +76,44 @@ def referring(pickler: type[pickle.Pickler], names: dict[int, str]) -> type[pick
     return type(pickler.__name__, (pickler,), {"persistent_id": persistent_id})
 
 
-#: A worker's last template: (digest, its values). One: a worker runs one batch at a time,
-#: and the batches of one call follow one another.
-_kept: tuple[str, dict[str, Any]] | None = None
+#: A worker's last template: (what names its content, its values). One, as a worker runs one
+#: batch at a time (calls of several scripts alternating on it unpickle theirs again); dropped
+#: once the worker is idle (forget).
+_kept: tuple[Hashable, dict[str, Any]] | None = None
+_keeping = threading.Lock()  # the batch's thread and the idle timer's
 
 
-def resolver(buffers: list[Any]) -> Callable[[str], Any]:
+def resolver(buffers: list[Any], identity: Hashable = None) -> Callable[[str], Any]:
     """What a worker's unpickler calls for a persistent id: the batch's copy of the global it
-    names, the template being the first of the stream's ``buffers`` (capture puts it there)."""
+    names, the template being the first of the stream's ``buffers`` (capture puts it there).
+    ``identity``: what names the buffers' content for good, if anything does (else the
+    template's digest is taken)."""
     copies: dict[str, Any] = {}
 
     def persistent_load(name: str) -> Any:
         if not copies:
-            for each, value in _values(buffers[0]).items():
+            key = None if identity is None else identity[0]
+            for each, value in _values(buffers[0], key).items():
                 copies[each] = value.copy() if type(value) in _COPIED else value
         return copies[name]
 
     return persistent_load
 
 
-def _values(buffer: Any) -> dict[str, Any]:
+def forget() -> None:
+    """Drop the kept template."""
+    global _kept
+    with _keeping:
+        _kept = None
+
+
+def _values(buffer: Any, key: Hashable) -> dict[str, Any]:
     global _kept
     view = memoryview(buffer).cast("B")
-    digest = envcache.digest(view)
-    if _kept is None or _kept[0] != digest:
-        _kept = (digest, pickle.loads(view))
-    return _kept[1]
+    with _keeping:
+        if key is None:
+            key = envcache.digest(view)
+        kept = _kept
+        if kept is None or kept[0] != key:
+            kept = _kept = (key, pickle.loads(view))
+        return kept[1]

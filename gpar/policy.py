@@ -104,7 +104,6 @@ MAX_WAIT_S = 1.0
 SCAN_S = 0.05
 
 
-
 def quorum_count(quorum: float, elements: int) -> int:
     """Elements that make a quorum: 29/35 of 35 is 29, rounded before ceil (the product is
     29.000000000000004)."""

@@ -4,7 +4,7 @@
     worker ──Progress (ElementError per failed element)──▶ backend ──▶ loop ──▶ policy
     backend ──BatchLost──▶ loop;  policy ──Stopped (Ended)──▶ loop ──▶ report
     loop ──Running, HandedOff, Reported, Lost (the events)──▶ policy
-    policy ──counts──▶ Counts, which the JobReport is
+    policy ──counts──▶ Counts of its own, which the JobReport reads
 
 Plain data only: no behaviour, and nothing here imports the modules that use them.
 """
@@ -28,8 +28,6 @@ class Launch(NamedTuple):
     attempt: int
     backup: bool
     handoff_after_s: float
-
-
 
 
 @dataclass(frozen=True)
@@ -102,8 +100,6 @@ def between_elements(finished: int) -> int:
 def finished_before(where: int) -> int:
     """The elements done by a ``where`` below zero (between_elements)."""
     return ~where
-
-
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from gpar.records import Counts
 _COUNT_NAMES = frozenset(each.name for each in dataclasses.fields(Counts))
 
 
-
 @dataclass(frozen=True)
 class AttemptRecord:
     """One attempt of element ``task``; times are wall-clock seconds since the epoch."""

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from gpar.report import JobReport
 
 
-
 @dataclass(frozen=True)
 class TaskFailure:
     """Stands in the results for an element of xs that has no value.

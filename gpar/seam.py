@@ -88,6 +88,7 @@ REQUESTS = frozenset({"probe", "put", "missing", "put_environment", "cpus", "ali
                       "submit", "wait", "cancel"})
 
 #: Requests that answer nothing: a script sends them without waiting for the server (a
-#: launch no longer waits a round trip, 1-5 ms here); what one raised is raised by the next
-#: request that answers.
+#: launch no longer waits a round trip, 1-5 ms here); the first that raised has its exception
+#: raised by the job loop's next wait, before the server waits for anything (another
+#: thread's request, a page's, is answered as usual).
 ONE_WAY = frozenset({"submit"})

@@ -133,16 +133,17 @@ class Session:
                 method, args = conn.recv()
             except (EOFError, OSError):
                 return
-            try:
-                answer = (True, self._answer(method, args))
-            except Exception as exc:
-                answer = (False, exc)
+            if method == "wait" and self.unanswered is not None:  # the job's loop: in place
+                answer, self.unanswered = (False, self.unanswered), None  # of its news
+            else:
+                try:
+                    answer = (True, self._answer(method, args))
+                except Exception as exc:
+                    answer = (False, exc)
             if method in seam.ONE_WAY:
-                if not answer[0] and self.unanswered is None:
+                if not answer[0] and self.unanswered is None:  # the first: what stops the job
                     self.unanswered = answer[1]
                 continue
-            if self.unanswered is not None:
-                answer, self.unanswered = (False, self.unanswered), None
             try:
                 conn.send(answer)
             except Exception as exc:  # the exception itself would not pickle

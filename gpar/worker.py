@@ -18,7 +18,9 @@ and what does is left in reference cycles (restored globals: fn -> globals -> fn
 objects for the task). An idle worker may never run the full collection that frees them: each
 call kept its environment pinned (tests/test_scripts.py). So a worker that ran a batch whose
 call shipped buffers out of band runs a full collection once it has been idle IDLE_COLLECT_S:
-not after every batch, as one took ~40 ms in a worker with pandas and statsmodels loaded.
+not after every batch, as one took ~40 ms in a worker with pandas and statsmodels loaded. It
+drops the call's template of plain globals (plaindata.py) and file of small buffers
+(batchcopies.py) first: kept for the call's next batch, not for good.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from gpar import envcache, mainthread, scriptcontext
+from gpar import batchcopies, envcache, mainthread, plaindata, scriptcontext
 from gpar.elements import FINISHED, BatchRun
 from gpar.records import Progress
 
@@ -52,7 +54,6 @@ IDLE_COLLECT_S = 1.0
 
 #: The full collection armed by the last batch; a batch that starts first disarms it.
 _idle_collection: threading.Timer | None = None
-
 
 
 def run_batch(environment: tuple[bytes, list[Any]], items: bytes, count: int,
@@ -122,9 +123,16 @@ def _collect_when_idle(arm: bool) -> None:
         _idle_collection.cancel()
         _idle_collection = None
     if arm:
-        _idle_collection = threading.Timer(IDLE_COLLECT_S, gc.collect)
+        _idle_collection = threading.Timer(IDLE_COLLECT_S, _idle)
         _idle_collection.daemon = True
         _idle_collection.start()
+
+
+def _idle() -> None:
+    """What an idle worker lets go: the last call's template and copies, then the cycles."""
+    plaindata.forget()
+    batchcopies.forget()
+    gc.collect()
 
 
 def _node_id() -> str:

@@ -135,6 +135,36 @@ def test_small_arrays_are_written_once_per_worker_and_each_batch_writes_its_own(
     assert not any(array.any() for array in stored)
 
 
+def test_an_idle_worker_lets_go_of_the_last_calls_template_and_file(monkeypatch):
+    """Kept for the call's next batch, not for good: the idle worker's collection drops them,
+    and a file that could not be written leaves nothing kept (no stale descriptor)."""
+    import os
+
+    from gpar import batchcopies, plaindata, worker
+
+    namespace = main_namespace("import numpy as np\nsmall = np.ones(10)\nROWS = list(range(2_000))"
+                               "\ndef f(x):\n    return small[0] + len(ROWS)\n")
+    captured = capture(namespace["f"], (), {}, namespace, mode="full", retry_on=())
+    stored = [bytes(b.raw()) for b in captured.buffers]
+    assert restore(captured.stream, stored).fn(0) == 2_001.0
+    descriptor = batchcopies._kept[1]
+    assert plaindata._kept is not None
+    worker._idle()
+    assert plaindata._kept is None and batchcopies._kept is None
+    with pytest.raises(OSError):
+        os.fstat(descriptor)
+
+    restore(captured.stream, stored)  # kept again, then another call's file fails
+
+    def full(views):
+        raise OSError("no memory for the file")
+
+    monkeypatch.setattr(batchcopies, "_written", full)
+    with pytest.raises(OSError):
+        batchcopies.private_views([memoryview(b"abc")], identity="another call")
+    assert batchcopies._kept is None
+
+
 def test_a_large_plain_global_is_each_batchs_own_copy_of_one_unpickled_template():
     """A list of 100,000 ints in the globals: each batch (a restore) gets a list of its own,
     whatever an earlier batch on the worker did to its copy, while what shares the list in

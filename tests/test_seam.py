@@ -28,6 +28,9 @@ class _FailingSubmits:
     def wait(self, timeout_s):
         return [("news", timeout_s)]
 
+    def cpus(self):
+        return 2
+
 
 def test_a_launch_waits_for_no_answer_and_its_failure_is_raised_by_the_next_request():
     import threading
@@ -44,6 +47,7 @@ def test_a_launch_waits_for_no_answer_and_its_failure_is_raised_by_the_next_requ
     tasks.conn, tasks.broken, tasks.calling = script_end, False, threading.Lock()
     assert tasks.submit("batch 1", None, {}) is None
     assert not script_end.poll(0.2)  # nothing answered it
+    assert tasks.cpus() == 2  # another thread's request is answered as usual
     try:
         tasks.wait(0.5)
     except ValueError as error:
