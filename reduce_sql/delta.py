@@ -179,7 +179,7 @@ def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
     name every file, none of them the table's. Another writer's commit since ``current``
     fails it (no retry)."""
     from deltalake import Schema
-    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.exceptions import DeltaError
     from deltalake.transaction import (
         AddAction,
         CommitProperties,
@@ -209,18 +209,10 @@ def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
             return 0
         table = current.table
         if not same_columns(schema, current.schema):
-            old, new = column_types(current.schema), column_types(schema)
-            if merging and list(new.items())[:len(old)] == list(old.items()):  # added: first
-                table.alter.add_columns(list(Schema.from_arrow(pa.schema(
-                    [field for field in schema if field.name not in old])).fields))
-            else:  # a type changed, or another job's output is replaced: every file is new
-                if {file.path for file in adds} & {file.path for file in current.files}:
-                    raise RuntimeError("a commit changing a column's type must name every "
-                                       "file anew")
-                base = table.version()
-                table.create_write_transaction(add_actions, mode="overwrite", schema=schema,
-                                               commit_properties=properties)
-                return base + 1  # no retries: the next version or none
+            overwritten = _change_columns(current, schema, adds, add_actions, properties,
+                                          merging)
+            if overwritten is not None:
+                return overwritten
         remove_actions = [RemoveAction(file.path, data_change, now, file.size)
                           for file, data_change in removes]
         base = table.version()  # after the columns' version, if any
@@ -228,16 +220,46 @@ def commit(location: Location, schema: pa.Schema, adds: list[AddedFile],
                                        schema=schema, commit_properties=properties)
         return base + 1
     except DeltaError as exc:
-        if isinstance(exc, CommitFailedError) and current is not None:
-            landed = _landed(location, current.version, token)
-            if landed is not None:  # the store answered with an error, yet it is in the log
-                return landed
-        if isinstance(exc, CommitFailedError) or (current is None and is_table(location)):
-            raise OutputBusyError(
-                f"{location.uri}: another writer committed to the output since this one read "
-                f"it ({exc}); nothing of this commit was written: run the job again once the "
-                "other has ended") from exc
-        raise
+        return _failed(location, current, token, exc)
+
+
+def _failed(location: Location, current: TableVersion | None, token: str,
+            exc: Exception) -> int:
+    """The version a commit that raised ``exc`` made after all (the store answered with an
+    error, yet the commit is in the log), else OutputBusyError if another writer won."""
+    from deltalake.exceptions import CommitFailedError
+
+    if isinstance(exc, CommitFailedError) and current is not None:
+        landed = _landed(location, current.version, token)
+        if landed is not None:
+            return landed
+    if isinstance(exc, CommitFailedError) or (current is None and is_table(location)):
+        raise OutputBusyError(
+            f"{location.uri}: another writer committed to the output since this one read "
+            f"it ({exc}); nothing of this commit was written: run the job again once the "
+            "other has ended") from exc
+    raise exc
+
+
+def _change_columns(current: TableVersion, schema: pa.Schema, adds: list[AddedFile],
+                    add_actions: list, properties: Any, merging: bool) -> int | None:
+    """The table's columns become ``schema``'s: columns the job added are declared (None:
+    the commit goes on); any other change overwrites the table with ``adds``, every file new
+    (the new version)."""
+    from deltalake import Schema
+
+    table = current.table
+    old, new = column_types(current.schema), column_types(schema)
+    if merging and list(new.items())[:len(old)] == list(old.items()):  # added: first
+        table.alter.add_columns(list(Schema.from_arrow(pa.schema(
+            [field for field in schema if field.name not in old])).fields))
+        return None
+    if {file.path for file in adds} & {file.path for file in current.files}:
+        raise RuntimeError("a commit changing a column's type must name every file anew")
+    base = table.version()
+    table.create_write_transaction(add_actions, mode="overwrite", schema=schema,
+                                   commit_properties=properties)
+    return base + 1  # no retries: the next version or none
 
 
 def _landed(location: Location, after: int, token: str) -> int | None:
