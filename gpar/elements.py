@@ -99,8 +99,8 @@ class BatchRun:
                 try:
                     value = fn(item)
                 except BaseException as exc:  # SystemExit too: it would end this thread
-                    self.errors[position] = elementerrors.element_error(exc, "error",
-                                                           isinstance(exc, retry_on))
+                    self.errors[position] = elementerrors.element_error(
+                        exc, "error", isinstance(exc, retry_on))
                     value = None
             if output is None:
                 values.append(value)

@@ -73,8 +73,8 @@ class HeldTables:
             with self.settling:
                 for position, part in written:
                     if isinstance(part, Exception):  # storage may recover: a retry may write
-                        run.errors[position] = elementerrors.element_error(part, "output",
-                                                                      retryable=True)
+                        run.errors[position] = elementerrors.element_error(
+                            part, "output", retryable=True)
                     else:
                         run.values[position] = part
                 self.written = done

@@ -281,3 +281,14 @@ def test_a_global_fn_uses_that_cannot_be_unpickled_is_named():
     with pytest.raises(EnvironmentCaptureError,
                        match=r"fn uses the global 'db'.*ConnectionError: cannot reopen"):
         ship(namespace, "f")
+
+
+def test_a_global_that_cannot_be_unpickled_leaves_the_large_plain_ones_fn_uses_intact():
+    """The globals after one that fails are loaded by the resumed unpickler: fn's reference to
+    a large list there is the batch's copy of the template as well."""
+    namespace = main_namespace(NOT_REBUILT + "\nROWS = list(range(5_000))\n"
+                               "def f(x):\n    return ROWS[x] + len(ROWS)\n")
+    call, captured = ship(namespace, "f")
+    assert len(captured.stream) < 10_000  # ROWS went to the template
+    assert "db" not in call.namespace and call.namespace["ROWS"] is not namespace["ROWS"]
+    assert call.fn(7) == 5_007 and call.namespace["ROWS"] == namespace["ROWS"]
